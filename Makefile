@@ -1,0 +1,32 @@
+# Two commands on a fresh machine: `make demo` and `make test`.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+
+.PHONY: demo test test-fast bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+## Run the quickstart sweep (small GPT, remat x precision) and print the comparison table.
+demo: $(STAMP)
+	$(BIN)/jaxmem run experiments/quickstart.yaml --out runs/quickstart
+
+## Run the test suite on the CPU with 8 fake devices (tests/conftest.py sets them up).
+test: $(STAMP)
+	JAX_PLATFORMS=cpu $(BIN)/python -m pytest
+
+## Same, without the slow tests.
+test-fast: $(STAMP)
+	JAX_PLATFORMS=cpu $(BIN)/python -m pytest -m 'not slow'
+
+## Compile-time benchmark for GPT-2 small (figures go in benchmarks/RESULTS.md).
+bench: $(STAMP)
+	JAX_PLATFORMS=cpu $(BIN)/python benchmarks/compile_time.py
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache *.egg-info

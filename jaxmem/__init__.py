@@ -1,0 +1,69 @@
+"""jaxmem: measure and plan JAX/XLA training memory before you rent the hardware.
+
+Example:
+  >>> import jaxmem
+  >>> exp = jaxmem.Experiment.from_dict({"name": "mini", "model": {"kind": "mlp", "hidden": [64]}})
+  >>> record, = jaxmem.run(exp)
+  >>> record.status, record.get("compiled.temp_bytes") > 0
+  ('ok', True)
+"""
+
+from importlib.metadata import PackageNotFoundError
+from importlib.metadata import version as _version
+
+from jaxmem import analytic, optim, precision, remat, sharding, targets
+from jaxmem.config import (
+    Config,
+    DataConfig,
+    MeasureConfig,
+    MeshConfig,
+    ModelConfig,
+    OptimizerConfig,
+    PrecisionConfig,
+    RematConfig,
+    TargetConfig,
+)
+from jaxmem.errors import ConfigError
+from jaxmem.experiment import Experiment, GridPoint
+from jaxmem.measure import MemoryReport, compiled_memory
+from jaxmem.models import BuildOptions, Workload
+from jaxmem.record import Record
+from jaxmem.results import read as read_results
+from jaxmem.runner import run
+from jaxmem.step import Program, build_program
+
+try:
+    __version__ = _version("jaxmem")
+except PackageNotFoundError:  # running from a source tree without installing
+    __version__ = "0+unknown"
+
+__all__ = [
+    "BuildOptions",
+    "Config",
+    "ConfigError",
+    "DataConfig",
+    "Experiment",
+    "GridPoint",
+    "MeasureConfig",
+    "MemoryReport",
+    "MeshConfig",
+    "ModelConfig",
+    "OptimizerConfig",
+    "PrecisionConfig",
+    "Program",
+    "Record",
+    "RematConfig",
+    "TargetConfig",
+    "Workload",
+    "analytic",
+    "build_program",
+    "compiled_memory",
+    "optim",
+    "precision",
+    "read_results",
+    "remat",
+    "run",
+    "sharding",
+    "targets",
+    "__version__",
+]

@@ -1,0 +1,85 @@
+"""The ``jaxmem`` command line.
+
+Exit codes: 0 done (rows may still carry ``status: error``), 2 bad input (one line on stderr
+naming the field, nothing written), 1 internal failure.
+"""
+
+from __future__ import annotations
+
+import sys
+import traceback
+from importlib.metadata import version
+from pathlib import Path
+
+import click
+from rich.console import Console
+
+from jaxmem import report, results
+from jaxmem.config import MODES
+from jaxmem.errors import ConfigError, check_choice
+from jaxmem.experiment import Experiment
+from jaxmem.runner import run as run_experiment
+
+
+def _fail(message: str, code: int) -> None:
+    click.echo(f"jaxmem: error: {message}", err=True)
+    sys.exit(code)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(version("jaxmem"), prog_name="jaxmem")
+def cli() -> None:
+    """Measure and plan JAX/XLA training memory before you rent the hardware."""
+
+
+@cli.command("run")
+@click.argument("experiment", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="Override a config field, e.g. --set model.num_layers=8 or remat=full. "
+                   "Pins the field if it is swept; sweep.KEY=[a,b] replaces a sweep.")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Folder for results.jsonl and results.csv (default: runs/<experiment>).")
+@click.option("--mode", default=None, metavar="compile|run",
+              help="compile: XLA analysis on abstract shapes (default); run: real arrays in "
+                   "a subprocess per configuration.")
+@click.option("--progress/--no-progress", default=True, help="Progress bar on stderr.")
+def run_cmd(experiment: Path, overrides: tuple[str, ...], out: Path | None, mode: str | None,
+            progress: bool) -> None:
+    """Measure every configuration of EXPERIMENT (a YAML file) and print the table."""
+    try:
+        if mode is not None:
+            check_choice("--mode", mode, MODES, what="mode")
+        exp = Experiment.from_yaml(experiment, overrides)
+    except ConfigError as e:
+        _fail(str(e), 2)
+    out = out or Path("runs") / exp.name
+    try:
+        records = run_experiment(exp, mode, out=out, progress=progress)
+    except ConfigError as e:  # e.g. a mesh larger than the target
+        _fail(str(e), 2)
+    except Exception:
+        traceback.print_exc()
+        _fail("internal failure (traceback above)", 1)
+    report.print_table(records, title=f"{exp.name}: {len(records)} configurations")
+    failed = [r for r in records if not r.ok]
+    Console(stderr=True).print(
+        f"results: {out / results.JSONL}, {out / results.CSV}"
+        + (f"; [red]{len(failed)} configuration(s) failed[/red]" if failed else ""),
+        highlight=False,
+    )
+
+
+@cli.command("show")
+@click.argument("results_path", metavar="RESULTS", type=click.Path(path_type=Path))
+def show_cmd(results_path: Path) -> None:
+    """Print the table of an earlier run (a results folder or results.jsonl)."""
+    try:
+        records = results.read(results_path)
+    except (OSError, ValueError) as e:
+        _fail(f"{results_path}: cannot read results ({e})", 2)
+    report.print_table(records, title=str(results_path))
+
+
+def main() -> None:
+    """Console-script entry point."""
+    cli()

@@ -1,0 +1,207 @@
+"""Experiments: a base configuration, overrides, and a sweep grid over config paths.
+
+YAML layout::
+
+    name: quickstart
+    description: small GPT, remat x precision
+    model: {kind: gpt, num_layers: 4, d_model: 256}
+    data: {batch_size: 16}
+    remat: none                # shorthand for remat: {policy: none}
+    sweep:
+      remat: [none, dots, full]
+      precision: [fp32, bf16-mixed]
+
+Every grid point is validated before anything runs; each has a readable name built from the
+sweep keys as written (``remat=full,precision=bf16-mixed``).
+
+Example:
+  >>> from jaxmem import Experiment
+  >>> exp = Experiment.from_dict({"name": "demo", "sweep": {"remat": ["none", "full"]}})
+  >>> [p.name for p in exp.grid()]
+  ['remat=none', 'remat=full']
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import yaml
+
+from jaxmem import _convert
+from jaxmem.config import Config
+from jaxmem.errors import ConfigError
+
+TOP_LEVEL_KEYS = ("name", "description", "sweep")
+
+
+@dataclasses.dataclass(frozen=True)
+class GridPoint:
+    """One configuration of a sweep.
+
+    Attributes:
+      index: position in the grid (0 is the baseline that deltas are taken against).
+      name: ``key=value`` pairs of the swept keys, or ``base`` without a sweep.
+      config: the validated configuration.
+    """
+
+    index: int
+    name: str
+    config: Config
+
+
+@dataclasses.dataclass(frozen=True)
+class Experiment:
+    """A named base configuration and a sweep over config paths.
+
+    Attributes:
+      name: experiment name (used in result rows and default output folders).
+      config: the base configuration.
+      sweep: config path as written (``remat``, ``model.num_layers``) -> values, in order.
+      description: free text.
+    """
+
+    name: str
+    config: Config = Config()
+    sweep: Mapping[str, tuple[Any, ...]] = dataclasses.field(default_factory=dict)
+    description: str = ""
+
+    @classmethod
+    def from_yaml(cls, path: str | os.PathLike, overrides: Sequence[str] = ()) -> Experiment:
+        """Loads ``path`` and applies ``--set``-style ``key=value`` overrides.
+
+        Raises:
+          ConfigError: missing file, malformed YAML, unknown keys, bad values or overrides.
+        """
+        path = os.fspath(path)
+        try:
+            with open(path, encoding="utf-8") as f:
+                raw = yaml.safe_load(f)
+        except FileNotFoundError:
+            raise ConfigError(path, "no such experiment file") from None
+        except IsADirectoryError:
+            raise ConfigError(path, "is a directory, not an experiment file") from None
+        except yaml.YAMLError as e:
+            where = getattr(e, "problem_mark", None)
+            loc = f" at line {where.line + 1}, column {where.column + 1}" if where else ""
+            problem = getattr(e, "problem", None) or str(e)
+            raise ConfigError(path, f"malformed YAML{loc}: {problem}") from None
+        if raw is None:
+            raw = {}
+        if not isinstance(raw, Mapping):
+            raise ConfigError(path, "expected a mapping at the top level", value=raw)
+        raw = dict(raw)
+        raw.setdefault("name", os.path.splitext(os.path.basename(path))[0])
+        return cls.from_dict(raw, overrides)
+
+    @classmethod
+    def from_dict(cls, raw: Mapping[str, Any], overrides: Sequence[str] = ()) -> Experiment:
+        """Builds an experiment from YAML-shaped data plus ``key=value`` overrides."""
+        raw = dict(raw)
+        name = raw.pop("name", "experiment")
+        description = raw.pop("description", "") or ""
+        sweep_raw = raw.pop("sweep", None) or {}
+        if not isinstance(name, str) or not name:
+            raise ConfigError("name", "expected a non-empty string", value=name)
+        if not isinstance(sweep_raw, Mapping):
+            raise ConfigError("sweep", "expected a mapping of config paths to lists",
+                              value=sweep_raw)
+        config_keys = [f.name for f in dataclasses.fields(Config)]
+        for key in raw:
+            if key not in config_keys:
+                raise ConfigError("<top>", "unknown key", value=key,
+                                  choices=sorted([*config_keys, *TOP_LEVEL_KEYS]))
+        sweep = dict(sweep_raw)
+        for item in overrides:
+            key, value = parse_override(item)
+            if key == "sweep" or key.startswith("sweep."):
+                sweep_key = key.removeprefix("sweep.")
+                if not sweep_key or sweep_key == "sweep":
+                    raise ConfigError("--set", "name a swept key, as in sweep.remat=[none,full]",
+                                      value=item)
+                sweep[sweep_key] = value
+            elif key == "name":
+                name = value
+            else:
+                path = _convert.canonical_path(Config, raw, key)
+                raw = _convert.set_path(Config, raw, path, value)
+                # an override pins the key: drop any sweep over the same field
+                sweep = {k: v for k, v in sweep.items()
+                         if _convert.canonical_path(Config, raw, k) != path}
+        config = _convert.from_dict(Config, raw)
+        exp = cls(name=str(name), config=config, sweep=_check_sweep(sweep, raw),
+                  description=str(description))
+        exp.grid()  # validates every point now, before anything runs
+        return exp
+
+    def to_dict(self) -> dict[str, Any]:
+        """YAML-shaped data that :meth:`from_dict` reads back to an equal experiment."""
+        out = {"name": self.name, "description": self.description}
+        out.update(_convert.to_dict(self.config))
+        out["sweep"] = {k: list(v) for k, v in self.sweep.items()}
+        return out
+
+    def grid(self) -> list[GridPoint]:
+        """The Cartesian product of the sweep values, each point validated."""
+        base = _convert.to_dict(self.config)
+        if not self.sweep:
+            return [GridPoint(0, "base", self.config)]
+        keys = list(self.sweep)
+        paths = [_convert.canonical_path(Config, base, k) for k in keys]
+        points = []
+        for index, values in enumerate(itertools.product(*(self.sweep[k] for k in keys))):
+            raw = base
+            for path, value in zip(paths, values):
+                raw = _convert.set_path(Config, raw, path, value)
+            name = ",".join(f"{k}={_label(v)}" for k, v in zip(keys, values))
+            try:
+                config = _convert.from_dict(Config, raw)
+            except ConfigError as e:
+                raise e.replace(problem=f"{e.problem} (in sweep point {name})") from None
+            points.append(GridPoint(index, name, config))
+        return points
+
+
+def parse_override(item: str) -> tuple[str, Any]:
+    """``"a.b=value"`` -> ``("a.b", parsed)``; the value is parsed as YAML (``4``, ``[a, b]``)."""
+    key, sep, text = item.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise ConfigError("--set", "expected KEY=VALUE, as in remat=full", value=item)
+    try:
+        value = yaml.safe_load(text) if text.strip() else ""
+    except yaml.YAMLError:
+        raise ConfigError(f"--set {key}", "value is not valid YAML", value=text) from None
+    return key, value
+
+
+def _check_sweep(sweep: Mapping[str, Any], raw: Mapping[str, Any]) -> dict[str, tuple[Any, ...]]:
+    out: dict[str, tuple[Any, ...]] = {}
+    seen: dict[str, str] = {}
+    for key, values in sweep.items():
+        if not isinstance(values, (list, tuple)) or not values:
+            raise ConfigError(f"sweep.{key}", "expected a non-empty list of values", value=values)
+        try:
+            path = _convert.canonical_path(Config, raw, key)
+        except ConfigError as e:
+            raise e.replace(path=f"sweep.{key}") from None
+        if path in seen:
+            raise ConfigError(f"sweep.{key}", f"sweeps the same field as sweep.{seen[path]}",
+                              value=path)
+        seen[path] = key
+        out[key] = tuple(values)
+    return out
+
+
+def _label(value: Any) -> str:
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, (list, tuple)):
+        return "x".join(_label(v) for v in value)
+    if isinstance(value, Mapping):
+        return "{" + ";".join(f"{k}:{_label(v)}" for k, v in value.items()) + "}"
+    return str(value)
+

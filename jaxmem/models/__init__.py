@@ -1,0 +1,30 @@
+"""Built-in models (``mlp``, ``cnn``, ``gpt``, ``encoder``) and user models (``custom``).
+
+Each model kind is a config section (``model: {kind: ..., ...}``) whose ``build`` returns a
+:class:`Workload`: the model constructor, the batch's shapes and the loss.
+"""
+
+from jaxmem.models.cnn import CNN, CNNConfig
+from jaxmem.models.custom import CustomConfig
+from jaxmem.models.encoder import Encoder, EncoderConfig
+from jaxmem.models.gpt import GPT, GPTConfig
+from jaxmem.models.mlp import MLP, MLPConfig
+from jaxmem.models.transformer import CHECKPOINT_NAMES, TransformerConfig
+from jaxmem.models.workload import Batch, BuildOptions, Workload
+
+__all__ = [
+    "CHECKPOINT_NAMES",
+    "CNN",
+    "CNNConfig",
+    "CustomConfig",
+    "Encoder",
+    "EncoderConfig",
+    "GPT",
+    "GPTConfig",
+    "MLP",
+    "MLPConfig",
+    "TransformerConfig",
+    "Batch",
+    "BuildOptions",
+    "Workload",
+]

@@ -1,0 +1,113 @@
+"""``cnn``: an image classifier of conv blocks (optionally depthwise-separable).
+
+Each block is conv 3x3 (or depthwise 3x3 + pointwise 1x1), ReLU, 2x2 average pool; the head is a
+global average pool and a linear layer. Shape suffixes: B batch, S spatial side, C channels.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from jaxmem import losses, remat
+from jaxmem.config import ModelConfig
+from jaxmem.errors import ConfigError, check_positive
+from jaxmem.models.workload import Batch, BuildOptions, Workload
+
+
+@ModelConfig.register("cnn")
+@dataclasses.dataclass(frozen=True)
+class CNNConfig(ModelConfig):
+    """Conv blocks halving the spatial size each.
+
+    Attributes:
+      image_size: input height and width.
+      in_channels: input channels.
+      channels: output channels of each block.
+      depthwise_separable: depthwise 3x3 + pointwise 1x1 instead of a full 3x3 conv.
+      num_classes: classes of the head.
+    """
+
+    kind: str = "cnn"
+    image_size: int = 32
+    in_channels: int = 3
+    channels: tuple[int, ...] = (32, 64, 128)
+    depthwise_separable: bool = False
+    num_classes: int = 10
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for name in ("image_size", "in_channels", "num_classes"):
+            check_positive(name, getattr(self, name))
+        if not self.channels:
+            raise ConfigError("channels", "needs at least one block", value=list(self.channels))
+        for i, ch in enumerate(self.channels):
+            check_positive(f"channels[{i}]", ch)
+        if self.image_size % 2 ** len(self.channels):
+            raise ConfigError(
+                "image_size",
+                f"must be divisible by 2**len(channels)={2 ** len(self.channels)}",
+                value=self.image_size,
+            )
+
+    def build(self, opts: BuildOptions) -> Workload:
+        """Random images, integer labels."""
+        batch_size = opts.batch_size
+        S, C = self.image_size, self.in_channels
+
+        def loss(model: CNN, batch: Batch) -> jax.Array:
+            return losses.cross_entropy(model(batch["images"]), batch["labels"])
+
+        return Workload(
+            init=lambda rngs: CNN(self, opts, rngs=rngs),
+            batch={
+                "images": jax.ShapeDtypeStruct((batch_size, S, S, C), jnp.float32),
+                "labels": jax.ShapeDtypeStruct((batch_size,), jnp.int32),
+            },
+            loss=loss,
+            int_maxval={"labels": self.num_classes},
+        )
+
+
+class ConvBlock(nnx.Module):
+    """Conv (full or depthwise-separable), ReLU, 2x2 average pool."""
+
+    def __init__(self, c_in: int, c_out: int, *, separable: bool, dtype: Any, rngs: nnx.Rngs):
+        if separable:
+            self.convs = nnx.List([
+                nnx.Conv(c_in, c_in, (3, 3), feature_group_count=c_in, dtype=dtype,
+                         rngs=rngs),  # depthwise
+                nnx.Conv(c_in, c_out, (1, 1), dtype=dtype, rngs=rngs),  # pointwise
+            ])
+        else:
+            self.convs = nnx.List([nnx.Conv(c_in, c_out, (3, 3), dtype=dtype, rngs=rngs)])
+
+    def __call__(self, x_BxSxSxC: jax.Array) -> jax.Array:
+        for conv in self.convs:
+            x_BxSxSxC = conv(x_BxSxSxC)
+        x_BxSxSxC = jax.nn.relu(x_BxSxSxC)
+        return nnx.avg_pool(x_BxSxSxC, window_shape=(2, 2), strides=(2, 2))
+
+
+class CNN(nnx.Module):
+    """Conv blocks, global average pool, linear head."""
+
+    def __init__(self, c: CNNConfig, opts: BuildOptions, *, rngs: nnx.Rngs):
+        widths = (c.in_channels, *c.channels)
+        self.blocks = nnx.List([
+            ConvBlock(a, b, separable=c.depthwise_separable, dtype=opts.dtype, rngs=rngs)
+            for a, b in zip(widths[:-1], widths[1:])
+        ])
+        self.head = nnx.Linear(widths[-1], c.num_classes, dtype=opts.dtype, rngs=rngs)
+        self.remat_policy = opts.remat_policy
+
+    def __call__(self, images_BxSxSxC: jax.Array) -> jax.Array:
+        block_fn = remat.wrap(lambda block, x: block(x), self.remat_policy)
+        x = images_BxSxSxC
+        for block in self.blocks:
+            x = block_fn(block, x)
+        return self.head(x.mean(axis=(1, 2)))  # BxC

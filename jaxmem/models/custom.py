@@ -1,0 +1,89 @@
+"""``custom``: bring your own NNX model, measured by the same harness.
+
+The experiment names a factory ``package.module:function`` (importable, or a module in the
+working directory). jaxmem calls it as ``factory(batch_size=..., **options)`` and expects a
+:class:`~jaxmem.models.Workload`. A factory that accepts a ``remat_policy`` argument receives the
+experiment's remat policy name (see ``jaxmem.remat.wrap``), one that accepts ``dtype`` the
+precision policy's compute dtype (pass it to your layers' ``dtype=``). Without them, only
+``remat: none`` applies, and the precision policy only casts parameters and inputs.
+
+Example YAML::
+
+    model:
+      kind: custom
+      factory: my_project.models:make_workload
+      options: {width: 1024}
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import inspect
+import os
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from jaxmem.config import ModelConfig
+from jaxmem.errors import ConfigError
+from jaxmem.models.workload import BuildOptions, Workload
+
+
+@ModelConfig.register("custom")
+@dataclasses.dataclass(frozen=True)
+class CustomConfig(ModelConfig):
+    """A user factory and the keyword options passed to it.
+
+    Attributes:
+      factory: ``package.module:function`` returning a Workload.
+      options: extra keyword arguments for the factory.
+    """
+
+    kind: str = "custom"
+    factory: str = ""
+    options: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        module, _, attr = self.factory.partition(":")
+        if not module or not attr:
+            raise ConfigError("factory", "expected 'package.module:function'", value=self.factory)
+
+    def resolve(self) -> Callable[..., Workload]:
+        """Imports the factory (the working directory is importable too)."""
+        module_name, _, attr = self.factory.partition(":")
+        if os.getcwd() not in sys.path:
+            sys.path.append(os.getcwd())
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError as e:
+            raise ConfigError("model.factory", f"cannot import module ({e})",
+                              value=self.factory) from None
+        try:
+            return getattr(module, attr)
+        except AttributeError:
+            raise ConfigError("model.factory", f"module {module_name} has no {attr!r}",
+                              value=self.factory) from None
+
+    def build(self, opts: BuildOptions) -> Workload:
+        """Calls the factory; checks it returns a Workload."""
+        factory = self.resolve()
+        accepts = inspect.signature(factory).parameters
+        kwargs = dict(self.options, batch_size=opts.batch_size)
+        if "remat_policy" in accepts:
+            kwargs["remat_policy"] = opts.remat_policy
+        elif opts.remat_policy != "none":
+            raise ConfigError("remat.policy", f"factory {self.factory} takes no remat_policy "
+                              "argument, so only 'none' applies", value=opts.remat_policy)
+        if "dtype" in accepts:
+            kwargs["dtype"] = opts.dtype
+        try:
+            workload = factory(**kwargs)
+        except TypeError as e:
+            raise ConfigError("model.options", f"factory {self.factory} rejected them ({e})",
+                              value=self.options) from None
+        if not isinstance(workload, Workload):
+            raise ConfigError("model.factory", "must return a jaxmem.models.Workload, returned "
+                              f"{type(workload).__name__}", value=self.factory)
+        return workload

@@ -1,0 +1,69 @@
+"""``encoder``: a bidirectional transformer classifier (mean-pooled, BERT-style shape)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from jaxmem import losses
+from jaxmem.config import ModelConfig
+from jaxmem.errors import check_positive
+from jaxmem.models.transformer import Block, Stack, TransformerConfig
+from jaxmem.models.workload import Batch, BuildOptions, Workload
+
+
+@ModelConfig.register("encoder")
+@dataclasses.dataclass(frozen=True)
+class EncoderConfig(TransformerConfig):
+    """An encoder classifier: :class:`TransformerConfig` plus the number of classes."""
+
+    kind: str = "encoder"
+    num_classes: int = 2
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_positive("num_classes", self.num_classes)
+
+    def build(self, opts: BuildOptions) -> Workload:
+        """Sequence classification: ``batch_size`` sequences, one label each."""
+        batch_size = opts.batch_size
+
+        def loss(model: Encoder, batch: Batch) -> jax.Array:
+            return losses.cross_entropy(model(batch["inputs"]), batch["labels"])
+
+        return Workload(
+            init=lambda rngs: Encoder(self, opts, rngs=rngs),
+            batch={
+                "inputs": jax.ShapeDtypeStruct((batch_size, self.seq_len), jnp.int32),
+                "labels": jax.ShapeDtypeStruct((batch_size,), jnp.int32),
+            },
+            loss=loss,
+            int_maxval={"inputs": self.vocab_size, "labels": self.num_classes},
+        )
+
+
+class Encoder(nnx.Module):
+    """Embeddings, a bidirectional block stack, LayerNorm, mean over tokens, linear head."""
+
+    def __init__(self, c: EncoderConfig, opts: BuildOptions, *, rngs: nnx.Rngs):
+        dtype = opts.dtype
+        self.embed = nnx.Embed(c.vocab_size, c.d_model, dtype=dtype, rngs=rngs)
+        self.pos = nnx.Embed(c.seq_len, c.d_model, dtype=dtype, rngs=rngs)
+        self.blocks = Stack(
+            lambda r: Block(c, causal=False, dtype=dtype, rngs=r),
+            c.num_layers,
+            stack=c.stack,
+            remat_policy=opts.remat_policy,
+            rngs=rngs,
+        )
+        self.ln_f = nnx.LayerNorm(c.d_model, dtype=dtype, rngs=rngs)
+        self.head = nnx.Linear(c.d_model, c.num_classes, dtype=dtype, rngs=rngs)
+
+    def __call__(self, tokens_BxL: jax.Array) -> jax.Array:
+        L = tokens_BxL.shape[1]
+        x_BxLxD = self.embed(tokens_BxL) + self.pos(jnp.arange(L))[None]
+        x_BxLxD = self.ln_f(self.blocks(x_BxLxD))
+        return self.head(x_BxLxD.mean(axis=1))  # BxC

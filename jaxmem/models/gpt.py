@@ -1,0 +1,81 @@
+"""``gpt``: a decoder-only language model (learned positions, pre-LN, causal attention).
+
+Example:
+  >>> import jax
+  >>> from flax import nnx
+  >>> from jaxmem.models.gpt import GPTConfig
+  >>> from jaxmem.models import BuildOptions
+  >>> w = GPTConfig(vocab_size=64, seq_len=16, d_model=32).build(BuildOptions(batch_size=2))
+  >>> model = w.init(nnx.Rngs(0))
+  >>> model(jax.numpy.zeros((2, 16), "int32")).shape
+  (2, 16, 64)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from jaxmem import losses
+from jaxmem.config import ModelConfig
+from jaxmem.models.transformer import Block, Stack, TransformerConfig
+from jaxmem.models.workload import Batch, BuildOptions, Workload
+
+
+@ModelConfig.register("gpt")
+@dataclasses.dataclass(frozen=True)
+class GPTConfig(TransformerConfig):
+    """A GPT: :class:`TransformerConfig` plus output-embedding tying.
+
+    Attributes:
+      tie_embeddings: the LM head reuses the token embedding (GPT-2 does).
+    """
+
+    kind: str = "gpt"
+    tie_embeddings: bool = True
+
+    def build(self, opts: BuildOptions) -> Workload:
+        """Next-token prediction on ``batch_size`` sequences of ``seq_len`` tokens."""
+        B, L = opts.batch_size, self.seq_len
+        tokens = jax.ShapeDtypeStruct((B, L), jnp.int32)
+
+        def loss(model: GPT, batch: Batch) -> jax.Array:
+            return losses.cross_entropy(model(batch["inputs"]), batch["targets"])
+
+        return Workload(
+            init=lambda rngs: GPT(self, opts, rngs=rngs),
+            batch={"inputs": tokens, "targets": tokens},
+            loss=loss,
+            int_maxval={"inputs": self.vocab_size, "targets": self.vocab_size},
+        )
+
+
+class GPT(nnx.Module):
+    """Token + position embeddings, a causal block stack, final LayerNorm, LM head."""
+
+    def __init__(self, c: GPTConfig, opts: BuildOptions, *, rngs: nnx.Rngs):
+        dtype = opts.dtype
+        self.embed = nnx.Embed(c.vocab_size, c.d_model, dtype=dtype, rngs=rngs)
+        self.pos = nnx.Embed(c.seq_len, c.d_model, dtype=dtype, rngs=rngs)
+        self.blocks = Stack(
+            lambda r: Block(c, causal=True, dtype=dtype, rngs=r),
+            c.num_layers,
+            stack=c.stack,
+            remat_policy=opts.remat_policy,
+            rngs=rngs,
+        )
+        self.ln_f = nnx.LayerNorm(c.d_model, dtype=dtype, rngs=rngs)
+        self.head = None if c.tie_embeddings else nnx.Linear(
+            c.d_model, c.vocab_size, use_bias=False, dtype=dtype, rngs=rngs
+        )
+
+    def __call__(self, tokens_BxL: jax.Array) -> jax.Array:
+        L = tokens_BxL.shape[1]
+        x_BxLxD = self.embed(tokens_BxL) + self.pos(jnp.arange(L))[None]
+        x_BxLxD = self.ln_f(self.blocks(x_BxLxD))
+        if self.head is None:
+            return self.embed.attend(x_BxLxD)  # BxLxV
+        return self.head(x_BxLxD)  # BxLxV

@@ -1,0 +1,82 @@
+"""``mlp``: a multi-layer perceptron, classifier (cross-entropy) or regressor (MSE)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from jaxmem import losses, remat
+from jaxmem.config import ModelConfig
+from jaxmem.errors import ConfigError, check_choice, check_positive
+from jaxmem.models.workload import Batch, BuildOptions, Workload
+
+
+@ModelConfig.register("mlp")
+@dataclasses.dataclass(frozen=True)
+class MLPConfig(ModelConfig):
+    """Dense layers with ReLU.
+
+    Attributes:
+      in_features: input width.
+      hidden: widths of the hidden layers (each is one remat block).
+      out_features: classes (cross_entropy) or regression targets (mse).
+      loss: ``cross_entropy`` or ``mse``.
+    """
+
+    kind: str = "mlp"
+    in_features: int = 784
+    hidden: tuple[int, ...] = (512, 512)
+    out_features: int = 10
+    loss: str = "cross_entropy"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_positive("in_features", self.in_features)
+        check_positive("out_features", self.out_features)
+        if not self.hidden:
+            raise ConfigError("hidden", "needs at least one layer width", value=list(self.hidden))
+        for i, width in enumerate(self.hidden):
+            check_positive(f"hidden[{i}]", width)
+        check_choice("loss", self.loss, losses.LOSSES, what="loss")
+
+    def build(self, opts: BuildOptions) -> Workload:
+        """Random inputs; integer labels (cross_entropy) or float targets (mse)."""
+        B = opts.batch_size
+        if self.loss == "cross_entropy":
+            targets = jax.ShapeDtypeStruct((B,), jnp.int32)
+        else:
+            targets = jax.ShapeDtypeStruct((B, self.out_features), jnp.float32)
+        loss_fn = losses.LOSSES[self.loss]
+
+        def loss(model: MLP, batch: Batch) -> jax.Array:
+            return loss_fn(model(batch["inputs"]), batch["targets"])
+
+        return Workload(
+            init=lambda rngs: MLP(self, opts, rngs=rngs),
+            batch={"inputs": jax.ShapeDtypeStruct((B, self.in_features), jnp.float32),
+                   "targets": targets},
+            loss=loss,
+            int_maxval={"targets": self.out_features},
+        )
+
+
+class MLP(nnx.Module):
+    """``in -> hidden[0] -> ... -> out``, ReLU between, each hidden layer a remat block."""
+
+    def __init__(self, c: MLPConfig, opts: BuildOptions, *, rngs: nnx.Rngs):
+        widths = (c.in_features, *c.hidden)
+        self.layers = nnx.List([
+            nnx.Linear(a, b, dtype=opts.dtype, rngs=rngs)
+            for a, b in zip(widths[:-1], widths[1:])
+        ])
+        self.head = nnx.Linear(widths[-1], c.out_features, dtype=opts.dtype, rngs=rngs)
+        self.remat_policy = opts.remat_policy
+
+    def __call__(self, x_BxI: jax.Array) -> jax.Array:
+        layer_fn = remat.wrap(lambda layer, x: jax.nn.relu(layer(x)), self.remat_policy)
+        for layer in self.layers:
+            x_BxI = layer_fn(layer, x_BxI)
+        return self.head(x_BxI)

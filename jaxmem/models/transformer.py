@@ -1,0 +1,135 @@
+"""Pre-LN transformer pieces shared by ``gpt`` and ``encoder``, and the layer stack.
+
+Intermediates are tagged with ``jax.ad_checkpoint.checkpoint_name`` so that name-based remat
+policies can pick what to save. Shape suffixes: B batch, L length, D d_model, H heads,
+K head dim, F MLP hidden width.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+import jax
+from flax import nnx
+from jax.ad_checkpoint import checkpoint_name
+
+from jaxmem import remat
+from jaxmem.config import ModelConfig
+from jaxmem.errors import ConfigError, check_choice, check_positive
+from jaxmem.models.attention import Attention
+
+#: Every name a transformer block tags, in forward order.
+CHECKPOINT_NAMES = (
+    "block_input",  # residual stream entering the block, BxLxD
+    "query",  # q projection, BxLxHxK
+    "key",  # k projection, BxLxHxK
+    "value",  # v projection, BxLxHxK
+    "attn_context",  # softmax(qk) v, BxLxHxK
+    "attn_out",  # attention output projection, BxLxD
+    "mlp_pre_act",  # MLP hidden before the activation, BxLxF
+    "mlp_post_act",  # MLP hidden after the activation, BxLxF
+    "mlp_out",  # MLP output projection, BxLxD
+)
+
+STACKS = ("loop", "scan")
+
+
+@dataclasses.dataclass(frozen=True)
+class TransformerConfig(ModelConfig):
+    """Shape of a transformer stack (fields shared by ``gpt`` and ``encoder``).
+
+    Attributes:
+      vocab_size: token vocabulary.
+      seq_len: tokens per sequence (also the learned position table's length).
+      num_layers: transformer blocks.
+      d_model: residual stream width.
+      num_heads: attention heads; must divide ``d_model``.
+      mlp_ratio: MLP hidden width = ``mlp_ratio * d_model``.
+      stack: ``loop`` (a Python loop over blocks) or ``scan`` (``nnx.scan`` over stacked blocks:
+        one block is compiled, parameters carry a leading layer axis).
+    """
+
+    vocab_size: int = 512
+    seq_len: int = 128
+    num_layers: int = 2
+    d_model: int = 128
+    num_heads: int = 4
+    mlp_ratio: int = 4
+    stack: str = "loop"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for name in ("vocab_size", "seq_len", "num_layers", "d_model", "num_heads", "mlp_ratio"):
+            check_positive(name, getattr(self, name))
+        if self.d_model % self.num_heads:
+            raise ConfigError("num_heads", f"must divide d_model={self.d_model}",
+                              value=self.num_heads)
+        check_choice("stack", self.stack, STACKS, what="stack")
+
+
+class MLP(nnx.Module):
+    """Two-layer GELU MLP."""
+
+    def __init__(self, d_model: int, hidden: int, *, dtype: Any, rngs: nnx.Rngs):
+        self.up = nnx.Linear(d_model, hidden, dtype=dtype, rngs=rngs)
+        self.down = nnx.Linear(hidden, d_model, dtype=dtype, rngs=rngs)
+
+    def __call__(self, x_BxLxD: jax.Array) -> jax.Array:
+        h_BxLxF = checkpoint_name(self.up(x_BxLxD), "mlp_pre_act")
+        h_BxLxF = checkpoint_name(jax.nn.gelu(h_BxLxF), "mlp_post_act")
+        return checkpoint_name(self.down(h_BxLxF), "mlp_out")
+
+
+class Block(nnx.Module):
+    """Pre-LN block: ``x + attn(ln(x))`` then ``x + mlp(ln(x))``."""
+
+    def __init__(self, c: TransformerConfig, *, causal: bool, dtype: Any, rngs: nnx.Rngs):
+        self.ln1 = nnx.LayerNorm(c.d_model, dtype=dtype, rngs=rngs)
+        self.attn = Attention(c.d_model, c.num_heads, causal=causal, dtype=dtype, rngs=rngs)
+        self.ln2 = nnx.LayerNorm(c.d_model, dtype=dtype, rngs=rngs)
+        self.mlp = MLP(c.d_model, c.mlp_ratio * c.d_model, dtype=dtype, rngs=rngs)
+
+    def __call__(self, x_BxLxD: jax.Array) -> jax.Array:
+        x_BxLxD = checkpoint_name(x_BxLxD, "block_input")
+        x_BxLxD = x_BxLxD + self.attn(self.ln1(x_BxLxD))
+        return x_BxLxD + self.mlp(self.ln2(x_BxLxD))
+
+
+class Stack(nnx.Module):
+    """``num_layers`` blocks applied in order, by a Python loop or by ``nnx.scan``.
+
+    Each block call is wrapped in the remat policy (``jaxmem.remat``).
+    """
+
+    def __init__(
+        self,
+        make_block: Callable[[nnx.Rngs], nnx.Module],
+        num_layers: int,
+        *,
+        stack: str,
+        remat_policy: str,
+        rngs: nnx.Rngs,
+    ):
+        self.stack = stack
+        self.remat_policy = remat_policy
+        if stack == "scan":
+
+            @nnx.split_rngs(splits=num_layers)
+            @nnx.vmap(in_axes=(0,), out_axes=0)
+            def create(rngs: nnx.Rngs) -> nnx.Module:
+                return make_block(rngs)
+
+            self.blocks = create(rngs)
+        else:
+            self.blocks = nnx.List([make_block(rngs) for _ in range(num_layers)])
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        if self.stack == "scan":
+            body = remat.wrap(lambda x, block: block(x), self.remat_policy, prevent_cse=False)
+            return nnx.scan(body, in_axes=(nnx.Carry, 0), out_axes=nnx.Carry)(x, self.blocks)
+        call = remat.wrap(lambda block, x: block(x), self.remat_policy)
+        for block in self.blocks:
+            x = call(block, x)
+        return x

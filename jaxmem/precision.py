@@ -1,0 +1,80 @@
+"""Precision policies: the dtype parameters are stored in and the dtype the model computes in.
+
+A policy casts the stored parameters and floating inputs to the compute dtype inside the loss, so
+it works for any NNX model without touching its code; gradients come back in the storage dtype
+(the cast's transpose). Losses are computed in float32 by jaxmem's loss functions.
+
+Example:
+  >>> import jax.numpy as jnp
+  >>> from jaxmem import precision
+  >>> p = precision.get("bf16-mixed")
+  >>> p.cast_to_compute({"w": jnp.ones(2)})["w"].dtype
+  dtype(bfloat16)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from jaxmem.errors import ConfigError
+
+
+@dataclasses.dataclass(frozen=True)
+class PrecisionPolicy:
+    """Where parameters live and how the model computes.
+
+    Attributes:
+      name: registry name.
+      param_dtype: dtype of the stored (master) parameters and of the gradients.
+      compute_dtype: dtype parameters and floating inputs are cast to for the forward pass.
+      doc: one line for tables.
+    """
+
+    name: str
+    param_dtype: Any
+    compute_dtype: Any
+    doc: str
+
+    def _cast(self, tree: Any, dtype: Any) -> Any:
+        def cast(x: Any) -> Any:
+            if isinstance(x, (jax.Array, jax.ShapeDtypeStruct)) and jnp.issubdtype(
+                x.dtype, jnp.floating
+            ):
+                if isinstance(x, jax.ShapeDtypeStruct):
+                    return jax.ShapeDtypeStruct(x.shape, dtype, sharding=x.sharding)
+                return x.astype(dtype)
+            return x
+
+        return jax.tree.map(cast, tree)
+
+    def cast_to_param(self, tree: Any) -> Any:
+        """Floating leaves (arrays or ShapeDtypeStructs) in the parameter dtype."""
+        return self._cast(tree, self.param_dtype)
+
+    def cast_to_compute(self, tree: Any) -> Any:
+        """Floating leaves in the compute dtype (integer leaves, e.g. token ids, untouched)."""
+        return self._cast(tree, self.compute_dtype)
+
+
+POLICIES: dict[str, PrecisionPolicy] = {
+    p.name: p
+    for p in [
+        PrecisionPolicy("fp32", jnp.float32, jnp.float32, "float32 parameters and compute"),
+        PrecisionPolicy(
+            "bf16-mixed", jnp.float32, jnp.bfloat16, "float32 master parameters, bfloat16 compute"
+        ),
+    ]
+}
+
+
+def get(name: str) -> PrecisionPolicy:
+    """The policy called ``name``; ConfigError listing the valid names otherwise."""
+    try:
+        return POLICIES[name]
+    except KeyError:
+        raise ConfigError("precision.policy", "unknown precision policy", value=name,
+                          choices=sorted(POLICIES)) from None

@@ -1,0 +1,172 @@
+"""One measured configuration: a Record, its stable field names and what each means.
+
+A record groups its numbers by **source**: ``analytic`` (computed from shapes and the jaxpr),
+``compiled`` (XLA's analysis of the compiled step, per device) and ``runtime`` (measured while
+running, in a fresh process). Flattened, the field names are dotted: ``compiled.temp_bytes``.
+
+Example:
+  >>> from jaxmem.record import Record
+  >>> r = Record(experiment="e", index=0, name="base", mode="compile", status="ok",
+  ...            compiled={"temp_bytes": 1024})
+  >>> r.get("compiled.temp_bytes"), "compiled.temp_bytes" in r.flat()
+  (1024, True)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import platform
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+
+SCHEMA_VERSION = 1
+
+#: Every field a record can carry (flattened name -> meaning). ``config.*`` fields mirror the
+#: experiment's configuration sections and are documented there.
+FIELDS: dict[str, str] = {
+    "schema_version": "version of this layout",
+    "experiment": "experiment name",
+    "index": "position in the sweep grid; 0 is the baseline for deltas",
+    "name": "grid point name, e.g. remat=full,precision=bf16-mixed",
+    "mode": "compile or run",
+    "status": "ok or error",
+    "error": "error message when status is error",
+    "notes": "caveats about the numbers on this backend",
+    "env.backend": "platform of the devices measured (cpu, gpu, tpu)",
+    "env.device_kind": "device model, e.g. NVIDIA H100 80GB HBM3",
+    "env.device_count": "devices in the configuration's mesh",
+    "env.process_count": "JAX processes (hosts)",
+    "env.jax_version": "jax version",
+    "env.jaxlib_version": "jaxlib version",
+    "env.flax_version": "flax version",
+    "env.optax_version": "optax version",
+    "env.python_version": "Python version",
+    "analytic.param_count": "parameters (elements), whole model",
+    "analytic.param_bytes": "parameter bytes in the storage dtype, whole model",
+    "analytic.opt_state_bytes": "optimizer state bytes, whole model",
+    "analytic.batch_bytes": "bytes of one global batch",
+    "analytic.residual_bytes": "bytes the forward pass saves for the backward, from the jaxpr "
+                               "(before XLA fusion), whole batch",
+    "compiled.argument_bytes": "per device: step inputs (params, optimizer state, batch)",
+    "compiled.output_bytes": "per device: step outputs",
+    "compiled.alias_bytes": "per device: outputs written into donated inputs",
+    "compiled.temp_bytes": "per device: XLA scratch (activations, gradients, ...)",
+    "compiled.total_bytes": "per device: argument + output + temp - alias",
+    "compiled.peak_bytes": "per device: XLA's peak_memory_in_bytes where reported",
+    "compiled.generated_code_bytes": "per device: compiled program size",
+    "compiled.host_argument_bytes": "per device: host-memory arguments",
+    "compiled.host_output_bytes": "per device: host-memory outputs",
+    "compiled.host_alias_bytes": "per device: host-memory aliased outputs",
+    "compiled.host_temp_bytes": "per device: host-memory scratch",
+    "compiled.host_generated_code_bytes": "per device: host program size",
+    "compiled.flops": "XLA cost analysis: floating-point operations of one step",
+    "compiled.bytes_accessed": "XLA cost analysis: bytes read and written by one step",
+    "compiled.transcendentals": "XLA cost analysis: transcendental operations",
+    "compiled.lower_seconds": "seconds to trace and lower the step",
+    "compiled.compile_seconds": "seconds for XLA to compile the step",
+    "compiled.platform": "platform compiled for",
+    "compiled.device_kind": "device model compiled for",
+    "compiled.num_devices": "devices the compiled program spans",
+    "runtime.step_time_s": "median seconds of one step (run mode)",
+    "runtime.step_times_s": "every timed step, seconds",
+    "runtime.warmup_steps": "untimed steps before timing",
+    "runtime.steps": "timed steps",
+    "runtime.final_loss": "loss of the last step",
+    "runtime.device_stats": "available, or why device memory_stats() are missing",
+    "runtime.device_peak_bytes": "max over the mesh's devices of memory_stats()"
+                                 "['peak_bytes_in_use']",
+    "runtime.device_bytes_in_use": "max over devices of bytes_in_use after the steps",
+    "runtime.device_bytes_limit": "min over devices of bytes_limit",
+    "runtime.host_peak_rss_bytes": "peak resident memory of the worker process (host memory)",
+}
+
+
+@dataclasses.dataclass
+class Record:
+    """The result row of one configuration (see :data:`FIELDS`)."""
+
+    experiment: str
+    index: int
+    name: str
+    mode: str
+    status: str
+    error: str | None = None
+    config: dict[str, Any] = dataclasses.field(default_factory=dict)
+    env: dict[str, Any] = dataclasses.field(default_factory=dict)
+    analytic: dict[str, Any] = dataclasses.field(default_factory=dict)
+    compiled: dict[str, Any] = dataclasses.field(default_factory=dict)
+    runtime: dict[str, Any] = dataclasses.field(default_factory=dict)
+    notes: list[str] = dataclasses.field(default_factory=list)
+    schema_version: int = SCHEMA_VERSION
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+    def to_dict(self) -> dict[str, Any]:
+        """Nested JSON-ready dict, fixed key order."""
+        return {
+            "schema_version": self.schema_version,
+            "experiment": self.experiment,
+            "index": self.index,
+            "name": self.name,
+            "mode": self.mode,
+            "status": self.status,
+            "error": self.error,
+            "notes": list(self.notes),
+            "env": dict(self.env),
+            "analytic": dict(self.analytic),
+            "compiled": dict(self.compiled),
+            "runtime": dict(self.runtime),
+            "config": self.config,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Record:
+        """Reads :meth:`to_dict` output back."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+    def flat(self) -> dict[str, Any]:
+        """Dotted keys (``compiled.temp_bytes``, ``config.model.d_model``) to scalar values."""
+        out: dict[str, Any] = {}
+        _flatten(self.to_dict(), "", out)
+        return out
+
+    def get(self, path: str, default: Any = None) -> Any:
+        """A value by dotted path, e.g. ``record.get("compiled.temp_bytes")``."""
+        node: Any = self.to_dict()
+        for part in path.split("."):
+            if not isinstance(node, dict) or part not in node:
+                return default
+            node = node[part]
+        return node
+
+
+def _flatten(node: Any, prefix: str, out: dict[str, Any]) -> None:
+    if isinstance(node, dict) and node:
+        for k, v in node.items():
+            _flatten(v, f"{prefix}.{k}" if prefix else k, out)
+    else:
+        out[prefix] = node
+
+
+def environment(devices: Sequence[jax.Device]) -> dict[str, Any]:
+    """Backend, device kind and count, process count and library versions."""
+    import flax
+    import jaxlib
+    import optax
+
+    return {
+        "backend": devices[0].platform,
+        "device_kind": devices[0].device_kind,
+        "device_count": len(devices),
+        "process_count": jax.process_count(),
+        "jax_version": jax.__version__,
+        "jaxlib_version": jaxlib.__version__,
+        "flax_version": flax.__version__,
+        "optax_version": optax.__version__,
+        "python_version": platform.python_version(),
+    }

@@ -1,0 +1,104 @@
+"""The terminal comparison table: one row per configuration, deltas against the first.
+
+Example:
+  >>> from jaxmem.record import Record
+  >>> from jaxmem.report import table
+  >>> rows = [Record("e", i, f"c{i}", "compile", "ok", compiled={"temp_bytes": t})
+  ...         for i, t in enumerate([2048, 1024])]
+  >>> table(rows).row_count
+  2
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from rich.console import Console
+from rich.table import Table
+
+from jaxmem.record import Record
+from jaxmem.units import fmt_bytes, fmt_count, fmt_delta, fmt_seconds
+
+
+@dataclass(frozen=True)
+class Column:
+    """A table column: header, the record field it shows, formatter, whether to show a delta."""
+
+    header: str
+    field: str
+    fmt: Callable[[float | None], str]
+    delta: bool = False
+
+
+COMPILE_COLUMNS = (
+    Column("params", "analytic.param_count", fmt_count),
+    Column("argument", "compiled.argument_bytes", fmt_bytes),
+    Column("temp", "compiled.temp_bytes", fmt_bytes, delta=True),
+    Column("total", "compiled.total_bytes", fmt_bytes, delta=True),
+    Column("saved (jaxpr)", "analytic.residual_bytes", fmt_bytes, delta=True),
+    Column("FLOPs", "compiled.flops", fmt_count),
+    Column("compile", "compiled.compile_seconds", fmt_seconds),
+)
+RUN_COLUMNS = (
+    Column("step", "runtime.step_time_s", fmt_seconds, delta=True),
+    Column("device peak", "runtime.device_peak_bytes", fmt_bytes, delta=True),
+    Column("host RSS", "runtime.host_peak_rss_bytes", fmt_bytes),
+)
+
+
+def _baseline(records: Sequence[Record]) -> Record | None:
+    return next((r for r in records if r.ok), None)
+
+
+def table(records: Sequence[Record], title: str | None = None) -> Table:
+    """A rich Table of ``records``; memory columns are per device."""
+    columns = list(COMPILE_COLUMNS)
+    if any(r.mode == "run" for r in records):
+        columns += RUN_COLUMNS
+        if not any(r.get("runtime.device_peak_bytes") is not None for r in records):
+            columns = [c for c in columns if c.field != "runtime.device_peak_bytes"]
+    base = _baseline(records)
+    t = Table(title=title, caption=_caption(records), caption_justify="left")
+    t.add_column("#", justify="right", no_wrap=True)
+    t.add_column("configuration", no_wrap=True)
+    for c in columns:
+        t.add_column(c.header, justify="right", no_wrap=True)
+    for r in records:
+        if not r.ok:
+            t.add_row(str(r.index), r.name, f"[red]error[/red]: {r.error}",
+                      *[""] * (len(columns) - 1))
+            continue
+        cells = []
+        for c in columns:
+            value = r.get(c.field)
+            text = c.fmt(value)
+            if c.delta and base is not None and r is not base:
+                d = fmt_delta(value, base.get(c.field))
+                if d:
+                    text += f" ({d})"
+            cells.append(text)
+        t.add_row(str(r.index), r.name, *cells)
+    return t
+
+
+def _caption(records: Sequence[Record]) -> str:
+    ok = [r for r in records if r.ok]
+    if not ok:
+        return ""
+    devices = sorted({f"{r.env.get('device_kind')} x{r.env.get('device_count')}" for r in ok})
+    lines = [f"memory per device on {', '.join(devices)}; deltas against row "
+             f"{ok[0].index}; 'saved (jaxpr)': activations kept for the backward, whole batch"]
+    notes = dict.fromkeys(n for r in ok for n in r.notes)
+    lines += [f"note: {n}" for n in notes]
+    return "\n".join(lines)
+
+
+def print_table(records: Sequence[Record], title: str | None = None,
+                console: Console | None = None) -> None:
+    """Prints :func:`table` to ``console`` (stdout; 200 columns wide when not a terminal)."""
+    if console is None:
+        console = Console()
+        if not console.is_terminal:
+            console = Console(width=max(console.width, 200))
+    console.print(table(records, title))

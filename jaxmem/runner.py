@@ -1,0 +1,77 @@
+"""Runs an experiment's sweep: every grid point measured, results written, errors kept as rows.
+
+Example:
+  >>> import jaxmem
+  >>> exp = jaxmem.Experiment.from_dict({
+  ...     "name": "tiny", "model": {"kind": "mlp", "in_features": 8, "hidden": [16]},
+  ...     "sweep": {"remat": ["none", "full"]}})
+  >>> [r.status for r in jaxmem.run(exp)]
+  ['ok', 'ok']
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from jaxmem import results, sharding, targets
+from jaxmem.config import MODES
+from jaxmem.errors import ConfigError, check_choice
+from jaxmem.experiment import Experiment, GridPoint
+from jaxmem.harness import measure_point
+from jaxmem.record import Record
+
+
+def run(
+    experiment: Experiment,
+    mode: str | None = None,
+    *,
+    out: str | os.PathLike | None = None,
+    progress: bool = False,
+) -> list[Record]:
+    """Measures every grid point of ``experiment``; returns one Record per point.
+
+    Args:
+      experiment: what to measure.
+      mode: ``compile`` or ``run``; None uses each point's ``measure.mode``.
+      out: folder for ``results.jsonl`` and ``results.csv`` (written once, at the end).
+      progress: show a progress bar on stderr.
+    """
+    if mode is not None:
+        check_choice("--mode", mode, MODES, what="mode")
+    points = experiment.grid()
+    check_points(points, mode)
+    records: list[Record] = []
+    with _progress(progress, len(points)) as bar:
+        task = bar.add_task("", total=len(points))
+        for point in points:
+            point_mode = mode or point.config.measure.mode
+            bar.update(task, description=f"{point.name} ({point_mode})")
+            records.append(measure_point(experiment.name, point, point_mode))
+            bar.advance(task)
+    if out is not None:
+        results.write(out, records)
+    return records
+
+
+def check_points(points: Sequence[GridPoint], mode: str | None = None) -> None:
+    """Bad input that needs the devices (target, mesh size, run on a virtual target) is
+    caught here, before anything is measured or written."""
+    for point in points:
+        config = point.config
+        target = targets.get(config.target.name)
+        if (mode or config.measure.mode) == "run" and not target.runnable:
+            raise ConfigError("target.name", "is compile-only, so only --mode compile applies",
+                              value=config.target.name)
+        sharding.axis_sizes(config.mesh, len(target.devices()))
+
+
+def _progress(enabled: bool, total: int) -> Progress:
+    return Progress(
+        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+        TimeElapsedColumn(), console=Console(stderr=True), disable=not enabled or total == 0,
+        transient=True,
+    )
+

@@ -1,0 +1,92 @@
+"""Run-mode worker: ``python -m jaxmem.worker CONFIG.json RESULT.json``.
+
+Runs one configuration with real arrays in this fresh process: compile, initialise, warm up,
+time ``measure.steps`` steps (median, each ended by ``block_until_ready``), then read each mesh
+device's ``memory_stats()`` and the process's peak RSS. Writes ``{"sections": ...}`` or
+``{"error": ...}`` to RESULT.json.
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import statistics
+import sys
+import time
+from typing import Any
+
+import jax
+
+from jaxmem import _convert
+from jaxmem.config import Config
+from jaxmem.harness import _one_line, describe_failure, measure_compile
+from jaxmem.step import build_program
+
+
+def device_memory(devices: list[jax.Device]) -> dict[str, Any]:
+    """Peak / in-use / limit bytes over ``devices``, or why they are unavailable."""
+    stats = [d.memory_stats() for d in devices]
+    if any(s is None for s in stats):
+        return {"device_stats": f"unavailable: the {devices[0].platform} backend reports no "
+                                "memory_stats()"}
+    return {
+        "device_stats": "available",
+        "device_peak_bytes": max(int(s.get("peak_bytes_in_use", 0)) for s in stats),
+        "device_bytes_in_use": max(int(s.get("bytes_in_use", 0)) for s in stats),
+        "device_bytes_limit": min(int(s.get("bytes_limit", 0)) for s in stats) or None,
+    }
+
+
+def peak_rss_bytes() -> int:
+    """Peak resident set size of this process (``ru_maxrss``: KiB on Linux, bytes on macOS)."""
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(rss if sys.platform == "darwin" else rss * 1024)
+
+
+def run(config: Config) -> dict[str, Any]:
+    """Measures ``config`` with real arrays; returns the record sections."""
+    program = build_program(config)
+    compiled, sections = measure_compile(program)
+    params, rest, opt_state = program.init()
+    key = jax.random.key(config.data.seed)
+    batch = program.sample_batch(key)
+    m = config.measure
+    loss = None
+    for _ in range(m.warmup_steps):
+        params, rest, opt_state, loss = compiled(params, rest, opt_state, batch)
+        loss.block_until_ready()
+    times = []
+    for _ in range(m.steps):
+        t0 = time.perf_counter()
+        params, rest, opt_state, loss = compiled(params, rest, opt_state, batch)
+        loss.block_until_ready()
+        times.append(time.perf_counter() - t0)
+    runtime = {
+        "step_time_s": statistics.median(times),
+        "step_times_s": times,
+        "warmup_steps": m.warmup_steps,
+        "steps": m.steps,
+        "final_loss": float(loss),
+        **device_memory(list(program.mesh.devices.flat)),
+        "host_peak_rss_bytes": peak_rss_bytes(),
+    }
+    return {**sections, "runtime": runtime}
+
+
+def main(argv: list[str]) -> int:
+    spec_path, result_path = argv
+    try:
+        with open(spec_path, encoding="utf-8") as f:
+            config = _convert.from_dict(Config, json.load(f))
+        payload: dict[str, Any] = {"sections": run(config)}
+        code = 0
+    except Exception as e:
+        print(describe_failure(e), file=sys.stderr)
+        payload, code = {"error": _one_line(e)}, 1
+    with open(result_path, "w", encoding="utf-8") as f:
+        json.dump(payload, f)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
