@@ -80,6 +80,11 @@ def convert(tp: Any, raw: Any, path: str) -> Any:
     if tp is float:
         if isinstance(raw, (int, float)) and not isinstance(raw, bool):
             return float(raw)
+        if isinstance(raw, str):  # YAML 1.1 reads 3e-4 (no dot) as a string
+            try:
+                return float(raw)
+            except ValueError:
+                pass
         raise ConfigError(path, "expected a number", value=raw)
     if tp is str:
         if isinstance(raw, str):

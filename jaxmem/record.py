@@ -146,7 +146,7 @@ class Record:
 
 
 def _flatten(node: Any, prefix: str, out: dict[str, Any]) -> None:
-    if isinstance(node, dict) and node:
+    if isinstance(node, dict):  # an empty section (runtime in compile mode) adds no column
         for k, v in node.items():
             _flatten(v, f"{prefix}.{k}" if prefix else k, out)
     else:

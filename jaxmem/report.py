@@ -66,8 +66,7 @@ def table(records: Sequence[Record], title: str | None = None) -> Table:
         t.add_column(c.header, justify="right", no_wrap=True)
     for r in records:
         if not r.ok:
-            t.add_row(str(r.index), r.name, f"[red]error[/red]: {r.error}",
-                      *[""] * (len(columns) - 1))
+            t.add_row(str(r.index), r.name, "[red]error[/red]", *["-"] * (len(columns) - 1))
             continue
         cells = []
         for c in columns:
@@ -84,13 +83,18 @@ def table(records: Sequence[Record], title: str | None = None) -> Table:
 
 def _caption(records: Sequence[Record]) -> str:
     ok = [r for r in records if r.ok]
+    errors = [f"error in row {r.index}: {r.error}" for r in records if not r.ok]
     if not ok:
-        return ""
+        return "\n".join(errors)
     devices = sorted({f"{r.env.get('device_kind')} x{r.env.get('device_count')}" for r in ok})
     lines = [f"memory per device on {', '.join(devices)}; deltas against row "
              f"{ok[0].index}; 'saved (jaxpr)': activations kept for the backward, whole batch"]
     notes = dict.fromkeys(n for r in ok for n in r.notes)
     lines += [f"note: {n}" for n in notes]
+    stats = dict.fromkeys(r.get("runtime.device_stats") for r in ok if r.mode == "run")
+    lines += [f"device memory: {s}; 'host RSS' is the worker process's peak host memory"
+              for s in stats if s and s != "available"]
+    lines += errors
     return "\n".join(lines)
 
 

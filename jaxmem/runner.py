@@ -22,6 +22,7 @@ from jaxmem.errors import ConfigError, check_choice
 from jaxmem.experiment import Experiment, GridPoint
 from jaxmem.harness import measure_point
 from jaxmem.record import Record
+from jaxmem.step import build_workload
 
 
 def run(
@@ -57,10 +58,11 @@ def run(
 
 
 def check_points(points: Sequence[GridPoint], mode: str | None = None) -> None:
-    """Bad input that needs the devices (target, mesh size, run on a virtual target) is
-    caught here, before anything is measured or written."""
+    """Bad input found only by looking further than the config (the target's devices, the mesh
+    size, a custom model's factory) is caught here, before anything is measured or written."""
     for point in points:
         config = point.config
+        build_workload(config)
         target = targets.get(config.target.name)
         if (mode or config.measure.mode) == "run" and not target.runnable:
             raise ConfigError("target.name", "is compile-only, so only --mode compile applies",

@@ -44,7 +44,9 @@ def make_objective(
     """
 
     def objective(params: Any, rest: Any, batch: Batch) -> tuple[jax.Array, Any]:
-        model = nnx.merge(graphdef, policy.cast_to_compute(params), rest)
+        # copy=True: variables created at this trace level, so layers may update their own
+        # state (BatchNorm statistics) under jax.grad
+        model = nnx.merge(graphdef, policy.cast_to_compute(params), rest, copy=True)
         loss = loss_fn(model, policy.cast_to_compute(batch))
         return loss, nnx.state(model, nnx.Not(nnx.Param))
 
@@ -106,17 +108,23 @@ class Program:
         return jax.device_put(batch, shardings)
 
 
+def build_workload(config: Config) -> Workload:
+    """The model constructor, batch shapes and loss that ``config`` describes (cheap: nothing is
+    traced); raises ConfigError for a model that cannot be built (e.g. a bad factory)."""
+    return config.model.build(BuildOptions(
+        batch_size=config.data.batch_size,
+        remat_policy=config.remat.policy,
+        dtype=precision.get(config.precision.policy).compute_dtype,
+    ))
+
+
 def build_program(config: Config, devices: Sequence[jax.Device] | None = None) -> Program:
     """Everything needed to compile (and run) ``config``'s training step; allocates nothing."""
     if devices is None:
         devices = targets.get(config.target.name).devices()
     mesh = sharding.make_mesh(config.mesh, devices)
     policy = precision.get(config.precision.policy)
-    workload = config.model.build(BuildOptions(
-        batch_size=config.data.batch_size,
-        remat_policy=config.remat.policy,
-        dtype=policy.compute_dtype,
-    ))
+    workload = build_workload(config)
     tx = optim.build(config.optimizer)
     seed = config.data.seed
 

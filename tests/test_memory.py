@@ -1,0 +1,74 @@
+"""Memory properties of the quickstart GPT that the techniques must show."""
+
+from __future__ import annotations
+
+import pytest
+
+import jaxmem
+
+NONE, DOTS, FULL = "remat=none", "remat=dots", "remat=full"
+FP32, BF16 = "precision=fp32", "precision=bf16-mixed"
+
+
+def temp(records, remat, precision):
+    return records[f"{remat},{precision}"].compiled["temp_bytes"]
+
+
+def saved(records, remat, precision):
+    return records[f"{remat},{precision}"].analytic["residual_bytes"]
+
+
+def test_quickstart_compiles_every_configuration(quickstart_records):
+    assert len(quickstart_records) == 6
+    assert all(r.ok for r in quickstart_records.values())
+
+
+@pytest.mark.parametrize("precision", [FP32, BF16])
+def test_remat_lowers_compiled_temp(quickstart_records, precision):
+    r = quickstart_records
+    assert temp(r, FULL, precision) < temp(r, DOTS, precision) < temp(r, NONE, precision)
+
+
+@pytest.mark.parametrize("precision", [FP32, BF16])
+def test_remat_lowers_saved_residuals(quickstart_records, precision):
+    r = quickstart_records
+    assert saved(r, FULL, precision) < saved(r, DOTS, precision) < saved(r, NONE, precision)
+
+
+@pytest.mark.parametrize("remat", [NONE, DOTS])
+def test_bf16_mixed_saves_smaller_residuals(quickstart_records, remat):
+    # the jaxpr's residuals, before any backend: most activations are kept in bf16
+    r = quickstart_records
+    assert saved(r, remat, BF16) < 0.75 * saved(r, remat, FP32)
+
+
+def test_bf16_mixed_keeps_f32_master_weights(quickstart_records):
+    fp32 = quickstart_records[f"{NONE},{FP32}"].analytic
+    bf16 = quickstart_records[f"{NONE},{BF16}"].analytic
+    assert bf16["param_bytes"] == fp32["param_bytes"]
+    assert bf16["opt_state_bytes"] == fp32["opt_state_bytes"]
+
+
+def test_cpu_rows_say_bf16_savings_do_not_show(quickstart_records):
+    assert any("XLA:CPU computes bf16" in n for n in quickstart_records[f"{NONE},{BF16}"].notes)
+    assert not quickstart_records[f"{NONE},{FP32}"].notes
+
+
+def test_remat_full_recomputes(quickstart_records):
+    # the price of remat: more FLOPs for the recomputed forward
+    r = quickstart_records
+    assert (r[f"{FULL},{FP32}"].compiled["flops"] > r[f"{NONE},{FP32}"].compiled["flops"])
+
+
+@pytest.mark.tpu_target
+def test_bf16_mixed_lowers_temp_on_a_tpu_target(quickstart):
+    """XLA:CPU upcasts bf16 to f32, so the saving shows on a backend that computes in bf16."""
+    pytest.importorskip("libtpu", reason="needs the tpu-targets extra")
+    exp = jaxmem.Experiment.from_dict(quickstart.to_dict(),
+                                      ["target=tpu:v5e:2x2", "remat=none"])
+    records = {r.name: r for r in jaxmem.run(exp)}
+    fp32, bf16 = records[FP32], records[BF16]
+    assert fp32.ok and bf16.ok, (fp32.error, bf16.error)
+    assert fp32.env["device_kind"].startswith("TPU v5")
+    assert bf16.compiled["temp_bytes"] < 0.8 * fp32.compiled["temp_bytes"]
+    assert not bf16.notes
