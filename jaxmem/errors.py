@@ -29,11 +29,13 @@ class ConfigError(ValueError):
         *,
         value: Any = _NO_VALUE,
         choices: Iterable[Any] | None = None,
+        context: str = "",
     ):
         self.path = path
         self.problem = problem
         self.value = value
         self.choices = None if choices is None else [str(c) for c in choices]
+        self.context = context
         super().__init__(self._message())
 
     def _message(self) -> str:
@@ -42,11 +44,15 @@ class ConfigError(ValueError):
             msg += f", got {self.value!r}"
         if self.choices:
             msg += f"; valid choices: {', '.join(self.choices)}"
+        if self.context:
+            msg += f" ({self.context})"
         return msg.replace("\n", " ")
 
-    def replace(self, *, path: str | None = None, problem: str | None = None) -> ConfigError:
-        """The same error with another path or problem (value and choices kept)."""
-        kwargs: dict[str, Any] = {"choices": self.choices}
+    def replace(self, *, path: str | None = None, problem: str | None = None,
+                context: str | None = None) -> ConfigError:
+        """The same error with another path, problem or context (value and choices kept)."""
+        kwargs: dict[str, Any] = {"choices": self.choices,
+                                  "context": self.context if context is None else context}
         if self.value is not _NO_VALUE:
             kwargs["value"] = self.value
         return ConfigError(self.path if path is None else path,

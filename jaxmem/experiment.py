@@ -160,7 +160,7 @@ class Experiment:
             try:
                 config = _convert.from_dict(Config, raw)
             except ConfigError as e:
-                raise e.replace(problem=f"{e.problem} (in sweep point {name})") from None
+                raise e.replace(context=f"in sweep point {name}") from None
             points.append(GridPoint(index, name, config))
         return points
 

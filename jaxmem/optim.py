@@ -7,7 +7,7 @@ Example:
   >>> tx = optim.build(OptimizerConfig(name="sgd", learning_rate=0.1))
   >>> params = {"w": jnp.ones(3)}
   >>> updates, _ = tx.update({"w": jnp.ones(3)}, tx.init(params))
-  >>> updates["w"].tolist()
+  >>> [round(float(u), 3) for u in updates["w"]]
   [-0.1, -0.1, -0.1]
 """
 

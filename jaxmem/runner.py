@@ -62,7 +62,12 @@ def check_points(points: Sequence[GridPoint], mode: str | None = None) -> None:
     size, a custom model's factory) is caught here, before anything is measured or written."""
     for point in points:
         config = point.config
-        build_workload(config)
+        try:
+            build_workload(config)
+        except ConfigError:
+            raise
+        except Exception:  # noqa: S110  (the factory itself fails: that point's row says why)
+            pass
         target = targets.get(config.target.name)
         if (mode or config.measure.mode) == "run" and not target.runnable:
             raise ConfigError("target.name", "is compile-only, so only --mode compile applies",
