@@ -79,7 +79,7 @@ def measure_point(experiment: str, point: GridPoint, mode: str) -> Record:
         else:
             _, sections = measure_compile(build_program(point.config))
     except Exception as e:  # a configuration that fails is a row, and the sweep goes on
-        return Record(**base, status="error", error=_one_line(e))
+        return Record(**base, status="error", error=one_line_error(e))
     return Record(**base, status="ok", **sections)
 
 
@@ -106,7 +106,8 @@ def run_in_subprocess(config: Config) -> dict[str, Any]:
     return payload["sections"]
 
 
-def _one_line(e: BaseException) -> str:
+def one_line_error(e: BaseException) -> str:
+    """``Type: message`` on one line (first three lines joined), for result rows."""
     msg = f"{type(e).__name__}: {e}".strip()
     lines = [ln for ln in msg.splitlines() if ln.strip()]
     return " | ".join(lines[:3])[:2000] if lines else type(e).__name__

@@ -19,7 +19,7 @@ import jax
 
 from jaxmem import _convert
 from jaxmem.config import Config
-from jaxmem.harness import _one_line, describe_failure, measure_compile
+from jaxmem.harness import one_line_error, describe_failure, measure_compile
 from jaxmem.step import build_program
 
 
@@ -82,7 +82,7 @@ def main(argv: list[str]) -> int:
         code = 0
     except Exception as e:
         print(describe_failure(e), file=sys.stderr)
-        payload, code = {"error": _one_line(e)}, 1
+        payload, code = {"error": one_line_error(e)}, 1
     with open(result_path, "w", encoding="utf-8") as f:
         json.dump(payload, f)
     return code

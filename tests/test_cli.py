@@ -61,6 +61,8 @@ BAD_INPUTS = {
     "unknown key": ("model: {kind: gpt, layers: 3}\n", [], "model: unknown key, got 'layers'"),
     "wrong type": ("model: {kind: gpt, d_model: big}\n", [], "model.d_model: expected an integer"),
     "unknown model kind": ("model: {kind: rnn}\n", [], "model.kind: unknown model kind"),
+    "unknown model name": ("model: {kind: custom, factory: 'no_such_pkg.models:make'}\n", [],
+                           "model.factory: cannot import module"),
     "non-positive size": ("data: {batch_size: 0}\n", [], "data.batch_size: must be positive"),
     "heads not dividing": ("model: {kind: gpt, d_model: 100, num_heads: 3}\n", [],
                            "model.num_heads: must divide d_model=100"),

@@ -106,3 +106,16 @@ def test_donated_state_is_aliased(quickstart_records):
     # params and optimizer state are donated and updated in place
     np.testing.assert_allclose(r.compiled["alias_bytes"], state_bytes, rtol=1e-3)
     chex.assert_scalar_positive(r.compiled["argument_bytes"] - state_bytes)  # + the batch
+
+
+def test_data_parallel_mesh_splits_only_the_batch():
+    base = {"model": {"kind": "mlp", "in_features": 256, "hidden": [512], "out_features": 8},
+            "data": {"batch_size": 64}}
+    one, eight = (jaxmem.run(jaxmem.Experiment.from_dict({**base, "mesh": {"data": n}}))[0]
+                  for n in (1, -1))
+    assert (one.env["device_count"], eight.env["device_count"]) == (1, 8)
+    state = one.analytic["param_bytes"] + one.analytic["opt_state_bytes"]
+    batch = one.analytic["batch_bytes"]
+    assert one.compiled["argument_bytes"] == state + batch
+    # parameters and optimizer state replicated, the batch split 8 ways
+    assert eight.compiled["argument_bytes"] == state + batch // 8
