@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed-stamp
 JAX_PLATFORMS ?= cpu
 export JAX_PLATFORMS
 
-.PHONY: demo test test-fast bench clean
+.PHONY: demo test test-fast lint bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +27,10 @@ test: $(STAMP)
 ## Same, without the slow tests and the virtual-TPU compiles.
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -m 'not slow and not tpu_target'
+
+## Lint (pyflakes, pycodestyle, isort, bugbear rules; see pyproject.toml).
+lint: $(STAMP)
+	$(BIN)/ruff check jaxmem tests benchmarks examples conftest.py
 
 ## Compile-time benchmark for GPT-2 small (figures go in benchmarks/RESULTS.md).
 bench: $(STAMP)

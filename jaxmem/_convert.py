@@ -108,7 +108,7 @@ def from_dict(cls: type, raw: Any, path: str = "") -> Any:
     try:
         cls = _concrete(cls, data)
     except ConfigError as e:
-        raise e.at(path) if path else e
+        raise (e.at(path) if path else e) from None
     fields = _fields(cls)
     for key in data:
         if key not in fields:
@@ -122,7 +122,7 @@ def from_dict(cls: type, raw: Any, path: str = "") -> Any:
     try:
         return cls(**kwargs)
     except ConfigError as e:
-        raise e.at(path) if path else e
+        raise (e.at(path) if path else e) from None
     except TypeError as e:  # a required field without a default
         raise ConfigError(path or "<top>", str(e)) from None
 

@@ -154,9 +154,9 @@ class Experiment:
         points = []
         for index, values in enumerate(itertools.product(*(self.sweep[k] for k in keys))):
             raw = base
-            for path, value in zip(paths, values):
+            for path, value in zip(paths, values, strict=True):
                 raw = _convert.set_path(Config, raw, path, value)
-            name = ",".join(f"{k}={_label(v)}" for k, v in zip(keys, values))
+            name = ",".join(f"{k}={_label(v)}" for k, v in zip(keys, values, strict=True))
             try:
                 config = _convert.from_dict(Config, raw)
             except ConfigError as e:

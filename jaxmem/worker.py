@@ -19,7 +19,7 @@ import jax
 
 from jaxmem import _convert
 from jaxmem.config import Config
-from jaxmem.harness import one_line_error, describe_failure, measure_compile
+from jaxmem.harness import describe_failure, measure_compile, one_line_error
 from jaxmem.step import build_program
 
 

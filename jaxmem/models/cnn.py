@@ -100,7 +100,7 @@ class CNN(nnx.Module):
         widths = (c.in_channels, *c.channels)
         self.blocks = nnx.List([
             ConvBlock(a, b, separable=c.depthwise_separable, dtype=opts.dtype, rngs=rngs)
-            for a, b in zip(widths[:-1], widths[1:])
+            for a, b in zip(widths[:-1], widths[1:], strict=True)
         ])
         self.head = nnx.Linear(widths[-1], c.num_classes, dtype=opts.dtype, rngs=rngs)
         self.remat_policy = opts.remat_policy

@@ -11,7 +11,7 @@ from flax import nnx
 from jaxmem import losses
 from jaxmem.config import ModelConfig
 from jaxmem.errors import check_positive
-from jaxmem.models.transformer import Block, Stack, TransformerConfig
+from jaxmem.models.transformer import TransformerConfig, Trunk
 from jaxmem.models.workload import Batch, BuildOptions, Workload
 
 
@@ -49,21 +49,10 @@ class Encoder(nnx.Module):
     """Embeddings, a bidirectional block stack, LayerNorm, mean over tokens, linear head."""
 
     def __init__(self, c: EncoderConfig, opts: BuildOptions, *, rngs: nnx.Rngs):
-        dtype = opts.dtype
-        self.embed = nnx.Embed(c.vocab_size, c.d_model, dtype=dtype, rngs=rngs)
-        self.pos = nnx.Embed(c.seq_len, c.d_model, dtype=dtype, rngs=rngs)
-        self.blocks = Stack(
-            lambda r: Block(c, causal=False, dtype=dtype, rngs=r),
-            c.num_layers,
-            stack=c.stack,
-            remat_policy=opts.remat_policy,
-            rngs=rngs,
-        )
-        self.ln_f = nnx.LayerNorm(c.d_model, dtype=dtype, rngs=rngs)
-        self.head = nnx.Linear(c.d_model, c.num_classes, dtype=dtype, rngs=rngs)
+        self.trunk = Trunk(c, causal=False, remat_policy=opts.remat_policy, dtype=opts.dtype,
+                           rngs=rngs)
+        self.head = nnx.Linear(c.d_model, c.num_classes, dtype=opts.dtype, rngs=rngs)
 
     def __call__(self, tokens_BxL: jax.Array) -> jax.Array:
-        L = tokens_BxL.shape[1]
-        x_BxLxD = self.embed(tokens_BxL) + self.pos(jnp.arange(L))[None]
-        x_BxLxD = self.ln_f(self.blocks(x_BxLxD))
+        x_BxLxD = self.trunk(tokens_BxL)
         return self.head(x_BxLxD.mean(axis=1))  # BxC

@@ -21,7 +21,7 @@ from flax import nnx
 
 from jaxmem import losses
 from jaxmem.config import ModelConfig
-from jaxmem.models.transformer import Block, Stack, TransformerConfig
+from jaxmem.models.transformer import TransformerConfig, Trunk
 from jaxmem.models.workload import Batch, BuildOptions, Workload
 
 
@@ -57,25 +57,14 @@ class GPT(nnx.Module):
     """Token + position embeddings, a causal block stack, final LayerNorm, LM head."""
 
     def __init__(self, c: GPTConfig, opts: BuildOptions, *, rngs: nnx.Rngs):
-        dtype = opts.dtype
-        self.embed = nnx.Embed(c.vocab_size, c.d_model, dtype=dtype, rngs=rngs)
-        self.pos = nnx.Embed(c.seq_len, c.d_model, dtype=dtype, rngs=rngs)
-        self.blocks = Stack(
-            lambda r: Block(c, causal=True, dtype=dtype, rngs=r),
-            c.num_layers,
-            stack=c.stack,
-            remat_policy=opts.remat_policy,
-            rngs=rngs,
-        )
-        self.ln_f = nnx.LayerNorm(c.d_model, dtype=dtype, rngs=rngs)
+        self.trunk = Trunk(c, causal=True, remat_policy=opts.remat_policy, dtype=opts.dtype,
+                           rngs=rngs)
         self.head = None if c.tie_embeddings else nnx.Linear(
-            c.d_model, c.vocab_size, use_bias=False, dtype=dtype, rngs=rngs
+            c.d_model, c.vocab_size, use_bias=False, dtype=opts.dtype, rngs=rngs
         )
 
     def __call__(self, tokens_BxL: jax.Array) -> jax.Array:
-        L = tokens_BxL.shape[1]
-        x_BxLxD = self.embed(tokens_BxL) + self.pos(jnp.arange(L))[None]
-        x_BxLxD = self.ln_f(self.blocks(x_BxLxD))
+        x_BxLxD = self.trunk(tokens_BxL)
         if self.head is None:
-            return self.embed.attend(x_BxLxD)  # BxLxV
+            return self.trunk.embed.attend(x_BxLxD)  # BxLxV
         return self.head(x_BxLxD)  # BxLxV

@@ -70,7 +70,7 @@ class MLP(nnx.Module):
         widths = (c.in_features, *c.hidden)
         self.layers = nnx.List([
             nnx.Linear(a, b, dtype=opts.dtype, rngs=rngs)
-            for a, b in zip(widths[:-1], widths[1:])
+            for a, b in zip(widths[:-1], widths[1:], strict=True)
         ])
         self.head = nnx.Linear(widths[-1], c.out_features, dtype=opts.dtype, rngs=rngs)
         self.remat_policy = opts.remat_policy

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 from flax import nnx
 from jax.ad_checkpoint import checkpoint_name
 
@@ -133,3 +134,26 @@ class Stack(nnx.Module):
         for block in self.blocks:
             x = call(block, x)
         return x
+
+
+class Trunk(nnx.Module):
+    """Token and learned position embeddings, the block stack, a final LayerNorm: tokens to
+    the residual stream ``BxLxD`` (shared by ``gpt`` and ``encoder``)."""
+
+    def __init__(self, c: TransformerConfig, *, causal: bool, remat_policy: str, dtype: Any,
+                 rngs: nnx.Rngs):
+        self.embed = nnx.Embed(c.vocab_size, c.d_model, dtype=dtype, rngs=rngs)
+        self.pos = nnx.Embed(c.seq_len, c.d_model, dtype=dtype, rngs=rngs)
+        self.blocks = Stack(
+            lambda r: Block(c, causal=causal, dtype=dtype, rngs=r),
+            c.num_layers,
+            stack=c.stack,
+            remat_policy=remat_policy,
+            rngs=rngs,
+        )
+        self.ln_f = nnx.LayerNorm(c.d_model, dtype=dtype, rngs=rngs)
+
+    def __call__(self, tokens_BxL: jax.Array) -> jax.Array:
+        L = tokens_BxL.shape[1]
+        x_BxLxD = self.embed(tokens_BxL) + self.pos(jnp.arange(L))[None]
+        return self.ln_f(self.blocks(x_BxLxD))
