@@ -18,7 +18,8 @@ class ConfigError(ValueError):
       choices: the valid choices, when there is a finite set of them.
 
     Example:
-      >>> str(ConfigError("remat.policy", "unknown policy", value="fulll", choices=["none", "full"]))
+      >>> e = ConfigError("remat.policy", "unknown policy", value="fulll", choices=["none", "full"])
+      >>> str(e)
       "remat.policy: unknown policy, got 'fulll'; valid choices: none, full"
     """
 

@@ -156,6 +156,7 @@ def build_program(config: Config, devices: Sequence[jax.Device] | None = None) -
         donate_argnums=(0, 1, 2),
     )
     init = jax.jit(init_state, out_shardings=state_shardings)
-    return Program(config, workload, mesh, graphdef, params, rest, opt_state, batch, objective, step,
-                   init)
+    return Program(config=config, workload=workload, mesh=mesh, graphdef=graphdef, params=params,
+                   rest=rest, opt_state=opt_state, batch=batch, objective=objective, step=step,
+                   init=init)
 
