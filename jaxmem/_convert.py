@@ -150,6 +150,9 @@ def canonical_path(cls: type, raw: Mapping[str, Any], path: str) -> str:
     out: list[str] = []
     node_cls, node_raw = cls, raw
     for part in parts:
+        if not dataclasses.is_dataclass(node_cls):
+            raise ConfigError(".".join(out), "is a value, not a section: set it whole "
+                              "(e.g. model.options={width: 32})", value=path)
         try:
             node_cls = _concrete(node_cls, node_raw)
         except ConfigError as e:

@@ -104,8 +104,6 @@ class Experiment:
         name = raw.pop("name", "experiment")
         description = raw.pop("description", "") or ""
         sweep_raw = raw.pop("sweep", None) or {}
-        if not isinstance(name, str) or not name:
-            raise ConfigError("name", "expected a non-empty string", value=name)
         if not isinstance(sweep_raw, Mapping):
             raise ConfigError("sweep", "expected a mapping of config paths to lists",
                               value=sweep_raw)
@@ -131,6 +129,8 @@ class Experiment:
                 # an override pins the key: drop any sweep over the same field
                 sweep = {k: v for k, v in sweep.items()
                          if _convert.canonical_path(Config, raw, k) != path}
+        if not isinstance(name, str) or not name.strip() or "/" in name:
+            raise ConfigError("name", "expected a non-empty string without '/'", value=name)
         config = _convert.from_dict(Config, raw)
         exp = cls(name=str(name), config=config, sweep=_check_sweep(sweep, raw),
                   description=str(description))

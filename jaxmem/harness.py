@@ -16,6 +16,8 @@ import tempfile
 import traceback
 from typing import Any
 
+import jax
+
 from jaxmem import _convert, analytic
 from jaxmem.config import Config
 from jaxmem.experiment import GridPoint
@@ -46,9 +48,11 @@ def analytic_numbers(program: Program) -> dict[str, Any]:
         "param_bytes": analytic.tree_bytes(program.params),
         "opt_state_bytes": analytic.tree_bytes(program.opt_state),
         "batch_bytes": analytic.tree_bytes(program.batch),
+        # gradients are taken for the parameters only: rest and batch get no tangent
         "residual_bytes": analytic.residual_bytes(
-            lambda p, r, b: program.objective(p, r, b)[0], program.params, program.rest,
-            program.batch,
+            lambda p, r, b: program.objective(p, jax.lax.stop_gradient(r),
+                                              jax.lax.stop_gradient(b))[0],
+            program.params, program.rest, program.batch,
         ),
     }
 

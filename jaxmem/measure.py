@@ -35,6 +35,8 @@ class MemoryReport:
       peak_bytes: XLA's ``peak_memory_in_bytes`` where the backend reports it, else None. On
         XLA:CPU it has been seen below ``temp_bytes``; treat ``total_bytes`` as the bound.
       flops, bytes_accessed, transcendentals: ``cost_analysis()`` figures, None if absent.
+      cost_has_loops: the program has loops (``while``, e.g. a scanned layer stack). XLA's cost
+        analysis counts a loop body once, so the three cost figures then undercount.
       lower_seconds, compile_seconds: wall time of ``lower`` and ``compile``.
       platform: backend the program was compiled for (``cpu``, ``gpu``, ``tpu``).
       device_kind: e.g. ``cpu``, ``NVIDIA H100 80GB HBM3``, ``TPU v5 lite``.
@@ -55,6 +57,7 @@ class MemoryReport:
     flops: float | None
     bytes_accessed: float | None
     transcendentals: float | None
+    cost_has_loops: bool
     lower_seconds: float
     compile_seconds: float
     platform: str
@@ -107,6 +110,7 @@ class MemoryReport:
             flops=cost.get("flops"),
             bytes_accessed=cost.get("bytes accessed"),
             transcendentals=cost.get("transcendentals"),
+            cost_has_loops=_has_loops(compiled),
             lower_seconds=lower_seconds,
             compile_seconds=compile_seconds,
             platform=devices[0].platform,
@@ -124,6 +128,13 @@ def _cost(compiled: jax.stages.Compiled) -> dict[str, float]:
         cost = cost[0] if cost else {}
     return {k: float(v) for k, v in (cost or {}).items()
             if k in ("flops", "bytes accessed", "transcendentals")}
+
+
+def _has_loops(compiled: jax.stages.Compiled) -> bool:
+    try:
+        return " while(" in compiled.as_text()
+    except Exception:  # a backend without HLO text: say nothing is known to be missing
+        return False
 
 
 def _devices(compiled: jax.stages.Compiled) -> list[jax.Device]:

@@ -47,8 +47,9 @@ FIELDS: dict[str, str] = {
     "analytic.param_bytes": "parameter bytes in the storage dtype, whole model",
     "analytic.opt_state_bytes": "optimizer state bytes, whole model",
     "analytic.batch_bytes": "bytes of one global batch",
-    "analytic.residual_bytes": "bytes the forward pass saves for the backward, from the jaxpr "
-                               "(before XLA fusion), whole batch",
+    "analytic.residual_bytes": "bytes the forward pass saves for the parameter gradients "
+                               "(activations, compute-dtype parameter copies), from the jaxpr "
+                               "before XLA fusion, whole batch",
     "compiled.argument_bytes": "per device: step inputs (params, optimizer state, batch)",
     "compiled.output_bytes": "per device: step outputs",
     "compiled.alias_bytes": "per device: outputs written into donated inputs",
@@ -64,6 +65,9 @@ FIELDS: dict[str, str] = {
     "compiled.flops": "XLA cost analysis: floating-point operations of one step",
     "compiled.bytes_accessed": "XLA cost analysis: bytes read and written by one step",
     "compiled.transcendentals": "XLA cost analysis: transcendental operations",
+    "compiled.cost_has_loops": "true when the step has loops (a scanned stack): XLA counts a "
+                               "loop body once, so flops, bytes_accessed and transcendentals "
+                               "undercount",
     "compiled.lower_seconds": "seconds to trace and lower the step",
     "compiled.compile_seconds": "seconds for XLA to compile the step",
     "compiled.platform": "platform compiled for",

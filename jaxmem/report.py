@@ -72,6 +72,8 @@ def table(records: Sequence[Record], title: str | None = None) -> Table:
         for c in columns:
             value = r.get(c.field)
             text = c.fmt(value)
+            if c.field == "compiled.flops" and r.get("compiled.cost_has_loops"):
+                text = ">=" + text
             if c.delta and base is not None and r is not base:
                 d = fmt_delta(value, base.get(c.field))
                 if d:
@@ -88,9 +90,13 @@ def _caption(records: Sequence[Record]) -> str:
         return "\n".join(errors)
     devices = sorted({f"{r.env.get('device_kind')} x{r.env.get('device_count')}" for r in ok})
     lines = [f"memory per device on {', '.join(devices)}; deltas against row "
-             f"{ok[0].index}; 'saved (jaxpr)': activations kept for the backward, whole batch"]
+             f"{ok[0].index}; 'saved (jaxpr)': what the forward keeps for the backward "
+             "(activations, compute-dtype copies of parameters), whole batch"]
     notes = dict.fromkeys(n for r in ok for n in r.notes)
     lines += [f"note: {n}" for n in notes]
+    if any(r.get("compiled.cost_has_loops") for r in ok):
+        lines.append(">=: the step has loops (a scanned layer stack) and XLA's cost analysis "
+                     "counts a loop body once: the FLOPs are a lower bound")
     stats = dict.fromkeys(r.get("runtime.device_stats") for r in ok if r.mode == "run")
     lines += [f"device memory: {s}; 'host RSS' is the worker process's peak host memory"
               for s in stats if s and s != "available"]

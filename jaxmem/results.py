@@ -1,5 +1,6 @@
 """Result files: ``results.jsonl`` (one nested JSON object per configuration) and ``results.csv``
-(the same, flattened to dotted column names). Both are written whole or not at all.
+(the same, flattened to dotted column names). Each file is written whole or not at all: both are
+written to temporary files first, then renamed into place.
 
 Example:
   >>> import tempfile
@@ -37,15 +38,15 @@ def columns(records: Sequence[Record]) -> list[str]:
     return fixed + extra
 
 
-def _atomic_write(path: Path, text: str) -> None:
+def _write_temp(path: Path, text: str) -> str:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
             f.write(text)
-        os.replace(tmp, path)
     except BaseException:
         os.unlink(tmp)
         raise
+    return tmp
 
 
 def write(out_dir: str | os.PathLike, records: Sequence[Record]) -> list[Path]:
@@ -62,15 +63,39 @@ def write(out_dir: str | os.PathLike, records: Sequence[Record]) -> list[Path]:
                for k, v in r.flat().items()}
         writer.writerow(row)
     paths = [out / JSONL, out / CSV]
-    _atomic_write(paths[0], jsonl)
-    _atomic_write(paths[1], buf.getvalue())
+    temps: list[str] = []
+    try:
+        for path, text in zip(paths, (jsonl, buf.getvalue()), strict=True):
+            temps.append(_write_temp(path, text))
+    except BaseException:
+        for tmp in temps:
+            os.unlink(tmp)
+        raise
+    for tmp, path in zip(temps, paths, strict=True):
+        os.replace(tmp, path)
     return paths
 
 
 def read(path: str | os.PathLike) -> list[Record]:
-    """Records from a ``results.jsonl`` file or the folder holding one."""
+    """Records from a ``results.jsonl`` file or the folder holding one.
+
+    Raises:
+      OSError: the file cannot be read.
+      ValueError: a line is not a jaxmem result row.
+    """
     p = Path(path)
     if p.is_dir():
         p = p / JSONL
+    records = []
     with open(p, encoding="utf-8") as f:
-        return [Record.from_dict(json.loads(line)) for line in f if line.strip()]
+        for number, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            row = json.loads(line)
+            missing = [k for k in ("experiment", "index", "name", "mode", "status")
+                       if not isinstance(row, dict) or k not in row]
+            if missing:
+                raise ValueError(f"line {number} is not a jaxmem result row "
+                                 f"(missing {', '.join(missing)})")
+            records.append(Record.from_dict(row))
+    return records

@@ -59,8 +59,13 @@ def run(
 
 
 def check_points(points: Sequence[GridPoint], mode: str | None = None) -> None:
-    """Bad input found only by looking further than the config (the target's devices, the mesh
-    size, a custom model's factory) is caught here, before anything is measured or written."""
+    """Bad input found only by looking further than the config (a custom model's factory, the
+    target's devices, the mesh size) is caught here, before anything is measured or written.
+
+    Run-mode points skip the device checks: asking for the devices would start the accelerator
+    in this process, which would then hold memory that the worker's measurement should own. The
+    worker checks its own mesh, and a misfit is that point's error row.
+    """
     for point in points:
         config = point.config
         try:
@@ -70,10 +75,13 @@ def check_points(points: Sequence[GridPoint], mode: str | None = None) -> None:
         except Exception:  # noqa: S110  (the factory itself fails: that point's row says why)
             pass
         target = targets.get(config.target.name)
-        if (mode or config.measure.mode) == "run" and not target.runnable:
-            raise ConfigError("target.name", "is compile-only, so only --mode compile applies",
-                              value=config.target.name)
-        sharding.axis_sizes(config.mesh, len(target.devices()))
+        if (mode or config.measure.mode) == "run":
+            if not target.runnable:
+                raise ConfigError("target.name", "is compile-only, so only --mode compile "
+                                  "applies", value=config.target.name)
+            continue
+        mesh = sharding.make_mesh(config.mesh, target.devices())
+        sharding.check_batch(config.data.batch_size, mesh)
 
 
 def _progress(enabled: bool, total: int) -> Progress:

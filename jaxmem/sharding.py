@@ -49,6 +49,14 @@ def make_mesh(config: MeshConfig, devices: Sequence[jax.Device]) -> Mesh:
     return Mesh(grid, tuple(sizes))
 
 
+def check_batch(batch_size: int, mesh: Mesh) -> None:
+    """Raises ConfigError unless the batch splits evenly over the mesh's batch axes."""
+    ways = math.prod(mesh.shape[a] for a in BATCH_AXES)
+    if batch_size % ways:
+        raise ConfigError("data.batch_size", f"must be divisible by the {ways} devices of the "
+                          "mesh's data axis", value=batch_size)
+
+
 def replicated(mesh: Mesh) -> NamedSharding:
     """Every device holds a full copy."""
     return NamedSharding(mesh, PartitionSpec())

@@ -123,6 +123,7 @@ def build_program(config: Config, devices: Sequence[jax.Device] | None = None) -
     if devices is None:
         devices = targets.get(config.target.name).devices()
     mesh = sharding.make_mesh(config.mesh, devices)
+    sharding.check_batch(config.data.batch_size, mesh)
     policy = precision.get(config.precision.policy)
     workload = build_workload(config)
     tx = optim.build(config.optimizer)

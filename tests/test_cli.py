@@ -75,6 +75,12 @@ BAD_INPUTS = {
     "bad mode": ("", ["--mode", "profile"], "--mode: unknown mode, got 'profile'"),
     "mesh larger than target": ("mesh: {data: 64}\ndata: {batch_size: 64}\n", [],
                                 "mesh: needs 64 devices but the target has 8"),
+    "batch not divisible by all devices": ("mesh: {data: -1}\ndata: {batch_size: 6}\n", [],
+                                           "data.batch_size: must be divisible by the 8 devices"),
+    "--set inside a value": ("model: {kind: custom, factory: 'a.b:c'}\n",
+                             ["--set", "model.options.width=3"],
+                             "model.options: is a value, not a section"),
+    "empty name": ("", ["--set", "name="], "name: expected a non-empty string"),
     "run on a virtual target": ("target: tpu:v5e:2x2\n", ["--mode", "run"],
                                 "target.name: is compile-only"),
 }
@@ -92,6 +98,14 @@ def test_bad_input_exits_2_with_one_line_and_writes_nothing(cli_runner, tmp_path
     assert expected in lines[0]
     assert lines[0].startswith("jaxmem: error: ")
     assert not out.exists()
+
+
+def test_show_rejects_a_file_that_is_not_results(cli_runner, tmp_path):
+    bogus = tmp_path / "results.jsonl"
+    bogus.write_text('{"a": 1}\n')
+    result = cli_runner.invoke(cli, ["show", str(bogus)])
+    assert result.exit_code == 2
+    assert "line 1 is not a jaxmem result row" in result.stderr
 
 
 def test_missing_file_exits_2(cli_runner, tmp_path):
@@ -117,6 +131,8 @@ def test_runtime_failure_becomes_a_row(tmp_path, monkeypatch):
         "def workload(batch_size, width=16):\n"
         "    if width > 16:\n"
         "        raise RuntimeError('width too large for this test')\n"
+        "    if width < 16:\n"
+        "        len(5)  # a bug in the factory: a TypeError that is not about its options\n"
         "    return m.workload(batch_size, width=width, depth=1)\n"
     )
     monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1]))
@@ -125,8 +141,9 @@ def test_runtime_failure_becomes_a_row(tmp_path, monkeypatch):
         "sweep": {"model.options": [{"width": 16}, {"width": 32}, {"width": 8}]},
     })
     records = jaxmem.run(exp, out=tmp_path / "out")
-    assert [r.status for r in records] == ["ok", "error", "ok"]
+    assert [r.status for r in records] == ["ok", "error", "error"]
     assert "width too large" in records[1].error
+    assert "TypeError" in records[2].error
     assert len(results.read(tmp_path / "out")) == 3
 
 

@@ -34,7 +34,11 @@ FIELDS_PAIRS = [
     ("alias_bytes", "alias_size_in_bytes"),
     ("temp_bytes", "temp_size_in_bytes"),
     ("generated_code_bytes", "generated_code_size_in_bytes"),
+    ("host_argument_bytes", "host_argument_size_in_bytes"),
+    ("host_output_bytes", "host_output_size_in_bytes"),
+    ("host_alias_bytes", "host_alias_size_in_bytes"),
     ("host_temp_bytes", "host_temp_size_in_bytes"),
+    ("host_generated_code_bytes", "host_generated_code_size_in_bytes"),
 ]
 
 

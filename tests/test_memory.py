@@ -54,10 +54,24 @@ def test_cpu_rows_say_bf16_savings_do_not_show(quickstart_records):
     assert not quickstart_records[f"{NONE},{FP32}"].notes
 
 
-def test_remat_full_recomputes(quickstart_records):
-    # the price of remat: more FLOPs for the recomputed forward
-    r = quickstart_records
-    assert (r[f"{FULL},{FP32}"].compiled["flops"] > r[f"{NONE},{FP32}"].compiled["flops"])
+def test_scanned_rows_say_their_flops_undercount(quickstart_records):
+    assert all(r.compiled["cost_has_loops"] for r in quickstart_records.values())
+
+
+def test_flops_grow_with_depth_and_remat_recomputes():
+    # a Python-loop stack, whose FLOPs XLA counts in full
+    def flops(layers, policy):
+        exp = jaxmem.Experiment.from_dict({
+            "model": {"kind": "gpt", "vocab_size": 128, "seq_len": 64, "num_layers": layers,
+                      "d_model": 64, "num_heads": 2, "stack": "loop"},
+            "remat": policy})
+        (record,) = jaxmem.run(exp)
+        assert record.compiled["cost_has_loops"] is False
+        return record.compiled["flops"]
+
+    one, two, two_full = flops(1, "none"), flops(2, "none"), flops(2, "full")
+    assert two > 1.3 * one
+    assert two_full > two  # the price of remat: the forward runs again in the backward
 
 
 @pytest.mark.tpu_target

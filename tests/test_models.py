@@ -156,6 +156,15 @@ def test_custom_factory_errors_are_config_errors(tmp_path, monkeypatch):
         config = jaxmem.Experiment.from_dict({"model": {"kind": "custom", **model}}).config
         with pytest.raises(jaxmem.ConfigError, match=message):
             jaxmem.build_program(config)
+    (tmp_path / "keyword_factory.py").write_text(
+        "import examples.custom_model as m\n"
+        "def workload(batch_size, **kw):\n"
+        "    assert kw == {'remat_policy': 'full', 'dtype': m.jnp.float32}, kw\n"
+        "    return m.workload(batch_size, width=8, depth=1, **kw)\n"
+    )
+    keyword = jaxmem.Experiment.from_dict(
+        {"model": {"kind": "custom", "factory": "keyword_factory:workload"}, "remat": "full"})
+    jaxmem.build_program(keyword.config)  # **kw receives remat_policy and dtype
     remat_config = jaxmem.Experiment.from_dict(
         {"model": {"kind": "custom", "factory": "plain_factory:workload"}, "remat": "full"}).config
     with pytest.raises(jaxmem.ConfigError, match="remat.policy: factory .* takes no remat_policy"):

@@ -64,3 +64,23 @@ def test_worker_failure_is_an_error_row(tmp_path, monkeypatch):
     (record,) = jaxmem.run(exp)
     assert record.status == "error"
     assert "MemoryError: pretend out of memory" in record.error
+
+
+def test_run_mode_leaves_the_parent_without_a_backend(tmp_path):
+    """The parent must not start the accelerator: it would hold memory the worker measures."""
+    import subprocess
+
+    script = (
+        "import jaxmem\n"
+        "from jax._src import xla_bridge\n"
+        f"exp = jaxmem.Experiment.from_dict({TINY_GPT!r}, ['sweep.remat=[none]', 'mesh.data=64',"
+        " 'data.batch_size=64'])\n"
+        "(record,) = jaxmem.run(exp)\n"
+        "print(record.status, 'needs 64 devices' in record.error)\n"
+        "print('initialised', xla_bridge.backends_are_initialized())\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         cwd=tmp_path, timeout=300)
+    assert out.returncode == 0, out.stderr
+    # the worker checked the mesh on its own devices: a row, not a crash
+    assert out.stdout.split() == ["error", "True", "initialised", "False"]

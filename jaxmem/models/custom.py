@@ -69,20 +69,23 @@ class CustomConfig(ModelConfig):
     def build(self, opts: BuildOptions) -> Workload:
         """Calls the factory; checks it returns a Workload."""
         factory = self.resolve()
-        accepts = inspect.signature(factory).parameters
+        signature = inspect.signature(factory)
+        params = signature.parameters
+        any_keyword = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
         kwargs = dict(self.options, batch_size=opts.batch_size)
-        if "remat_policy" in accepts:
+        if "remat_policy" in params or any_keyword:
             kwargs["remat_policy"] = opts.remat_policy
         elif opts.remat_policy != "none":
             raise ConfigError("remat.policy", f"factory {self.factory} takes no remat_policy "
                               "argument, so only 'none' applies", value=opts.remat_policy)
-        if "dtype" in accepts:
+        if "dtype" in params or any_keyword:
             kwargs["dtype"] = opts.dtype
         try:
-            workload = factory(**kwargs)
-        except TypeError as e:
+            signature.bind(**kwargs)
+        except TypeError as e:  # the options do not fit the factory's signature
             raise ConfigError("model.options", f"factory {self.factory} rejected them ({e})",
                               value=self.options) from None
+        workload = factory(**kwargs)  # a failure inside the factory is that row's error
         if not isinstance(workload, Workload):
             raise ConfigError("model.factory", "must return a jaxmem.models.Workload, returned "
                               f"{type(workload).__name__}", value=self.factory)
