@@ -11,6 +11,8 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import os
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -47,6 +49,28 @@ class Residual:
     bytes: int
     source: str
 
+    @property
+    def what(self) -> str:
+        """The checkpoint name (``query``) or the producing op (``mul``, ``jit:_where``)."""
+        m = _SOURCE.match(self.source)
+        if not m:
+            return self.source.split(" from ")[0]
+        return m["name"] or (f"jit:{m['jitted']}" if m["jitted"] else m["op"])
+
+    @property
+    def where(self) -> str:
+        """``file.py:line (function)`` of the producing code, or empty."""
+        m = _SOURCE.match(self.source)
+        where = (m["where"] if m else None) or ""
+        path, sep, rest = where.partition(":")
+        return f"{os.path.basename(path)}{sep}{rest}" if sep else where
+
+
+_SOURCE = re.compile(
+    r"^(?:named '(?P<name>[^']+)'|output of (?:jitted function '(?P<jitted>[^']+)'|(?P<op>\S+)))"
+    r"(?: from (?P<where>.*))?$"
+)
+
 
 def saved_residuals(fn: Callable[..., Any], *args: Any) -> list[Residual] | None:
     """What differentiating ``fn(*args)`` saves for the backward pass, from the jaxpr.
@@ -69,8 +93,3 @@ def saved_residuals(fn: Callable[..., Any], *args: Any) -> list[Residual] | None
         out.append(Residual(shape, str(aval.dtype), nbytes, source))
     return out
 
-
-def residual_bytes(fn: Callable[..., Any], *args: Any) -> int | None:
-    """Total bytes of :func:`saved_residuals`, or None where unavailable."""
-    residuals = saved_residuals(fn, *args)
-    return None if residuals is None else sum(r.bytes for r in residuals)

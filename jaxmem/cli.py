@@ -18,7 +18,9 @@ from jaxmem import report, results
 from jaxmem.config import MODES
 from jaxmem.errors import ConfigError, check_choice
 from jaxmem.experiment import Experiment
+from jaxmem.runner import check_points
 from jaxmem.runner import run as run_experiment
+from jaxmem.harness import residual_report
 
 
 def _fail(message: str, code: int) -> None:
@@ -67,6 +69,25 @@ def run_cmd(experiment: Path, overrides: tuple[str, ...], out: Path | None, mode
         + (f"; [red]{len(failed)} configuration(s) failed[/red]" if failed else ""),
         highlight=False,
     )
+
+
+@cli.command("residuals")
+@click.argument("experiment", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="Override a config field, as for run.")
+def residuals_cmd(experiment: Path, overrides: tuple[str, ...]) -> None:
+    """Print what each configuration keeps for the backward pass (from the jaxpr)."""
+    try:
+        exp = Experiment.from_yaml(experiment, overrides)
+        points = exp.grid()
+        check_points(points, "compile")
+    except ConfigError as e:
+        _fail(str(e), 2)
+    console = report.wide_console()
+    for point in points:
+        residuals, note = residual_report(point.config)
+        console.print(report.residual_table(residuals, title=f"{exp.name}: {point.name}",
+                                            note=note))
 
 
 @cli.command("show")

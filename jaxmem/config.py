@@ -55,6 +55,23 @@ class ModelConfig:
         """The model constructor, batch shapes and loss for this section."""
         raise NotImplementedError(f"model kind {self.kind!r} does not define build()")
 
+    def checkpoint_names(self) -> tuple[str, ...] | None:
+        """Names this model tags with ``checkpoint_name`` (None: unknown, e.g. custom)."""
+        return ()
+
+    def freeze_patterns(self, blocks: int, embeddings: bool) -> tuple[str, ...]:
+        """Parameter path patterns for the freeze presets (first ``blocks`` blocks,
+        embeddings); ConfigError where this model has no such preset."""
+        if blocks or embeddings:
+            field = "freeze.blocks" if blocks else "freeze.embeddings"
+            raise ConfigError(field, f"model kind {self.kind!r} has no such preset; use "
+                              "freeze.patterns", value=blocks or embeddings)
+        return ()
+
+    def layer_count(self) -> tuple[int, bool] | None:
+        """``(blocks, scanned)`` of the remat stack; None where jaxmem does not apply remat."""
+        return None
+
     def __post_init__(self) -> None:
         if type(self).KINDS.get(self.kind) is not type(self):
             check_choice("kind", self.kind, self.KINDS, what="model kind")
@@ -73,19 +90,32 @@ class DataConfig:
 
     Attributes:
       batch_size: global batch (split over the mesh's data axis).
+      microbatches: gradient accumulation: the batch is split into this many microbatches,
+        processed one after another by a scan, their gradients averaged into one update.
       seed: seed for parameters and synthetic data.
     """
 
     batch_size: int = 8
+    microbatches: int = 1
     seed: int = 0
 
     def __post_init__(self) -> None:
         check_positive("batch_size", self.batch_size)
+        check_positive("microbatches", self.microbatches)
+        if self.batch_size % self.microbatches:
+            raise ConfigError("microbatches", f"must divide batch_size={self.batch_size}",
+                              value=self.microbatches)
 
 
 @dataclasses.dataclass(frozen=True)
 class OptimizerConfig:
-    """An optax optimizer; ``name`` picks it, the other fields are its hyper-parameters."""
+    """An optax optimizer; ``name`` picks it, the other fields are its hyper-parameters.
+
+    Attributes:
+      name: ``adamw``, ``sgd``, ``adafactor`` or ``lion``.
+      state_dtype: dtype the optimizer state is stored in (``auto``: the parameters' dtype).
+      offload: keep the optimizer state in pinned host memory between steps.
+    """
 
     PRIMARY: ClassVar[str] = "name"
     name: str = "adamw"
@@ -95,9 +125,12 @@ class OptimizerConfig:
     b2: float = 0.999
     momentum: float = 0.0
     nesterov: bool = False
+    state_dtype: str = "auto"
+    offload: bool = False
 
     def __post_init__(self) -> None:
         check_choice("name", self.name, optim.OPTIMIZERS, what="optimizer")
+        check_choice("state_dtype", self.state_dtype, optim.STATE_DTYPES, what="state dtype")
         check_positive("learning_rate", self.learning_rate)
         for field in ("b1", "b2", "momentum"):
             value = getattr(self, field)
@@ -120,13 +153,48 @@ class PrecisionConfig:
 
 @dataclasses.dataclass(frozen=True)
 class RematConfig:
-    """Which block intermediates are saved for the backward pass (``jaxmem.remat``)."""
+    """Which block intermediates are saved for the backward pass (``jaxmem.remat``).
+
+    Attributes:
+      policy: a policy name (``none``, ``dots``, ``minimal``, ``full``, ``save:a+b``, ...).
+      every: apply the policy to every k-th block only (the others keep everything).
+      nested: nested sqrt(L) remat over a scanned stack (``model.stack: scan``).
+    """
 
     PRIMARY: ClassVar[str] = "policy"
     policy: str = "none"
+    every: int = 1
+    nested: bool = False
 
     def __post_init__(self) -> None:
-        check_choice("policy", self.policy, remat.POLICIES, what="remat policy")
+        try:
+            remat.get(self.policy)
+        except ConfigError as e:
+            raise e.replace(path="policy") from None
+        check_positive("every", self.every)
+
+
+@dataclasses.dataclass(frozen=True)
+class FreezeConfig:
+    """Parameters that are not trained: no gradient, no optimizer state (``jaxmem.freeze``).
+
+    Attributes:
+      patterns: glob patterns over parameter paths (``trunk/embed/*``, ``*/bias``).
+      blocks: freeze the first N blocks of the layer stack (Python-loop stacks).
+      embeddings: freeze the token and position embeddings.
+    """
+
+    patterns: tuple[str, ...] = ()
+    blocks: int = 0
+    embeddings: bool = False
+
+    def __post_init__(self) -> None:
+        if self.blocks < 0:
+            raise ConfigError("blocks", "must be >= 0", value=self.blocks)
+
+    @property
+    def active(self) -> bool:
+        return bool(self.patterns or self.blocks or self.embeddings)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -198,14 +266,51 @@ class Config:
     optimizer: OptimizerConfig = OptimizerConfig()
     precision: PrecisionConfig = PrecisionConfig()
     remat: RematConfig = RematConfig()
+    freeze: FreezeConfig = FreezeConfig()
     mesh: MeshConfig = MeshConfig()
     target: TargetConfig = TargetConfig()
     measure: MeasureConfig = MeasureConfig()
 
     def __post_init__(self) -> None:
+        self._check_remat()
         data_axis = self.mesh.data
         if data_axis > 0 and self.data.batch_size % data_axis:
             raise ConfigError(
                 "data.batch_size", f"must be divisible by mesh.data={data_axis}",
                 value=self.data.batch_size,
             )
+
+    def _check_remat(self) -> None:
+        """Combinations of remat settings and model that cannot work together."""
+        r, model = self.remat, self.model
+        names = model.checkpoint_names()
+        policy = remat.get(r.policy)
+        if names is not None and policy.names:
+            unknown = [n for n in policy.names if n not in names]
+            if unknown:
+                raise ConfigError("remat.policy", f"names checkpoints model kind {model.kind!r} "
+                                  f"does not tag ({', '.join(unknown)})", value=r.policy,
+                                  choices=names or ["(this model tags none)"])
+        layers = model.layer_count()
+        if layers is None:
+            if r.every != 1 or r.nested:
+                raise ConfigError("remat.every" if r.every != 1 else "remat.nested",
+                                  f"needs a built-in model; model kind {model.kind!r} applies "
+                                  "remat itself", value=r.every if r.every != 1 else r.nested)
+            return
+        count, scanned = layers
+        if r.nested:
+            from jaxmem.models.stack import nested_group_size
+
+            if not scanned:
+                raise ConfigError("remat.nested", "needs a scanned stack (model.stack: scan)",
+                                  value=True)
+            if nested_group_size(count) is None:
+                raise ConfigError("remat.nested", f"needs a layer count with a divisor between "
+                                  f"1 and itself; model has {count}", value=True)
+            if r.every != 1:
+                raise ConfigError("remat.every", "cannot be combined with remat.nested",
+                                  value=r.every)
+        if scanned and count % r.every:
+            raise ConfigError("remat.every", f"must divide the {count} scanned layers",
+                              value=r.every)

@@ -75,3 +75,8 @@ def check_choice(name: str, value: Any, choices: Iterable[Any], what: str = "val
     choices = list(choices)
     if value not in choices:
         raise ConfigError(name, f"unknown {what}", value=value, choices=sorted(map(str, choices)))
+
+
+class Unsupported(RuntimeError):
+    """The backend cannot do what a valid configuration asks (e.g. host offload without memory
+    kinds). The configuration's row gets ``status: unsupported`` and this message."""

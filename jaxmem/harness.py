@@ -8,6 +8,7 @@ only way to get a peak that belongs to this configuration alone.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -16,14 +17,14 @@ import tempfile
 import traceback
 from typing import Any
 
-import jax
-
 from jaxmem import _convert, analytic
 from jaxmem.config import Config
+from jaxmem.errors import Unsupported
 from jaxmem.experiment import GridPoint
 from jaxmem.measure import MemoryReport, compile_timed
 from jaxmem.record import Record, environment
 from jaxmem.step import Program, build_program
+from jaxmem.units import fmt_bytes
 
 
 def backend_notes(config: Config, platform: str) -> list[str]:
@@ -43,18 +44,34 @@ def backend_notes(config: Config, platform: str) -> list[str]:
 
 def analytic_numbers(program: Program) -> dict[str, Any]:
     """Parameter, optimizer-state, batch and residual bytes of a program (whole model)."""
+    residuals = program.saved_residuals()
     return {
         "param_count": analytic.tree_count(program.params),
         "param_bytes": analytic.tree_bytes(program.params),
         "opt_state_bytes": analytic.tree_bytes(program.opt_state),
         "batch_bytes": analytic.tree_bytes(program.batch),
-        # gradients are taken for the parameters only: rest and batch get no tangent
-        "residual_bytes": analytic.residual_bytes(
-            lambda p, r, b: program.objective(p, jax.lax.stop_gradient(r),
-                                              jax.lax.stop_gradient(b))[0],
-            program.params, program.rest, program.batch,
-        ),
+        "residual_bytes": None if residuals is None else sum(r.bytes for r in residuals),
     }
+
+
+def residual_report(config: Config) -> tuple[list[analytic.Residual], str]:
+    """The saved residuals of ``config``, each named where possible, and a caption note.
+
+    Residuals inside a scan show up as the scan's stacked outputs, without their checkpoint
+    names; a scanned stack is therefore listed as the equivalent Python loop (same blocks, same
+    policy), and the note gives the scanned program's own total.
+    """
+    residuals = build_program(config).saved_residuals()
+    if residuals is None:
+        raise RuntimeError("this jax version has no residual introspection")
+    layers = config.model.layer_count()
+    if not layers or not layers[1] or config.remat.nested:
+        return residuals, ""
+    loop = dataclasses.replace(config, model=dataclasses.replace(config.model, stack="loop"))
+    named = build_program(loop).saved_residuals() or []
+    total = sum(r.bytes for r in residuals)
+    return named, (f"scanned stack listed as a loop to name its values; the scanned program "
+                   f"itself keeps {fmt_bytes(total)}")
 
 
 def measure_compile(program: Program) -> tuple[Any, dict[str, Any]]:
@@ -82,6 +99,8 @@ def measure_point(experiment: str, point: GridPoint, mode: str) -> Record:
             sections = run_in_subprocess(point.config)
         else:
             _, sections = measure_compile(build_program(point.config))
+    except Unsupported as e:  # valid, but not on this backend: the row says so
+        return Record(**base, status="unsupported", error=str(e))
     except Exception as e:  # a configuration that fails is a row, and the sweep goes on
         return Record(**base, status="error", error=one_line_error(e))
     return Record(**base, status="ok", **sections)
@@ -106,7 +125,7 @@ def run_in_subprocess(config: Config) -> dict[str, Any]:
         with open(result, encoding="utf-8") as f:
             payload = json.load(f)
     if payload.get("error"):
-        raise RuntimeError(payload["error"])
+        raise (Unsupported if payload.get("unsupported") else RuntimeError)(payload["error"])
     return payload["sections"]
 
 

@@ -32,12 +32,14 @@ class PrecisionPolicy:
       param_dtype: dtype of the stored (master) parameters and of the gradients.
       compute_dtype: dtype parameters and floating inputs are cast to for the forward pass.
       doc: one line for tables.
+      loss_scaling: scale the loss dynamically (``jaxmem.loss_scale``), for float16 compute.
     """
 
     name: str
     param_dtype: Any
     compute_dtype: Any
     doc: str
+    loss_scaling: bool = False
 
     def _cast(self, tree: Any, dtype: Any) -> Any:
         def cast(x: Any) -> Any:
@@ -67,6 +69,11 @@ POLICIES: dict[str, PrecisionPolicy] = {
         PrecisionPolicy(
             "bf16-mixed", jnp.float32, jnp.bfloat16, "float32 master parameters, bfloat16 compute"
         ),
+        PrecisionPolicy("bf16", jnp.bfloat16, jnp.bfloat16,
+                        "bfloat16 parameters and compute (optimizer state follows parameters)"),
+        PrecisionPolicy("fp16-mixed", jnp.float32, jnp.float16,
+                        "float32 master parameters, float16 compute, dynamic loss scaling",
+                        loss_scaling=True),
     ]
 }
 

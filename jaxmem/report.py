@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from rich.console import Console
 from rich.table import Table
 
+from jaxmem.analytic import Residual
 from jaxmem.record import Record
 from jaxmem.units import fmt_bytes, fmt_count, fmt_delta, fmt_seconds
 
@@ -66,7 +67,8 @@ def table(records: Sequence[Record], title: str | None = None) -> Table:
         t.add_column(c.header, justify="right", no_wrap=True)
     for r in records:
         if not r.ok:
-            t.add_row(str(r.index), r.name, "[red]error[/red]", *["-"] * (len(columns) - 1))
+            t.add_row(str(r.index), r.name, f"[red]{r.status}[/red]",
+                      *["-"] * (len(columns) - 1))
             continue
         cells = []
         for c in columns:
@@ -85,7 +87,7 @@ def table(records: Sequence[Record], title: str | None = None) -> Table:
 
 def _caption(records: Sequence[Record]) -> str:
     ok = [r for r in records if r.ok]
-    errors = [f"error in row {r.index}: {r.error}" for r in records if not r.ok]
+    errors = [f"{r.status} in row {r.index}: {r.error}" for r in records if not r.ok]
     if not ok:
         return "\n".join(errors)
     devices = sorted({f"{r.env.get('device_kind')} x{r.env.get('device_count')}" for r in ok})
@@ -107,8 +109,36 @@ def _caption(records: Sequence[Record]) -> str:
 def print_table(records: Sequence[Record], title: str | None = None,
                 console: Console | None = None) -> None:
     """Prints :func:`table` to ``console`` (stdout; 200 columns wide when not a terminal)."""
-    if console is None:
-        console = Console()
-        if not console.is_terminal:
-            console = Console(width=max(console.width, 200))
-    console.print(table(records, title))
+    (console or wide_console()).print(table(records, title))
+
+
+def residual_rows(residuals: Sequence[Residual]) -> list[tuple[str, str, str, str, int, int]]:
+    """Residuals grouped by (what, where, shape, dtype): ``(..., count, bytes)``, largest
+    first."""
+    groups: dict[tuple[str, str, str, str], list[int]] = {}
+    for r in residuals:
+        key = (r.what, r.where, "x".join(map(str, r.shape)) or "scalar", r.dtype)
+        groups.setdefault(key, []).append(r.bytes)
+    rows = [(*key, len(sizes), sum(sizes)) for key, sizes in groups.items()]
+    return sorted(rows, key=lambda row: -row[5])
+
+
+def residual_table(residuals: Sequence[Residual], title: str | None = None,
+                   note: str = "") -> Table:
+    """The saved residuals of one configuration, grouped, with the total."""
+    t = Table(title=title, caption_justify="left")
+    for header, justify in (("saved value", "left"), ("where", "left"), ("shape", "left"),
+                            ("dtype", "left"), ("count", "right"), ("bytes", "right")):
+        t.add_column(header, justify=justify, no_wrap=True)
+    for what, where, shape, dtype, count, nbytes in residual_rows(residuals):
+        t.add_row(what, where, shape, dtype, str(count), fmt_bytes(nbytes))
+    total = sum(r.bytes for r in residuals)
+    t.caption = (f"total {fmt_bytes(total)} in {len(residuals)} values, whole batch, from the "
+                 "jaxpr before XLA fusion" + (f"\n{note}" if note else ""))
+    return t
+
+
+def wide_console() -> Console:
+    """stdout; 200 columns wide when not a terminal, so tables do not wrap in files."""
+    console = Console()
+    return console if console.is_terminal else Console(width=max(console.width, 200))

@@ -23,7 +23,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from jaxmem.config import MeshConfig
-from jaxmem.errors import ConfigError
+from jaxmem.errors import ConfigError, Unsupported
 
 BATCH_AXES = ("data",)
 
@@ -70,3 +70,36 @@ def batch_sharding(mesh: Mesh) -> NamedSharding:
 def place(tree: Any, sharding: NamedSharding) -> Any:
     """ShapeDtypeStructs of ``tree`` carrying ``sharding`` (for abstract compiles)."""
     return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), tree)
+
+
+def constrain_batch(mesh: Mesh):
+    """A function constraining a batch pytree to be split over the batch axes (for
+    microbatches inside the step)."""
+    spec = batch_sharding(mesh)
+
+    def constrain(tree: Any) -> Any:
+        return jax.tree.map(lambda x: jax.lax.with_sharding_constraint(x, spec), tree)
+
+    return constrain
+
+
+def require_host_memory(mesh: Mesh, what: str) -> None:
+    """Raises Unsupported unless the mesh's devices have a ``pinned_host`` memory kind."""
+    device = mesh.devices.flat[0]
+    try:
+        kinds = sorted(m.kind for m in device.addressable_memories())
+    except Exception:  # compile-only devices may not list their memories
+        kinds = []
+    if "pinned_host" not in kinds:
+        raise Unsupported(f"{what} is not supported on {device.platform} ({device.device_kind}):"
+                          f" memory kinds {kinds or 'not reported'}")
+
+
+def host_memory(mesh: Mesh, like: NamedSharding) -> NamedSharding:
+    """``like`` in pinned host memory.
+
+    Raises:
+      Unsupported: the devices have no ``pinned_host`` memory kind.
+    """
+    require_host_memory(mesh, "optimizer-state offload")
+    return like.with_memory_kind("pinned_host")

@@ -19,6 +19,7 @@ import jax
 
 from jaxmem import _convert
 from jaxmem.config import Config
+from jaxmem.errors import Unsupported
 from jaxmem.harness import describe_failure, measure_compile, one_line_error
 from jaxmem.step import build_program
 
@@ -80,6 +81,8 @@ def main(argv: list[str]) -> int:
             config = _convert.from_dict(Config, json.load(f))
         payload: dict[str, Any] = {"sections": run(config)}
         code = 0
+    except Unsupported as e:
+        payload, code = {"error": str(e), "unsupported": True}, 1
     except Exception as e:
         print(describe_failure(e), file=sys.stderr)
         payload, code = {"error": one_line_error(e)}, 1

@@ -128,8 +128,9 @@ def test_bad_input_names_field_and_value(raw, overrides, path, value):
 def test_unknown_choice_lists_valid_choices():
     with pytest.raises(ConfigError) as info:
         Experiment.from_dict({"remat": "fulll"})
-    assert info.value.choices == sorted(jaxmem.remat.POLICIES)
-    assert "valid choices: dots, dots_no_batch, full, none" in str(info.value)
+    assert info.value.choices == jaxmem.remat.choices()
+    assert "dots, dots_no_batch, dots_saveable" in str(info.value)
+    assert "save:<name>+<name>" in str(info.value)
 
 
 def test_unknown_key_lists_valid_keys():

@@ -54,6 +54,15 @@ class CNNConfig(ModelConfig):
                 value=self.image_size,
             )
 
+    def layer_count(self) -> tuple[int, bool]:
+        return len(self.channels), False
+
+    def freeze_patterns(self, blocks: int, embeddings: bool) -> tuple[str, ...]:
+        super().freeze_patterns(0, embeddings)
+        if blocks > len(self.channels):
+            raise ConfigError("freeze.blocks", f"exceeds the {len(self.channels)} blocks", value=blocks)
+        return tuple(f"blocks/{i}/*" for i in range(blocks))
+
     def build(self, opts: BuildOptions) -> Workload:
         """Random images, integer labels."""
         batch_size = opts.batch_size
@@ -104,10 +113,11 @@ class CNN(nnx.Module):
         ])
         self.head = nnx.Linear(widths[-1], c.num_classes, dtype=opts.dtype, rngs=rngs)
         self.remat_policy = opts.remat_policy
+        self.remat_every = opts.remat_every
 
     def __call__(self, images_BxSxSxC: jax.Array) -> jax.Array:
-        block_fn = remat.wrap(lambda block, x: block(x), self.remat_policy)
         x = images_BxSxSxC
-        for block in self.blocks:
-            x = block_fn(block, x)
+        for i, block in enumerate(self.blocks):
+            policy = self.remat_policy if i % self.remat_every == 0 else "none"
+            x = remat.wrap(lambda blk, h: blk(h), policy)(block, x)
         return self.head(x.mean(axis=(1, 2)))  # BxC

@@ -50,6 +50,9 @@ class CustomConfig(ModelConfig):
         if not module or not attr:
             raise ConfigError("factory", "expected 'package.module:function'", value=self.factory)
 
+    def checkpoint_names(self) -> None:
+        return None  # whatever the user's model tags
+
     def resolve(self) -> Callable[..., Workload]:
         """Imports the factory (the working directory is importable too)."""
         module_name, _, attr = self.factory.partition(":")

@@ -49,8 +49,7 @@ class Encoder(nnx.Module):
     """Embeddings, a bidirectional block stack, LayerNorm, mean over tokens, linear head."""
 
     def __init__(self, c: EncoderConfig, opts: BuildOptions, *, rngs: nnx.Rngs):
-        self.trunk = Trunk(c, causal=False, remat_policy=opts.remat_policy, dtype=opts.dtype,
-                           rngs=rngs)
+        self.trunk = Trunk(c, opts, causal=False, rngs=rngs)
         self.head = nnx.Linear(c.d_model, c.num_classes, dtype=opts.dtype, rngs=rngs)
 
     def __call__(self, tokens_BxL: jax.Array) -> jax.Array:

@@ -57,8 +57,7 @@ class GPT(nnx.Module):
     """Token + position embeddings, a causal block stack, final LayerNorm, LM head."""
 
     def __init__(self, c: GPTConfig, opts: BuildOptions, *, rngs: nnx.Rngs):
-        self.trunk = Trunk(c, causal=True, remat_policy=opts.remat_policy, dtype=opts.dtype,
-                           rngs=rngs)
+        self.trunk = Trunk(c, opts, causal=True, rngs=rngs)
         self.head = None if c.tie_embeddings else nnx.Linear(
             c.d_model, c.vocab_size, use_bias=False, dtype=opts.dtype, rngs=rngs
         )

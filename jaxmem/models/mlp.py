@@ -42,6 +42,15 @@ class MLPConfig(ModelConfig):
             check_positive(f"hidden[{i}]", width)
         check_choice("loss", self.loss, losses.LOSSES, what="loss")
 
+    def layer_count(self) -> tuple[int, bool]:
+        return len(self.hidden), False
+
+    def freeze_patterns(self, blocks: int, embeddings: bool) -> tuple[str, ...]:
+        super().freeze_patterns(0, embeddings)
+        if blocks > len(self.hidden):
+            raise ConfigError("freeze.blocks", f"exceeds the {len(self.hidden)} blocks", value=blocks)
+        return tuple(f"layers/{i}/*" for i in range(blocks))
+
     def build(self, opts: BuildOptions) -> Workload:
         """Random inputs; integer labels (cross_entropy) or float targets (mse)."""
         B = opts.batch_size
@@ -63,6 +72,10 @@ class MLPConfig(ModelConfig):
         )
 
 
+def _dense_relu(layer: nnx.Linear, x: jax.Array) -> jax.Array:
+    return jax.nn.relu(layer(x))
+
+
 class MLP(nnx.Module):
     """``in -> hidden[0] -> ... -> out``, ReLU between, each hidden layer a remat block."""
 
@@ -74,9 +87,10 @@ class MLP(nnx.Module):
         ])
         self.head = nnx.Linear(widths[-1], c.out_features, dtype=opts.dtype, rngs=rngs)
         self.remat_policy = opts.remat_policy
+        self.remat_every = opts.remat_every
 
     def __call__(self, x_BxI: jax.Array) -> jax.Array:
-        layer_fn = remat.wrap(lambda layer, x: jax.nn.relu(layer(x)), self.remat_policy)
-        for layer in self.layers:
-            x_BxI = layer_fn(layer, x_BxI)
+        for i, layer in enumerate(self.layers):
+            policy = self.remat_policy if i % self.remat_every == 0 else "none"
+            x_BxI = remat.wrap(_dense_relu, policy)(layer, x_BxI)
         return self.head(x_BxI)

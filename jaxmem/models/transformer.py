@@ -8,7 +8,6 @@ K head dim, F MLP hidden width.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -16,10 +15,12 @@ import jax.numpy as jnp
 from flax import nnx
 from jax.ad_checkpoint import checkpoint_name
 
-from jaxmem import remat
 from jaxmem.config import ModelConfig
 from jaxmem.errors import ConfigError, check_choice, check_positive
 from jaxmem.models.attention import Attention
+from jaxmem.models.layers import LayerNorm
+from jaxmem.models.stack import Stack
+from jaxmem.models.workload import BuildOptions
 
 #: Every name a transformer block tags, in forward order.
 CHECKPOINT_NAMES = (
@@ -69,6 +70,22 @@ class TransformerConfig(ModelConfig):
                               value=self.num_heads)
         check_choice("stack", self.stack, STACKS, what="stack")
 
+    def checkpoint_names(self) -> tuple[str, ...]:
+        return CHECKPOINT_NAMES
+
+    def layer_count(self) -> tuple[int, bool]:
+        return self.num_layers, self.stack == "scan"
+
+    def freeze_patterns(self, blocks: int, embeddings: bool) -> tuple[str, ...]:
+        if blocks and self.stack == "scan":
+            raise ConfigError("freeze.blocks", "needs model.stack=loop: a scanned stack keeps "
+                              "every block in one array", value=blocks)
+        if blocks > self.num_layers:
+            raise ConfigError("freeze.blocks", f"exceeds the {self.num_layers} layers",
+                              value=blocks)
+        patterns = tuple(f"trunk/blocks/blocks/{i}/*" for i in range(blocks))
+        return patterns + (("trunk/embed/*", "trunk/pos/*") if embeddings else ())
+
 
 class MLP(nnx.Module):
     """Two-layer GELU MLP."""
@@ -87,9 +104,9 @@ class Block(nnx.Module):
     """Pre-LN block: ``x + attn(ln(x))`` then ``x + mlp(ln(x))``."""
 
     def __init__(self, c: TransformerConfig, *, causal: bool, dtype: Any, rngs: nnx.Rngs):
-        self.ln1 = nnx.LayerNorm(c.d_model, dtype=dtype, rngs=rngs)
+        self.ln1 = LayerNorm(c.d_model, dtype=dtype)
         self.attn = Attention(c.d_model, c.num_heads, causal=causal, dtype=dtype, rngs=rngs)
-        self.ln2 = nnx.LayerNorm(c.d_model, dtype=dtype, rngs=rngs)
+        self.ln2 = LayerNorm(c.d_model, dtype=dtype)
         self.mlp = MLP(c.d_model, c.mlp_ratio * c.d_model, dtype=dtype, rngs=rngs)
 
     def __call__(self, x_BxLxD: jax.Array) -> jax.Array:
@@ -98,60 +115,25 @@ class Block(nnx.Module):
         return x_BxLxD + self.mlp(self.ln2(x_BxLxD))
 
 
-class Stack(nnx.Module):
-    """``num_layers`` blocks applied in order, by a Python loop or by ``nnx.scan``.
-
-    Each block call is wrapped in the remat policy (``jaxmem.remat``).
-    """
-
-    def __init__(
-        self,
-        make_block: Callable[[nnx.Rngs], nnx.Module],
-        num_layers: int,
-        *,
-        stack: str,
-        remat_policy: str,
-        rngs: nnx.Rngs,
-    ):
-        self.stack = stack
-        self.remat_policy = remat_policy
-        if stack == "scan":
-
-            @nnx.split_rngs(splits=num_layers)
-            @nnx.vmap(in_axes=(0,), out_axes=0)
-            def create(rngs: nnx.Rngs) -> nnx.Module:
-                return make_block(rngs)
-
-            self.blocks = create(rngs)
-        else:
-            self.blocks = nnx.List([make_block(rngs) for _ in range(num_layers)])
-
-    def __call__(self, x: jax.Array) -> jax.Array:
-        if self.stack == "scan":
-            body = remat.wrap(lambda x, block: block(x), self.remat_policy, prevent_cse=False)
-            return nnx.scan(body, in_axes=(nnx.Carry, 0), out_axes=nnx.Carry)(x, self.blocks)
-        call = remat.wrap(lambda block, x: block(x), self.remat_policy)
-        for block in self.blocks:
-            x = call(block, x)
-        return x
-
-
 class Trunk(nnx.Module):
     """Token and learned position embeddings, the block stack, a final LayerNorm: tokens to
     the residual stream ``BxLxD`` (shared by ``gpt`` and ``encoder``)."""
 
-    def __init__(self, c: TransformerConfig, *, causal: bool, remat_policy: str, dtype: Any,
+    def __init__(self, c: TransformerConfig, opts: BuildOptions, *, causal: bool,
                  rngs: nnx.Rngs):
+        dtype = opts.dtype
         self.embed = nnx.Embed(c.vocab_size, c.d_model, dtype=dtype, rngs=rngs)
         self.pos = nnx.Embed(c.seq_len, c.d_model, dtype=dtype, rngs=rngs)
         self.blocks = Stack(
             lambda r: Block(c, causal=causal, dtype=dtype, rngs=r),
             c.num_layers,
             stack=c.stack,
-            remat_policy=remat_policy,
+            remat_policy=opts.remat_policy,
+            remat_every=opts.remat_every,
+            remat_nested=opts.remat_nested,
             rngs=rngs,
         )
-        self.ln_f = nnx.LayerNorm(c.d_model, dtype=dtype, rngs=rngs)
+        self.ln_f = LayerNorm(c.d_model, dtype=dtype)
 
     def __call__(self, tokens_BxL: jax.Array) -> jax.Array:
         L = tokens_BxL.shape[1]

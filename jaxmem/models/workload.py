@@ -39,12 +39,16 @@ class BuildOptions:
     Attributes:
       batch_size: global batch size.
       remat_policy: name of the remat policy for each block (``jaxmem.remat``).
+      remat_every: the policy applies to every k-th block (``jaxmem.models.stack``).
+      remat_nested: nested sqrt(L) remat over a scanned stack.
       dtype: compute dtype handed to every layer (``dtype=`` of Flax layers); parameters keep
         their own storage dtype.
     """
 
     batch_size: int
     remat_policy: str = "none"
+    remat_every: int = 1
+    remat_nested: bool = False
     dtype: Any = jnp.float32
 
 

@@ -1,0 +1,75 @@
+"""Layers whose backward keeps only what mixed precision needs.
+
+Flax's LayerNorm computes its statistics in float32 and lets autodiff keep float32 copies of
+the normalised input; with bf16 compute that doubles its share of the activations. This
+LayerNorm keeps its input (in the compute dtype) and two float32 scalars per row, and redoes the
+float32 arithmetic in the backward. Values and gradients match ``nnx.LayerNorm``.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def layer_norm(x: jax.Array, scale: jax.Array, bias: jax.Array, eps: float = 1e-6) -> jax.Array:
+    """``(x - mean) / sqrt(var + eps) * scale + bias`` over the last axis, stats in float32."""
+    return _layer_norm_fwd(x, scale, bias, eps)[0]
+
+
+def _stats(x: jax.Array, eps: float) -> tuple[jax.Array, jax.Array]:
+    x32 = x.astype(jnp.float32)
+    mean = jnp.mean(x32, axis=-1, keepdims=True)
+    var = jnp.mean(jnp.square(x32 - mean), axis=-1, keepdims=True)
+    return mean, jax.lax.rsqrt(var + eps)
+
+
+def _row(v: jax.Array, ndim: int) -> jax.Array:
+    """A feature vector shaped to broadcast over ``ndim``-dimensional inputs, in float32."""
+    return v.astype(jnp.float32).reshape((1,) * (ndim - 1) + v.shape)
+
+
+def _layer_norm_fwd(x, scale, bias, eps):
+    mean, rstd = _stats(x, eps)
+    y = (x.astype(jnp.float32) - mean) * rstd
+    out = (y * _row(scale, x.ndim) + _row(bias, x.ndim)).astype(x.dtype)
+    return out, (x, scale, mean, rstd, jnp.zeros((), bias.dtype))
+
+
+def _layer_norm_bwd(eps, res, g):
+    del eps
+    x, scale, mean, rstd, bias_like = res
+    y = (x.astype(jnp.float32) - mean) * rstd
+    g32 = g.astype(jnp.float32)
+    reduce_axes = tuple(range(g.ndim - 1))
+    d_scale = jnp.sum(g32 * y, axis=reduce_axes).astype(scale.dtype)
+    d_bias = jnp.sum(g32, axis=reduce_axes).astype(bias_like.dtype)
+    gy = g32 * _row(scale, g.ndim)
+    dx = rstd * (gy - jnp.mean(gy, axis=-1, keepdims=True)
+                 - y * jnp.mean(gy * y, axis=-1, keepdims=True))
+    return dx.astype(x.dtype), d_scale, d_bias
+
+
+layer_norm.defvjp(_layer_norm_fwd, _layer_norm_bwd)
+
+
+class LayerNorm(nnx.Module):
+    """LayerNorm over the last axis with a learned scale and bias, computing in ``dtype``."""
+
+    def __init__(self, features: int, *, dtype: Any = None, epsilon: float = 1e-6,
+                 rngs: nnx.Rngs | None = None):
+        del rngs  # deterministic initialisation; the argument keeps Flax's signature
+        self.scale = nnx.Param(jnp.ones((features,), jnp.float32))
+        self.bias = nnx.Param(jnp.zeros((features,), jnp.float32))
+        self.dtype = dtype
+        self.epsilon = epsilon
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        if self.dtype is not None:
+            x = x.astype(self.dtype)
+        return layer_norm(x, self.scale[...], self.bias[...], self.epsilon)
