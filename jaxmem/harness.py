@@ -17,7 +17,7 @@ import tempfile
 import traceback
 from typing import Any
 
-from jaxmem import _convert, analytic
+from jaxmem import _convert, analytic, remat
 from jaxmem.config import Config
 from jaxmem.errors import Unsupported
 from jaxmem.experiment import GridPoint
@@ -34,6 +34,10 @@ def backend_notes(config: Config, platform: str) -> list[str]:
         notes.append("XLA:CPU computes bf16/fp16 in f32, so compiled bytes do not show the "
                      "saving of lower precision; see analytic.residual_bytes, or compile for "
                      "a GPU/TPU target")
+    if platform == "cpu" and (config.optimizer.offload or remat.get(config.remat.policy).offloads):
+        notes.append("XLA:CPU's memory analysis does not separate pinned host memory: offloaded "
+                     "bytes stay in the device columns; compile for a TPU/GPU target to see "
+                     "host_* bytes")
     model = config.model
     if (platform == "cpu" and config.remat.policy != "none"
             and getattr(model, "stack", "scan") == "loop"):

@@ -65,10 +65,10 @@ def test_sweep_override_replaces_values():
 
 def test_grid_is_the_cartesian_product_with_readable_names(quickstart):
     points = quickstart.grid()
-    assert len(points) == 6
+    assert len(points) == 8
     assert points[0].name == "remat=none,precision=fp32"
     assert "remat=full,precision=bf16-mixed" in [p.name for p in points]
-    assert [p.index for p in points] == list(range(6))
+    assert [p.index for p in points] == list(range(8))
     full_bf16 = next(p for p in points if p.name == "remat=full,precision=bf16-mixed")
     assert full_bf16.config.remat.policy == "full"
     assert full_bf16.config.precision.policy == "bf16-mixed"

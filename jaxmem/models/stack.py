@@ -17,6 +17,7 @@ from collections.abc import Callable
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 from flax import nnx
 
 from jaxmem import remat
@@ -84,29 +85,31 @@ class Stack(nnx.Module):
         def block_fn(x: jax.Array, s: Any) -> jax.Array:
             return nnx.merge(graphdef, s, copy=True)(x)
 
-        def grouped(size: int) -> Any:  # leading axis L -> (L // size, size)
-            return jax.tree.map(lambda a: a.reshape(-1, size, *a.shape[1:]), state)
+        def group_state(start: jax.Array, size: int) -> Any:  # blocks [start, start + size)
+            return jax.tree.map(lambda a: jax.lax.dynamic_slice_in_dim(a, start, size), state)
 
+        # Groups are scanned by index, slicing the stacked parameters inside the step, so that
+        # the parameters stay arguments (a reshaped copy would count as a saved residual).
         L, k = self.num_layers, self.remat_every
         if self.remat_nested:
             g = nested_group_size(L)
             per_block = remat.jax_checkpoint(lambda x, s: (block_fn(x, s), None),
                                              self.remat_policy, prevent_cse=False)
 
-            def group_fn(x: jax.Array, group_state: Any) -> tuple[jax.Array, None]:
-                return jax.lax.scan(per_block, x, group_state)[0], None
+            def group_fn(x: jax.Array, i: jax.Array) -> tuple[jax.Array, None]:
+                return jax.lax.scan(per_block, x, group_state(i * g, g))[0], None
 
             outer = remat.jax_checkpoint(group_fn, "full", prevent_cse=False)
-            return jax.lax.scan(outer, x, grouped(g))[0]
+            return jax.lax.scan(outer, x, jnp.arange(L // g))[0]
         if k > 1:
-            def group_fn(x: jax.Array, group_state: Any) -> tuple[jax.Array, None]:
+            def group_fn(x: jax.Array, i: jax.Array) -> tuple[jax.Array, None]:
                 for j in range(k):
-                    s_j = jax.tree.map(lambda a, j=j: a[j], group_state)
+                    s_j = jax.tree.map(lambda a, j=j: a[i * k + j], state)
                     fn = remat.jax_checkpoint(block_fn, self._policy(j), prevent_cse=False)
                     x = fn(x, s_j)
                 return x, None
 
-            return jax.lax.scan(group_fn, x, grouped(k))[0]
+            return jax.lax.scan(group_fn, x, jnp.arange(L // k))[0]
         body = remat.jax_checkpoint(lambda x, s: (block_fn(x, s), None), self.remat_policy,
                                     prevent_cse=False)
         return jax.lax.scan(body, x, state)[0]
