@@ -68,6 +68,9 @@ class ModelConfig:
                               "freeze.patterns", value=blocks or embeddings)
         return ()
 
+    def check_platform(self, platform: str) -> None:
+        """Raises Unsupported when the model cannot run on ``platform`` (e.g. cuDNN on CPU)."""
+
     def layer_count(self) -> tuple[int, bool] | None:
         """``(blocks, scanned)`` of the remat stack; None where jaxmem does not apply remat."""
         return None

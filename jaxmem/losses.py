@@ -41,6 +41,30 @@ def _ce_bwd(res, g):
 cross_entropy.defvjp(_ce_fwd, _ce_bwd)
 
 
+def chunked_cross_entropy(hidden_NxD: jax.Array, weight_DxV: jax.Array, labels_N: jax.Array,
+                          chunks: int) -> jax.Array:
+    """Mean cross-entropy of ``hidden @ weight`` without the full ``NxV`` logits ever existing.
+
+    Tokens go through in ``chunks`` pieces (a scan); each piece's logits are recomputed in the
+    backward instead of kept, so at most ``N/chunks x V`` logits are alive at once.
+    """
+    N, D = hidden_NxD.shape
+    n = N // chunks
+    h_CxNxD = hidden_NxD.reshape(chunks, n, D)
+    y_CxN = labels_N.reshape(chunks, n)
+
+    def body(total: jax.Array, xs: tuple[jax.Array, jax.Array]) -> tuple[jax.Array, None]:
+        h_nxD, y_n = xs
+        logits_nxV = (h_nxD @ weight_DxV).astype(jnp.float32)
+        lse_n = jax.nn.logsumexp(logits_nxV, axis=-1)
+        picked_n = jnp.take_along_axis(logits_nxV, y_n[:, None], axis=-1)[:, 0]
+        return total + jnp.sum(lse_n - picked_n), None
+
+    body = jax.checkpoint(body, prevent_cse=False)  # keep only each chunk's inputs
+    total, _ = jax.lax.scan(body, jnp.float32(0), (h_CxNxD, y_CxN))
+    return total / N
+
+
 def mse(pred: jax.Array, target: jax.Array) -> jax.Array:
     """Mean squared error."""
     diff = pred.astype(jnp.float32) - target.astype(jnp.float32)

@@ -176,6 +176,7 @@ def build_program(config: Config, devices: Sequence[jax.Device] | None = None) -
     workload = build_workload(config)
     seed = config.data.seed
     loss_scale = DynamicLossScale() if policy.loss_scaling else None
+    config.model.check_platform(mesh.devices.flat[0].platform)
     if remat.get(config.remat.policy).offloads:
         sharding.require_host_memory(mesh, f"remat policy {config.remat.policy}")
 

@@ -1,17 +1,34 @@
-"""Multi-head self-attention, and a softmax that keeps its residual in the input dtype.
+"""Multi-head self-attention and its implementations, by name.
 
-Shape suffixes: B batch, L query length, M key length, D d_model, H heads, K head dim.
+Every implementation maps unscaled ``q, k, v`` of shape ``BxLxHxK`` to the context ``BxLxHxK``:
+
+* ``naive``: the full ``BxHxLxL`` score matrix (what the backward keeps grows with L²).
+* ``blockwise``: memory-efficient attention: query chunks one at a time (checkpointed), key
+  chunks with an online softmax; never more than ``BxHxCxL`` scores. Same values as ``naive``.
+* ``xla`` / ``cudnn``: ``jax.nn.dot_product_attention`` with that implementation (``cudnn``
+  needs a CUDA GPU).
+* ``linear``: kernelised attention with positive random features (Performer, FAVOR+), linear in
+  L; an approximation of softmax attention, for teaching.
+
+``window`` > 0 restricts each query to keys within that distance (causal: the last ``window``
+positions including itself). Shape suffixes: B batch, L length, H heads, K head dim, C chunk,
+M random features.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 from jax.ad_checkpoint import checkpoint_name
+
+from jaxmem.errors import Unsupported
+
+NEG = -1e30  # finite "minus infinity": exp(NEG - NEG) stays defined
 
 
 @jax.custom_vjp
@@ -39,14 +56,136 @@ def _softmax_bwd(probs: jax.Array, g: jax.Array) -> tuple[jax.Array]:
 softmax.defvjp(_softmax_fwd, _softmax_bwd)
 
 
+def allowed(q_pos: jax.Array, k_pos: jax.Array, *, causal: bool, window: int) -> jax.Array:
+    """``len(q_pos) x len(k_pos)`` bool: which keys each query may attend to."""
+    d = q_pos[:, None] - k_pos[None, :]
+    ok = d >= 0 if causal else jnp.ones(d.shape, bool)
+    if window:
+        ok &= (d < window) if causal else (jnp.abs(d) < window)
+    return ok
+
+
+def naive(q, k, v, *, causal: bool, window: int, **_: Any) -> jax.Array:
+    """Full score matrix, masked, softmax in float32."""
+    L, K = q.shape[1], q.shape[3]
+    q_BxLxHxK = q / jnp.asarray(math.sqrt(K), q.dtype)
+    logits_BxHxLxL = jnp.einsum("blhk,bmhk->bhlm", q_BxLxHxK, k)
+    if causal or window:
+        pos = jnp.arange(L)
+        mask_1x1xLxL = allowed(pos, pos, causal=causal, window=window)[None, None]
+        logits_BxHxLxL = jnp.where(mask_1x1xLxL, logits_BxHxLxL,
+                                   jnp.finfo(logits_BxHxLxL.dtype).min)
+    probs_BxHxLxL = softmax(logits_BxHxLxL)
+    return jnp.einsum("bhlm,bmhk->blhk", probs_BxHxLxL, v)
+
+
+def blockwise(q, k, v, *, causal: bool, window: int, chunk: int, **_: Any) -> jax.Array:
+    """Memory-efficient attention: the same values as :func:`naive`, in chunks."""
+    B, L, H, K = q.shape
+    C = min(chunk, L)
+    n = L // C
+    scale = 1.0 / math.sqrt(K)
+    k_BxNxCxHxK = k.reshape(B, n, C, H, K)
+    v_BxNxCxHxK = v.reshape(B, n, C, H, K)
+
+    def query_chunk(q_BxCxHxK: jax.Array, i: jax.Array) -> jax.Array:
+        q_pos = i * C + jnp.arange(C)
+        q32 = q_BxCxHxK.astype(jnp.float32) * scale
+
+        def kv_step(carry, j):
+            m_BxHxC, l_BxHxC, acc_BxCxHxK = carry
+            k_j = jax.lax.dynamic_index_in_dim(k_BxNxCxHxK, j, axis=1, keepdims=False)
+            v_j = jax.lax.dynamic_index_in_dim(v_BxNxCxHxK, j, axis=1, keepdims=False)
+            s_BxHxCxC = jnp.einsum("bqhk,bchk->bhqc", q32, k_j.astype(jnp.float32))
+            ok_1x1xCxC = allowed(q_pos, j * C + jnp.arange(C), causal=causal,
+                                 window=window)[None, None]
+            s_BxHxCxC = jnp.where(ok_1x1xCxC, s_BxHxCxC, NEG)
+            m_new = jnp.maximum(m_BxHxC, s_BxHxCxC.max(axis=-1))
+            p_BxHxCxC = jnp.where(ok_1x1xCxC, jnp.exp(s_BxHxCxC - m_new[..., None]), 0.0)
+            corr_BxHxC = jnp.exp(m_BxHxC - m_new)
+            l_new = l_BxHxC * corr_BxHxC + p_BxHxCxC.sum(axis=-1)
+            pv_BxCxHxK = jnp.einsum("bhqc,bchk->bqhk", p_BxHxCxC, v_j.astype(jnp.float32))
+            acc_new = acc_BxCxHxK * corr_BxHxC.transpose(0, 2, 1)[..., None] + pv_BxCxHxK
+            return (m_new, l_new, acc_new), None
+
+        init = (jnp.full((B, H, C), NEG, jnp.float32), jnp.zeros((B, H, C), jnp.float32),
+                jnp.zeros((B, C, H, K), jnp.float32))
+        (_, l_BxHxC, acc), _ = jax.lax.scan(kv_step, init, jnp.arange(n))
+        return (acc / l_BxHxC.transpose(0, 2, 1)[..., None]).astype(q.dtype)
+
+    chunk_fn = jax.checkpoint(query_chunk, prevent_cse=False)
+    q_NxBxCxHxK = q.reshape(B, n, C, H, K).swapaxes(0, 1)
+    out_NxBxCxHxK = jax.lax.map(lambda args: chunk_fn(*args), (q_NxBxCxHxK, jnp.arange(n)))
+    return out_NxBxCxHxK.swapaxes(0, 1).reshape(B, L, H, K)
+
+
+def _jax_dpa(implementation: str):
+    def attend(q, k, v, *, causal: bool, window: int, **_: Any) -> jax.Array:
+        if window:
+            local = (window - 1, 0) if causal else (window - 1, window - 1)
+        else:
+            local = None
+        return jax.nn.dot_product_attention(q, k, v, is_causal=causal, local_window_size=local,
+                                            implementation=implementation)
+
+    return attend
+
+
+def _features(x_BxLxHxK: jax.Array, w_MxK: jax.Array, stabiliser: jax.Array) -> jax.Array:
+    """Positive random features ``exp(w.x - |x|^2/2) / sqrt(M)`` (FAVOR+)."""
+    proj = jnp.einsum("blhk,mk->blhm", x_BxLxHxK, w_MxK)
+    sq = 0.5 * jnp.sum(x_BxLxHxK * x_BxLxHxK, axis=-1, keepdims=True)
+    return jnp.exp(proj - sq - stabiliser) / math.sqrt(w_MxK.shape[0])
+
+
+def linear(q, k, v, *, causal: bool, features: int, **_: Any) -> jax.Array:
+    """Performer-style linear attention; causal through prefix sums (memory ~ B·L·H·M·K)."""
+    K = q.shape[-1]
+    w_MxK = jax.random.normal(jax.random.key(0), (features, K), jnp.float32)
+    q32 = q.astype(jnp.float32) * K ** -0.25
+    k32 = k.astype(jnp.float32) * K ** -0.25
+    proj_q = jnp.einsum("blhk,mk->blhm", q32, w_MxK)
+    proj_k = jnp.einsum("blhk,mk->blhm", k32, w_MxK)
+    phi_q = _features(q32, w_MxK, jax.lax.stop_gradient(proj_q.max(axis=-1, keepdims=True)))
+    phi_k = _features(k32, w_MxK, jax.lax.stop_gradient(proj_k.max()))
+    v32 = v.astype(jnp.float32)
+    if causal:
+        kv_BxLxHxMxK = jnp.cumsum(jnp.einsum("blhm,blhk->blhmk", phi_k, v32), axis=1)
+        num = jnp.einsum("blhm,blhmk->blhk", phi_q, kv_BxLxHxMxK)
+        den = jnp.einsum("blhm,blhm->blh", phi_q, jnp.cumsum(phi_k, axis=1))
+    else:
+        num = jnp.einsum("blhm,bhmk->blhk", phi_q, jnp.einsum("blhm,blhk->bhmk", phi_k, v32))
+        den = jnp.einsum("blhm,bhm->blh", phi_q, phi_k.sum(axis=1))
+    return (num / den[..., None]).astype(q.dtype)
+
+
+IMPLEMENTATIONS: dict[str, Callable[..., jax.Array]] = {
+    "naive": naive,
+    "blockwise": blockwise,
+    "xla": _jax_dpa("xla"),
+    "cudnn": _jax_dpa("cudnn"),
+    "linear": linear,
+}
+#: Implementations that can restrict attention to a window.
+WINDOWED = ("naive", "blockwise", "xla", "cudnn")
+
+
+def check_platform(implementation: str, platform: str) -> None:
+    """Raises Unsupported for an implementation the platform cannot run."""
+    if implementation == "cudnn" and platform != "gpu":
+        raise Unsupported(f"attention 'cudnn' needs a CUDA GPU, not {platform}")
+
+
 class Attention(nnx.Module):
     """Multi-head self-attention with separate q/k/v projections (tagged for remat)."""
 
-    def __init__(
-        self, d_model: int, num_heads: int, *, causal: bool, dtype: Any, rngs: nnx.Rngs
-    ):
+    def __init__(self, d_model: int, num_heads: int, *, causal: bool, dtype: Any,
+                 implementation: str = "naive", chunk: int = 128, window: int = 0,
+                 features: int = 64, rngs: nnx.Rngs):
         self.num_heads = num_heads
         self.causal = causal
+        self.implementation = implementation
+        self.options = (("window", window), ("chunk", chunk), ("features", features))
         self.query = nnx.Linear(d_model, d_model, dtype=dtype, rngs=rngs)
         self.key = nnx.Linear(d_model, d_model, dtype=dtype, rngs=rngs)
         self.value = nnx.Linear(d_model, d_model, dtype=dtype, rngs=rngs)
@@ -57,15 +196,10 @@ class Attention(nnx.Module):
         H = self.num_heads
         K = D // H
         q_BxLxHxK = checkpoint_name(self.query(x_BxLxD).reshape(B, L, H, K), "query")
-        k_BxMxHxK = checkpoint_name(self.key(x_BxLxD).reshape(B, L, H, K), "key")
-        v_BxMxHxK = checkpoint_name(self.value(x_BxLxD).reshape(B, L, H, K), "value")
-        q_BxLxHxK = q_BxLxHxK / jnp.asarray(math.sqrt(K), q_BxLxHxK.dtype)
-        logits_BxHxLxM = jnp.einsum("blhk,bmhk->bhlm", q_BxLxHxK, k_BxMxHxK)
-        if self.causal:
-            mask_1x1xLxM = jnp.tril(jnp.ones((L, L), dtype=bool))[None, None]
-            big_negative = jnp.finfo(logits_BxHxLxM.dtype).min
-            logits_BxHxLxM = jnp.where(mask_1x1xLxM, logits_BxHxLxM, big_negative)
-        probs_BxHxLxM = softmax(logits_BxHxLxM)
-        ctx_BxLxHxK = jnp.einsum("bhlm,bmhk->blhk", probs_BxHxLxM, v_BxMxHxK)
+        k_BxLxHxK = checkpoint_name(self.key(x_BxLxD).reshape(B, L, H, K), "key")
+        v_BxLxHxK = checkpoint_name(self.value(x_BxLxD).reshape(B, L, H, K), "value")
+        attend = IMPLEMENTATIONS[self.implementation]
+        ctx_BxLxHxK = attend(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, causal=self.causal,
+                             **dict(self.options))
         ctx_BxLxHxK = checkpoint_name(ctx_BxLxHxK, "attn_context")
         return checkpoint_name(self.out(ctx_BxLxHxK.reshape(B, L, D)), "attn_out")

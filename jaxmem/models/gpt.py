@@ -21,6 +21,7 @@ from flax import nnx
 
 from jaxmem import losses
 from jaxmem.config import ModelConfig
+from jaxmem.errors import ConfigError, check_positive
 from jaxmem.models.transformer import TransformerConfig, Trunk
 from jaxmem.models.workload import Batch, BuildOptions, Workload
 
@@ -32,18 +33,36 @@ class GPTConfig(TransformerConfig):
 
     Attributes:
       tie_embeddings: the LM head reuses the token embedding (GPT-2 does).
+      loss_chunks: chunked cross-entropy: the tokens' logits are computed this many chunks at a
+        time and recomputed in the backward, so the full ``B x L x V`` logits never exist
+        (1: plain logits).
     """
 
     kind: str = "gpt"
     tie_embeddings: bool = True
+    loss_chunks: int = 1
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_positive("loss_chunks", self.loss_chunks)
+        if self.seq_len % self.loss_chunks:
+            raise ConfigError("loss_chunks", f"must divide seq_len={self.seq_len}",
+                              value=self.loss_chunks)
 
     def build(self, opts: BuildOptions) -> Workload:
         """Next-token prediction on ``batch_size`` sequences of ``seq_len`` tokens."""
         B, L = opts.batch_size, self.seq_len
         tokens = jax.ShapeDtypeStruct((B, L), jnp.int32)
 
+        chunks = self.loss_chunks
+
         def loss(model: GPT, batch: Batch) -> jax.Array:
-            return losses.cross_entropy(model(batch["inputs"]), batch["targets"])
+            if chunks == 1:
+                return losses.cross_entropy(model(batch["inputs"]), batch["targets"])
+            h_BxLxD = model.trunk(batch["inputs"])
+            return losses.chunked_cross_entropy(h_BxLxD.reshape(-1, h_BxLxD.shape[-1]),
+                                                model.head_weight(), batch["targets"].reshape(-1),
+                                                chunks)
 
         return Workload(
             init=lambda rngs: GPT(self, opts, rngs=rngs),
@@ -61,6 +80,13 @@ class GPT(nnx.Module):
         self.head = None if c.tie_embeddings else nnx.Linear(
             c.d_model, c.vocab_size, use_bias=False, dtype=opts.dtype, rngs=rngs
         )
+
+    def head_weight(self) -> jax.Array:
+        """The LM head as a ``d_model x vocab`` matrix in the compute dtype."""
+        if self.head is None:
+            table_VxD = self.trunk.embed.embedding[...]
+            return table_VxD.astype(self.trunk.embed.dtype).T
+        return self.head.kernel[...].astype(self.head.dtype or self.head.kernel.dtype)
 
     def __call__(self, tokens_BxL: jax.Array) -> jax.Array:
         x_BxLxD = self.trunk(tokens_BxL)

@@ -17,7 +17,7 @@ from jax.ad_checkpoint import checkpoint_name
 
 from jaxmem.config import ModelConfig
 from jaxmem.errors import ConfigError, check_choice, check_positive
-from jaxmem.models.attention import Attention
+from jaxmem.models.attention import IMPLEMENTATIONS, WINDOWED, Attention, check_platform
 from jaxmem.models.layers import LayerNorm
 from jaxmem.models.stack import Stack
 from jaxmem.models.workload import BuildOptions
@@ -49,8 +49,13 @@ class TransformerConfig(ModelConfig):
       d_model: residual stream width.
       num_heads: attention heads; must divide ``d_model``.
       mlp_ratio: MLP hidden width = ``mlp_ratio * d_model``.
-      stack: ``loop`` (a Python loop over blocks) or ``scan`` (``nnx.scan`` over stacked blocks:
+      stack: ``loop`` (a Python loop over blocks) or ``scan`` (a scan over stacked blocks:
         one block is compiled, parameters carry a leading layer axis).
+      attention: implementation (``jaxmem.models.attention``): ``naive``, ``blockwise``,
+        ``xla``, ``cudnn`` or ``linear``.
+      attention_chunk: query/key chunk of ``blockwise``.
+      window: sliding window (keys within this distance); 0 attends to all.
+      linear_features: random features of ``linear``.
     """
 
     vocab_size: int = 512
@@ -60,6 +65,10 @@ class TransformerConfig(ModelConfig):
     num_heads: int = 4
     mlp_ratio: int = 4
     stack: str = "loop"
+    attention: str = "naive"
+    attention_chunk: int = 128
+    window: int = 0
+    linear_features: int = 64
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -69,6 +78,21 @@ class TransformerConfig(ModelConfig):
             raise ConfigError("num_heads", f"must divide d_model={self.d_model}",
                               value=self.num_heads)
         check_choice("stack", self.stack, STACKS, what="stack")
+        check_choice("attention", self.attention, IMPLEMENTATIONS, what="attention")
+        check_positive("attention_chunk", self.attention_chunk)
+        check_positive("linear_features", self.linear_features)
+        if self.attention == "blockwise" and self.seq_len % min(self.attention_chunk,
+                                                                self.seq_len):
+            raise ConfigError("attention_chunk", f"must divide seq_len={self.seq_len}",
+                              value=self.attention_chunk)
+        if self.window < 0:
+            raise ConfigError("window", "must be >= 0 (0: no window)", value=self.window)
+        if self.window and self.attention not in WINDOWED:
+            raise ConfigError("window", f"cannot be combined with attention={self.attention!r}",
+                              value=self.window, choices=WINDOWED)
+
+    def check_platform(self, platform: str) -> None:
+        check_platform(self.attention, platform)
 
     def checkpoint_names(self) -> tuple[str, ...]:
         return CHECKPOINT_NAMES
@@ -105,7 +129,9 @@ class Block(nnx.Module):
 
     def __init__(self, c: TransformerConfig, *, causal: bool, dtype: Any, rngs: nnx.Rngs):
         self.ln1 = LayerNorm(c.d_model, dtype=dtype)
-        self.attn = Attention(c.d_model, c.num_heads, causal=causal, dtype=dtype, rngs=rngs)
+        self.attn = Attention(c.d_model, c.num_heads, causal=causal, dtype=dtype,
+                              implementation=c.attention, chunk=c.attention_chunk,
+                              window=c.window, features=c.linear_features, rngs=rngs)
         self.ln2 = LayerNorm(c.d_model, dtype=dtype)
         self.mlp = MLP(c.d_model, c.mlp_ratio * c.d_model, dtype=dtype, rngs=rngs)
 
