@@ -30,7 +30,8 @@ from jaxmem.models import BuildOptions, Workload
 from jaxmem.record import Record
 from jaxmem.results import read as read_results
 from jaxmem.runner import run
-from jaxmem.step import Program, build_program
+from jaxmem.build import build_program
+from jaxmem.program import Program
 
 try:
     __version__ = _version("jaxmem")

@@ -231,7 +231,47 @@ class TargetConfig:
         targets.validate(self.name)
 
 
+TASKS = ("train", "inference", "decode")
+WEIGHTS = ("auto", "float32", "bfloat16", "int8")
+PRUNING = ("none", "masked", "structured")
+
+
+@dataclasses.dataclass(frozen=True)
+class InferenceConfig:
+    """Forward-only tasks: how the weights are stored and pruned, and the decode cache.
+
+    Attributes:
+      weights: ``auto`` (the precision policy's parameter dtype), ``float32``, ``bfloat16``, or
+        ``int8`` (weight-only, per-channel scales, dequantised on the fly: ``jaxmem.quant``).
+      context: decode: KV-cache length per sequence (0: the model's ``seq_len``).
+      prune: ``masked`` (magnitude mask beside each MLP weight: no saving) or ``structured``
+        (narrower MLPs: a real saving), of ``prune_fraction`` of the MLP weights.
+      prune_fraction: fraction pruned, in [0, 1).
+    """
+
+    weights: str = "auto"
+    context: int = 0
+    prune: str = "none"
+    prune_fraction: float = 0.5
+
+    def __post_init__(self) -> None:
+        check_choice("weights", self.weights, WEIGHTS, what="weights")
+        check_choice("prune", self.prune, PRUNING, what="pruning")
+        if self.context < 0:
+            raise ConfigError("context", "must be >= 0 (0: the model's seq_len)",
+                              value=self.context)
+        if not 0.0 <= self.prune_fraction < 1.0:
+            raise ConfigError("prune_fraction", "must be in [0, 1)", value=self.prune_fraction)
+
+    def mlp_keep(self, task: str) -> float:
+        """Fraction of MLP width kept by structured pruning (1.0 otherwise)."""
+        if task != "train" and self.prune == "structured":
+            return 1.0 - self.prune_fraction
+        return 1.0
+
+
 MODES = ("compile", "run")
+ALLOCATORS = ("default", "platform", "bfc", "cuda_async")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -244,6 +284,9 @@ class MeasureConfig:
       warmup_steps: untimed steps before timing (run mode).
       steps: timed steps; the median is reported (run mode).
       timeout_s: wall-clock limit of one run-mode subprocess.
+      preallocate, mem_fraction, allocator: JAX's GPU/TPU allocator settings for the run-mode
+        subprocess (``XLA_PYTHON_CLIENT_PREALLOCATE``, ``..._MEM_FRACTION``, ``..._ALLOCATOR``);
+        None leaves the environment's value.
     """
 
     PRIMARY: ClassVar[str] = "mode"
@@ -251,9 +294,25 @@ class MeasureConfig:
     warmup_steps: int = 2
     steps: int = 5
     timeout_s: float = 900.0
+    preallocate: bool | None = None
+    mem_fraction: float | None = None
+    allocator: str | None = None
+
+    def allocator_env(self) -> dict[str, str]:
+        """The environment variables these settings ask for (unset ones left out)."""
+        values = {"XLA_PYTHON_CLIENT_PREALLOCATE": (None if self.preallocate is None
+                                                    else str(self.preallocate).lower()),
+                  "XLA_PYTHON_CLIENT_MEM_FRACTION": (None if self.mem_fraction is None
+                                                     else f"{self.mem_fraction:g}"),
+                  "XLA_PYTHON_CLIENT_ALLOCATOR": self.allocator}
+        return {k: v for k, v in values.items() if v is not None}
 
     def __post_init__(self) -> None:
         check_choice("mode", self.mode, MODES, what="mode")
+        if self.mem_fraction is not None and not 0.0 < self.mem_fraction <= 1.0:
+            raise ConfigError("mem_fraction", "must be in (0, 1]", value=self.mem_fraction)
+        if self.allocator is not None:
+            check_choice("allocator", self.allocator, ALLOCATORS, what="allocator")
         if self.warmup_steps < 0:
             raise ConfigError("warmup_steps", "must be >= 0", value=self.warmup_steps)
         check_positive("steps", self.steps)
@@ -262,8 +321,14 @@ class MeasureConfig:
 
 @dataclasses.dataclass(frozen=True)
 class Config:
-    """Everything that defines one measured configuration."""
+    """Everything that defines one measured configuration.
 
+    Attributes:
+      task: ``train`` (a training step), ``inference`` (a forward pass) or ``decode`` (one
+        autoregressive step over a KV cache; ``gpt`` models).
+    """
+
+    task: str = "train"
     model: ModelConfig = dataclasses.field(default_factory=_default_model)
     data: DataConfig = DataConfig()
     optimizer: OptimizerConfig = OptimizerConfig()
@@ -272,9 +337,12 @@ class Config:
     freeze: FreezeConfig = FreezeConfig()
     mesh: MeshConfig = MeshConfig()
     target: TargetConfig = TargetConfig()
+    inference: InferenceConfig = InferenceConfig()
     measure: MeasureConfig = MeasureConfig()
 
     def __post_init__(self) -> None:
+        check_choice("task", self.task, TASKS, what="task")
+        self._check_task()
         self._check_remat()
         data_axis = self.mesh.data
         if data_axis > 0 and self.data.batch_size % data_axis:
@@ -317,3 +385,29 @@ class Config:
         if scanned and count % r.every:
             raise ConfigError("remat.every", f"must divide the {count} scanned layers",
                               value=r.every)
+
+    def _check_task(self) -> None:
+        """Settings that only make sense for some tasks."""
+        if self.task == "train":
+            if self.inference != InferenceConfig():
+                raise ConfigError("inference", "applies to task inference or decode",
+                                  value="task=train")
+            return
+        training_only = [("remat", self.remat != RematConfig()),
+                         ("freeze", self.freeze != FreezeConfig()),
+                         ("data.microbatches", self.data.microbatches != 1)]
+        for field, set_ in training_only:
+            if set_:
+                raise ConfigError(field, f"applies to task train, not {self.task}",
+                                  value=self.task)
+        if self.inference.prune != "none" and not self.model.checkpoint_names():
+            raise ConfigError("inference.prune", f"prunes transformer MLPs; model kind "
+                              f"{self.model.kind!r} has none", value=self.inference.prune)
+        if self.task == "decode":
+            seq_len = getattr(self.model, "seq_len", None)
+            if self.model.kind != "gpt":
+                raise ConfigError("task", "decode needs a gpt model (a KV cache)",
+                                  value=self.model.kind)
+            if self.inference.context > seq_len:
+                raise ConfigError("inference.context", f"exceeds the model's seq_len={seq_len}",
+                                  value=self.inference.context)

@@ -23,14 +23,17 @@ from jaxmem.errors import Unsupported
 from jaxmem.experiment import GridPoint
 from jaxmem.measure import MemoryReport, compile_timed
 from jaxmem.record import Record, environment
-from jaxmem.step import Program, build_program
+from jaxmem.build import build_program
+from jaxmem.program import Program
 from jaxmem.units import fmt_bytes
 
 
 def backend_notes(config: Config, platform: str) -> list[str]:
     """Caveats about compiled numbers on ``platform`` for this configuration."""
     notes = []
-    if platform == "cpu" and config.precision.policy != "fp32":
+    low_precision = (config.precision.policy != "fp32"
+                     or config.inference.weights in ("bfloat16", "int8"))
+    if platform == "cpu" and low_precision:
         notes.append("XLA:CPU computes bf16/fp16 in f32, so compiled bytes do not show the "
                      "saving of lower precision; see analytic.residual_bytes, or compile for "
                      "a GPU/TPU target")
@@ -47,14 +50,17 @@ def backend_notes(config: Config, platform: str) -> list[str]:
 
 
 def analytic_numbers(program: Program) -> dict[str, Any]:
-    """Parameter, optimizer-state, batch and residual bytes of a program (whole model)."""
+    """Parameter, state, optimizer-state, batch and residual bytes of a program (whole
+    model), plus the task's own figures (e.g. the KV cache)."""
     residuals = program.saved_residuals()
     return {
         "param_count": analytic.tree_count(program.params),
         "param_bytes": analytic.tree_bytes(program.params),
+        "rest_bytes": analytic.tree_bytes(program.rest),
         "opt_state_bytes": analytic.tree_bytes(program.opt_state),
         "batch_bytes": analytic.tree_bytes(program.batch),
         "residual_bytes": None if residuals is None else sum(r.bytes for r in residuals),
+        **program.analytic,
     }
 
 
@@ -120,6 +126,7 @@ def run_in_subprocess(config: Config) -> dict[str, Any]:
             proc = subprocess.run(
                 [sys.executable, "-m", "jaxmem.worker", spec, result],
                 capture_output=True, text=True, timeout=config.measure.timeout_s,
+                env={**os.environ, **config.measure.allocator_env()},
             )
         except subprocess.TimeoutExpired:
             raise RuntimeError(f"worker timed out after {config.measure.timeout_s:g} s") from None

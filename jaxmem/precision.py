@@ -23,6 +23,21 @@ import jax.numpy as jnp
 from jaxmem.errors import ConfigError
 
 
+def cast_floats(tree: Any, dtype: Any) -> Any:
+    """Floating leaves (arrays or ShapeDtypeStructs) of ``tree`` in ``dtype``; others as they
+    are."""
+
+    def cast(x: Any) -> Any:
+        if isinstance(x, (jax.Array, jax.ShapeDtypeStruct)) and jnp.issubdtype(x.dtype,
+                                                                               jnp.floating):
+            if isinstance(x, jax.ShapeDtypeStruct):
+                return jax.ShapeDtypeStruct(x.shape, dtype, sharding=x.sharding)
+            return x.astype(dtype)
+        return x
+
+    return jax.tree.map(cast, tree)
+
+
 @dataclasses.dataclass(frozen=True)
 class PrecisionPolicy:
     """Where parameters live and how the model computes.
@@ -41,25 +56,13 @@ class PrecisionPolicy:
     doc: str
     loss_scaling: bool = False
 
-    def _cast(self, tree: Any, dtype: Any) -> Any:
-        def cast(x: Any) -> Any:
-            if isinstance(x, (jax.Array, jax.ShapeDtypeStruct)) and jnp.issubdtype(
-                x.dtype, jnp.floating
-            ):
-                if isinstance(x, jax.ShapeDtypeStruct):
-                    return jax.ShapeDtypeStruct(x.shape, dtype, sharding=x.sharding)
-                return x.astype(dtype)
-            return x
-
-        return jax.tree.map(cast, tree)
-
     def cast_to_param(self, tree: Any) -> Any:
         """Floating leaves (arrays or ShapeDtypeStructs) in the parameter dtype."""
-        return self._cast(tree, self.param_dtype)
+        return cast_floats(tree, self.param_dtype)
 
     def cast_to_compute(self, tree: Any) -> Any:
         """Floating leaves in the compute dtype (integer leaves, e.g. token ids, untouched)."""
-        return self._cast(tree, self.compute_dtype)
+        return cast_floats(tree, self.compute_dtype)
 
 
 POLICIES: dict[str, PrecisionPolicy] = {

@@ -45,11 +45,15 @@ FIELDS: dict[str, str] = {
     "env.python_version": "Python version",
     "analytic.param_count": "parameters (elements), whole model",
     "analytic.param_bytes": "parameter bytes in the storage dtype, whole model",
+    "analytic.rest_bytes": "model variables that are not parameters (batch statistics, pruning "
+                           "masks), whole model",
     "analytic.opt_state_bytes": "optimizer state bytes, whole model",
     "analytic.batch_bytes": "bytes of one global batch",
     "analytic.residual_bytes": "bytes the forward pass saves for the parameter gradients "
                                "(activations, compute-dtype parameter copies), from the jaxpr "
-                               "before XLA fusion, whole batch",
+                               "before XLA fusion, whole batch; None without a backward",
+    "analytic.kv_cache_bytes": "decode: keys and values of every layer, batch x context",
+    "analytic.context": "decode: cached positions per sequence",
     "compiled.argument_bytes": "per device: step inputs (params, optimizer state, batch)",
     "compiled.output_bytes": "per device: step outputs",
     "compiled.alias_bytes": "per device: outputs written into donated inputs",
@@ -77,13 +81,16 @@ FIELDS: dict[str, str] = {
     "runtime.step_times_s": "every timed step, seconds",
     "runtime.warmup_steps": "untimed steps before timing",
     "runtime.steps": "timed steps",
-    "runtime.final_loss": "loss of the last step",
+    "runtime.final_loss": "loss of the last step (train)",
     "runtime.device_stats": "available, or why device memory_stats() are missing",
     "runtime.device_peak_bytes": "max over the mesh's devices of memory_stats()"
                                  "['peak_bytes_in_use']",
     "runtime.device_bytes_in_use": "max over devices of bytes_in_use after the steps",
     "runtime.device_bytes_limit": "min over devices of bytes_limit",
     "runtime.host_peak_rss_bytes": "peak resident memory of the worker process (host memory)",
+    "runtime.preallocate": "XLA_PYTHON_CLIENT_PREALLOCATE in the worker (None: unset)",
+    "runtime.mem_fraction": "XLA_PYTHON_CLIENT_MEM_FRACTION in the worker (None: unset)",
+    "runtime.allocator": "XLA_PYTHON_CLIENT_ALLOCATOR in the worker (None: unset)",
 }
 
 

@@ -24,16 +24,21 @@ from jaxmem.units import fmt_bytes, fmt_count, fmt_delta, fmt_seconds
 
 @dataclass(frozen=True)
 class Column:
-    """A table column: header, the record field it shows, formatter, whether to show a delta."""
+    """A table column: header, the record field it shows, formatter, whether to show a delta,
+    and whether it appears only when some row has a non-zero value."""
 
     header: str
     field: str
     fmt: Callable[[float | None], str]
     delta: bool = False
+    optional: bool = False
 
 
 COMPILE_COLUMNS = (
     Column("params", "analytic.param_count", fmt_count),
+    Column("param bytes", "analytic.param_bytes", fmt_bytes, delta=True),
+    Column("model state", "analytic.rest_bytes", fmt_bytes, optional=True),
+    Column("KV cache", "analytic.kv_cache_bytes", fmt_bytes, delta=True, optional=True),
     Column("argument", "compiled.argument_bytes", fmt_bytes),
     Column("temp", "compiled.temp_bytes", fmt_bytes, delta=True),
     Column("total", "compiled.total_bytes", fmt_bytes, delta=True),
@@ -59,6 +64,7 @@ def table(records: Sequence[Record], title: str | None = None) -> Table:
         columns += RUN_COLUMNS
         if not any(r.get("runtime.device_peak_bytes") is not None for r in records):
             columns = [c for c in columns if c.field != "runtime.device_peak_bytes"]
+    columns = [c for c in columns if not c.optional or any(r.get(c.field) for r in records)]
     base = _baseline(records)
     t = Table(title=title, caption=_caption(records), caption_justify="left")
     t.add_column("#", justify="right", no_wrap=True)

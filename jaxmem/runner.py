@@ -23,7 +23,7 @@ from jaxmem.errors import ConfigError, check_choice
 from jaxmem.experiment import Experiment, GridPoint
 from jaxmem.harness import measure_point
 from jaxmem.record import Record
-from jaxmem.step import build_workload
+from jaxmem.program import build_workload
 
 
 def run(
@@ -75,7 +75,11 @@ def check_points(points: Sequence[GridPoint], mode: str | None = None) -> None:
         except Exception:  # noqa: S110  (the factory itself fails: that point's row says why)
             pass
         target = targets.get(config.target.name)
-        if (mode or config.measure.mode) == "run":
+        point_mode = mode or config.measure.mode
+        if point_mode == "compile" and config.measure.allocator_env():
+            raise ConfigError("measure", "allocator settings apply to --mode run",
+                              value=sorted(config.measure.allocator_env()))
+        if point_mode == "run":
             if not target.runnable:
                 raise ConfigError("target.name", "is compile-only, so only --mode compile "
                                   "applies", value=config.target.name)

@@ -7,15 +7,14 @@ so that XLA can update it in place.
 
 Example:
   >>> from jaxmem.config import Config
-  >>> from jaxmem.step import build_program
-  >>> program = build_program(Config())
-  >>> sorted(program.batch)
-  ['inputs', 'targets']
+  >>> from jaxmem.step import build_train_program
+  >>> program = build_train_program(Config())
+  >>> sorted(program.batch), program.carry
+  (['inputs', 'targets'], 3)
 """
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -23,11 +22,11 @@ from typing import Any
 import jax
 import optax
 from flax import nnx
-from jax.sharding import Mesh
 
-from jaxmem import analytic, freeze, grads, optim, precision, remat, sharding, targets
+from jaxmem import freeze, grads, optim, precision, remat, sharding
 from jaxmem.config import Config
-from jaxmem.models.workload import Batch, BuildOptions, Workload
+from jaxmem.models.workload import Batch
+from jaxmem.program import Program, batch_specs, build_workload, make_mesh
 from jaxmem.loss_scale import DynamicLossScale, all_finite, select
 from jaxmem.precision import PrecisionPolicy
 
@@ -100,83 +99,19 @@ def make_train_step(
     return train_step
 
 
-@dataclasses.dataclass(frozen=True)
-class Program:
-    """A configuration made concrete enough to compile: model structure, shapes, shardings.
-
-    Attributes:
-      config: the configuration.
-      workload: the model's constructor, batch shapes and loss.
-      mesh: the device mesh.
-      graphdef: the model's static structure.
-      params, rest, opt_state: ShapeDtypeStructs (with shardings) of the training state.
-      batch: ShapeDtypeStructs (with shardings) of one global batch.
-      objective: ``(params, rest, batch) -> (loss, rest)``, what the step differentiates.
-      step: the jitted training step (state donated).
-      init: jitted ``() -> (params, rest, opt_state)`` creating real arrays (run mode).
-    """
-
-    config: Config
-    workload: Workload
-    mesh: Mesh
-    graphdef: nnx.GraphDef
-    params: Any
-    rest: Any
-    opt_state: Any
-    batch: dict[str, jax.ShapeDtypeStruct]
-    objective: Callable[[Any, Any, Batch], tuple[jax.Array, Any]]
-    step: Any
-    init: Any
-
-    @property
-    def abstract_args(self) -> tuple[Any, Any, Any, dict[str, jax.ShapeDtypeStruct]]:
-        """The step's arguments as ShapeDtypeStructs: what a compile needs, nothing allocated."""
-        return self.params, self.rest, self.opt_state, self.batch
-
-    def saved_residuals(self) -> list[analytic.Residual] | None:
-        """What the forward pass keeps for the parameter gradients, from the jaxpr (the rest
-        of the state and the batch get no gradient)."""
-        return analytic.saved_residuals(
-            lambda p, r, b: self.objective(p, jax.lax.stop_gradient(r),
-                                           jax.lax.stop_gradient(b))[0],
-            self.params, self.rest, self.batch,
-        )
-
-    def sample_batch(self, key: jax.Array) -> dict[str, jax.Array]:
-        """A real synthetic batch, placed with the batch sharding."""
-        batch = self.workload.synthetic_batch(key)
-        shardings = {k: v.sharding for k, v in self.batch.items()}
-        return jax.device_put(batch, shardings)
-
-
-def build_workload(config: Config) -> Workload:
-    """The model constructor, batch shapes and loss that ``config`` describes (cheap: nothing is
-    traced); raises ConfigError for a model that cannot be built (e.g. a bad factory)."""
-    return config.model.build(BuildOptions(
-        batch_size=config.data.batch_size,
-        remat_policy=config.remat.policy,
-        remat_every=config.remat.every,
-        remat_nested=config.remat.nested,
-        dtype=precision.get(config.precision.policy).compute_dtype,
-    ))
-
-
-def build_program(config: Config, devices: Sequence[jax.Device] | None = None) -> Program:
+def build_train_program(config: Config,
+                        devices: Sequence[jax.Device] | None = None) -> Program:
     """Everything needed to compile (and run) ``config``'s training step; allocates nothing.
 
     Raises:
       ConfigError: the configuration cannot be built (bad factory, freeze pattern, mesh).
       Unsupported: the target cannot do what the configuration asks (host offload).
     """
-    if devices is None:
-        devices = targets.get(config.target.name).devices()
-    mesh = sharding.make_mesh(config.mesh, devices)
-    sharding.check_batch(config.data.batch_size // config.data.microbatches, mesh)
+    mesh = make_mesh(config, devices)
     policy = precision.get(config.precision.policy)
     workload = build_workload(config)
     seed = config.data.seed
     loss_scale = DynamicLossScale() if policy.loss_scaling else None
-    config.model.check_platform(mesh.devices.flat[0].platform)
     if remat.get(config.remat.policy).offloads:
         sharding.require_host_memory(mesh, f"remat policy {config.remat.policy}")
 
@@ -209,14 +144,11 @@ def build_program(config: Config, devices: Sequence[jax.Device] | None = None) -
     state_shardings = (jax.tree.map(lambda _: replicated, params),
                        jax.tree.map(lambda _: replicated, rest),
                        jax.tree.map(lambda _: opt_sharding, opt_state))
-    batch_shardings = {k: sharding.batch_sharding(mesh) for k in workload.batch}
     params, rest, opt_state = (sharding.place(tree, s) for tree, s in
                                zip((params, rest, opt_state),
                                    (replicated, replicated, opt_sharding), strict=True))
-    batch = {
-        k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=batch_shardings[k])
-        for k, v in workload.batch.items()
-    }
+    batch = batch_specs(dict(workload.batch), mesh)
+    batch_shardings = {k: v.sharding for k, v in batch.items()}
     objective = make_objective(graphdef, workload.loss, policy, frozen)
     step = jax.jit(
         make_train_step(objective, tx, microbatches=config.data.microbatches,
@@ -227,6 +159,13 @@ def build_program(config: Config, devices: Sequence[jax.Device] | None = None) -
         donate_argnums=(0, 1, 2),
     )
     init = jax.jit(init_state, out_shardings=state_shardings)
-    return Program(config=config, workload=workload, mesh=mesh, graphdef=graphdef, params=params,
-                   rest=rest, opt_state=opt_state, batch=batch, objective=objective, step=step,
-                   init=init)
+    program: Program
+
+    def make_args(key: jax.Array) -> tuple[Any, ...]:
+        return (*init(), program.sample_batch(key))
+
+    program = Program(config=config, workload=workload, mesh=mesh, graphdef=graphdef,
+                      params=params, rest=rest, opt_state=opt_state, batch=batch,
+                      abstract_args=(params, rest, opt_state, batch), carry=3, step=step,
+                      make_args=make_args, objective=objective, init=init)
+    return program

@@ -9,6 +9,7 @@ device's ``memory_stats()`` and the process's peak RSS. Writes ``{"sections": ..
 from __future__ import annotations
 
 import json
+import os
 import resource
 import statistics
 import sys
@@ -21,7 +22,7 @@ from jaxmem import _convert
 from jaxmem.config import Config
 from jaxmem.errors import Unsupported
 from jaxmem.harness import describe_failure, measure_compile, one_line_error
-from jaxmem.step import build_program
+from jaxmem.build import build_program
 
 
 def device_memory(devices: list[jax.Device]) -> dict[str, Any]:
@@ -48,28 +49,35 @@ def run(config: Config) -> dict[str, Any]:
     """Measures ``config`` with real arrays; returns the record sections."""
     program = build_program(config)
     compiled, sections = measure_compile(program)
-    params, rest, opt_state = program.init()
-    key = jax.random.key(config.data.seed)
-    batch = program.sample_batch(key)
+    args = program.make_args(jax.random.key(config.data.seed))
+    n = program.carry
+
+    def step(args: tuple) -> tuple[tuple, jax.Array]:
+        out = compiled(*args)
+        result = out[-1] if isinstance(out, tuple) else out
+        jax.block_until_ready(result)
+        return (*out[:n], *args[n:]), result
+
     m = config.measure
-    loss = None
     for _ in range(m.warmup_steps):
-        params, rest, opt_state, loss = compiled(params, rest, opt_state, batch)
-        loss.block_until_ready()
+        args, result = step(args)
     times = []
     for _ in range(m.steps):
         t0 = time.perf_counter()
-        params, rest, opt_state, loss = compiled(params, rest, opt_state, batch)
-        loss.block_until_ready()
+        args, result = step(args)
         times.append(time.perf_counter() - t0)
     runtime = {
         "step_time_s": statistics.median(times),
         "step_times_s": times,
         "warmup_steps": m.warmup_steps,
         "steps": m.steps,
-        "final_loss": float(loss),
+        "final_loss": float(result) if config.task == "train" else None,
         **device_memory(list(program.mesh.devices.flat)),
         "host_peak_rss_bytes": peak_rss_bytes(),
+        # the allocator settings this process ran with (experiment's or inherited)
+        "preallocate": os.environ.get("XLA_PYTHON_CLIENT_PREALLOCATE"),
+        "mem_fraction": os.environ.get("XLA_PYTHON_CLIENT_MEM_FRACTION"),
+        "allocator": os.environ.get("XLA_PYTHON_CLIENT_ALLOCATOR"),
     }
     return {**sections, "runtime": runtime}
 

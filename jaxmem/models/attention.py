@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -176,6 +176,14 @@ def check_platform(implementation: str, platform: str) -> None:
         raise Unsupported(f"attention 'cudnn' needs a CUDA GPU, not {platform}")
 
 
+class KVCache(NamedTuple):
+    """Keys and values of earlier positions: ``(layers, B, C, H, K)`` each (per layer inside
+    a block: ``(B, C, H, K)``)."""
+
+    k: jax.Array
+    v: jax.Array
+
+
 class Attention(nnx.Module):
     """Multi-head self-attention with separate q/k/v projections (tagged for remat)."""
 
@@ -190,6 +198,30 @@ class Attention(nnx.Module):
         self.key = nnx.Linear(d_model, d_model, dtype=dtype, rngs=rngs)
         self.value = nnx.Linear(d_model, d_model, dtype=dtype, rngs=rngs)
         self.out = nnx.Linear(d_model, d_model, dtype=dtype, rngs=rngs)
+
+    def decode(self, x_Bx1xD: jax.Array, cache: KVCache, pos: jax.Array
+               ) -> tuple[jax.Array, KVCache]:
+        """Attention of one new token per sequence over the cached positions ``<= pos``."""
+        B, _, D = x_Bx1xD.shape
+        H = self.num_heads
+        K = D // H
+        C = cache.k.shape[1]
+        q_Bx1xHxK = self.query(x_Bx1xD).reshape(B, 1, H, K)
+        k_Bx1xHxK = self.key(x_Bx1xD).reshape(B, 1, H, K).astype(cache.k.dtype)
+        v_Bx1xHxK = self.value(x_Bx1xD).reshape(B, 1, H, K).astype(cache.v.dtype)
+        zero = jnp.zeros((), jnp.int32)
+        k_BxCxHxK = jax.lax.dynamic_update_slice(cache.k, k_Bx1xHxK, (zero, pos, zero, zero))
+        v_BxCxHxK = jax.lax.dynamic_update_slice(cache.v, v_Bx1xHxK, (zero, pos, zero, zero))
+        q_Bx1xHxK = q_Bx1xHxK / jnp.asarray(math.sqrt(K), q_Bx1xHxK.dtype)
+        logits_BxHx1xC = jnp.einsum("blhk,bmhk->bhlm", q_Bx1xHxK, k_BxCxHxK.astype(q_Bx1xHxK.dtype))
+        window = dict(self.options)["window"]
+        mask_1x1x1xC = allowed(pos[None], jnp.arange(C), causal=True, window=window)[None, None]
+        logits_BxHx1xC = jnp.where(mask_1x1x1xC, logits_BxHx1xC,
+                                   jnp.finfo(logits_BxHx1xC.dtype).min)
+        probs_BxHx1xC = softmax(logits_BxHx1xC)
+        ctx_Bx1xHxK = jnp.einsum("bhlm,bmhk->blhk", probs_BxHx1xC,
+                                 v_BxCxHxK.astype(probs_BxHx1xC.dtype))
+        return self.out(ctx_Bx1xHxK.reshape(B, 1, D)), KVCache(k_BxCxHxK, v_BxCxHxK)
 
     def __call__(self, x_BxLxD: jax.Array) -> jax.Array:
         B, L, D = x_BxLxD.shape

@@ -79,6 +79,8 @@ class CNNConfig(ModelConfig):
             },
             loss=loss,
             int_maxval={"labels": self.num_classes},
+            predict=lambda model, batch: model(batch["images"]),
+            inputs=("images",),
         )
 
 

@@ -42,6 +42,8 @@ class EncoderConfig(TransformerConfig):
             },
             loss=loss,
             int_maxval={"inputs": self.vocab_size, "labels": self.num_classes},
+            predict=lambda model, batch: model(batch["inputs"]),
+            inputs=("inputs",),
         )
 
 

@@ -22,6 +22,7 @@ from flax import nnx
 from jaxmem import losses
 from jaxmem.config import ModelConfig
 from jaxmem.errors import ConfigError, check_positive
+from jaxmem.models.attention import KVCache
 from jaxmem.models.transformer import TransformerConfig, Trunk
 from jaxmem.models.workload import Batch, BuildOptions, Workload
 
@@ -69,6 +70,8 @@ class GPTConfig(TransformerConfig):
             batch={"inputs": tokens, "targets": tokens},
             loss=loss,
             int_maxval={"inputs": self.vocab_size, "targets": self.vocab_size},
+            predict=lambda model, batch: model(batch["inputs"]),
+            inputs=("inputs",),
         )
 
 
@@ -80,6 +83,15 @@ class GPT(nnx.Module):
         self.head = None if c.tie_embeddings else nnx.Linear(
             c.d_model, c.vocab_size, use_bias=False, dtype=opts.dtype, rngs=rngs
         )
+
+    def decode(self, tokens_Bx1: jax.Array, cache: KVCache, pos: jax.Array
+               ) -> tuple[jax.Array, KVCache]:
+        """Logits ``BxV`` of one new token per sequence at position ``pos``, and the cache with
+        its keys and values written at ``pos``."""
+        x_Bx1xD, cache = self.trunk.decode(tokens_Bx1, cache, pos)
+        logits_Bx1xV = (self.trunk.embed.attend(x_Bx1xD) if self.head is None
+                        else self.head(x_Bx1xD))
+        return logits_Bx1xV[:, 0], cache
 
     def head_weight(self) -> jax.Array:
         """The LM head as a ``d_model x vocab`` matrix in the compute dtype."""

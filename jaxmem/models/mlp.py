@@ -69,6 +69,8 @@ class MLPConfig(ModelConfig):
                    "targets": targets},
             loss=loss,
             int_maxval={"targets": self.out_features},
+            predict=lambda model, batch: model(batch["inputs"]),
+            inputs=("inputs",),
         )
 
 

@@ -69,6 +69,22 @@ class Stack(nnx.Module):
         else:
             self.blocks = nnx.List([make_block(rngs) for _ in range(num_layers)])
 
+    def decode(self, x: jax.Array, cache: Any, pos: jax.Array) -> tuple[jax.Array, Any]:
+        """Each block's ``decode`` with its slice of the per-layer ``cache`` (leading axis L)."""
+        if self.stack != "scan":
+            slices = []
+            for i, block in enumerate(self.blocks):
+                x, c_i = block.decode(x, jax.tree.map(lambda a, i=i: a[i], cache), pos)
+                slices.append(c_i)
+            return x, jax.tree.map(lambda *a: jnp.stack(a), *slices)
+        graphdef, state = nnx.split(self.blocks)
+
+        def body(x: jax.Array, xs: tuple[Any, Any]) -> tuple[jax.Array, Any]:
+            s, c = xs
+            return nnx.merge(graphdef, s, copy=True).decode(x, c, pos)
+
+        return jax.lax.scan(body, x, (state, cache))
+
     def _policy(self, index: int) -> str:
         return self.remat_policy if index % self.remat_every == 0 else "none"
 

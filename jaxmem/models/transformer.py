@@ -17,7 +17,7 @@ from jax.ad_checkpoint import checkpoint_name
 
 from jaxmem.config import ModelConfig
 from jaxmem.errors import ConfigError, check_choice, check_positive
-from jaxmem.models.attention import IMPLEMENTATIONS, WINDOWED, Attention, check_platform
+from jaxmem.models.attention import IMPLEMENTATIONS, WINDOWED, Attention, KVCache, check_platform
 from jaxmem.models.layers import LayerNorm
 from jaxmem.models.stack import Stack
 from jaxmem.models.workload import BuildOptions
@@ -124,16 +124,30 @@ class MLP(nnx.Module):
         return checkpoint_name(self.down(h_BxLxF), "mlp_out")
 
 
+def mlp_width(c: TransformerConfig, opts: BuildOptions) -> int:
+    """The MLP hidden width, narrowed by structured pruning (``opts.mlp_keep``)."""
+    return max(1, round(c.mlp_ratio * c.d_model * opts.mlp_keep))
+
+
 class Block(nnx.Module):
     """Pre-LN block: ``x + attn(ln(x))`` then ``x + mlp(ln(x))``."""
 
-    def __init__(self, c: TransformerConfig, *, causal: bool, dtype: Any, rngs: nnx.Rngs):
+    def __init__(self, c: TransformerConfig, opts: BuildOptions, *, causal: bool,
+                 rngs: nnx.Rngs):
+        dtype = opts.dtype
         self.ln1 = LayerNorm(c.d_model, dtype=dtype)
         self.attn = Attention(c.d_model, c.num_heads, causal=causal, dtype=dtype,
                               implementation=c.attention, chunk=c.attention_chunk,
                               window=c.window, features=c.linear_features, rngs=rngs)
         self.ln2 = LayerNorm(c.d_model, dtype=dtype)
-        self.mlp = MLP(c.d_model, c.mlp_ratio * c.d_model, dtype=dtype, rngs=rngs)
+        self.mlp = MLP(c.d_model, mlp_width(c, opts), dtype=dtype, rngs=rngs)
+
+    def decode(self, x_Bx1xD: jax.Array, cache: KVCache, pos: jax.Array
+               ) -> tuple[jax.Array, KVCache]:
+        """One new token per sequence at position ``pos``, attending over the cache."""
+        a_Bx1xD, cache = self.attn.decode(self.ln1(x_Bx1xD), cache, pos)
+        x_Bx1xD = x_Bx1xD + a_Bx1xD
+        return x_Bx1xD + self.mlp(self.ln2(x_Bx1xD)), cache
 
     def __call__(self, x_BxLxD: jax.Array) -> jax.Array:
         x_BxLxD = checkpoint_name(x_BxLxD, "block_input")
@@ -151,7 +165,7 @@ class Trunk(nnx.Module):
         self.embed = nnx.Embed(c.vocab_size, c.d_model, dtype=dtype, rngs=rngs)
         self.pos = nnx.Embed(c.seq_len, c.d_model, dtype=dtype, rngs=rngs)
         self.blocks = Stack(
-            lambda r: Block(c, causal=causal, dtype=dtype, rngs=r),
+            lambda r: Block(c, opts, causal=causal, rngs=r),
             c.num_layers,
             stack=c.stack,
             remat_policy=opts.remat_policy,
@@ -165,3 +179,10 @@ class Trunk(nnx.Module):
         L = tokens_BxL.shape[1]
         x_BxLxD = self.embed(tokens_BxL) + self.pos(jnp.arange(L))[None]
         return self.ln_f(self.blocks(x_BxLxD))
+
+    def decode(self, tokens_Bx1: jax.Array, cache: KVCache, pos: jax.Array
+               ) -> tuple[jax.Array, KVCache]:
+        """The residual stream of one new token per sequence, the cache updated."""
+        x_Bx1xD = self.embed(tokens_Bx1) + self.pos(pos[None])[None]
+        x_Bx1xD, cache = self.blocks.decode(x_Bx1xD, cache, pos)
+        return self.ln_f(x_Bx1xD), cache

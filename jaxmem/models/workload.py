@@ -41,6 +41,7 @@ class BuildOptions:
       remat_policy: name of the remat policy for each block (``jaxmem.remat``).
       remat_every: the policy applies to every k-th block (``jaxmem.models.stack``).
       remat_nested: nested sqrt(L) remat over a scanned stack.
+      mlp_keep: fraction of the transformer MLP width kept (structured pruning).
       dtype: compute dtype handed to every layer (``dtype=`` of Flax layers); parameters keep
         their own storage dtype.
     """
@@ -49,6 +50,7 @@ class BuildOptions:
     remat_policy: str = "none"
     remat_every: int = 1
     remat_nested: bool = False
+    mlp_keep: float = 1.0
     dtype: Any = jnp.float32
 
 
@@ -63,12 +65,17 @@ class Workload:
       loss: ``loss(model, batch) -> scalar``; compute it in float32.
       int_maxval: for integer batch fields, the exclusive upper bound of synthetic values
         (vocabulary size, number of classes). Missing integer fields get zeros.
+      predict: ``predict(model, batch) -> outputs`` for forward-only tasks (None: training
+        only).
+      inputs: the batch fields ``predict`` reads.
     """
 
     init: Callable[[nnx.Rngs], nnx.Module]
     batch: Mapping[str, jax.ShapeDtypeStruct]
     loss: Callable[[nnx.Module, Batch], jax.Array]
     int_maxval: Mapping[str, int] = dataclasses.field(default_factory=dict)
+    predict: Callable[[nnx.Module, Batch], jax.Array] | None = None
+    inputs: tuple[str, ...] = ()
 
     def synthetic_batch(self, key: jax.Array) -> dict[str, jax.Array]:
         """Random arrays of the batch's shapes: normal floats, uniform integers."""

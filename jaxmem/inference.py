@@ -1,0 +1,152 @@
+"""Forward-only tasks: ``inference`` (a forward pass over a batch) and ``decode`` (one
+autoregressive step of a GPT over a KV cache of ``context`` positions).
+
+Weights are stored as ``inference.weights`` says (float32, bfloat16, or int8 with per-channel
+scales: ``jaxmem.quant``), optionally pruned (``jaxmem.prune``). No optimizer state, no
+activations kept for a backward: what remains is the weights, the batch or the cache, and the
+forward's temporaries.
+
+Example:
+  >>> from jaxmem import Experiment
+  >>> from jaxmem.inference import build_decode_program
+  >>> config = Experiment.from_dict({"task": "decode", "inference": {"context": 64},
+  ...                                "data": {"batch_size": 4}}).config
+  >>> program = build_decode_program(config)
+  >>> program.analytic["kv_cache_bytes"]  # 2 (k, v) x 2 layers x 4 x 64 x 128 x 4 bytes
+  524288
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from jax.sharding import NamedSharding, PartitionSpec
+
+from jaxmem import precision, prune, quant, sharding
+from jaxmem.config import Config
+from jaxmem.errors import ConfigError
+from jaxmem.models.attention import KVCache
+from jaxmem.models.workload import Workload
+from jaxmem.program import Program, batch_specs, build_workload, make_mesh
+
+WEIGHT_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+def model_fn(config: Config, workload: Workload) -> Callable[[], nnx.Module]:
+    """Builds the model, then prunes and quantises it as ``config.inference`` says."""
+    inf = config.inference
+
+    def make() -> nnx.Module:
+        model = workload.init(nnx.Rngs(config.data.seed))
+        if inf.prune == "masked":
+            prune.mask_mlps(model, inf.prune_fraction)
+        if inf.weights == "int8":
+            quant.quantize(model)
+        return model
+
+    return make
+
+
+@dataclasses.dataclass(frozen=True)
+class _Weights:
+    graphdef: nnx.GraphDef
+    params: Any  # ShapeDtypeStructs, placed
+    rest: Any
+    init: Any  # jitted () -> (params, rest)
+
+
+def _weights(config: Config, workload: Workload, mesh: Any) -> _Weights:
+    policy = precision.get(config.precision.policy)
+    make = model_fn(config, workload)
+    store = WEIGHT_DTYPES.get(config.inference.weights)
+
+    def init_state() -> tuple[Any, Any]:
+        _, params, rest = nnx.split(make(), nnx.Param, ...)
+        if config.inference.weights != "int8":  # int8 models keep their float32 scales
+            params = (policy.cast_to_param(params) if store is None
+                      else precision.cast_floats(params, store))
+        return params, rest
+
+    graphdef, _, _ = nnx.split(nnx.eval_shape(make), nnx.Param, ...)
+    params, rest = jax.eval_shape(init_state)
+    replicated = sharding.replicated(mesh)
+    shardings = jax.tree.map(lambda _: replicated, (params, rest))
+    params, rest = (sharding.place(t, replicated) for t in (params, rest))
+    return _Weights(graphdef, params, rest, jax.jit(init_state, out_shardings=shardings))
+
+
+def build_inference_program(config: Config,
+                            devices: Sequence[jax.Device] | None = None) -> Program:
+    """A jitted forward pass over one batch of the model's inputs."""
+    mesh = make_mesh(config, devices)
+    workload = build_workload(config)
+    if workload.predict is None:
+        raise ConfigError("task", f"model {config.model.kind!r} gives no predict function "
+                          "(Workload.predict)", value=config.task)
+    policy = precision.get(config.precision.policy)
+    w = _weights(config, workload, mesh)
+    batch = batch_specs({k: workload.batch[k] for k in workload.inputs}, mesh)
+
+    def forward(params: Any, rest: Any, batch: dict[str, jax.Array]) -> jax.Array:
+        model = nnx.merge(w.graphdef, policy.cast_to_compute(params), rest, copy=True)
+        return workload.predict(model, policy.cast_to_compute(batch))
+
+    step = jax.jit(forward)
+    program: Program
+
+    def make_args(key: jax.Array) -> tuple[Any, ...]:
+        return (*w.init(), program.sample_batch(key))
+
+    program = Program(config=config, workload=workload, mesh=mesh, graphdef=w.graphdef,
+                      params=w.params, rest=w.rest, opt_state=None, batch=batch,
+                      abstract_args=(w.params, w.rest, batch), carry=0, step=step,
+                      make_args=make_args, init=w.init)
+    return program
+
+
+def build_decode_program(config: Config,
+                         devices: Sequence[jax.Device] | None = None) -> Program:
+    """A jitted decode step: one token per sequence at the last cache position; the cache is
+    donated and updated in place."""
+    mesh = make_mesh(config, devices)
+    workload = build_workload(config)
+    policy = precision.get(config.precision.policy)
+    w = _weights(config, workload, mesh)
+    m = config.model
+    B, C = config.data.batch_size, config.inference.context or m.seq_len
+    H, K = m.num_heads, m.d_model // m.num_heads
+    cache_sharding = NamedSharding(mesh, PartitionSpec(None, sharding.BATCH_AXES))
+    kv = jax.ShapeDtypeStruct((m.num_layers, B, C, H, K), policy.compute_dtype,
+                              sharding=cache_sharding)
+    cache = KVCache(kv, kv)
+    tokens = batch_specs({"tokens": jax.ShapeDtypeStruct((B, 1), jnp.int32)}, mesh)["tokens"]
+    pos = jax.ShapeDtypeStruct((), jnp.int32, sharding=sharding.replicated(mesh))
+
+    def decode(cache: KVCache, params: Any, rest: Any, tokens_Bx1: jax.Array,
+               pos: jax.Array) -> tuple[KVCache, jax.Array]:
+        model = nnx.merge(w.graphdef, policy.cast_to_compute(params), rest, copy=True)
+        logits_BxV, cache = model.decode(tokens_Bx1, cache, pos)
+        return cache, logits_BxV
+
+    step = jax.jit(decode, donate_argnums=0,
+                   out_shardings=(KVCache(cache_sharding, cache_sharding), None))
+
+    def make_args(key: jax.Array) -> tuple[Any, ...]:
+        params, rest = w.init()
+        zeros = jax.jit(lambda: jnp.zeros(kv.shape, kv.dtype), out_shardings=cache_sharding)
+        ids = jax.random.randint(key, tokens.shape, 0, m.vocab_size, jnp.int32)
+        return (KVCache(zeros(), zeros()), params, rest,
+                jax.device_put(ids, tokens.sharding), jnp.int32(C - 1))
+
+    kv_bytes = 2 * int(np.prod(kv.shape)) * np.dtype(kv.dtype).itemsize
+    return Program(config=config, workload=workload, mesh=mesh, graphdef=w.graphdef,
+                   params=w.params, rest=w.rest, opt_state=None,
+                   batch={"tokens": tokens}, abstract_args=(cache, w.params, w.rest, tokens, pos),
+                   carry=1, step=step, make_args=make_args, init=w.init,
+                   analytic={"kv_cache_bytes": kv_bytes, "context": C})
