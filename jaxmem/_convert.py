@@ -138,11 +138,13 @@ def to_dict(obj: Any) -> Any:
     return obj
 
 
-def canonical_path(cls: type, raw: Mapping[str, Any], path: str) -> str:
+def canonical_path(cls: type, raw: Mapping[str, Any], path: str, *,
+                   section_ok: bool = False) -> str:
     """Checks that ``path`` names a field of ``cls`` and resolves section shorthands.
 
-    ``remat`` becomes ``remat.policy`` (the section's PRIMARY field); ``model.d_model`` is looked
-    up in the model class that ``raw['model']['kind']`` selects.
+    ``remat`` becomes ``remat.policy`` (the section's PRIMARY field) unless ``section_ok``, when a
+    section path stays as it is (to set the whole section); ``model.d_model`` is looked up in the
+    model class that ``raw['model']['kind']`` selects.
     """
     parts = path.split(".")
     if not all(parts):
@@ -166,6 +168,8 @@ def canonical_path(cls: type, raw: Mapping[str, Any], path: str) -> str:
         sub_raw = node_raw.get(part) if isinstance(node_raw, Mapping) else None
         node_cls = tp
         node_raw = expand(tp, sub_raw, ".".join(out)) if dataclasses.is_dataclass(tp) else None
+    if section_ok:
+        return ".".join(out)
     while dataclasses.is_dataclass(node_cls):
         primary = getattr(_concrete(node_cls, node_raw or {}), "PRIMARY", None)
         if primary is None:
@@ -174,6 +178,19 @@ def canonical_path(cls: type, raw: Mapping[str, Any], path: str) -> str:
         node_cls = _strip_optional(_hints(_concrete(node_cls, node_raw or {}))[primary])
         node_raw = None
     return ".".join(out)
+
+
+def is_section(cls: type, raw: Mapping[str, Any], path: str) -> bool:
+    """Whether ``path`` (a valid field path) names a dataclass section rather than a value."""
+    node_cls: Any = cls
+    node_raw: Any = raw
+    for part in path.split("."):
+        node_cls = _concrete(node_cls, node_raw)
+        node_raw = node_raw.get(part) if isinstance(node_raw, Mapping) else None
+        node_cls = _strip_optional(_hints(node_cls)[part])
+        if dataclasses.is_dataclass(node_cls):
+            node_raw = expand(node_cls, node_raw, path)
+    return dataclasses.is_dataclass(node_cls)
 
 
 def _strip_optional(tp: Any) -> Any:

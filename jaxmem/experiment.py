@@ -12,7 +12,9 @@ YAML layout::
       precision: [fp32, bf16-mixed]
 
 Every grid point is validated before anything runs; each has a readable name built from the
-sweep keys as written (``remat=full,precision=bf16-mixed``).
+sweep keys as written (``remat=full,precision=bf16-mixed``). A sweep value that is a mapping is
+merged into its section: ``remat: [{policy: full}, {policy: full, every: 2}]`` gives points
+named ``remat[policy=full]`` and ``remat[policy=full every=2]``.
 
 Example:
   >>> from jaxmem import Experiment
@@ -126,9 +128,9 @@ class Experiment:
             else:
                 path = _convert.canonical_path(Config, raw, key)
                 raw = _convert.set_path(Config, raw, path, value)
-                # an override pins the key: drop any sweep over the same field
+                # an override pins the key: drop any sweep over the same field or its section
                 sweep = {k: v for k, v in sweep.items()
-                         if _convert.canonical_path(Config, raw, k) != path}
+                         if not _same_field(raw, k, v, path)}
         if not isinstance(name, str) or not name.strip() or "/" in name:
             raise ConfigError("name", "expected a non-empty string without '/'", value=name)
         config = _convert.from_dict(Config, raw)
@@ -150,19 +152,38 @@ class Experiment:
         if not self.sweep:
             return [GridPoint(0, "base", self.config)]
         keys = list(self.sweep)
-        paths = [_convert.canonical_path(Config, base, k) for k in keys]
         points = []
         for index, values in enumerate(itertools.product(*(self.sweep[k] for k in keys))):
             raw = base
-            for path, value in zip(paths, values, strict=True):
-                raw = _convert.set_path(Config, raw, path, value)
-            name = ",".join(f"{k}={_label(v)}" for k, v in zip(keys, values, strict=True))
+            for key, value in zip(keys, values, strict=True):
+                section = _convert.canonical_path(Config, raw, key, section_ok=True)
+                if isinstance(value, Mapping) and _convert.is_section(Config, raw, section):
+                    # a mapping is merged into its section: remat: [{policy: full, every: 2}]
+                    for field, v in value.items():
+                        path = _convert.canonical_path(Config, raw, f"{section}.{field}",
+                                                       section_ok=isinstance(v, Mapping))
+                        raw = _convert.set_path(Config, raw, path, v)
+                else:
+                    path = (section if isinstance(value, Mapping)
+                            else _convert.canonical_path(Config, raw, key))
+                    raw = _convert.set_path(Config, raw, path, value)
+            name = ",".join(f"{k}[{_label(v)}]" if isinstance(v, Mapping) else f"{k}={_label(v)}"
+                            for k, v in zip(keys, values, strict=True))
+            # e.g. model.options[width=16]: a dict-valued field is set whole, not merged
             try:
                 config = _convert.from_dict(Config, raw)
             except ConfigError as e:
                 raise e.replace(context=f"in sweep point {name}") from None
             points.append(GridPoint(index, name, config))
         return points
+
+
+def _same_field(raw: Mapping[str, Any], sweep_key: str, values: Any, path: str) -> bool:
+    """Whether pinning ``path`` overrides the sweep over ``sweep_key`` (a sweep of whole
+    sections is overridden by any of the section's fields)."""
+    sections = isinstance(values, (list, tuple)) and any(isinstance(v, Mapping) for v in values)
+    swept = _convert.canonical_path(Config, raw, sweep_key, section_ok=sections)
+    return path == swept or path.startswith(swept + ".")
 
 
 def parse_override(item: str) -> tuple[str, Any]:
@@ -185,7 +206,7 @@ def _check_sweep(sweep: Mapping[str, Any], raw: Mapping[str, Any]) -> dict[str, 
         if not isinstance(values, (list, tuple)) or not values:
             raise ConfigError(f"sweep.{key}", "expected a non-empty list of values", value=values)
         try:
-            path = _convert.canonical_path(Config, raw, key)
+            path = _convert.canonical_path(Config, raw, key, section_ok=True)
         except ConfigError as e:
             raise e.replace(path=f"sweep.{key}") from None
         if path in seen:
@@ -202,6 +223,6 @@ def _label(value: Any) -> str:
     if isinstance(value, (list, tuple)):
         return "x".join(_label(v) for v in value)
     if isinstance(value, Mapping):
-        return "{" + ";".join(f"{k}:{_label(v)}" for k, v in value.items()) + "}"
+        return " ".join(f"{k}={_label(v)}" for k, v in value.items()) or "base"
     return str(value)
 

@@ -60,14 +60,18 @@ class Program:
 
     def saved_residuals(self) -> list[analytic.Residual] | None:
         """What the forward pass keeps for the parameter gradients, from the jaxpr (the rest
-        of the state and the batch get no gradient); None without a backward pass."""
+        of the state and the batch get no gradient), for one microbatch when gradients are
+        accumulated; None without a backward pass."""
         if self.objective is None:
             return None
         objective = self.objective
+        k = self.config.data.microbatches  # accumulation keeps one microbatch's at a time
+        batch = {name: jax.ShapeDtypeStruct((s.shape[0] // k, *s.shape[1:]), s.dtype)
+                 for name, s in self.batch.items()}
         return analytic.saved_residuals(
             lambda p, r, b: objective(p, jax.lax.stop_gradient(r),
                                       jax.lax.stop_gradient(b))[0],
-            self.params, self.rest, self.batch,
+            self.params, self.rest, batch,
         )
 
     def sample_batch(self, key: jax.Array) -> dict[str, jax.Array]:

@@ -51,7 +51,8 @@ FIELDS: dict[str, str] = {
     "analytic.batch_bytes": "bytes of one global batch",
     "analytic.residual_bytes": "bytes the forward pass saves for the parameter gradients "
                                "(activations, compute-dtype parameter copies), from the jaxpr "
-                               "before XLA fusion, whole batch; None without a backward",
+                               "before XLA fusion, whole batch (one microbatch when "
+                               "accumulating); None without a backward",
     "analytic.kv_cache_bytes": "decode: keys and values of every layer, batch x context",
     "analytic.context": "decode: cached positions per sequence",
     "compiled.argument_bytes": "per device: step inputs (params, optimizer state, batch)",
