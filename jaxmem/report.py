@@ -42,6 +42,8 @@ COMPILE_COLUMNS = (
     Column("argument", "compiled.argument_bytes", fmt_bytes),
     Column("temp", "compiled.temp_bytes", fmt_bytes, delta=True),
     Column("total", "compiled.total_bytes", fmt_bytes, delta=True),
+    Column("host args", "compiled.host_argument_bytes", fmt_bytes, optional=True),
+    Column("host temp", "compiled.host_temp_bytes", fmt_bytes, optional=True),
     Column("saved (jaxpr)", "analytic.residual_bytes", fmt_bytes, delta=True),
     Column("FLOPs", "compiled.flops", fmt_count),
     Column("compile", "compiled.compile_seconds", fmt_seconds),

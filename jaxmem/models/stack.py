@@ -72,18 +72,26 @@ class Stack(nnx.Module):
     def decode(self, x: jax.Array, cache: Any, pos: jax.Array) -> tuple[jax.Array, Any]:
         """Each block's ``decode`` with its slice of the per-layer ``cache`` (leading axis L)."""
         if self.stack != "scan":
-            slices = []
             for i, block in enumerate(self.blocks):
                 x, c_i = block.decode(x, jax.tree.map(lambda a, i=i: a[i], cache), pos)
-                slices.append(c_i)
-            return x, jax.tree.map(lambda *a: jnp.stack(a), *slices)
+                cache = jax.tree.map(lambda a, u, i=i: a.at[i].set(u), cache, c_i)
+            return x, cache
         graphdef, state = nnx.split(self.blocks)
 
-        def body(x: jax.Array, xs: tuple[Any, Any]) -> tuple[jax.Array, Any]:
-            s, c = xs
-            return nnx.merge(graphdef, s, copy=True).decode(x, c, pos)
+        # The whole cache is carried and each layer's slice written back in place: scanning
+        # over it as xs/ys would build a second cache for the ys.
+        def body(carry: tuple[jax.Array, Any], xs: tuple[Any, jax.Array]):
+            x, cache = carry
+            s, layer = xs
+            c = jax.tree.map(lambda a: jax.lax.dynamic_index_in_dim(a, layer, keepdims=False),
+                             cache)
+            x, c = nnx.merge(graphdef, s, copy=True).decode(x, c, pos)
+            cache = jax.tree.map(
+                lambda a, u: jax.lax.dynamic_update_index_in_dim(a, u, layer, axis=0), cache, c)
+            return (x, cache), None
 
-        return jax.lax.scan(body, x, (state, cache))
+        (x, cache), _ = jax.lax.scan(body, (x, cache), (state, jnp.arange(self.num_layers)))
+        return x, cache
 
     def _policy(self, index: int) -> str:
         return self.remat_policy if index % self.remat_every == 0 else "none"
