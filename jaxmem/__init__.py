@@ -12,6 +12,7 @@ from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as _version
 
 from jaxmem import analytic, optim, precision, remat, sharding, targets
+from jaxmem.build import build_program
 from jaxmem.config import (
     Config,
     DataConfig,
@@ -27,11 +28,10 @@ from jaxmem.errors import ConfigError
 from jaxmem.experiment import Experiment, GridPoint
 from jaxmem.measure import MemoryReport, compiled_memory
 from jaxmem.models import BuildOptions, Workload
+from jaxmem.program import Program
 from jaxmem.record import Record
 from jaxmem.results import read as read_results
 from jaxmem.runner import run
-from jaxmem.build import build_program
-from jaxmem.program import Program
 
 try:
     __version__ = _version("jaxmem")

@@ -18,9 +18,9 @@ from jaxmem import report, results
 from jaxmem.config import MODES
 from jaxmem.errors import ConfigError, check_choice
 from jaxmem.experiment import Experiment
+from jaxmem.harness import residual_report
 from jaxmem.runner import check_points
 from jaxmem.runner import run as run_experiment
-from jaxmem.harness import residual_report
 
 
 def _fail(message: str, code: int) -> None:

@@ -31,6 +31,9 @@ class ModelConfig:
 
     kind: str = "gpt"
     KINDS: ClassVar[dict[str, type[ModelConfig]]] = {}
+    #: parameter path of the block list (``freeze.blocks``), and the embeddings' patterns
+    BLOCKS_PATH: ClassVar[str | None] = None
+    EMBEDDING_PATTERNS: ClassVar[tuple[str, ...]] = ()
 
     @classmethod
     def register(cls, kind: str):
@@ -62,11 +65,22 @@ class ModelConfig:
     def freeze_patterns(self, blocks: int, embeddings: bool) -> tuple[str, ...]:
         """Parameter path patterns for the freeze presets (first ``blocks`` blocks,
         embeddings); ConfigError where this model has no such preset."""
-        if blocks or embeddings:
-            field = "freeze.blocks" if blocks else "freeze.embeddings"
-            raise ConfigError(field, f"model kind {self.kind!r} has no such preset; use "
-                              "freeze.patterns", value=blocks or embeddings)
-        return ()
+        layers = self.layer_count()
+        for field, wanted, available in (("freeze.blocks", blocks, self.BLOCKS_PATH),
+                                         ("freeze.embeddings", embeddings,
+                                          self.EMBEDDING_PATTERNS)):
+            if wanted and not available:
+                raise ConfigError(field, f"model kind {self.kind!r} has no such preset; use "
+                                  "freeze.patterns", value=wanted)
+        if blocks and layers is not None:
+            count, scanned = layers
+            if scanned:
+                raise ConfigError("freeze.blocks", "needs model.stack=loop: a scanned stack "
+                                  "keeps every block in one array", value=blocks)
+            if blocks > count:
+                raise ConfigError("freeze.blocks", f"exceeds the {count} blocks", value=blocks)
+        patterns = tuple(f"{self.BLOCKS_PATH}/{i}/*" for i in range(blocks))
+        return patterns + (self.EMBEDDING_PATTERNS if embeddings else ())
 
     def check_platform(self, platform: str) -> None:
         """Raises Unsupported when the model cannot run on ``platform`` (e.g. cuDNN on CPU)."""

@@ -18,13 +18,13 @@ import traceback
 from typing import Any
 
 from jaxmem import _convert, analytic, remat
+from jaxmem.build import build_program
 from jaxmem.config import Config
 from jaxmem.errors import Unsupported
 from jaxmem.experiment import GridPoint
 from jaxmem.measure import MemoryReport, compile_timed
-from jaxmem.record import Record, environment
-from jaxmem.build import build_program
 from jaxmem.program import Program
+from jaxmem.record import Record, environment
 from jaxmem.units import fmt_bytes
 
 

@@ -8,6 +8,8 @@
 Example:
   >>> import jax.numpy as jnp
   >>> from flax import nnx
+
+from jaxmem.models.layers import dense
   >>> from jaxmem.prune import MaskedLinear
   >>> layer = MaskedLinear.from_linear(nnx.Linear(16, 16, rngs=nnx.Rngs(0)), fraction=0.75)
   >>> float(layer.mask[...].mean())
@@ -21,6 +23,8 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 from flax import nnx
+
+from jaxmem.models.layers import dense
 
 
 class PruneMask(nnx.Variable):
@@ -52,11 +56,7 @@ class MaskedLinear(nnx.Module):
 
     def __call__(self, x: jax.Array) -> jax.Array:
         w = self.kernel[...].astype(self.dtype) * self.mask[...].astype(self.dtype)
-        y = x.astype(self.dtype) @ w
-        if self.bias is not None:
-            bias = self.bias[...].astype(self.dtype)
-            y = y + bias.reshape((1,) * (y.ndim - 1) + bias.shape)
-        return y
+        return dense(x, w, None if self.bias is None else self.bias[...], self.dtype)
 
 
 def mask_mlps(model: nnx.Module, fraction: float) -> int:

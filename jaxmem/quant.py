@@ -26,6 +26,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from jaxmem.models.layers import dense
 from jaxmem.models.surgery import replace_modules
 
 
@@ -56,11 +57,7 @@ class QuantizedLinear(nnx.Module):
 
     def __call__(self, x: jax.Array) -> jax.Array:
         w = self.kernel_q[...].astype(self.dtype) * self.scale[...].astype(self.dtype)
-        y = x.astype(self.dtype) @ w
-        if self.bias is not None:
-            bias = self.bias[...].astype(self.dtype)
-            y = y + bias.reshape((1,) * (y.ndim - 1) + bias.shape)
-        return y
+        return dense(x, w, None if self.bias is None else self.bias[...], self.dtype)
 
 
 class QuantizedEmbed(nnx.Module):

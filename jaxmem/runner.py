@@ -22,8 +22,8 @@ from jaxmem.config import MODES
 from jaxmem.errors import ConfigError, check_choice
 from jaxmem.experiment import Experiment, GridPoint
 from jaxmem.harness import measure_point
-from jaxmem.record import Record
 from jaxmem.program import build_workload
+from jaxmem.record import Record
 
 
 def run(

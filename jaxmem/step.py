@@ -25,10 +25,10 @@ from flax import nnx
 
 from jaxmem import freeze, grads, optim, precision, remat, sharding
 from jaxmem.config import Config
-from jaxmem.models.workload import Batch
-from jaxmem.program import Program, batch_specs, build_workload, make_mesh
 from jaxmem.loss_scale import DynamicLossScale, all_finite, select
+from jaxmem.models.workload import Batch
 from jaxmem.precision import PrecisionPolicy
+from jaxmem.program import Program, batch_specs, build_workload, make_mesh
 
 State = tuple[Any, Any, Any]  # (params, rest, opt_state)
 

@@ -19,10 +19,10 @@ from typing import Any
 import jax
 
 from jaxmem import _convert
+from jaxmem.build import build_program
 from jaxmem.config import Config
 from jaxmem.errors import Unsupported
 from jaxmem.harness import describe_failure, measure_compile, one_line_error
-from jaxmem.build import build_program
 
 
 def device_memory(devices: list[jax.Device]) -> dict[str, Any]:

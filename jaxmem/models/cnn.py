@@ -7,7 +7,7 @@ global average pool and a linear layer. Shape suffixes: B batch, S spatial side,
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -31,6 +31,8 @@ class CNNConfig(ModelConfig):
       depthwise_separable: depthwise 3x3 + pointwise 1x1 instead of a full 3x3 conv.
       num_classes: classes of the head.
     """
+
+    BLOCKS_PATH: ClassVar[str] = "blocks"
 
     kind: str = "cnn"
     image_size: int = 32
@@ -56,12 +58,6 @@ class CNNConfig(ModelConfig):
 
     def layer_count(self) -> tuple[int, bool]:
         return len(self.channels), False
-
-    def freeze_patterns(self, blocks: int, embeddings: bool) -> tuple[str, ...]:
-        super().freeze_patterns(0, embeddings)
-        if blocks > len(self.channels):
-            raise ConfigError("freeze.blocks", f"exceeds the {len(self.channels)} blocks", value=blocks)
-        return tuple(f"blocks/{i}/*" for i in range(blocks))
 
     def build(self, opts: BuildOptions) -> Workload:
         """Random images, integer labels."""

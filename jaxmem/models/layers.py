@@ -58,6 +58,14 @@ def _layer_norm_bwd(eps, res, g):
 layer_norm.defvjp(_layer_norm_fwd, _layer_norm_bwd)
 
 
+def dense(x: jax.Array, w: jax.Array, bias: jax.Array | None, dtype: Any) -> jax.Array:
+    """``x @ w + bias`` in ``dtype``, the bias broadcast explicitly over leading axes."""
+    y = x.astype(dtype) @ w.astype(dtype)
+    if bias is None:
+        return y
+    return y + bias.astype(dtype).reshape((1,) * (y.ndim - 1) + bias.shape)
+
+
 class LayerNorm(nnx.Module):
     """LayerNorm over the last axis with a learned scale and bias, computing in ``dtype``."""
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -26,6 +27,8 @@ class MLPConfig(ModelConfig):
       loss: ``cross_entropy`` or ``mse``.
     """
 
+    BLOCKS_PATH: ClassVar[str] = "layers"
+
     kind: str = "mlp"
     in_features: int = 784
     hidden: tuple[int, ...] = (512, 512)
@@ -44,12 +47,6 @@ class MLPConfig(ModelConfig):
 
     def layer_count(self) -> tuple[int, bool]:
         return len(self.hidden), False
-
-    def freeze_patterns(self, blocks: int, embeddings: bool) -> tuple[str, ...]:
-        super().freeze_patterns(0, embeddings)
-        if blocks > len(self.hidden):
-            raise ConfigError("freeze.blocks", f"exceeds the {len(self.hidden)} blocks", value=blocks)
-        return tuple(f"layers/{i}/*" for i in range(blocks))
 
     def build(self, opts: BuildOptions) -> Workload:
         """Random inputs; integer labels (cross_entropy) or float targets (mse)."""

@@ -8,7 +8,7 @@ K head dim, F MLP hidden width.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -58,6 +58,9 @@ class TransformerConfig(ModelConfig):
       linear_features: random features of ``linear``.
     """
 
+    BLOCKS_PATH: ClassVar[str] = "trunk/blocks/blocks"
+    EMBEDDING_PATTERNS: ClassVar[tuple[str, ...]] = ("trunk/embed/*", "trunk/pos/*")
+
     vocab_size: int = 512
     seq_len: int = 128
     num_layers: int = 2
@@ -99,16 +102,6 @@ class TransformerConfig(ModelConfig):
 
     def layer_count(self) -> tuple[int, bool]:
         return self.num_layers, self.stack == "scan"
-
-    def freeze_patterns(self, blocks: int, embeddings: bool) -> tuple[str, ...]:
-        if blocks and self.stack == "scan":
-            raise ConfigError("freeze.blocks", "needs model.stack=loop: a scanned stack keeps "
-                              "every block in one array", value=blocks)
-        if blocks > self.num_layers:
-            raise ConfigError("freeze.blocks", f"exceeds the {self.num_layers} layers",
-                              value=blocks)
-        patterns = tuple(f"trunk/blocks/blocks/{i}/*" for i in range(blocks))
-        return patterns + (("trunk/embed/*", "trunk/pos/*") if embeddings else ())
 
 
 class MLP(nnx.Module):
