@@ -18,7 +18,7 @@ import dataclasses
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from jaxmem import optim, precision, remat, targets
+from jaxmem import optim, precision, remat, sharding, targets
 from jaxmem.errors import ConfigError, check_choice, check_positive
 
 if TYPE_CHECKING:
@@ -34,6 +34,9 @@ class ModelConfig:
     #: parameter path of the block list (``freeze.blocks``), and the embeddings' patterns
     BLOCKS_PATH: ClassVar[str | None] = None
     EMBEDDING_PATTERNS: ClassVar[tuple[str, ...]] = ()
+    #: ``(glob over parameter paths, logical axes)``: how ``jaxmem.sharding`` splits them;
+    #: parameters matching none are split by the ZeRO axes alone
+    PARAM_AXES: ClassVar[tuple[tuple[str, tuple[str | None, ...]], ...]] = ()
 
     @classmethod
     def register(cls, kind: str):
@@ -53,6 +56,9 @@ class ModelConfig:
         kind = raw.get("kind", "gpt")
         check_choice("kind", kind, cls.KINDS, what="model kind")
         return cls.KINDS[kind]
+
+    def check_sharding(self, mesh_shape: Mapping[str, int], rules: sharding.Rules) -> None:
+        """Raises ConfigError if the mesh splits something the model cannot split."""
 
     def build(self, opts: BuildOptions) -> Workload:
         """The model constructor, batch shapes and loss for this section."""
@@ -216,13 +222,21 @@ class FreezeConfig:
 
 @dataclasses.dataclass(frozen=True)
 class MeshConfig:
-    """Device mesh axis sizes; ``-1`` takes the devices left over.
+    """Device mesh axis sizes (``jaxmem.sharding``); ``-1`` takes the devices left over.
+
+    The sizes multiply to the target's device count; the default, one device, measures a
+    single device of the target.
 
     Attributes:
-      data: data-parallel axis: the batch is split over it, the training state replicated.
+      data: data parallelism: the batch is split, the training state replicated.
+      fsdp: fully sharded data parallelism: the batch is split, and (with a ``fsdp`` sharding
+        preset) parameters, gradients and optimizer state too.
+      tensor: tensor (model) parallelism: heads, MLP width and vocabulary split.
     """
 
     data: int = 1
+    fsdp: int = 1
+    tensor: int = 1
 
     def axes(self) -> dict[str, int]:
         """Axis name -> configured size (``-1`` unresolved)."""
@@ -232,6 +246,61 @@ class MeshConfig:
         for name, size in self.axes().items():
             if size != -1 and size <= 0:
                 raise ConfigError(name, "must be positive or -1 (the rest)", value=size)
+        free = [name for name, size in self.axes().items() if size == -1]
+        if len(free) > 1:
+            raise ConfigError(free[1], f"only one axis can be -1 (already {free[0]})", value=-1)
+
+    def batch_ways(self) -> int | None:
+        """Devices the batch is split over (None while an axis is -1)."""
+        if -1 in (self.data, self.fsdp):
+            return None
+        return self.data * self.fsdp
+
+
+@dataclasses.dataclass(frozen=True)
+class ShardingConfig:
+    """How parameters, optimizer state and activations are split over the mesh.
+
+    Attributes:
+      preset: ``dp`` (replicate), ``fsdp`` (ZeRO-3: split every parameter and its optimizer
+        state over ``mesh.fsdp``), ``tp`` (Megatron: heads, MLP width and vocabulary over
+        ``mesh.tensor``) or ``fsdp+tp``.
+      rules: overrides of the preset, each ``[logical axis, mesh axis, ...]``; ``[mlp]`` alone
+        keeps the MLP width whole.
+      param_axes: logical axes for parameters the model does not name, each
+        ``[glob over the parameter path, axis, axis, ...]``; a name no rule maps (``_``) keeps
+        that dimension whole.
+    """
+
+    PRIMARY: ClassVar[str] = "preset"
+    preset: str = "dp"
+    rules: tuple[tuple[str, ...], ...] = ()
+    param_axes: tuple[tuple[str, ...], ...] = ()
+
+    def __post_init__(self) -> None:
+        check_choice("preset", self.preset, sharding.PRESETS, what="sharding preset")
+        for i, rule in enumerate(self.rules):
+            if not rule:
+                raise ConfigError(f"rules[{i}]", "needs a logical axis name", value=list(rule))
+            if rule[0] not in sharding.LOGICAL_AXES:
+                raise ConfigError(f"rules[{i}]", "unknown logical axis", value=rule[0],
+                                  choices=sharding.LOGICAL_AXES)
+        for i, entry in enumerate(self.param_axes):
+            if len(entry) < 2:
+                raise ConfigError(f"param_axes[{i}]", "needs a pattern and at least one axis",
+                                  value=list(entry))
+        try:
+            self.build_rules()
+        except ConfigError as e:
+            raise ConfigError("rules", e.problem, value=e.value, choices=e.choices) from None
+
+    def build_rules(self) -> sharding.Rules:
+        """The preset with the overrides applied."""
+        return sharding.rules(self.preset, [(r[0], r[1:]) for r in self.rules])
+
+    def axes_table(self) -> tuple[tuple[str, tuple[str, ...]], ...]:
+        """``(pattern, logical axes)`` pairs from ``param_axes``."""
+        return tuple((e[0], tuple(e[1:])) for e in self.param_axes)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -350,6 +419,7 @@ class Config:
     remat: RematConfig = RematConfig()
     freeze: FreezeConfig = FreezeConfig()
     mesh: MeshConfig = MeshConfig()
+    sharding: ShardingConfig = ShardingConfig()
     target: TargetConfig = TargetConfig()
     inference: InferenceConfig = InferenceConfig()
     measure: MeasureConfig = MeasureConfig()
@@ -358,12 +428,16 @@ class Config:
         check_choice("task", self.task, TASKS, what="task")
         self._check_task()
         self._check_remat()
-        data_axis = self.mesh.data
-        if data_axis > 0 and self.data.batch_size % data_axis:
-            raise ConfigError(
-                "data.batch_size", f"must be divisible by mesh.data={data_axis}",
-                value=self.data.batch_size,
-            )
+        ways = self.mesh.batch_ways()
+        if ways and self.data.batch_size % ways:
+            raise ConfigError("data.batch_size", f"must be divisible by mesh.data x mesh.fsdp "
+                              f"= {ways}", value=self.data.batch_size)
+        zero = self.sharding.build_rules().zero
+        for axis in zero:
+            if getattr(self.mesh, axis) == 1:
+                raise ConfigError("sharding.preset", f"splits the training state over "
+                                  f"mesh.{axis}, which has size 1; set mesh.{axis} (-1: all "
+                                  "devices)", value=self.sharding.preset)
 
     def _check_remat(self) -> None:
         """Combinations of remat settings and model that cannot work together."""

@@ -14,7 +14,9 @@ YAML layout::
 Every grid point is validated before anything runs; each has a readable name built from the
 sweep keys as written (``remat=full,precision=bf16-mixed``). A sweep value that is a mapping is
 merged into its section: ``remat: [{policy: full}, {policy: full, every: 2}]`` gives points
-named ``remat[policy=full]`` and ``remat[policy=full every=2]``.
+named ``remat[policy=full]`` and ``remat[policy=full every=2]``. The sweep key ``cases`` lists
+points that set several keys together (zipped, not crossed with each other):
+``cases: [{sharding: dp, mesh: {data: -1}}, {sharding: fsdp, mesh: {fsdp: -1}}]``.
 
 Example:
   >>> from jaxmem import Experiment
@@ -38,6 +40,8 @@ from jaxmem.config import Config
 from jaxmem.errors import ConfigError
 
 TOP_LEVEL_KEYS = ("name", "description", "sweep")
+#: sweep key whose values each set several config paths at once (zipped, not crossed)
+CASES = "cases"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -130,7 +134,11 @@ class Experiment:
                 raw = _convert.set_path(Config, raw, path, value)
                 # an override pins the key: drop any sweep over the same field or its section
                 sweep = {k: v for k, v in sweep.items()
-                         if not _same_field(raw, k, v, path)}
+                         if k == CASES or not _same_field(raw, k, v, path)}
+                if CASES in sweep:
+                    sweep[CASES] = [{k: v for k, v in case.items()
+                                     if not _same_field(raw, k, [v], path)}
+                                    for case in sweep[CASES]]
         if not isinstance(name, str) or not name.strip() or "/" in name:
             raise ConfigError("name", "expected a non-empty string without '/'", value=name)
         config = _convert.from_dict(Config, raw)
@@ -155,20 +163,15 @@ class Experiment:
         points = []
         for index, values in enumerate(itertools.product(*(self.sweep[k] for k in keys))):
             raw = base
+            names = []
             for key, value in zip(keys, values, strict=True):
-                section = _convert.canonical_path(Config, raw, key, section_ok=True)
-                if isinstance(value, Mapping) and _convert.is_section(Config, raw, section):
-                    # a mapping is merged into its section: remat: [{policy: full, every: 2}]
-                    for field, v in value.items():
-                        path = _convert.canonical_path(Config, raw, f"{section}.{field}",
-                                                       section_ok=isinstance(v, Mapping))
-                        raw = _convert.set_path(Config, raw, path, v)
-                else:
-                    path = (section if isinstance(value, Mapping)
-                            else _convert.canonical_path(Config, raw, key))
-                    raw = _convert.set_path(Config, raw, path, value)
-            name = ",".join(f"{k}[{_label(v)}]" if isinstance(v, Mapping) else f"{k}={_label(v)}"
-                            for k, v in zip(keys, values, strict=True))
+                # cases: [{sharding: fsdp, mesh: {fsdp: -1}}, ...] sets several keys at once
+                pairs = value.items() if key == CASES else [(key, value)]
+                for k, v in pairs:
+                    raw = _apply(raw, k, v)
+                    names.append(f"{k}[{_label(v)}]" if isinstance(v, Mapping)
+                                 else f"{k}={_label(v)}")
+            name = ",".join(names)
             # e.g. model.options[width=16]: a dict-valued field is set whole, not merged
             try:
                 config = _convert.from_dict(Config, raw)
@@ -176,6 +179,20 @@ class Experiment:
                 raise e.replace(context=f"in sweep point {name}") from None
             points.append(GridPoint(index, name, config))
         return points
+
+
+def _apply(raw: dict[str, Any], key: str, value: Any) -> dict[str, Any]:
+    """``raw`` with sweep ``key`` set to ``value``; a mapping is merged into its section
+    (``remat: [{policy: full, every: 2}]``), or sets a dict-valued field whole."""
+    section = _convert.canonical_path(Config, raw, key, section_ok=True)
+    if isinstance(value, Mapping) and _convert.is_section(Config, raw, section):
+        for field, v in value.items():
+            path = _convert.canonical_path(Config, raw, f"{section}.{field}",
+                                           section_ok=isinstance(v, Mapping))
+            raw = _convert.set_path(Config, raw, path, v)
+        return raw
+    path = section if isinstance(value, Mapping) else _convert.canonical_path(Config, raw, key)
+    return _convert.set_path(Config, raw, path, value)
 
 
 def _same_field(raw: Mapping[str, Any], sweep_key: str, values: Any, path: str) -> bool:
@@ -205,6 +222,18 @@ def _check_sweep(sweep: Mapping[str, Any], raw: Mapping[str, Any]) -> dict[str, 
     for key, values in sweep.items():
         if not isinstance(values, (list, tuple)) or not values:
             raise ConfigError(f"sweep.{key}", "expected a non-empty list of values", value=values)
+        if key == CASES:
+            for i, case in enumerate(values):
+                if not isinstance(case, Mapping) or not case:
+                    raise ConfigError(f"sweep.{CASES}[{i}]", "expected a mapping of config "
+                                      "paths to values", value=case)
+                for k in case:
+                    try:
+                        _convert.canonical_path(Config, raw, k, section_ok=True)
+                    except ConfigError as e:
+                        raise e.replace(path=f"sweep.{CASES}[{i}].{k}") from None
+            out[key] = tuple(values)
+            continue
         try:
             path = _convert.canonical_path(Config, raw, key, section_ok=True)
         except ConfigError as e:

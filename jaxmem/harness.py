@@ -11,13 +11,14 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
 import traceback
 from typing import Any
 
-from jaxmem import _convert, analytic, remat
+from jaxmem import _convert, analytic, collectives, remat, sharding, targets
 from jaxmem.build import build_program
 from jaxmem.config import Config
 from jaxmem.errors import Unsupported
@@ -53,12 +54,16 @@ def analytic_numbers(program: Program) -> dict[str, Any]:
     """Parameter, state, optimizer-state, batch and residual bytes of a program (whole
     model), plus the task's own figures (e.g. the KV cache)."""
     residuals = program.saved_residuals()
+    per_device = sharding.bytes_per_device
     return {
         "param_count": analytic.tree_count(program.params),
         "param_bytes": analytic.tree_bytes(program.params),
         "rest_bytes": analytic.tree_bytes(program.rest),
         "opt_state_bytes": analytic.tree_bytes(program.opt_state),
         "batch_bytes": analytic.tree_bytes(program.batch),
+        "param_bytes_per_device": per_device(program.params),
+        "opt_state_bytes_per_device": per_device(program.opt_state),
+        "batch_bytes_per_device": per_device(program.batch),
         "residual_bytes": None if residuals is None else sum(r.bytes for r in residuals),
         **program.analytic,
     }
@@ -90,13 +95,29 @@ def measure_compile(program: Program) -> tuple[Any, dict[str, Any]]:
     report = MemoryReport.from_compiled(compiled, lower_seconds=lower_s,
                                         compile_seconds=compile_s)
     devices = list(program.mesh.devices.flat)
+    memory, source = targets.get(program.config.target.name).memory()
+    numbers = report.to_dict()
+    numbers.update(collectives.summary(collectives.of_compiled(compiled)))
+    if memory is not None:
+        numbers["fits"] = report.total_bytes <= memory
+        numbers["headroom_bytes"] = memory - report.total_bytes
     sections = {
-        "env": environment(devices),
+        "env": {**environment(devices), "device_memory_bytes": memory,
+                "device_memory_source": source},
         "analytic": analytic_numbers(program),
-        "compiled": report.to_dict(),
+        "compiled": numbers,
         "notes": backend_notes(program.config, report.platform),
     }
     return compiled, sections
+
+
+#: How XLA says that a step cannot fit, at compile time (TPU) or allocation (GPU).
+_OOM = re.compile(r"RESOURCE_EXHAUSTED|CompileTimeHbmOom|[Oo]ut of memory")
+
+
+def is_out_of_memory(e: BaseException) -> bool:
+    """True when ``e`` is XLA refusing a step for lack of device memory."""
+    return bool(_OOM.search(str(e)))
 
 
 def measure_point(experiment: str, point: GridPoint, mode: str) -> Record:
@@ -111,8 +132,11 @@ def measure_point(experiment: str, point: GridPoint, mode: str) -> Record:
             _, sections = measure_compile(build_program(point.config))
     except Unsupported as e:  # valid, but not on this backend: the row says so
         return Record(**base, status="unsupported", error=str(e))
-    except Exception as e:  # a configuration that fails is a row, and the sweep goes on
-        return Record(**base, status="error", error=one_line_error(e))
+    except Exception as e:  # the compiler or allocator refused: a result, not a crash
+        if not is_out_of_memory(e):
+            return Record(**base, status="error", error=one_line_error(e))
+        return Record(**base, status="oom", error=one_line_error(e),
+                      compiled={"fits": False})
     return Record(**base, status="ok", **sections)
 
 

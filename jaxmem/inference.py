@@ -26,14 +26,21 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
-from jax.sharding import NamedSharding, PartitionSpec
+from jax.sharding import NamedSharding
 
 from jaxmem import precision, prune, quant, sharding
 from jaxmem.config import Config
 from jaxmem.errors import ConfigError
 from jaxmem.models.attention import KVCache
 from jaxmem.models.workload import Workload
-from jaxmem.program import Program, batch_specs, build_workload, make_mesh
+from jaxmem.program import (
+    Program,
+    batch_specs,
+    build_workload,
+    make_mesh,
+    no_eager_sharding,
+    variable_shardings,
+)
 
 WEIGHT_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
@@ -67,17 +74,20 @@ def _weights(config: Config, workload: Workload, mesh: Any) -> _Weights:
     store = WEIGHT_DTYPES.get(config.inference.weights)
 
     def init_state() -> tuple[Any, Any]:
-        _, params, rest = nnx.split(make(), nnx.Param, ...)
+        with no_eager_sharding():
+            model = make()
+        _, params, rest = nnx.split(model, nnx.Param, ...)
         if config.inference.weights != "int8":  # int8 models keep their float32 scales
             params = (policy.cast_to_param(params) if store is None
                       else precision.cast_floats(params, store))
         return params, rest
 
-    graphdef, _, _ = nnx.split(nnx.eval_shape(make), nnx.Param, ...)
+    with no_eager_sharding():
+        model = nnx.eval_shape(make)
+    graphdef, _, _ = nnx.split(model, nnx.Param, ...)
     params, rest = jax.eval_shape(init_state)
-    replicated = sharding.replicated(mesh)
-    shardings = jax.tree.map(lambda _: replicated, (params, rest))
-    params, rest = (sharding.place(t, replicated) for t in (params, rest))
+    shardings = variable_shardings(config, mesh, model, params, rest)
+    params, rest = (sharding.place(t, s) for t, s in zip((params, rest), shardings, strict=True))
     return _Weights(graphdef, params, rest, jax.jit(init_state, out_shardings=shardings))
 
 
@@ -97,7 +107,7 @@ def build_inference_program(config: Config,
         model = nnx.merge(w.graphdef, policy.cast_to_compute(params), rest, copy=True)
         return workload.predict(model, policy.cast_to_compute(batch))
 
-    step = jax.jit(forward)
+    step = jax.jit(sharding.with_rules(forward, mesh, config.sharding.build_rules()))
     program: Program
 
     def make_args(key: jax.Array) -> tuple[Any, ...]:
@@ -121,9 +131,11 @@ def build_decode_program(config: Config,
     m = config.model
     B, C = config.data.batch_size, config.inference.context or m.seq_len
     H, K = m.num_heads, m.d_model // m.num_heads
-    cache_sharding = NamedSharding(mesh, PartitionSpec(None, sharding.BATCH_AXES))
-    kv = jax.ShapeDtypeStruct((m.num_layers, B, C, H, K), policy.compute_dtype,
-                              sharding=cache_sharding)
+    rules = config.sharding.build_rules()
+    shape = (m.num_layers, B, C, H, K)
+    cache_sharding = NamedSharding(mesh, sharding.activation_spec(
+        ("layers", "batch", "length", "heads", "kv"), shape, mesh, rules))
+    kv = jax.ShapeDtypeStruct(shape, policy.compute_dtype, sharding=cache_sharding)
     cache = KVCache(kv, kv)
     tokens = batch_specs({"tokens": jax.ShapeDtypeStruct((B, 1), jnp.int32)}, mesh)["tokens"]
     pos = jax.ShapeDtypeStruct((), jnp.int32, sharding=sharding.replicated(mesh))
@@ -134,7 +146,7 @@ def build_decode_program(config: Config,
         logits_BxV, cache = model.decode(tokens_Bx1, cache, pos)
         return cache, logits_BxV
 
-    step = jax.jit(decode, donate_argnums=0,
+    step = jax.jit(sharding.with_rules(decode, mesh, rules), donate_argnums=0,
                    out_shardings=(KVCache(cache_sharding, cache_sharding), None))
 
     def make_args(key: jax.Array) -> tuple[Any, ...]:

@@ -8,6 +8,7 @@ training state, or a decode step's KV cache.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -102,6 +103,7 @@ def make_mesh(config: Config, devices: Sequence[jax.Device] | None = None) -> Me
     mesh = sharding.make_mesh(config.mesh, devices)
     sharding.check_batch(config.data.batch_size // config.data.microbatches, mesh)
     config.model.check_platform(mesh.devices.flat[0].platform)
+    config.model.check_sharding(dict(mesh.shape), config.sharding.build_rules())
     return mesh
 
 
@@ -109,3 +111,27 @@ def batch_specs(fields: dict[str, jax.ShapeDtypeStruct], mesh: Mesh) -> dict[str
     """ShapeDtypeStructs of batch ``fields`` split over the mesh's batch axes."""
     spec = sharding.batch_sharding(mesh)
     return {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=spec) for k, v in fields.items()}
+
+
+def no_eager_sharding() -> contextlib.AbstractContextManager:
+    """Flax >= 0.12 shards ``nnx.with_partitioning`` variables as they are created, which needs
+    a mesh; jaxmem places variables itself, so their axis names stay metadata."""
+    use = getattr(nnx, "use_eager_sharding", None)
+    return use(False) if use is not None else contextlib.nullcontext()
+
+
+def abstract_model(workload: Workload, seed: int) -> nnx.Module:
+    """The workload's model with ShapeDtypeStructs for arrays (nothing allocated)."""
+    with no_eager_sharding():
+        return nnx.eval_shape(lambda: workload.init(nnx.Rngs(seed)))
+
+
+def variable_shardings(config: Config, mesh: Mesh, model: nnx.Module, *trees: Any
+                       ) -> tuple[Any, ...]:
+    """NamedShardings for each tree of model variables (``params``, ``rest``) by the
+    configuration's sharding rules: logical axes from ``sharding.param_axes``, the model's
+    ``PARAM_AXES`` table, or the variables' own metadata."""
+    rules = config.sharding.build_rules()
+    table = (*config.sharding.axes_table(), *config.model.PARAM_AXES)
+    meta = sharding.metadata_axes(nnx.state(model))
+    return tuple(sharding.param_specs(t, mesh, rules, table, meta) for t in trees)

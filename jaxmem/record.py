@@ -31,13 +31,16 @@ FIELDS: dict[str, str] = {
     "index": "position in the sweep grid; 0 is the baseline for deltas",
     "name": "grid point name, e.g. remat=full,precision=bf16-mixed",
     "mode": "compile or run",
-    "status": "ok, error, or unsupported (valid, but not on this backend)",
+    "status": "ok, error, unsupported (valid, but not on this backend), or oom (XLA refused "
+              "the step for lack of device memory: at compile time on TPU, or when running)",
     "error": "why, when status is error or unsupported",
     "notes": "caveats about the numbers on this backend",
     "env.backend": "platform of the devices measured (cpu, gpu, tpu)",
     "env.device_kind": "device model, e.g. NVIDIA H100 80GB HBM3",
     "env.device_count": "devices in the configuration's mesh",
     "env.process_count": "JAX processes (hosts)",
+    "env.device_memory_bytes": "memory of one device of the target (None: unknown, e.g. CPU)",
+    "env.device_memory_source": "where device_memory_bytes comes from",
     "env.jax_version": "jax version",
     "env.jaxlib_version": "jaxlib version",
     "env.flax_version": "flax version",
@@ -49,6 +52,10 @@ FIELDS: dict[str, str] = {
                            "masks), whole model",
     "analytic.opt_state_bytes": "optimizer state bytes, whole model",
     "analytic.batch_bytes": "bytes of one global batch",
+    "analytic.param_bytes_per_device": "parameter bytes one device holds under the sharding "
+                                       "(the most loaded device)",
+    "analytic.opt_state_bytes_per_device": "optimizer-state bytes one device holds",
+    "analytic.batch_bytes_per_device": "batch bytes one device holds",
     "analytic.residual_bytes": "bytes the forward pass saves for the parameter gradients "
                                "(activations, compute-dtype parameter copies), from the jaxpr "
                                "before XLA fusion, whole batch (one microbatch when "
@@ -73,6 +80,16 @@ FIELDS: dict[str, str] = {
     "compiled.cost_has_loops": "true when the step has loops (a scanned stack): XLA counts a "
                                "loop body once, so flops, bytes_accessed and transcendentals "
                                "undercount",
+    "compiled.fits": "compiled.total_bytes <= env.device_memory_bytes (absent when the "
+                     "target's memory is unknown; false for oom rows)",
+    "compiled.headroom_bytes": "env.device_memory_bytes - compiled.total_bytes (negative: "
+                               "short by that much)",
+    "compiled.collective_count": "collective instructions in the compiled HLO (a loop body "
+                                 "counts once)",
+    "compiled.collective_bytes": "sum of their result bytes on one device",
+    **{f"compiled.{k.replace('-', '_')}_{what}": f"{what} of {k} instructions in the HLO"
+       for k in ("all-reduce", "all-gather", "reduce-scatter", "all-to-all",
+                 "collective-permute") for what in ("count", "bytes")},
     "compiled.lower_seconds": "seconds to trace and lower the step",
     "compiled.compile_seconds": "seconds for XLA to compile the step",
     "compiled.platform": "platform compiled for",

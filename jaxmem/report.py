@@ -32,18 +32,39 @@ class Column:
     fmt: Callable[[float | None], str]
     delta: bool = False
     optional: bool = False
+    #: shown only when some row's value differs from this field's (e.g. a sharded share)
+    unless_equal: str | None = None
+
+    def shown(self, records: Sequence[Record]) -> bool:
+        if self.unless_equal:
+            return any(r.get(self.field) != r.get(self.unless_equal) for r in records if r.ok)
+        return not self.optional or any(r.get(self.field) for r in records)
+
+
+def fmt_headroom(value: float | None) -> str:
+    """``fits (1.2 GiB free)`` or ``NO (short 3.4 GiB)``."""
+    if value is None:
+        return "-"
+    return f"yes ({fmt_bytes(value)} free)" if value >= 0 else f"NO (short {fmt_bytes(-value)})"
 
 
 COMPILE_COLUMNS = (
     Column("params", "analytic.param_count", fmt_count),
     Column("param bytes", "analytic.param_bytes", fmt_bytes, delta=True),
+    Column("params/dev", "analytic.param_bytes_per_device", fmt_bytes, delta=True,
+           unless_equal="analytic.param_bytes"),
+    Column("opt state/dev", "analytic.opt_state_bytes_per_device", fmt_bytes, delta=True,
+           unless_equal="analytic.opt_state_bytes"),
     Column("model state", "analytic.rest_bytes", fmt_bytes, optional=True),
     Column("KV cache", "analytic.kv_cache_bytes", fmt_bytes, delta=True, optional=True),
     Column("argument", "compiled.argument_bytes", fmt_bytes),
     Column("temp", "compiled.temp_bytes", fmt_bytes, delta=True),
     Column("total", "compiled.total_bytes", fmt_bytes, delta=True),
+    Column("fits", "compiled.headroom_bytes", fmt_headroom, optional=True),
     Column("host args", "compiled.host_argument_bytes", fmt_bytes, optional=True),
     Column("host temp", "compiled.host_temp_bytes", fmt_bytes, optional=True),
+    Column("collectives", "compiled.collective_count", fmt_count, optional=True),
+    Column("coll. bytes", "compiled.collective_bytes", fmt_bytes, optional=True),
     Column("saved (jaxpr)", "analytic.residual_bytes", fmt_bytes, delta=True),
     Column("FLOPs", "compiled.flops", fmt_count),
     Column("compile", "compiled.compile_seconds", fmt_seconds),
@@ -53,6 +74,10 @@ RUN_COLUMNS = (
     Column("device peak", "runtime.device_peak_bytes", fmt_bytes, delta=True),
     Column("host RSS", "runtime.host_peak_rss_bytes", fmt_bytes),
 )
+
+
+#: figures XLA counts once per loop body: lower bounds for scanned stacks
+_LOOP_COUNTED = ("compiled.flops", "compiled.collective_count", "compiled.collective_bytes")
 
 
 def _baseline(records: Sequence[Record]) -> Record | None:
@@ -66,7 +91,7 @@ def table(records: Sequence[Record], title: str | None = None) -> Table:
         columns += RUN_COLUMNS
         if not any(r.get("runtime.device_peak_bytes") is not None for r in records):
             columns = [c for c in columns if c.field != "runtime.device_peak_bytes"]
-    columns = [c for c in columns if not c.optional or any(r.get(c.field) for r in records)]
+    columns = [c for c in columns if c.shown(records)]
     base = _baseline(records)
     t = Table(title=title, caption=_caption(records), caption_justify="left")
     t.add_column("#", justify="right", no_wrap=True)
@@ -82,7 +107,7 @@ def table(records: Sequence[Record], title: str | None = None) -> Table:
         for c in columns:
             value = r.get(c.field)
             text = c.fmt(value)
-            if c.field == "compiled.flops" and r.get("compiled.cost_has_loops"):
+            if c.field in _LOOP_COUNTED and r.get("compiled.cost_has_loops"):
                 text = ">=" + text
             if c.delta and base is not None and r is not base:
                 d = fmt_delta(value, base.get(c.field))
@@ -105,8 +130,12 @@ def _caption(records: Sequence[Record]) -> str:
     notes = dict.fromkeys(n for r in ok for n in r.notes)
     lines += [f"note: {n}" for n in notes]
     if any(r.get("compiled.cost_has_loops") for r in ok):
-        lines.append(">=: the step has loops (a scanned layer stack) and XLA's cost analysis "
-                     "counts a loop body once: the FLOPs are a lower bound")
+        lines.append(">=: the step has loops (a scanned layer stack) and XLA counts a loop "
+                     "body once: FLOPs and collectives are lower bounds")
+    memory = sorted({(r.env.get("device_memory_bytes"), r.env.get("device_memory_source"))
+                     for r in ok if r.env.get("device_memory_bytes")})
+    lines += [f"fits: compiled total against {fmt_bytes(m)} per device ({src})"
+              for m, src in memory]
     stats = dict.fromkeys(r.get("runtime.device_stats") for r in ok if r.mode == "run")
     lines += [f"device memory: {s}; 'host RSS' is the worker process's peak host memory"
               for s in stats if s and s != "available"]

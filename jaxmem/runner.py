@@ -17,12 +17,12 @@ from collections.abc import Sequence
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from jaxmem import results, sharding, targets
+from jaxmem import results, targets
 from jaxmem.config import MODES
 from jaxmem.errors import ConfigError, check_choice
 from jaxmem.experiment import Experiment, GridPoint
 from jaxmem.harness import measure_point
-from jaxmem.program import build_workload
+from jaxmem.program import build_workload, make_mesh
 from jaxmem.record import Record
 
 
@@ -66,6 +66,9 @@ def check_points(points: Sequence[GridPoint], mode: str | None = None) -> None:
     in this process, which would then hold memory that the worker's measurement should own. The
     worker checks its own mesh, and a misfit is that point's error row.
     """
+    cpus = targets.cpu_device_count([p.config.target.name for p in points])
+    if cpus:
+        targets.ensure_cpu_devices(cpus)
     for point in points:
         config = point.config
         try:
@@ -84,8 +87,7 @@ def check_points(points: Sequence[GridPoint], mode: str | None = None) -> None:
                 raise ConfigError("target.name", "is compile-only, so only --mode compile "
                                   "applies", value=config.target.name)
             continue
-        mesh = sharding.make_mesh(config.mesh, target.devices())
-        sharding.check_batch(config.data.batch_size, mesh)
+        make_mesh(config, target.devices())
 
 
 def _progress(enabled: bool, total: int) -> Progress:

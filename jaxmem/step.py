@@ -28,7 +28,15 @@ from jaxmem.config import Config
 from jaxmem.loss_scale import DynamicLossScale, all_finite, select
 from jaxmem.models.workload import Batch
 from jaxmem.precision import PrecisionPolicy
-from jaxmem.program import Program, batch_specs, build_workload, make_mesh
+from jaxmem.program import (
+    Program,
+    abstract_model,
+    batch_specs,
+    build_workload,
+    make_mesh,
+    no_eager_sharding,
+    variable_shardings,
+)
 
 State = tuple[Any, Any, Any]  # (params, rest, opt_state)
 
@@ -115,8 +123,8 @@ def build_train_program(config: Config,
     if remat.get(config.remat.policy).offloads:
         sharding.require_host_memory(mesh, f"remat policy {config.remat.policy}")
 
-    abstract_model = nnx.eval_shape(lambda: workload.init(nnx.Rngs(seed)))
-    graphdef, abstract_params, _ = nnx.split(abstract_model, nnx.Param, ...)
+    model = abstract_model(workload, seed)
+    graphdef, abstract_params, _ = nnx.split(model, nnx.Param, ...)
     frozen = None
     tx = optim.build(config.optimizer)
     patterns = (*config.freeze.patterns,
@@ -126,36 +134,35 @@ def build_train_program(config: Config,
         tx = freeze.freeze_tx(tx, frozen)
 
     def init_state() -> State:
-        model = workload.init(nnx.Rngs(seed))
+        with no_eager_sharding():
+            model = workload.init(nnx.Rngs(seed))
         _, params, rest = nnx.split(model, nnx.Param, ...)
         params = policy.cast_to_param(params)
         opt_state = tx.init(params)
         return params, rest, (opt_state if loss_scale is None else (opt_state, loss_scale.init()))
 
     params, rest, opt_state = jax.eval_shape(init_state)
-
-    replicated = sharding.replicated(mesh)
-    opt_sharding = replicated
+    rules = config.sharding.build_rules()
+    param_sh, rest_sh = variable_shardings(config, mesh, model, params, rest)
+    opt_sh = sharding.state_specs(opt_state, params, param_sh, mesh, rules)
     to_device = None
     if config.optimizer.offload:
-        opt_sharding = sharding.host_memory(mesh, replicated)
-        opt_device = jax.tree.map(lambda _: replicated, opt_state)
-        to_device = functools.partial(jax.device_put, device=opt_device)
-    state_shardings = (jax.tree.map(lambda _: replicated, params),
-                       jax.tree.map(lambda _: replicated, rest),
-                       jax.tree.map(lambda _: opt_sharding, opt_state))
+        to_device = functools.partial(jax.device_put, device=opt_sh)
+        opt_sh = sharding.host_memory(mesh, opt_sh)
+    state_shardings = (param_sh, rest_sh, opt_sh)
     params, rest, opt_state = (sharding.place(tree, s) for tree, s in
-                               zip((params, rest, opt_state),
-                                   (replicated, replicated, opt_sharding), strict=True))
+                               zip((params, rest, opt_state), state_shardings, strict=True))
     batch = batch_specs(dict(workload.batch), mesh)
     batch_shardings = {k: v.sharding for k, v in batch.items()}
     objective = make_objective(graphdef, workload.loss, policy, frozen)
+    train_step = make_train_step(objective, tx, microbatches=config.data.microbatches,
+                                 loss_scale=loss_scale,
+                                 constrain_batch=sharding.constrain_batch(mesh),
+                                 opt_state_to_device=to_device)
     step = jax.jit(
-        make_train_step(objective, tx, microbatches=config.data.microbatches,
-                        loss_scale=loss_scale, constrain_batch=sharding.constrain_batch(mesh),
-                        opt_state_to_device=to_device),
+        sharding.with_rules(train_step, mesh, rules),
         in_shardings=(*state_shardings, batch_shardings),
-        out_shardings=(*state_shardings, replicated),
+        out_shardings=(*state_shardings, sharding.replicated(mesh)),
         donate_argnums=(0, 1, 2),
     )
     init = jax.jit(init_state, out_shardings=state_shardings)

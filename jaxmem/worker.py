@@ -18,7 +18,7 @@ from typing import Any
 
 import jax
 
-from jaxmem import _convert
+from jaxmem import _convert, targets
 from jaxmem.build import build_program
 from jaxmem.config import Config
 from jaxmem.errors import Unsupported
@@ -87,6 +87,9 @@ def main(argv: list[str]) -> int:
     try:
         with open(spec_path, encoding="utf-8") as f:
             config = _convert.from_dict(Config, json.load(f))
+        cpus = targets.cpu_device_count([config.target.name])
+        if cpus:  # before anything starts JAX's backends
+            targets.ensure_cpu_devices(cpus)
         payload: dict[str, Any] = {"sections": run(config)}
         code = 0
     except Unsupported as e:

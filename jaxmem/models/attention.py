@@ -27,6 +27,7 @@ from flax import nnx
 from jax.ad_checkpoint import checkpoint_name
 
 from jaxmem.errors import Unsupported
+from jaxmem.sharding import constrain
 
 NEG = -1e30  # finite "minus infinity": exp(NEG - NEG) stays defined
 
@@ -227,11 +228,15 @@ class Attention(nnx.Module):
         B, L, D = x_BxLxD.shape
         H = self.num_heads
         K = D // H
-        q_BxLxHxK = checkpoint_name(self.query(x_BxLxD).reshape(B, L, H, K), "query")
-        k_BxLxHxK = checkpoint_name(self.key(x_BxLxD).reshape(B, L, H, K), "key")
-        v_BxLxHxK = checkpoint_name(self.value(x_BxLxD).reshape(B, L, H, K), "value")
+        heads = ("batch", "length", "heads", "kv")
+        q_BxLxHxK = constrain(self.query(x_BxLxD).reshape(B, L, H, K), heads)
+        k_BxLxHxK = constrain(self.key(x_BxLxD).reshape(B, L, H, K), heads)
+        v_BxLxHxK = constrain(self.value(x_BxLxD).reshape(B, L, H, K), heads)
+        q_BxLxHxK = checkpoint_name(q_BxLxHxK, "query")
+        k_BxLxHxK = checkpoint_name(k_BxLxHxK, "key")
+        v_BxLxHxK = checkpoint_name(v_BxLxHxK, "value")
         attend = IMPLEMENTATIONS[self.implementation]
         ctx_BxLxHxK = attend(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, causal=self.causal,
                              **dict(self.options))
-        ctx_BxLxHxK = checkpoint_name(ctx_BxLxHxK, "attn_context")
+        ctx_BxLxHxK = checkpoint_name(constrain(ctx_BxLxHxK, heads), "attn_context")
         return checkpoint_name(self.out(ctx_BxLxHxK.reshape(B, L, D)), "attn_out")

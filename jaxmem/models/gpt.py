@@ -25,6 +25,7 @@ from jaxmem.errors import ConfigError, check_positive
 from jaxmem.models.attention import KVCache
 from jaxmem.models.transformer import TransformerConfig, Trunk
 from jaxmem.models.workload import Batch, BuildOptions, Workload
+from jaxmem.sharding import constrain
 
 
 @ModelConfig.register("gpt")
@@ -103,5 +104,7 @@ class GPT(nnx.Module):
     def __call__(self, tokens_BxL: jax.Array) -> jax.Array:
         x_BxLxD = self.trunk(tokens_BxL)
         if self.head is None:
-            return self.trunk.embed.attend(x_BxLxD)  # BxLxV
-        return self.head(x_BxLxD)  # BxLxV
+            logits_BxLxV = self.trunk.embed.attend(x_BxLxD)
+        else:
+            logits_BxLxV = self.head(x_BxLxD)
+        return constrain(logits_BxLxV, ("batch", "length", "vocab"))

@@ -8,6 +8,8 @@ K head dim, F MLP hidden width.
 from __future__ import annotations
 
 import dataclasses
+import math
+from collections.abc import Mapping
 from typing import Any, ClassVar
 
 import jax
@@ -21,6 +23,9 @@ from jaxmem.models.attention import IMPLEMENTATIONS, WINDOWED, Attention, KVCach
 from jaxmem.models.layers import LayerNorm
 from jaxmem.models.stack import Stack
 from jaxmem.models.workload import BuildOptions
+from jaxmem.sharding import Rules, constrain
+
+ACTIVATION = ("batch", "length", "embed")  # the residual stream
 
 #: Every name a transformer block tags, in forward order.
 CHECKPOINT_NAMES = (
@@ -36,6 +41,32 @@ CHECKPOINT_NAMES = (
 )
 
 STACKS = ("loop", "scan")
+
+_QKV = ("query", "key", "value")
+#: Logical axes of every transformer parameter (``jaxmem.sharding``); a scanned stack adds a
+#: leading ``layers`` axis. ``kernel*`` and ``scale`` cover int8 weights and their scales.
+PARAM_AXES: tuple[tuple[str, tuple[str | None, ...]], ...] = (
+    *((f"*/attn/{n}/kernel*", ("embed", "heads")) for n in _QKV),  # D x HK, column-parallel
+    *((f"*/attn/{n}/bias", ("heads",)) for n in _QKV),  # HK
+    *((f"*/attn/{n}/scale", (None, "heads")) for n in _QKV),  # 1 x HK
+    ("*/attn/out/kernel*", ("heads", "embed")),  # HK x D, row-parallel
+    ("*/attn/out/bias", ("embed",)),
+    ("*/attn/out/scale", (None, "embed")),
+    ("*/mlp/up/kernel*", ("embed", "mlp")),  # D x F, column-parallel
+    ("*/mlp/up/mask", ("embed", "mlp")),
+    ("*/mlp/up/bias", ("mlp",)),
+    ("*/mlp/up/scale", (None, "mlp")),
+    ("*/mlp/down/kernel*", ("mlp", "embed")),  # F x D, row-parallel
+    ("*/mlp/down/mask", ("mlp", "embed")),
+    ("*/mlp/down/bias", ("embed",)),
+    ("*/mlp/down/scale", (None, "embed")),
+    ("*/ln*/scale", ("norm",)),  # D
+    ("*/ln*/bias", ("norm",)),
+    ("trunk/embed/*", ("vocab", "embed")),  # V x D table (int8: V x 1 scales)
+    ("trunk/pos/*", ("length", "embed")),  # L x D
+    ("head/kernel", ("embed", "vocab")),  # D x V (or classes)
+    ("head/bias", ("vocab",)),
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,6 +91,7 @@ class TransformerConfig(ModelConfig):
 
     BLOCKS_PATH: ClassVar[str] = "trunk/blocks/blocks"
     EMBEDDING_PATTERNS: ClassVar[tuple[str, ...]] = ("trunk/embed/*", "trunk/pos/*")
+    PARAM_AXES: ClassVar[tuple[tuple[str, tuple[str | None, ...]], ...]] = PARAM_AXES
 
     vocab_size: int = 512
     seq_len: int = 128
@@ -97,6 +129,12 @@ class TransformerConfig(ModelConfig):
     def check_platform(self, platform: str) -> None:
         check_platform(self.attention, platform)
 
+    def check_sharding(self, mesh_shape: Mapping[str, int], rules: Rules) -> None:
+        ways = math.prod(mesh_shape.get(a, 1) for a in rules.mesh_axes("heads"))
+        if self.num_heads % ways:
+            raise ConfigError("model.num_heads", f"must be divisible by the {ways} devices "
+                              "that split attention heads (mesh.tensor)", value=self.num_heads)
+
     def checkpoint_names(self) -> tuple[str, ...]:
         return CHECKPOINT_NAMES
 
@@ -112,7 +150,8 @@ class MLP(nnx.Module):
         self.down = nnx.Linear(hidden, d_model, dtype=dtype, rngs=rngs)
 
     def __call__(self, x_BxLxD: jax.Array) -> jax.Array:
-        h_BxLxF = checkpoint_name(self.up(x_BxLxD), "mlp_pre_act")
+        h_BxLxF = constrain(self.up(x_BxLxD), ("batch", "length", "mlp"))
+        h_BxLxF = checkpoint_name(h_BxLxF, "mlp_pre_act")
         h_BxLxF = checkpoint_name(jax.nn.gelu(h_BxLxF), "mlp_post_act")
         return checkpoint_name(self.down(h_BxLxF), "mlp_out")
 
@@ -143,9 +182,9 @@ class Block(nnx.Module):
         return x_Bx1xD + self.mlp(self.ln2(x_Bx1xD)), cache
 
     def __call__(self, x_BxLxD: jax.Array) -> jax.Array:
-        x_BxLxD = checkpoint_name(x_BxLxD, "block_input")
+        x_BxLxD = checkpoint_name(constrain(x_BxLxD, ACTIVATION), "block_input")
         x_BxLxD = x_BxLxD + self.attn(self.ln1(x_BxLxD))
-        return x_BxLxD + self.mlp(self.ln2(x_BxLxD))
+        return constrain(x_BxLxD + self.mlp(self.ln2(x_BxLxD)), ACTIVATION)
 
 
 class Trunk(nnx.Module):
