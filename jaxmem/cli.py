@@ -14,8 +14,9 @@ from pathlib import Path
 import click
 from rich.console import Console
 
-from jaxmem import report, results
+from jaxmem import report, results, targets
 from jaxmem.config import MODES
+from jaxmem.distributed import Cluster, is_process_zero
 from jaxmem.errors import ConfigError, check_choice
 from jaxmem.experiment import Experiment
 from jaxmem.harness import residual_report
@@ -45,23 +46,48 @@ def cli() -> None:
               help="compile: XLA analysis on abstract shapes (default); run: real arrays in "
                    "a subprocess per configuration.")
 @click.option("--progress/--no-progress", default=True, help="Progress bar on stderr.")
+@click.option("--distributed", is_flag=True,
+              help="One of several processes (hosts) measuring together: "
+                   "jax.distributed.initialize() detects the cluster (TPU VM, SLURM, ...) "
+                   "unless the three options below say it.")
+@click.option("--coordinator", default=None, metavar="HOST:PORT",
+              help="Process 0's address (implies --distributed).")
+@click.option("--num-processes", type=int, default=None, help="Processes in the system.")
+@click.option("--process-id", type=int, default=None, help="This process's index.")
 def run_cmd(experiment: Path, overrides: tuple[str, ...], out: Path | None, mode: str | None,
-            progress: bool) -> None:
+            progress: bool, distributed: bool, coordinator: str | None,
+            num_processes: int | None, process_id: int | None) -> None:
     """Measure every configuration of EXPERIMENT (a YAML file) and print the table."""
+    cluster = None
     try:
         if mode is not None:
             check_choice("--mode", mode, MODES, what="mode")
         exp = Experiment.from_yaml(experiment, overrides)
+        if distributed or None not in (coordinator, num_processes, process_id):
+            cluster = Cluster(coordinator, num_processes, process_id)
+        elif (coordinator, num_processes, process_id) != (None, None, None):
+            raise ConfigError("--coordinator", "give --coordinator, --num-processes and "
+                              "--process-id together, or --distributed to detect them")
+        modes = {mode or p.config.measure.mode for p in exp.grid()}
+        if cluster is not None and "run" in modes and not cluster.explicit:
+            raise ConfigError("--coordinator", "run mode across processes needs "
+                              "--coordinator, --num-processes and --process-id")
     except ConfigError as e:
         _fail(str(e), 2)
+    if cluster is not None and "compile" in modes:
+        cluster.initialize()  # before anything asks for devices
     out = out or Path("runs") / exp.name
     try:
-        records = run_experiment(exp, mode, out=out, progress=progress)
+        records = run_experiment(exp, mode, out=out, progress=progress, cluster=cluster)
     except ConfigError as e:  # e.g. a mesh larger than the target
         _fail(str(e), 2)
     except Exception:
         traceback.print_exc()
         _fail("internal failure (traceback above)", 1)
+    if cluster is not None and not is_process_zero(cluster):
+        click.echo(f"{exp.name}: {len(records)} configurations measured; process 0 writes "
+                   "the results")
+        return
     report.print_table(records, title=f"{exp.name}: {len(records)} configurations")
     failed = [r for r in records if not r.ok]
     Console(stderr=True).print(
@@ -90,6 +116,12 @@ def residuals_cmd(experiment: Path, overrides: tuple[str, ...]) -> None:
                                             note=note))
 
 
+@cli.command("targets")
+def targets_cmd() -> None:
+    """List the targets to compile for, with the memory of one device."""
+    report.wide_console().print(report.targets_table(targets.catalogue()))
+
+
 @cli.command("show")
 @click.argument("results_path", metavar="RESULTS", type=click.Path(path_type=Path))
 def show_cmd(results_path: Path) -> None:
@@ -104,3 +136,7 @@ def show_cmd(results_path: Path) -> None:
 def main() -> None:
     """Console-script entry point."""
     cli()
+
+
+if __name__ == "__main__":
+    main()

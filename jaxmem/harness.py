@@ -18,9 +18,10 @@ import tempfile
 import traceback
 from typing import Any
 
-from jaxmem import _convert, analytic, collectives, remat, sharding, targets
+from jaxmem import _convert, analytic, collectives, distributed, remat, sharding, targets
 from jaxmem.build import build_program
 from jaxmem.config import Config
+from jaxmem.distributed import Cluster
 from jaxmem.errors import Unsupported
 from jaxmem.experiment import GridPoint
 from jaxmem.measure import MemoryReport, compile_timed
@@ -120,14 +121,19 @@ def is_out_of_memory(e: BaseException) -> bool:
     return bool(_OOM.search(str(e)))
 
 
-def measure_point(experiment: str, point: GridPoint, mode: str) -> Record:
-    """One grid point measured in ``mode``; failures become an error row, never an exception."""
+def measure_point(experiment: str, point: GridPoint, mode: str,
+                  cluster: Cluster | None = None) -> Record:
+    """One grid point measured in ``mode``; failures become an error row, never an exception.
+
+    With a ``cluster``, run mode's workers join their own distributed system (next ports).
+    """
     config_dict = _convert.to_dict(point.config)
     base = dict(experiment=experiment, index=point.index, name=point.name, mode=mode,
                 config=config_dict)
     try:
         if mode == "run":
-            sections = run_in_subprocess(point.config)
+            env = cluster.for_point(point.index).to_env() if cluster else {}
+            sections = run_in_subprocess(point.config, env)
         else:
             _, sections = measure_compile(build_program(point.config))
     except Unsupported as e:  # valid, but not on this backend: the row says so
@@ -140,7 +146,18 @@ def measure_point(experiment: str, point: GridPoint, mode: str) -> Record:
     return Record(**base, status="ok", **sections)
 
 
-def run_in_subprocess(config: Config) -> dict[str, Any]:
+def gather_compiled(record: Record) -> None:
+    """Adds every process's compiled total to ``record`` (all processes must call this for
+    the same configuration, whatever its status)."""
+    totals = distributed.gather({"total": record.get("compiled.total_bytes")})["total"]
+    if record.ok:
+        record.compiled["total_bytes_per_process"] = totals
+        if len({t for t in totals}) > 1:
+            record.notes.append("processes compiled different totals: "
+                                + ", ".join(fmt_bytes(t) for t in totals))
+
+
+def run_in_subprocess(config: Config, env: dict[str, str] | None = None) -> dict[str, Any]:
     """Runs ``python -m jaxmem.worker`` on ``config``; returns its record sections."""
     with tempfile.TemporaryDirectory(prefix="jaxmem-") as tmp:
         spec, result = os.path.join(tmp, "config.json"), os.path.join(tmp, "result.json")
@@ -150,7 +167,7 @@ def run_in_subprocess(config: Config) -> dict[str, Any]:
             proc = subprocess.run(
                 [sys.executable, "-m", "jaxmem.worker", spec, result],
                 capture_output=True, text=True, timeout=config.measure.timeout_s,
-                env={**os.environ, **config.measure.allocator_env()},
+                env={**os.environ, **config.measure.allocator_env(), **(env or {})},
             )
         except subprocess.TimeoutExpired:
             raise RuntimeError(f"worker timed out after {config.measure.timeout_s:g} s") from None

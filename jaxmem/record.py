@@ -90,6 +90,8 @@ FIELDS: dict[str, str] = {
     **{f"compiled.{k.replace('-', '_')}_{what}": f"{what} of {k} instructions in the HLO"
        for k in ("all-reduce", "all-gather", "reduce-scatter", "all-to-all",
                  "collective-permute") for what in ("count", "bytes")},
+    "compiled.total_bytes_per_process": "multi-process: compiled.total_bytes of each process, "
+                                        "gathered by process 0",
     "compiled.lower_seconds": "seconds to trace and lower the step",
     "compiled.compile_seconds": "seconds for XLA to compile the step",
     "compiled.platform": "platform compiled for",
@@ -106,6 +108,9 @@ FIELDS: dict[str, str] = {
     "runtime.device_bytes_in_use": "max over devices of bytes_in_use after the steps",
     "runtime.device_bytes_limit": "min over devices of bytes_limit",
     "runtime.host_peak_rss_bytes": "peak resident memory of the worker process (host memory)",
+    "runtime.device_peak_bytes_per_process": "multi-process: each process's device peak",
+    "runtime.step_time_s_per_process": "multi-process: each process's median step time",
+    "runtime.host_peak_rss_bytes_per_process": "multi-process: each process's worker peak RSS",
     "runtime.preallocate": "XLA_PYTHON_CLIENT_PREALLOCATE in the worker (None: unset)",
     "runtime.mem_fraction": "XLA_PYTHON_CLIENT_MEM_FRACTION in the worker (None: unset)",
     "runtime.allocator": "XLA_PYTHON_CLIENT_ALLOCATOR in the worker (None: unset)",

@@ -13,8 +13,10 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from jaxmem.analytic import Residual
@@ -92,15 +94,18 @@ def table(records: Sequence[Record], title: str | None = None) -> Table:
         if not any(r.get("runtime.device_peak_bytes") is not None for r in records):
             columns = [c for c in columns if c.field != "runtime.device_peak_bytes"]
     columns = [c for c in columns if c.shown(records)]
+    if any(c.field == "analytic.param_bytes_per_device" for c in columns):
+        columns = [c for c in columns if c.field != "analytic.param_bytes"]  # room
     base = _baseline(records)
-    t = Table(title=title, caption=_caption(records), caption_justify="left")
+    t = Table(title=title and escape(title), caption=escape(_caption(records)),
+              caption_justify="left")
     t.add_column("#", justify="right", no_wrap=True)
     t.add_column("configuration", no_wrap=True)
     for c in columns:
         t.add_column(c.header, justify="right", no_wrap=True)
     for r in records:
         if not r.ok:
-            t.add_row(str(r.index), r.name, f"[red]{r.status}[/red]",
+            t.add_row(str(r.index), escape(r.name), f"[red]{r.status}[/red]",
                       *["-"] * (len(columns) - 1))
             continue
         cells = []
@@ -114,7 +119,7 @@ def table(records: Sequence[Record], title: str | None = None) -> Table:
                 if d:
                     text += f" ({d})"
             cells.append(text)
-        t.add_row(str(r.index), r.name, *cells)
+        t.add_row(str(r.index), escape(r.name), *cells)
     return t
 
 
@@ -172,6 +177,20 @@ def residual_table(residuals: Sequence[Residual], title: str | None = None,
     total = sum(r.bytes for r in residuals)
     t.caption = (f"total {fmt_bytes(total)} in {len(residuals)} values, whole batch, from the "
                  "jaxpr before XLA fusion" + (f"\n{note}" if note else ""))
+    return t
+
+
+def targets_table(listings: Sequence[Any]) -> Table:
+    """``jaxmem targets``: name, devices, memory per device, whether usable here."""
+    t = Table(title="targets (target.name)", caption_justify="left",
+              caption="compile-only targets (tpu:, gpu:) plan memory without the hardware; "
+                      "'memory' is what a row's 'fits' column is checked against")
+    for header in ("target", "devices", "memory / device", "available here", "what"):
+        t.add_column(header, no_wrap=header != "what")
+    for x in listings:
+        t.add_row(escape(x.name), x.devices,
+                  fmt_bytes(x.memory_bytes) if x.memory_bytes else "-", escape(x.available),
+                  escape(x.doc))
     return t
 
 

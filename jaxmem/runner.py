@@ -14,14 +14,16 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 
+import jax
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from jaxmem import results, targets
+from jaxmem import distributed, results, targets
 from jaxmem.config import MODES
+from jaxmem.distributed import Cluster
 from jaxmem.errors import ConfigError, check_choice
 from jaxmem.experiment import Experiment, GridPoint
-from jaxmem.harness import measure_point
+from jaxmem.harness import gather_compiled, measure_point
 from jaxmem.program import build_workload, make_mesh
 from jaxmem.record import Record
 
@@ -32,6 +34,7 @@ def run(
     *,
     out: str | os.PathLike | None = None,
     progress: bool = False,
+    cluster: Cluster | None = None,
 ) -> list[Record]:
     """Measures every grid point of ``experiment``; returns one Record per point.
 
@@ -40,6 +43,8 @@ def run(
       mode: ``compile`` or ``run``; None uses each point's ``measure.mode``.
       out: folder for ``results.jsonl`` and ``results.csv`` (written once, at the end).
       progress: show a progress bar on stderr.
+      cluster: this process is one of several (``jaxmem.distributed``), already initialised
+        for compile mode; only process 0 writes ``out``.
     """
     if mode is not None:
         check_choice("--mode", mode, MODES, what="mode")
@@ -51,9 +56,12 @@ def run(
         for point in points:
             point_mode = mode or point.config.measure.mode
             bar.update(task, description=f"{point.name} ({point_mode})")
-            records.append(measure_point(experiment.name, point, point_mode))
+            record = measure_point(experiment.name, point, point_mode, cluster)
+            if point_mode == "compile" and jax.distributed.is_initialized():
+                gather_compiled(record)
+            records.append(record)
             bar.advance(task)
-    if out is not None:
+    if out is not None and distributed.is_process_zero(cluster):
         results.write(out, records)
     return records
 

@@ -28,6 +28,7 @@ import functools
 import os
 import re
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import jax
 
@@ -74,7 +75,7 @@ class Family:
 # ------------------------------------------------------------------------------- local
 
 def _local_memory() -> tuple[int | None, str]:
-    stats = jax.devices()[0].memory_stats() or {}
+    stats = jax.local_devices()[0].memory_stats() or {}
     if "bytes_limit" in stats:
         return int(stats["bytes_limit"]), "memory_stats()['bytes_limit'] of the attached device"
     return None, "not reported by the backend"
@@ -193,7 +194,8 @@ def _gpu(m: re.Match[str]) -> Target:
     where = f"{nodes} nodes of {per_node}" if nodes > 1 else f"{per_node}"
     return Target(m.string, f"compile-only {where} x {spec.description} (CUDA plugin)",
                   lambda: list(_gpu.gpu_devices(kind, topology)), runnable=False,
-                  memory=lambda: (spec.memory_bytes, f"device_memory_size in {spec.spec_file}"))
+                  memory=lambda: (spec.memory_bytes,
+                                  f"device_memory_size in {Path(spec.spec_file).name}"))
 
 
 FAMILIES: dict[str, Family] = {
@@ -235,3 +237,41 @@ def get(name: str) -> Target:
 def is_local_cpu(name: str) -> bool:
     """True for targets whose devices live in this process's CPU backend."""
     return bool(FAMILIES["cpu"].pattern.match(name))
+
+
+@dataclasses.dataclass(frozen=True)
+class Listing:
+    """One line of ``jaxmem targets``."""
+
+    name: str
+    devices: str
+    memory_bytes: int | None
+    available: str
+    doc: str
+
+
+def _has(module: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(module) is not None
+
+
+def catalogue() -> list[Listing]:
+    """The targets this jaxmem knows, with per-device memory and whether they work here."""
+    local = jax.devices()
+    rows = [Listing("local", f"{len(local)} x {local[0].device_kind}", _local_memory()[0],
+                    "yes", FAMILIES["local"].doc),
+            Listing("cpu:<N>", f"N (this process: {len(jax.devices('cpu'))})", None, "yes",
+                    FAMILIES["cpu"].doc)]
+    libtpu = "yes" if _has("libtpu") else "pip install 'jaxmem[tpu-targets]'"
+    examples = {"v4": "2x2x1", "v5e": "16x16", "v5p": "4x4x4", "v6e": "16x16"}
+    for version, memory in TPU_MEMORY.items():
+        rows.append(Listing(f"tpu:{version}:<AxB[xC]>, e.g. tpu:{version}:{examples[version]}",
+                            "one per chip", memory, libtpu, f"TPU {version} slice (libtpu)"))
+    from jaxmem import _gpu
+
+    cuda = "yes" if _gpu.plugin_available() else "pip install 'jaxmem[gpu-targets]'"
+    for kind, spec in _gpu.GPU_KINDS.items():
+        rows.append(Listing(f"gpu:{kind}x8[:<nodes>]", "8 per node", spec.memory_bytes, cuda,
+                            spec.description))
+    return rows

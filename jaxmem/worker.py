@@ -18,9 +18,10 @@ from typing import Any
 
 import jax
 
-from jaxmem import _convert, targets
+from jaxmem import _convert, distributed, targets
 from jaxmem.build import build_program
 from jaxmem.config import Config
+from jaxmem.distributed import Cluster
 from jaxmem.errors import Unsupported
 from jaxmem.harness import describe_failure, measure_compile, one_line_error
 
@@ -72,13 +73,21 @@ def run(config: Config) -> dict[str, Any]:
         "warmup_steps": m.warmup_steps,
         "steps": m.steps,
         "final_loss": float(result) if config.task == "train" else None,
-        **device_memory(list(program.mesh.devices.flat)),
+        **device_memory([d for d in program.mesh.devices.flat
+                         if d.process_index == jax.process_index()]),
         "host_peak_rss_bytes": peak_rss_bytes(),
         # the allocator settings this process ran with (experiment's or inherited)
         "preallocate": os.environ.get("XLA_PYTHON_CLIENT_PREALLOCATE"),
         "mem_fraction": os.environ.get("XLA_PYTHON_CLIENT_MEM_FRACTION"),
         "allocator": os.environ.get("XLA_PYTHON_CLIENT_ALLOCATOR"),
     }
+    if jax.process_count() > 1:  # each process measured its own devices
+        per = distributed.gather({"peak": runtime.get("device_peak_bytes"),
+                                  "step": runtime["step_time_s"],
+                                  "rss": runtime["host_peak_rss_bytes"]})
+        runtime.update(device_peak_bytes_per_process=per["peak"],
+                       step_time_s_per_process=per["step"],
+                       host_peak_rss_bytes_per_process=per["rss"])
     return {**sections, "runtime": runtime}
 
 
@@ -90,6 +99,9 @@ def main(argv: list[str]) -> int:
         cpus = targets.cpu_device_count([config.target.name])
         if cpus:  # before anything starts JAX's backends
             targets.ensure_cpu_devices(cpus)
+        cluster = Cluster.from_env()
+        if cluster is not None:
+            cluster.initialize()
         payload: dict[str, Any] = {"sections": run(config)}
         code = 0
     except Unsupported as e:
