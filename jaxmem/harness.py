@@ -113,7 +113,7 @@ def measure_compile(program: Program) -> tuple[Any, dict[str, Any]]:
 
 
 #: How XLA says that a step cannot fit, at compile time (TPU) or allocation (GPU).
-_OOM = re.compile(r"RESOURCE_EXHAUSTED|CompileTimeHbmOom|[Oo]ut of memory")
+_OOM = re.compile(r"RESOURCE_EXHAUSTED|CompileTimeHbmOom")
 
 
 def is_out_of_memory(e: BaseException) -> bool:

@@ -21,7 +21,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from jaxmem import distributed, results, targets
 from jaxmem.config import MODES
 from jaxmem.distributed import Cluster
-from jaxmem.errors import ConfigError, check_choice
+from jaxmem.errors import ConfigError, Unsupported, check_choice
 from jaxmem.experiment import Experiment, GridPoint
 from jaxmem.harness import gather_compiled, measure_point
 from jaxmem.program import build_workload, make_mesh
@@ -95,7 +95,10 @@ def check_points(points: Sequence[GridPoint], mode: str | None = None) -> None:
                 raise ConfigError("target.name", "is compile-only, so only --mode compile "
                                   "applies", value=config.target.name)
             continue
-        make_mesh(config, target.devices())
+        try:
+            make_mesh(config, target.devices())
+        except Unsupported:  # valid, but not on this backend: that point's row says so
+            pass
 
 
 def _progress(enabled: bool, total: int) -> Progress:

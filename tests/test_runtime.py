@@ -76,7 +76,7 @@ def test_run_mode_leaves_the_parent_without_a_backend(tmp_path):
         f"exp = jaxmem.Experiment.from_dict({TINY_GPT!r}, ['sweep.remat=[none]', 'mesh.data=64',"
         " 'data.batch_size=64'])\n"
         "(record,) = jaxmem.run(exp)\n"
-        "print(record.status, 'needs 64 devices' in record.error)\n"
+        "print(record.status, 'spans 64 devices' in record.error)\n"
         "print('initialised', xla_bridge.backends_are_initialized())\n"
     )
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
