@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed-stamp
 JAX_PLATFORMS ?= cpu
 export JAX_PLATFORMS
 
-.PHONY: demo test test-fast lint bench clean
+.PHONY: demo test test-fast test-gpu-targets lint bench bench-plan clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,15 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -m 'not slow and not tpu_target'
 
+## Virtual NVIDIA GPU targets (gpu:h100x8, ...): a separate env with the CUDA plugin (~5 GB
+## download, no GPU needed), then the tests marked gpu_targets.
+GPU_VENV ?= .venv-gpu
+test-gpu-targets:
+	$(PYTHON) -m venv $(GPU_VENV)
+	$(GPU_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(GPU_VENV)/bin/python -m pip install --quiet -e '.[dev,gpu-targets]'
+	$(GPU_VENV)/bin/python -m pytest -m gpu_targets tests/test_gpu_targets.py
+
 ## Lint (pyflakes, pycodestyle, isort, bugbear rules; see pyproject.toml).
 lint: $(STAMP)
 	$(BIN)/ruff check jaxmem tests benchmarks examples conftest.py
@@ -36,5 +45,9 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/compile_time.py
 
+## Plan GPT-2 small with FSDP over a virtual TPU v5e 16x16 (256 chips); about 1 min.
+bench-plan: $(STAMP)
+	/usr/bin/time -f "wall %e s, peak RSS %M KiB" $(BIN)/jaxmem run experiments/plan_v5e.yaml
+
 clean:
-	rm -rf $(VENV) runs .pytest_cache *.egg-info
+	rm -rf $(VENV) $(GPU_VENV) runs .pytest_cache *.egg-info

@@ -112,7 +112,8 @@ def table(records: Sequence[Record], title: str | None = None) -> Table:
         for c in columns:
             value = r.get(c.field)
             text = c.fmt(value)
-            if c.field in _LOOP_COUNTED and r.get("compiled.cost_has_loops"):
+            if (c.field in _LOOP_COUNTED and value is not None
+                    and r.get("compiled.cost_has_loops")):
                 text = ">=" + text
             if c.delta and base is not None and r is not base:
                 d = fmt_delta(value, base.get(c.field))

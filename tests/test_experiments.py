@@ -10,8 +10,29 @@ import jaxmem
 from jaxmem.report import table
 
 FILES = sorted((Path(__file__).resolve().parents[1] / "experiments").glob("*.yaml"))
-# run elsewhere: the quickstart by the session fixture, GPT-2 small by the benchmark
-COVERED = {"quickstart", "gpt2_small"}
+# run elsewhere: the quickstart by the session fixture, GPT-2 small by the benchmark, the
+# GPT-2-sized sharding files shrunk below (plan_v5e whole: `make bench-plan`, ~1 min)
+COVERED = {"quickstart", "gpt2_small", "sharding", "plan_v5e"}
+SHRINK = ["model.num_layers=2", "model.seq_len=128", "model.d_model=192",
+          "model.vocab_size=4096"]
+
+
+@pytest.mark.parametrize("name", ["sharding",
+                                  pytest.param("plan_v5e", marks=pytest.mark.tpu_target)])
+def test_sharding_experiments_run_shrunk(name):
+    path = next(f for f in FILES if f.stem == name)
+    overrides = SHRINK + (["target=tpu:v5e:4x4", "data.batch_size=16"] if name == "plan_v5e"
+                          else [])
+    records = jaxmem.run(jaxmem.Experiment.from_yaml(path, overrides))
+    assert all(r.ok for r in records), [(r.name, r.error) for r in records if not r.ok]
+    for r in records:
+        assert r.compiled["num_devices"] == (16 if name == "plan_v5e" else 8)
+    if name == "sharding":  # dp, fsdp, tp, fsdp+tp: everything but dp splits the state
+        per_device = [r.analytic["param_bytes_per_device"] for r in records]
+        assert per_device[0] == records[0].analytic["param_bytes"]
+        assert all(p < per_device[0] / 3 for p in per_device[1:])
+    else:
+        assert records[0].compiled["fits"] is True
 
 
 @pytest.mark.parametrize("path", FILES, ids=lambda p: p.stem)
