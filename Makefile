@@ -20,13 +20,15 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/jaxmem run experiments/quickstart.yaml --out runs/quickstart
 
-## Run the test suite on the CPU with 8 fake devices (tests/conftest.py sets them up).
+## Run the test suite on the CPU with 8 fake devices (tests/conftest.py sets them up), one
+## worker process per core (XLA compiles are mostly single-threaded); a test file stays on one.
+WORKERS ?= auto
 test: $(STAMP)
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(WORKERS) --dist loadfile
 
 ## Same, without the slow tests and the virtual-TPU compiles.
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -m 'not slow and not tpu_target'
+	$(BIN)/python -m pytest -n $(WORKERS) --dist loadfile -m 'not slow and not tpu_target'
 
 ## Virtual NVIDIA GPU targets (gpu:h100x8, ...): a separate env with the CUDA plugin (~5 GB
 ## download, no GPU needed), then the tests marked gpu_targets.

@@ -139,6 +139,9 @@ _DEVICELESS_TPU_ENV = {
     "TPU_SKIP_MDS_QUERY": "1",
     "TPU_WORKER_HOSTNAMES": "localhost",
     "TPU_ACCELERATOR_TYPE": "v5litepod-4",
+    # compile-only use touches no chip: let several processes (parallel tests, multi-host
+    # planning on one machine) load libtpu at once instead of failing on its lockfile
+    "ALLOW_MULTIPLE_LIBTPU_LOAD": "1",
 }
 
 
