@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed-stamp
 JAX_PLATFORMS ?= cpu
 export JAX_PLATFORMS
 
-.PHONY: demo test test-fast test-gpu-targets lint bench bench-plan clean
+.PHONY: demo test test-fast test-gpu-targets lint bench bench-plan readme clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -39,9 +39,13 @@ test-gpu-targets:
 	$(GPU_VENV)/bin/python -m pip install --quiet -e '.[dev,gpu-targets]'
 	$(GPU_VENV)/bin/python -m pytest -m gpu_targets tests/test_gpu_targets.py
 
+## Regenerate the README's measured demo table and its results schema (tests check both).
+readme: $(STAMP)
+	$(BIN)/python scripts/update_readme.py
+
 ## Lint (pyflakes, pycodestyle, isort, bugbear rules; see pyproject.toml).
 lint: $(STAMP)
-	$(BIN)/ruff check jaxmem tests benchmarks examples conftest.py
+	$(BIN)/ruff check jaxmem tests benchmarks examples scripts conftest.py
 
 ## Compile-time benchmark for GPT-2 small (figures go in benchmarks/RESULTS.md).
 bench: $(STAMP)

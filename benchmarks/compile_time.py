@@ -19,7 +19,7 @@ import time
 import jax
 
 import jaxmem
-from jaxmem.measure import compile_timed
+from jaxmem.compiled import compile_timed
 from jaxmem.units import fmt_bytes
 
 

@@ -35,8 +35,8 @@ class ResidualMLP(nnx.Module):
         self.remat_policy = remat_policy
 
     def __call__(self, x_BxW: jax.Array) -> jax.Array:
-        block_fn = jaxmem.remat.wrap(lambda block, x: x + jax.nn.gelu(block(x)),
-                                     self.remat_policy)
+        block_fn = jaxmem.remat.apply(lambda block, x: x + jax.nn.gelu(block(x)),
+                                      self.remat_policy)
         for block in self.blocks:
             x_BxW = block_fn(block, x_BxW)
         return self.head(x_BxW)

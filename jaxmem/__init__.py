@@ -13,6 +13,7 @@ from importlib.metadata import version as _version
 
 from jaxmem import analytic, optim, precision, remat, sharding, targets
 from jaxmem.build import build_program
+from jaxmem.compiled import MemoryReport, compiled_memory
 from jaxmem.config import (
     Config,
     DataConfig,
@@ -26,12 +27,12 @@ from jaxmem.config import (
 )
 from jaxmem.errors import ConfigError
 from jaxmem.experiment import Experiment, GridPoint
-from jaxmem.measure import MemoryReport, compiled_memory
 from jaxmem.models import BuildOptions, Workload
 from jaxmem.program import Program
 from jaxmem.record import Record
 from jaxmem.results import read as read_results
 from jaxmem.runner import run
+from jaxmem.setup import Setup, resolve
 
 try:
     __version__ = _version("jaxmem")
@@ -54,6 +55,7 @@ __all__ = [
     "Program",
     "Record",
     "RematConfig",
+    "Setup",
     "TargetConfig",
     "Workload",
     "analytic",
@@ -63,6 +65,7 @@ __all__ = [
     "precision",
     "read_results",
     "remat",
+    "resolve",
     "run",
     "sharding",
     "targets",

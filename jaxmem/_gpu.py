@@ -2,7 +2,7 @@
 
 ``gpu_devices("h100", "1x1x8")`` returns 8 devices of kind ``NVIDIA H100 80GB HBM3`` that a
 sharded ``jax.jit(...).lower(...).compile()`` can target (``memory_analysis()`` works; nothing
-runs). The device facts XLA plans with come from ``jaxmem/gpu_specs/<kind>.txtpb``
+runs). The device facts XLA plans with come from ``jaxmem/gpu_configs/<kind>.txtpb``
 (``GpuTargetConfigProto`` text); topologies are ``<partitions>x<hosts per partition>x<devices
 per host>``: ``1x1x8`` is one 8-GPU node, ``2x1x8`` and ``1x2x8`` are two (16 devices).
 
@@ -43,7 +43,7 @@ import jax
 
 from jaxmem.errors import ConfigError
 
-SPEC_DIR = Path(__file__).resolve().parent / "gpu_specs"
+CONFIG_DIR = Path(__file__).resolve().parent / "gpu_configs"
 TOPOLOGY = re.compile(r"^[1-9]\d*x[1-9]\d*x[1-9]\d*$")
 _PLUGINS = ("jax_plugins.xla_cuda12", "jax_plugins.xla_cuda13")
 # Fields whose absence crashes the plugin (SIGFPE) or fails every compile.
@@ -53,7 +53,7 @@ _INSTALL = "pip install 'jaxmem[gpu-targets]'"
 _SKIP = "JAX_SKIP_CUDA_CONSTRAINTS_CHECK"
 
 
-def spec_fields(text: str) -> dict[str, int]:
+def config_fields(text: str) -> dict[str, int]:
     """The integer ``name: value`` fields of a GpuTargetConfigProto text (nesting ignored)."""
     return {m[1]: int(m[2]) for m in re.finditer(r"^\s*(\w+):\s*(\d+)\s*$", text, re.M)}
 
@@ -65,29 +65,29 @@ class GpuKind:
     Attributes:
       name: the key in :data:`GPU_KINDS` (``h100``).
       description: one line for listings.
-      memory_bytes: device memory, read from the spec file's ``device_memory_size``.
-      spec_file: the GpuTargetConfigProto text file.
+      memory_bytes: device memory, read from the target config file's ``device_memory_size``.
+      config_file: the GpuTargetConfigProto text file.
     """
 
     name: str
     description: str
     memory_bytes: int
-    spec_file: Path
+    config_file: Path
 
     @classmethod
-    def from_spec(cls, name: str, description: str) -> GpuKind:
-        """The kind whose facts are in ``gpu_specs/<name>.txtpb``."""
-        path = SPEC_DIR / f"{name}.txtpb"
-        memory = spec_fields(path.read_text(encoding="utf-8"))["device_memory_size"]
+    def from_config_file(cls, name: str, description: str) -> GpuKind:
+        """The kind whose facts are in ``gpu_configs/<name>.txtpb``."""
+        path = CONFIG_DIR / f"{name}.txtpb"
+        memory = config_fields(path.read_text(encoding="utf-8"))["device_memory_size"]
         return cls(name, description, memory, path)
 
 
 GPU_KINDS: dict[str, GpuKind] = {k.name: k for k in (
-    GpuKind.from_spec("a100-40", "NVIDIA A100 SXM4 40GB (Ampere, sm_80)"),
-    GpuKind.from_spec("a100-80", "NVIDIA A100 SXM4 80GB (Ampere, sm_80)"),
-    GpuKind.from_spec("h100", "NVIDIA H100 SXM5 80GB HBM3 (Hopper, sm_90)"),
-    GpuKind.from_spec("h200", "NVIDIA H200 SXM 141GB HBM3e (Hopper, sm_90)"),
-    GpuKind.from_spec("b200", "NVIDIA B200 180GB HBM3e (Blackwell, sm_100)"),
+    GpuKind.from_config_file("a100-40", "NVIDIA A100 SXM4 40GB (Ampere, sm_80)"),
+    GpuKind.from_config_file("a100-80", "NVIDIA A100 SXM4 80GB (Ampere, sm_80)"),
+    GpuKind.from_config_file("h100", "NVIDIA H100 SXM5 80GB HBM3 (Hopper, sm_90)"),
+    GpuKind.from_config_file("h200", "NVIDIA H200 SXM 141GB HBM3e (Hopper, sm_90)"),
+    GpuKind.from_config_file("b200", "NVIDIA B200 180GB HBM3e (Blackwell, sm_100)"),
 )}
 
 
@@ -119,7 +119,7 @@ def gpu_devices(kind: str, topology: str = "1x1x8") -> tuple[jax.Device, ...]:
       topology: e.g. ``1x1x8`` (one node of 8 GPUs) or ``2x1x8`` (two nodes, 16 devices).
 
     Returns:
-      The devices, in id order (platform ``gpu``, device_kind as the spec file names it).
+      The devices, in id order (platform ``gpu``, device_kind as the target config names it).
 
     Raises:
       ConfigError: (path ``target.name``) unknown kind, malformed or rejected topology, no CUDA
@@ -134,10 +134,11 @@ def gpu_devices(kind: str, topology: str = "1x1x8") -> tuple[jax.Device, ...]:
                           "<devices per host>, each >= 1 (e.g. 1x1x8)", value=value)
     if not plugin_available():
         raise ConfigError("target.name", f"needs the jax CUDA plugin: {_INSTALL}", value=value)
-    text = GPU_KINDS[kind].spec_file.read_text(encoding="utf-8")
-    missing = [f for f in _REQUIRED if spec_fields(text).get(f, 0) <= 0]
+    text = GPU_KINDS[kind].config_file.read_text(encoding="utf-8")
+    missing = [f for f in _REQUIRED if config_fields(text).get(f, 0) <= 0]
     if missing:
-        raise ConfigError("target.name", f"spec file lacks {', '.join(missing)}", value=value)
+        raise ConfigError("target.name", f"target config file lacks {', '.join(missing)}",
+                          value=value)
     from jax.experimental import topologies
 
     try:
@@ -149,7 +150,7 @@ def gpu_devices(kind: str, topology: str = "1x1x8") -> tuple[jax.Device, ...]:
             "target.name", "the CUDA plugin is installed but not registered in this process: "
             f"set JAX_PLATFORMS=cpu (or {_SKIP}=1) before JAX starts on a machine without a GPU",
             value=value) from None
-    except Exception as e:  # the plugin rejects the topology or the spec
+    except Exception as e:  # the plugin rejects the topology or the config
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise ConfigError("target.name", f"the CUDA plugin rejected the topology ({msg})",
                           value=value) from None

@@ -19,8 +19,8 @@ from jaxmem.config import MODES
 from jaxmem.distributed import Cluster, is_process_zero
 from jaxmem.errors import ConfigError, check_choice
 from jaxmem.experiment import Experiment
-from jaxmem.harness import residual_report
-from jaxmem.runner import check_points
+from jaxmem.residuals import residual_report
+from jaxmem.runner import prepare
 from jaxmem.runner import run as run_experiment
 
 
@@ -106,12 +106,16 @@ def residuals_cmd(experiment: Path, overrides: tuple[str, ...]) -> None:
     try:
         exp = Experiment.from_yaml(experiment, overrides)
         points = exp.grid()
-        check_points(points, "compile")
+        for point in points:
+            if point.config.task != "train":
+                raise ConfigError("task", "has no backward pass, so nothing is kept for one; "
+                                  "residuals apply to task train", value=point.config.task)
+        setups = prepare(points, "compile")
     except ConfigError as e:
         _fail(str(e), 2)
     console = report.wide_console()
-    for point in points:
-        residuals, note = residual_report(point.config)
+    for point, setup in zip(points, setups, strict=True):
+        residuals, note = residual_report(setup)
         console.print(report.residual_table(residuals, title=f"{exp.name}: {point.name}",
                                             note=note))
 

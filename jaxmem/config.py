@@ -4,7 +4,9 @@ Each section validates itself on construction and raises :class:`~jaxmem.errors.
 naming the field, the bad value and the valid choices. Sections whose main field has a
 ``PRIMARY`` name accept a scalar in YAML: ``remat: full`` is ``remat: {policy: full}``.
 
-Model sections live beside their models (``jaxmem/models/*.py``) and register a ``kind`` here.
+Model sections live beside their models (``jaxmem/models/*.py``) and register a ``kind`` with
+:class:`~jaxmem.models.base.ModelConfig`; what a model can and cannot do is asked through its
+hooks, never by its kind.
 
 Example:
   >>> from jaxmem.config import Config, RematConfig
@@ -15,95 +17,15 @@ Example:
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import ClassVar
 
 from jaxmem import optim, precision, remat, sharding, targets
 from jaxmem.errors import ConfigError, check_choice, check_positive
-
-if TYPE_CHECKING:
-    from jaxmem.models.workload import BuildOptions, Workload
-
-
-@dataclasses.dataclass(frozen=True)
-class ModelConfig:
-    """Base of the model sections; ``kind`` picks the registered subclass."""
-
-    kind: str = "gpt"
-    KINDS: ClassVar[dict[str, type[ModelConfig]]] = {}
-    #: parameter path of the block list (``freeze.blocks``), and the embeddings' patterns
-    BLOCKS_PATH: ClassVar[str | None] = None
-    EMBEDDING_PATTERNS: ClassVar[tuple[str, ...]] = ()
-    #: ``(glob over parameter paths, logical axes)``: how ``jaxmem.sharding`` splits them;
-    #: parameters matching none are split by the ZeRO axes alone
-    PARAM_AXES: ClassVar[tuple[tuple[str, tuple[str | None, ...]], ...]] = ()
-
-    @classmethod
-    def register(cls, kind: str):
-        """Class decorator: makes ``kind: <kind>`` in YAML build the decorated section."""
-
-        def deco(sub: type[ModelConfig]) -> type[ModelConfig]:
-            cls.KINDS[kind] = sub
-            return sub
-
-        return deco
-
-    @classmethod
-    def dispatch(cls, raw: Mapping[str, Any]) -> type[ModelConfig]:
-        """The section class for ``raw['kind']`` (default ``gpt``)."""
-        import jaxmem.models  # noqa: F401  (registers the built-in kinds)
-
-        kind = raw.get("kind", "gpt")
-        check_choice("kind", kind, cls.KINDS, what="model kind")
-        return cls.KINDS[kind]
-
-    def check_sharding(self, mesh_shape: Mapping[str, int], rules: sharding.Rules) -> None:
-        """Raises ConfigError if the mesh splits something the model cannot split."""
-
-    def build(self, opts: BuildOptions) -> Workload:
-        """The model constructor, batch shapes and loss for this section."""
-        raise NotImplementedError(f"model kind {self.kind!r} does not define build()")
-
-    def checkpoint_names(self) -> tuple[str, ...] | None:
-        """Names this model tags with ``checkpoint_name`` (None: unknown, e.g. custom)."""
-        return ()
-
-    def freeze_patterns(self, blocks: int, embeddings: bool) -> tuple[str, ...]:
-        """Parameter path patterns for the freeze presets (first ``blocks`` blocks,
-        embeddings); ConfigError where this model has no such preset."""
-        layers = self.layer_count()
-        for field, wanted, available in (("freeze.blocks", blocks, self.BLOCKS_PATH),
-                                         ("freeze.embeddings", embeddings,
-                                          self.EMBEDDING_PATTERNS)):
-            if wanted and not available:
-                raise ConfigError(field, f"model kind {self.kind!r} has no such preset; use "
-                                  "freeze.patterns", value=wanted)
-        if blocks and layers is not None:
-            count, scanned = layers
-            if scanned:
-                raise ConfigError("freeze.blocks", "needs model.stack=loop: a scanned stack "
-                                  "keeps every block in one array", value=blocks)
-            if blocks > count:
-                raise ConfigError("freeze.blocks", f"exceeds the {count} blocks", value=blocks)
-        patterns = tuple(f"{self.BLOCKS_PATH}/{i}/*" for i in range(blocks))
-        return patterns + (self.EMBEDDING_PATTERNS if embeddings else ())
-
-    def check_platform(self, platform: str) -> None:
-        """Raises Unsupported when the model cannot run on ``platform`` (e.g. cuDNN on CPU)."""
-
-    def layer_count(self) -> tuple[int, bool] | None:
-        """``(blocks, scanned)`` of the remat stack; None where jaxmem does not apply remat."""
-        return None
-
-    def __post_init__(self) -> None:
-        if type(self).KINDS.get(self.kind) is not type(self):
-            check_choice("kind", self.kind, self.KINDS, what="model kind")
-            raise ConfigError("kind", f"does not match {type(self).__name__}", value=self.kind)
+from jaxmem.models import GPTConfig, ModelConfig
+from jaxmem.models.stack import nested_group_size
 
 
 def _default_model() -> ModelConfig:
-    from jaxmem.models.gpt import GPTConfig
-
     return GPTConfig()
 
 
@@ -182,12 +104,16 @@ class RematConfig:
       policy: a policy name (``none``, ``dots``, ``minimal``, ``full``, ``save:a+b``, ...).
       every: apply the policy to every k-th block only (the others keep everything).
       nested: nested sqrt(L) remat over a scanned stack (``model.stack: scan``).
+      allow_untagged: run a policy that names checkpoints the model does not tag (they are
+        then recomputed as under ``full``); the row says which names were missing. Without
+        it such a policy is refused as bad input.
     """
 
     PRIMARY: ClassVar[str] = "policy"
     policy: str = "none"
     every: int = 1
     nested: bool = False
+    allow_untagged: bool = False
 
     def __post_init__(self) -> None:
         try:
@@ -290,17 +216,14 @@ class ShardingConfig:
                 raise ConfigError(f"param_axes[{i}]", "needs a pattern and at least one axis",
                                   value=list(entry))
         try:
-            self.build_rules()
+            self.resolve()
         except ConfigError as e:
             raise ConfigError("rules", e.problem, value=e.value, choices=e.choices) from None
 
-    def build_rules(self) -> sharding.Rules:
-        """The preset with the overrides applied."""
-        return sharding.rules(self.preset, [(r[0], r[1:]) for r in self.rules])
-
-    def axes_table(self) -> tuple[tuple[str, tuple[str, ...]], ...]:
-        """``(pattern, logical axes)`` pairs from ``param_axes``."""
-        return tuple((e[0], tuple(e[1:])) for e in self.param_axes)
+    def resolve(self) -> sharding.Rules:
+        """The preset's rules with the overrides applied (``jaxmem.setup`` calls this once
+        per configuration)."""
+        return sharding.preset_rules(self.preset, [(r[0], r[1:]) for r in self.rules])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -428,12 +351,12 @@ class Config:
         check_choice("task", self.task, TASKS, what="task")
         self._check_task()
         self._check_remat()
+        self._check_freeze()
         ways = self.mesh.batch_ways()
         if ways and self.data.batch_size % ways:
             raise ConfigError("data.batch_size", f"must be divisible by mesh.data x mesh.fsdp "
                               f"= {ways}", value=self.data.batch_size)
-        zero = self.sharding.build_rules().zero
-        for axis in zero:
+        for axis in sharding.PRESETS[self.sharding.preset].zero:
             if getattr(self.mesh, axis) == 1:
                 raise ConfigError("sharding.preset", f"splits the training state over "
                                   f"mesh.{axis}, which has size 1; set mesh.{axis} (-1: all "
@@ -444,7 +367,7 @@ class Config:
         r, model = self.remat, self.model
         names = model.checkpoint_names()
         policy = remat.get(r.policy)
-        if names is not None and policy.names:
+        if names is not None and policy.names and not r.allow_untagged:
             unknown = [n for n in policy.names if n not in names]
             if unknown:
                 raise ConfigError("remat.policy", f"names checkpoints model kind {model.kind!r} "
@@ -459,8 +382,6 @@ class Config:
             return
         count, scanned = layers
         if r.nested:
-            from jaxmem.models.stack import nested_group_size
-
             if not scanned:
                 raise ConfigError("remat.nested", "needs a scanned stack (model.stack: scan)",
                                   value=True)
@@ -474,8 +395,18 @@ class Config:
             raise ConfigError("remat.every", f"must divide the {count} scanned layers",
                               value=r.every)
 
+    def _check_freeze(self) -> None:
+        """Freeze presets the model does not have (patterns are checked against the model's
+        parameters when the configuration is resolved: ``jaxmem.setup``)."""
+        self.freeze_patterns()
+
+    def freeze_patterns(self) -> tuple[str, ...]:
+        """Every parameter path pattern to freeze: ``freeze.patterns`` and the presets."""
+        f = self.freeze
+        return (*f.patterns, *self.model.freeze_patterns(f.blocks, f.embeddings))
+
     def _check_task(self) -> None:
-        """Settings that only make sense for some tasks."""
+        """Settings that only make sense for some tasks, and tasks the model cannot do."""
         if self.task == "train":
             if self.inference != InferenceConfig():
                 raise ConfigError("inference", "applies to task inference or decode",
@@ -488,14 +419,4 @@ class Config:
             if set_:
                 raise ConfigError(field, f"applies to task train, not {self.task}",
                                   value=self.task)
-        if self.inference.prune != "none" and not self.model.checkpoint_names():
-            raise ConfigError("inference.prune", f"prunes transformer MLPs; model kind "
-                              f"{self.model.kind!r} has none", value=self.inference.prune)
-        if self.task == "decode":
-            seq_len = getattr(self.model, "seq_len", None)
-            if self.model.kind != "gpt":
-                raise ConfigError("task", "decode needs a gpt model (a KV cache)",
-                                  value=self.model.kind)
-            if self.inference.context > seq_len:
-                raise ConfigError("inference.context", f"exceeds the model's seq_len={seq_len}",
-                                  value=self.inference.context)
+        self.model.check_task(self.task, self.inference)

@@ -24,11 +24,16 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+from typing import TYPE_CHECKING
 
 import jax
 import numpy as np
 
 from jaxmem.errors import ConfigError
+from jaxmem.units import fmt_bytes
+
+if TYPE_CHECKING:
+    from jaxmem.record import Record
 
 #: environment variable carrying a Cluster to run-mode workers
 ENV = "JAXMEM_CLUSTER"
@@ -105,6 +110,17 @@ def gather(values: dict[str, float | None]) -> dict[str, list[float | None]]:
         table = row[None]
     return {k: [None if np.isnan(v) else float(v) for v in table[:, i]]
             for i, k in enumerate(keys)}
+
+
+def gather_compiled(record: Record) -> None:
+    """Adds every process's compiled total to ``record`` (all processes must call this for
+    the same configuration, whatever its status)."""
+    totals = gather({"total": record.get("compiled.total_bytes")})["total"]
+    if record.ok:
+        record.compiled["total_bytes_per_process"] = totals
+        if len(set(totals)) > 1:
+            record.notes.append("processes compiled different totals: "
+                                + ", ".join(fmt_bytes(t) for t in totals))
 
 
 def is_process_zero(cluster: Cluster | None) -> bool:

@@ -1,7 +1,11 @@
-"""The one error type for bad input: it names the field, the bad value and the valid choices."""
+"""Errors: bad input (:class:`ConfigError`, one line naming the field, the bad value and the
+valid choices), what a backend cannot do (:class:`Unsupported`), and how any other failure is
+told in a result row."""
 
 from __future__ import annotations
 
+import re
+import traceback
 from collections.abc import Iterable
 from typing import Any
 
@@ -80,3 +84,36 @@ def check_choice(name: str, value: Any, choices: Iterable[Any], what: str = "val
 class Unsupported(RuntimeError):
     """The backend cannot do what a valid configuration asks (e.g. host offload without memory
     kinds). The configuration's row gets ``status: unsupported`` and this message."""
+
+
+# ------------------------------------------------------------- failures as result rows
+
+#: How XLA says that a step cannot fit: at compile time (libtpu) or when allocating (GPU).
+_OUT_OF_MEMORY = re.compile(r"RESOURCE_EXHAUSTED|CompileTimeHbmOom")
+
+
+def is_out_of_memory(e: BaseException) -> bool:
+    """True when ``e`` is XLA refusing a step for lack of device memory.
+
+    Example:
+      >>> is_out_of_memory(RuntimeError("RESOURCE_EXHAUSTED: Ran out of memory in hbm"))
+      True
+    """
+    return bool(_OUT_OF_MEMORY.search(str(e)))
+
+
+def one_line_error(e: BaseException) -> str:
+    """``Type: message`` on one line (its first three lines joined), for result rows.
+
+    Example:
+      >>> one_line_error(ValueError("bad\\nworse\\n\\nworst\\nmore"))
+      'ValueError: bad | worse | worst'
+    """
+    msg = f"{type(e).__name__}: {e}".strip()
+    lines = [ln for ln in msg.splitlines() if ln.strip()]
+    return " | ".join(lines[:3])[:2000] if lines else type(e).__name__
+
+
+def describe_failure(e: BaseException) -> str:
+    """The whole traceback, for a worker's log."""
+    return "".join(traceback.format_exception(e))

@@ -7,50 +7,44 @@ activations kept for a backward: what remains is the weights, the batch or the c
 forward's temporaries.
 
 Example:
-  >>> from jaxmem import Experiment
+  >>> from jaxmem import Experiment, analytic
   >>> from jaxmem.inference import build_decode_program
+  >>> from jaxmem.setup import resolve
   >>> config = Experiment.from_dict({"task": "decode", "inference": {"context": 64},
   ...                                "data": {"batch_size": 4}}).config
-  >>> program = build_decode_program(config)
-  >>> program.analytic["kv_cache_bytes"]  # 2 (k, v) x 2 layers x 4 x 64 x 128 x 4 bytes
+  >>> program = build_decode_program(resolve(config))
+  >>> analytic.tree_bytes(program.cache)  # 2 (k, v) x 2 layers x 4 x 64 x 128 x 4 bytes
   524288
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import nnx
 from jax.sharding import NamedSharding
 
 from jaxmem import precision, prune, quant, sharding
-from jaxmem.config import Config
 from jaxmem.errors import ConfigError
 from jaxmem.models.attention import KVCache
-from jaxmem.models.workload import Workload
-from jaxmem.program import (
-    Program,
-    batch_specs,
-    build_workload,
-    make_mesh,
-    no_eager_sharding,
-    variable_shardings,
-)
+from jaxmem.program import Program, abstract_batch, no_eager_sharding, variable_shardings
+
+if TYPE_CHECKING:
+    from jaxmem.setup import Setup
 
 WEIGHT_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
-def model_fn(config: Config, workload: Workload) -> Callable[[], nnx.Module]:
+def model_fn(setup: Setup) -> Callable[[], nnx.Module]:
     """Builds the model, then prunes and quantises it as ``config.inference`` says."""
-    inf = config.inference
+    inf, workload, seed = setup.config.inference, setup.workload, setup.config.data.seed
 
     def make() -> nnx.Module:
-        model = workload.init(nnx.Rngs(config.data.seed))
+        model = workload.init(nnx.Rngs(seed))
         if inf.prune == "masked":
             prune.mask_mlps(model, inf.prune_fraction)
         if inf.weights == "int8":
@@ -68,16 +62,16 @@ class _Weights:
     init: Any  # jitted () -> (params, rest)
 
 
-def _weights(config: Config, workload: Workload, mesh: Any) -> _Weights:
-    policy = precision.get(config.precision.policy)
-    make = model_fn(config, workload)
-    store = WEIGHT_DTYPES.get(config.inference.weights)
+def _weights(setup: Setup) -> _Weights:
+    policy, weights = setup.precision, setup.config.inference.weights
+    make = model_fn(setup)
+    store = WEIGHT_DTYPES.get(weights)
 
     def init_state() -> tuple[Any, Any]:
         with no_eager_sharding():
             model = make()
         _, params, rest = nnx.split(model, nnx.Param, ...)
-        if config.inference.weights != "int8":  # int8 models keep their float32 scales
+        if weights != "int8":  # int8 models keep their float32 scales
             params = (policy.cast_to_param(params) if store is None
                       else precision.cast_floats(params, store))
         return params, rest
@@ -86,58 +80,50 @@ def _weights(config: Config, workload: Workload, mesh: Any) -> _Weights:
         model = nnx.eval_shape(make)
     graphdef, _, _ = nnx.split(model, nnx.Param, ...)
     params, rest = jax.eval_shape(init_state)
-    shardings = variable_shardings(config, mesh, model, params, rest)
+    shardings = variable_shardings(setup, model, params, rest)
     params, rest = (sharding.place(t, s) for t, s in zip((params, rest), shardings, strict=True))
     return _Weights(graphdef, params, rest, jax.jit(init_state, out_shardings=shardings))
 
 
-def build_inference_program(config: Config,
-                            devices: Sequence[jax.Device] | None = None) -> Program:
+def build_inference_program(setup: Setup) -> Program:
     """A jitted forward pass over one batch of the model's inputs."""
-    mesh = make_mesh(config, devices)
-    workload = build_workload(config)
+    config, mesh, policy, workload = setup.config, setup.mesh, setup.precision, setup.workload
     if workload.predict is None:
         raise ConfigError("task", f"model {config.model.kind!r} gives no predict function "
                           "(Workload.predict)", value=config.task)
-    policy = precision.get(config.precision.policy)
-    w = _weights(config, workload, mesh)
-    batch = batch_specs({k: workload.batch[k] for k in workload.inputs}, mesh)
+    w = _weights(setup)
+    batch = abstract_batch({k: workload.batch[k] for k in workload.inputs}, mesh)
 
     def forward(params: Any, rest: Any, batch: dict[str, jax.Array]) -> jax.Array:
         model = nnx.merge(w.graphdef, policy.cast_to_compute(params), rest, copy=True)
         return workload.predict(model, policy.cast_to_compute(batch))
 
-    step = jax.jit(sharding.with_rules(forward, mesh, config.sharding.build_rules()))
+    step = jax.jit(sharding.with_rules(forward, mesh, setup.rules))
     program: Program
 
     def make_args(key: jax.Array) -> tuple[Any, ...]:
         return (*w.init(), program.sample_batch(key))
 
-    program = Program(config=config, workload=workload, mesh=mesh, graphdef=w.graphdef,
-                      params=w.params, rest=w.rest, opt_state=None, batch=batch,
-                      abstract_args=(w.params, w.rest, batch), carry=0, step=step,
-                      make_args=make_args, init=w.init)
+    program = Program(setup=setup, graphdef=w.graphdef, params=w.params, rest=w.rest,
+                      opt_state=None, batch=batch, abstract_args=(w.params, w.rest, batch),
+                      carried_args=0, step=step, make_args=make_args, init=w.init)
     return program
 
 
-def build_decode_program(config: Config,
-                         devices: Sequence[jax.Device] | None = None) -> Program:
+def build_decode_program(setup: Setup) -> Program:
     """A jitted decode step: one token per sequence at the last cache position; the cache is
     donated and updated in place."""
-    mesh = make_mesh(config, devices)
-    workload = build_workload(config)
-    policy = precision.get(config.precision.policy)
-    w = _weights(config, workload, mesh)
+    config, mesh, policy, rules = setup.config, setup.mesh, setup.precision, setup.rules
+    w = _weights(setup)
     m = config.model
     B, C = config.data.batch_size, config.inference.context or m.seq_len
     H, K = m.num_heads, m.d_model // m.num_heads
-    rules = config.sharding.build_rules()
     shape = (m.num_layers, B, C, H, K)
     cache_sharding = NamedSharding(mesh, sharding.activation_spec(
         ("layers", "batch", "length", "heads", "kv"), shape, mesh, rules))
     kv = jax.ShapeDtypeStruct(shape, policy.compute_dtype, sharding=cache_sharding)
     cache = KVCache(kv, kv)
-    tokens = batch_specs({"tokens": jax.ShapeDtypeStruct((B, 1), jnp.int32)}, mesh)["tokens"]
+    tokens = abstract_batch({"tokens": jax.ShapeDtypeStruct((B, 1), jnp.int32)}, mesh)["tokens"]
     pos = jax.ShapeDtypeStruct((), jnp.int32, sharding=sharding.replicated(mesh))
 
     def decode(cache: KVCache, params: Any, rest: Any, tokens_Bx1: jax.Array,
@@ -156,9 +142,7 @@ def build_decode_program(config: Config,
         return (KVCache(zeros(), zeros()), params, rest,
                 jax.device_put(ids, tokens.sharding), jnp.int32(C - 1))
 
-    kv_bytes = 2 * int(np.prod(kv.shape)) * np.dtype(kv.dtype).itemsize
-    return Program(config=config, workload=workload, mesh=mesh, graphdef=w.graphdef,
-                   params=w.params, rest=w.rest, opt_state=None,
-                   batch={"tokens": tokens}, abstract_args=(cache, w.params, w.rest, tokens, pos),
-                   carry=1, step=step, make_args=make_args, init=w.init,
-                   analytic={"kv_cache_bytes": kv_bytes, "context": C})
+    return Program(setup=setup, graphdef=w.graphdef, params=w.params, rest=w.rest,
+                   opt_state=None, batch={"tokens": tokens},
+                   abstract_args=(cache, w.params, w.rest, tokens, pos), carried_args=1,
+                   step=step, make_args=make_args, init=w.init, cache=cache)

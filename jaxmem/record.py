@@ -39,7 +39,10 @@ FIELDS: dict[str, str] = {
     "env.device_kind": "device model, e.g. NVIDIA H100 80GB HBM3",
     "env.device_count": "devices in the configuration's mesh",
     "env.process_count": "JAX processes (hosts)",
-    "env.device_memory_bytes": "memory of one device of the target (None: unknown, e.g. CPU)",
+    "env.device_memory_bytes": "memory one device of the target lets XLA use: libtpu's "
+                               "figure (TPU), the GPU allocator's share of the device "
+                               "(XLA_PYTHON_CLIENT_MEM_FRACTION), or the attached device's "
+                               "bytes_limit (None: unknown, e.g. CPU)",
     "env.device_memory_source": "where device_memory_bytes comes from",
     "env.jax_version": "jax version",
     "env.jaxlib_version": "jaxlib version",
@@ -56,10 +59,13 @@ FIELDS: dict[str, str] = {
                                        "(the most loaded device)",
     "analytic.opt_state_bytes_per_device": "optimizer-state bytes one device holds",
     "analytic.batch_bytes_per_device": "batch bytes one device holds",
+    "analytic.argument_bytes_per_device": "bytes of all the step's arguments one device holds "
+                                          "(their own bytes, before any layout padding)",
     "analytic.residual_bytes": "bytes the forward pass saves for the parameter gradients "
                                "(activations, compute-dtype parameter copies), from the jaxpr "
-                               "before XLA fusion, whole batch (one microbatch when "
-                               "accumulating); None without a backward",
+                               "before XLA fusion: the whole global batch, all devices "
+                               "together, not per device (one microbatch when accumulating); "
+                               "None without a backward",
     "analytic.kv_cache_bytes": "decode: keys and values of every layer, batch x context",
     "analytic.context": "decode: cached positions per sequence",
     "compiled.argument_bytes": "per device: step inputs (params, optimizer state, batch)",
@@ -67,7 +73,9 @@ FIELDS: dict[str, str] = {
     "compiled.alias_bytes": "per device: outputs written into donated inputs",
     "compiled.temp_bytes": "per device: XLA scratch (activations, gradients, ...)",
     "compiled.total_bytes": "per device: argument + output + temp - alias",
-    "compiled.peak_bytes": "per device: XLA's peak_memory_in_bytes where reported",
+    "compiled.peak_bytes": "per device: XLA's peak_memory_in_bytes where reported (libtpu: "
+                           "the peak it checks against HBM; XLA:CPU: leaves out loop bodies' "
+                           "working set)",
     "compiled.generated_code_bytes": "per device: compiled program size",
     "compiled.host_argument_bytes": "per device: host-memory arguments",
     "compiled.host_output_bytes": "per device: host-memory outputs",
@@ -80,10 +88,12 @@ FIELDS: dict[str, str] = {
     "compiled.cost_has_loops": "true when the step has loops (a scanned stack): XLA counts a "
                                "loop body once, so flops, bytes_accessed and transcendentals "
                                "undercount",
-    "compiled.fits": "compiled.total_bytes <= env.device_memory_bytes (absent when the "
+    "compiled.fits": "compiled.<fits_basis> <= env.device_memory_bytes (absent when the "
                      "target's memory is unknown; false for oom rows)",
-    "compiled.headroom_bytes": "env.device_memory_bytes - compiled.total_bytes (negative: "
+    "compiled.headroom_bytes": "env.device_memory_bytes - compiled.<fits_basis> (negative: "
                                "short by that much)",
+    "compiled.fits_basis": "the figure fits is decided by: peak_bytes on TPU (libtpu's own "
+                           "check), total_bytes on GPU and CPU",
     "compiled.collective_count": "collective instructions in the compiled HLO (a loop body "
                                  "counts once)",
     "compiled.collective_bytes": "sum of their result bytes on one device",

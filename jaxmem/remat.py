@@ -17,10 +17,12 @@ everything else is recomputed. Names:
 The registry is a dict, and the parametric forms a dict of builders, so a new policy is an entry,
 not a branch.
 
+:func:`apply` is the one way to use a policy: on an NNX module, or on a function.
+
 Example:
   >>> import jax.numpy as jnp
   >>> from jaxmem import remat
-  >>> f = remat.wrap(lambda x: jnp.sin(jnp.sin(x)), "full")
+  >>> f = remat.apply(lambda x: jnp.sin(jnp.sin(x)), "full")
   >>> float(f(jnp.float32(0.0)))
   0.0
   >>> remat.get("save:query+key").names
@@ -30,10 +32,12 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable
 from typing import Any
 
 import jax
+import numpy as np
 from flax import nnx
 
 from jaxmem.errors import ConfigError
@@ -124,8 +128,10 @@ def choices() -> list[str]:
     return [*sorted(POLICIES), *(f"{k}:<name>+<name>" for k in PARAMETRIC)]
 
 
+@functools.cache
 def get(name: str) -> RematPolicy:
-    """The policy called ``name``; ConfigError listing the valid names otherwise."""
+    """The policy called ``name`` (the same object for the same name, so that modules holding
+    it compare equal); ConfigError listing the valid names otherwise."""
     if name in POLICIES:
         return POLICIES[name]
     kind, sep, rest = name.partition(":")
@@ -137,52 +143,86 @@ def get(name: str) -> RematPolicy:
     raise ConfigError("remat.policy", "unknown remat policy", value=name, choices=choices())
 
 
-def jax_checkpoint(fn: Callable[..., Any], name: str, *, prevent_cse: bool = True):
-    """``jax.checkpoint(fn)`` under policy ``name`` (``fn`` itself for ``none``); for pure
-    functions of arrays."""
-    p = get(name)
-    if not p.checkpoint:
-        return fn
-    return jax.checkpoint(fn, policy=p.policy, prevent_cse=prevent_cse)
+def _resolve(policy: str | RematPolicy) -> RematPolicy:
+    return policy if isinstance(policy, RematPolicy) else get(policy)
 
 
-def wrap(fn: Callable[..., Any], name: str, *, prevent_cse: bool = True) -> Callable[..., Any]:
-    """``fn`` checkpointed under policy ``name`` (``fn`` itself for ``none``).
+def _is_node(x: Any) -> bool:
+    """NNX graph nodes (modules, variables) travel through ``nnx.remat`` whole."""
+    return isinstance(x, (nnx.Module, nnx.Variable))
 
-    ``fn`` may take NNX modules as arguments (it is wrapped with ``nnx.remat``). Inside ``scan``
-    pass ``prevent_cse=False``: the loop already stops XLA from merging the recompute.
+
+def _is_traced(x: Any) -> bool:
+    """What becomes an input of the checkpointed function: arrays and NNX graph nodes. Any
+    other argument (a flag, a size, None) stays a Python value, as without remat."""
+    return _is_node(x) or isinstance(x, (jax.Array, np.ndarray, np.generic))
+
+
+def _checkpointed(fn: Callable[..., Any], policy: RematPolicy,
+                  prevent_cse: bool) -> Callable[..., Any]:
+    """``fn`` under ``nnx.remat``, callable with positional and keyword arguments alike.
+
+    ``nnx.remat`` (like ``jax.checkpoint`` with static arguments) cannot take keyword
+    arguments, and would trace Python flags into arrays; so the arguments are flattened, the
+    arrays and graph nodes passed positionally, and everything else closed over.
     """
-    p = get(name)
-    if not p.checkpoint:
+    if not policy.checkpoint:
         return fn
-    return nnx.remat(fn, policy=p.policy, prevent_cse=prevent_cse)
+
+    @functools.wraps(fn)
+    def call(*args: Any, **kwargs: Any) -> Any:
+        leaves, tree = jax.tree.flatten((args, kwargs), is_leaf=_is_node)
+        traced = [i for i, x in enumerate(leaves) if _is_traced(x)]
+
+        def inner(*values: Any) -> Any:
+            merged = list(leaves)
+            for i, v in zip(traced, values, strict=True):
+                merged[i] = v
+            a, k = jax.tree.unflatten(tree, merged)
+            return fn(*a, **k)
+
+        inner_remat = nnx.remat(inner, policy=policy.policy, prevent_cse=prevent_cse)
+        return inner_remat(*(leaves[i] for i in traced))
+
+    return call
 
 
-class Remat(nnx.Module):
-    """An NNX module whose calls are checkpointed under a named policy (see :func:`apply`)."""
+class _Checkpointed(nnx.Module):
+    """An NNX module whose calls are checkpointed (what :func:`apply` returns for a module)."""
 
-    def __init__(self, module: nnx.Module, policy: str):
-        get(policy)
+    def __init__(self, module: nnx.Module, policy: RematPolicy, prevent_cse: bool):
         self.module = module
         self.policy = policy
+        self.prevent_cse = prevent_cse
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        return wrap(lambda m, *a, **k: m(*a, **k), self.policy)(self.module, *args, **kwargs)
+        call = _checkpointed(lambda m, *a, **k: m(*a, **k), self.policy, self.prevent_cse)
+        return call(self.module, *args, **kwargs)
 
 
-def apply(module_or_fn: nnx.Module | Callable[..., Any], policy: str):
-    """Your own NNX module or function, checkpointed under ``policy``.
+def apply(module_or_fn: nnx.Module | Callable[..., Any], policy: str | RematPolicy, *,
+          prevent_cse: bool = True) -> Any:
+    """Your own NNX module or function, checkpointed under ``policy`` (a name or a policy).
 
-    A module comes back wrapped in :class:`Remat` (use it where the module was: its parameters
-    are the same); a function comes back wrapped with ``nnx.remat``.
+    A module comes back wrapped (use it where the module was; its parameters are the same, one
+    level down under ``module``); a function comes back wrapped. Either is called as before,
+    with positional and keyword arguments; NNX modules among the arguments are handled by
+    ``nnx.remat``, arrays become the checkpoint's inputs, other values stay Python values.
+    Policy ``none`` returns the module or function unchanged. Inside ``jax.lax.scan`` pass
+    ``prevent_cse=False``: the loop already keeps XLA from merging the recomputation.
 
     Example:
+      >>> import jax.numpy as jnp
       >>> from flax import nnx
       >>> from jaxmem import remat
       >>> layer = remat.apply(nnx.Linear(4, 4, rngs=nnx.Rngs(0)), "minimal")
-      >>> layer(jax.numpy.ones((2, 4))).shape
+      >>> layer(jnp.ones((2, 4))).shape
       (2, 4)
+      >>> f = remat.apply(lambda x, *, scale: jnp.sin(x) * scale, "full")
+      >>> float(f(jnp.float32(0.0), scale=2.0))
+      0.0
     """
+    p = _resolve(policy)
     if isinstance(module_or_fn, nnx.Module):
-        return Remat(module_or_fn, policy)
-    return wrap(module_or_fn, policy)
+        return module_or_fn if not p.checkpoint else _Checkpointed(module_or_fn, p, prevent_cse)
+    return _checkpointed(module_or_fn, p, prevent_cse)

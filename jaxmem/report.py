@@ -11,6 +11,7 @@ Example:
 
 from __future__ import annotations
 
+import io
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -20,6 +21,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from jaxmem.analytic import Residual
+from jaxmem.measure import fits_explanation
 from jaxmem.record import Record
 from jaxmem.units import fmt_bytes, fmt_count, fmt_delta, fmt_seconds
 
@@ -36,8 +38,12 @@ class Column:
     optional: bool = False
     #: shown only when some row's value differs from this field's (e.g. a sharded share)
     unless_equal: str | None = None
+    #: shown only when some ok row satisfies this
+    when: Callable[[Record], bool] | None = None
 
     def shown(self, records: Sequence[Record]) -> bool:
+        if self.when is not None:
+            return any(self.when(r) for r in records if r.ok)
         if self.unless_equal:
             return any(r.get(self.field) != r.get(self.unless_equal) for r in records if r.ok)
         return not self.optional or any(r.get(self.field) for r in records)
@@ -50,25 +56,29 @@ def fmt_headroom(value: float | None) -> str:
     return f"yes ({fmt_bytes(value)} free)" if value >= 0 else f"NO (short {fmt_bytes(-value)})"
 
 
+#: Headers say what a figure covers: ``/dev`` one device, ``model`` the whole model,
+#: ``batch`` the whole global batch (all devices together).
 COMPILE_COLUMNS = (
     Column("params", "analytic.param_count", fmt_count),
-    Column("param bytes", "analytic.param_bytes", fmt_bytes, delta=True),
+    Column("param bytes model", "analytic.param_bytes", fmt_bytes, delta=True),
     Column("params/dev", "analytic.param_bytes_per_device", fmt_bytes, delta=True,
            unless_equal="analytic.param_bytes"),
     Column("opt state/dev", "analytic.opt_state_bytes_per_device", fmt_bytes, delta=True,
            unless_equal="analytic.opt_state_bytes"),
     Column("model state", "analytic.rest_bytes", fmt_bytes, optional=True),
-    Column("KV cache", "analytic.kv_cache_bytes", fmt_bytes, delta=True, optional=True),
-    Column("argument", "compiled.argument_bytes", fmt_bytes),
-    Column("temp", "compiled.temp_bytes", fmt_bytes, delta=True),
-    Column("total", "compiled.total_bytes", fmt_bytes, delta=True),
+    Column("KV cache batch", "analytic.kv_cache_bytes", fmt_bytes, delta=True, optional=True),
+    Column("argument/dev", "compiled.argument_bytes", fmt_bytes),
+    Column("temp/dev", "compiled.temp_bytes", fmt_bytes, delta=True),
+    Column("total/dev", "compiled.total_bytes", fmt_bytes, delta=True),
+    Column("peak/dev", "compiled.peak_bytes", fmt_bytes, delta=True,
+           when=lambda r: r.get("compiled.fits_basis") == "peak_bytes"),
     Column("fits", "compiled.headroom_bytes", fmt_headroom, optional=True),
-    Column("host args", "compiled.host_argument_bytes", fmt_bytes, optional=True),
-    Column("host temp", "compiled.host_temp_bytes", fmt_bytes, optional=True),
+    Column("host args/dev", "compiled.host_argument_bytes", fmt_bytes, optional=True),
+    Column("host temp/dev", "compiled.host_temp_bytes", fmt_bytes, optional=True),
     Column("collectives", "compiled.collective_count", fmt_count, optional=True),
-    Column("coll. bytes", "compiled.collective_bytes", fmt_bytes, optional=True),
-    Column("saved (jaxpr)", "analytic.residual_bytes", fmt_bytes, delta=True),
-    Column("FLOPs", "compiled.flops", fmt_count),
+    Column("coll. bytes/dev", "compiled.collective_bytes", fmt_bytes, optional=True),
+    Column("saved batch (jaxpr)", "analytic.residual_bytes", fmt_bytes, delta=True),
+    Column("FLOPs/dev", "compiled.flops", fmt_count),
     Column("compile", "compiled.compile_seconds", fmt_seconds),
 )
 RUN_COLUMNS = (
@@ -86,9 +96,10 @@ def _baseline(records: Sequence[Record]) -> Record | None:
     return next((r for r in records if r.ok), None)
 
 
-def table(records: Sequence[Record], title: str | None = None) -> Table:
-    """A rich Table of ``records``; memory columns are per device."""
-    columns = list(COMPILE_COLUMNS)
+def table(records: Sequence[Record], title: str | None = None,
+          hide: Sequence[str] = ()) -> Table:
+    """A rich Table of ``records`` (``hide``: fields whose columns to leave out)."""
+    columns = [c for c in COMPILE_COLUMNS if c.field not in hide]
     if any(r.mode == "run" for r in records):
         columns += RUN_COLUMNS
         if not any(r.get("runtime.device_peak_bytes") is not None for r in records):
@@ -130,18 +141,19 @@ def _caption(records: Sequence[Record]) -> str:
     if not ok:
         return "\n".join(errors)
     devices = sorted({f"{r.env.get('device_kind')} x{r.env.get('device_count')}" for r in ok})
-    lines = [f"memory per device on {', '.join(devices)}; deltas against row "
-             f"{ok[0].index}; 'saved (jaxpr)': what the forward keeps for the backward "
-             "(activations, compute-dtype copies of parameters), whole batch"]
+    lines = [f"on {', '.join(devices)}; '/dev': one device (the most loaded), 'model': the "
+             "whole model, 'batch': the whole global batch; deltas against row "
+             f"{ok[0].index}; 'saved batch (jaxpr)': what the forward keeps for the backward "
+             "(activations, compute-dtype copies of parameters)"]
     notes = dict.fromkeys(n for r in ok for n in r.notes)
     lines += [f"note: {n}" for n in notes]
     if any(r.get("compiled.cost_has_loops") for r in ok):
         lines.append(">=: the step has loops (a scanned layer stack) and XLA counts a loop "
                      "body once: FLOPs and collectives are lower bounds")
-    memory = sorted({(r.env.get("device_memory_bytes"), r.env.get("device_memory_source"))
-                     for r in ok if r.env.get("device_memory_bytes")})
-    lines += [f"fits: compiled total against {fmt_bytes(m)} per device ({src})"
-              for m, src in memory]
+    memory = sorted({(r.env.get("device_memory_bytes"), r.env.get("device_memory_source"),
+                      r.get("compiled.platform")) for r in ok if r.env.get("device_memory_bytes")})
+    lines += [f"fits: {fits_explanation(platform)}; against {fmt_bytes(m)} per device ({src})"
+              for m, src, platform in memory]
     stats = dict.fromkeys(r.get("runtime.device_stats") for r in ok if r.mode == "run")
     lines += [f"device memory: {s}; 'host RSS' is the worker process's peak host memory"
               for s in stats if s and s != "available"]
@@ -153,6 +165,14 @@ def print_table(records: Sequence[Record], title: str | None = None,
                 console: Console | None = None) -> None:
     """Prints :func:`table` to ``console`` (stdout; 200 columns wide when not a terminal)."""
     (console or wide_console()).print(table(records, title))
+
+
+def render_text(records: Sequence[Record], title: str | None = None,
+                hide: Sequence[str] = (), width: int = 200) -> str:
+    """:func:`table` as plain text, ``width`` columns wide (for files such as the README)."""
+    console = Console(width=width, record=True, file=io.StringIO(), color_system=None)
+    console.print(table(records, title, hide))
+    return "\n".join(line.rstrip() for line in console.export_text().splitlines())
 
 
 def residual_rows(residuals: Sequence[Residual]) -> list[tuple[str, str, str, str, int, int]]:
@@ -185,13 +205,13 @@ def targets_table(listings: Sequence[Any]) -> Table:
     """``jaxmem targets``: name, devices, memory per device, whether usable here."""
     t = Table(title="targets (target.name)", caption_justify="left",
               caption="compile-only targets (tpu:, gpu:) plan memory without the hardware; "
-                      "'memory' is what a row's 'fits' column is checked against")
-    for header in ("target", "devices", "memory / device", "available here", "what"):
-        t.add_column(header, no_wrap=header != "what")
+                      "'usable' is what XLA may use on one device, what a row's 'fits' is "
+                      "checked against")
+    for header in ("target", "devices", "usable / device", "from", "available here", "what"):
+        t.add_column(header, no_wrap=header not in ("what", "from"))
     for x in listings:
-        t.add_row(escape(x.name), x.devices,
-                  fmt_bytes(x.memory_bytes) if x.memory_bytes else "-", escape(x.available),
-                  escape(x.doc))
+        t.add_row(escape(x.name), x.devices, fmt_bytes(x.memory.bytes),
+                  escape(x.memory.source), escape(x.available), escape(x.doc))
     return t
 
 

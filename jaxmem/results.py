@@ -18,7 +18,7 @@ import csv
 import io
 import json
 import os
-import tempfile
+import secrets
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -39,14 +39,24 @@ def columns(records: Sequence[Record]) -> list[str]:
 
 
 def _write_temp(path: Path, text: str) -> str:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    """``text`` in a new hidden file beside ``path``, created like any file the user writes
+    (mode 0666 less the umask; ``tempfile.mkstemp`` would make it 0600)."""
+    for _ in range(100):
+        tmp = path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp"
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+            break
+        except FileExistsError:
+            continue
+    else:
+        raise FileExistsError(f"no free temporary name beside {path}")
     try:
         with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
             f.write(text)
     except BaseException:
         os.unlink(tmp)
         raise
-    return tmp
+    return str(tmp)
 
 
 def write(out_dir: str | os.PathLike, records: Sequence[Record]) -> list[Path]:

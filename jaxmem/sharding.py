@@ -18,7 +18,7 @@ Example:
   >>> from jaxmem import sharding
   >>> from jaxmem.config import MeshConfig
   >>> mesh = sharding.make_mesh(MeshConfig(fsdp=2, tensor=4), jax.devices()[:8])
-  >>> rules = sharding.rules("fsdp+tp")
+  >>> rules = sharding.preset_rules("fsdp+tp")
   >>> tuple(sharding.param_spec(("embed", "mlp"), (512, 2048), mesh, rules))  # MLP up
   ('fsdp', 'tensor')
   >>> tuple(sharding.param_spec(("mlp", "embed"), (2048, 512), mesh, rules))  # MLP down
@@ -168,12 +168,12 @@ PRESETS: dict[str, Rules] = {
 }
 
 
-def rules(preset: str = "dp", overrides: Sequence[tuple[str, Sequence[str]]] = ()) -> Rules:
+def preset_rules(preset: str = "dp", overrides: Sequence[tuple[str, Sequence[str]]] = ()) -> Rules:
     """A preset's rules, with ``(logical name, mesh axes)`` overrides.
 
     Example:
       >>> from jaxmem import sharding
-      >>> sharding.rules("tp").mesh_axes("mlp")
+      >>> sharding.preset_rules("tp").mesh_axes("mlp")
       ('tensor',)
     """
     if preset not in PRESETS:
@@ -194,7 +194,7 @@ def _fitting(axes: Sequence[str], size: int, mesh: Mesh, used: set[str]) -> list
     return out
 
 
-def logical_spec(logical: Axes, shape: Sequence[int], mesh: Mesh, rules: Rules
+def mesh_axes_by_dim(logical: Axes, shape: Sequence[int], mesh: Mesh, rules: Rules
                  ) -> list[list[str]]:
     """Mesh axes per dimension from logical names (dimensions that do not divide stay whole)."""
     used: set[str] = set()
@@ -211,7 +211,7 @@ def param_spec(logical: Axes | None, shape: Sequence[int], mesh: Mesh, rules: Ru
     """A parameter's PartitionSpec: its logical axes through ``rules``, then the ZeRO axes on
     the largest dimension left whole (never the ``layers`` axis of a scanned stack)."""
     logical = logical or (None,) * len(shape)
-    dims = logical_spec(logical, shape, mesh, rules)
+    dims = mesh_axes_by_dim(logical, shape, mesh, rules)
     used = {a for axes in dims for a in axes}
     zero = [a for a in rules.zero if a not in used and mesh.shape.get(a, 1) > 1]
     if zero:
@@ -226,7 +226,7 @@ def param_spec(logical: Axes | None, shape: Sequence[int], mesh: Mesh, rules: Ru
 def activation_spec(logical: Axes, shape: Sequence[int], mesh: Mesh, rules: Rules
                     ) -> PartitionSpec:
     """An activation's PartitionSpec (no ZeRO axes: activations are split by the batch)."""
-    return PartitionSpec(*(_entry(a) for a in logical_spec(logical, shape, mesh, rules)))
+    return PartitionSpec(*(_entry(a) for a in mesh_axes_by_dim(logical, shape, mesh, rules)))
 
 
 # ------------------------------------------------------------------ parameters to specs
@@ -267,7 +267,7 @@ def lookup_axes(path: str, ndim: int, table: Sequence[tuple[str, Axes]],
     return axes
 
 
-def param_specs(params: Any, mesh: Mesh, rules: Rules,
+def param_shardings(params: Any, mesh: Mesh, rules: Rules,
                 table: Sequence[tuple[str, Axes]] = (),
                 metadata: Mapping[str, Axes] | None = None) -> Any:
     """A tree like ``params`` with each leaf's NamedSharding.
@@ -287,7 +287,7 @@ def param_specs(params: Any, mesh: Mesh, rules: Rules,
     return jax.tree_util.tree_map_with_path(one, params)
 
 
-def state_specs(state: Any, params: Any, param_shardings: Any, mesh: Mesh, rules: Rules) -> Any:
+def state_shardings(state: Any, params: Any, param_shardings: Any, mesh: Mesh, rules: Rules) -> Any:
     """Shardings of optimizer state: a leaf shaped like the parameter whose path ends its own
     path (Adam's ``mu``/``nu``, momentum) shares that parameter's sharding; any other leaf
     (factored second moments) is split by the ZeRO axes alone; scalars are replicated."""
@@ -319,14 +319,14 @@ def shard(model: Any, mesh: Mesh, rules: Rules, table: Sequence[tuple[str, Axes]
       >>> from jaxmem.config import MeshConfig
       >>> mesh = sharding.make_mesh(MeshConfig(fsdp=-1), jax.devices())
       >>> model = sharding.shard(nnx.Linear(16, 64, rngs=nnx.Rngs(0)), mesh,
-      ...                        sharding.rules("fsdp"))
+      ...                        sharding.preset_rules("fsdp"))
       >>> tuple(model.kernel[...].sharding.spec)  # 16 x 64: the larger dimension is split
       (None, 'fsdp')
     """
     from flax import nnx
 
     state = nnx.state(model, nnx.Param)
-    specs = param_specs(state, mesh, rules, table, metadata_axes(state))
+    specs = param_shardings(state, mesh, rules, table, metadata_axes(state))
     nnx.update(model, jax.device_put(state, specs))
     return model
 
@@ -387,16 +387,6 @@ def place(tree: Any, shardings: Any) -> Any:
                             tree)
     return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
                         tree, shardings)
-
-
-def bytes_per_device(tree: Any) -> int:
-    """Bytes of one device's shard of every array in ``tree`` (ShapeDtypeStructs or arrays
-    with shardings), counted on the most loaded device."""
-    total = 0
-    for x in jax.tree.leaves(tree):
-        shape = x.sharding.shard_shape(x.shape) if x.sharding is not None else x.shape
-        total += math.prod(shape) * np.dtype(x.dtype).itemsize
-    return total
 
 
 def constrain_batch(mesh: Mesh):

@@ -7,36 +7,31 @@ so that XLA can update it in place.
 
 Example:
   >>> from jaxmem.config import Config
+  >>> from jaxmem.setup import resolve
   >>> from jaxmem.step import build_train_program
-  >>> program = build_train_program(Config())
-  >>> sorted(program.batch), program.carry
+  >>> program = build_train_program(resolve(Config()))
+  >>> sorted(program.batch), program.carried_args
   (['inputs', 'targets'], 3)
 """
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import jax
 import optax
 from flax import nnx
 
-from jaxmem import freeze, grads, optim, precision, remat, sharding
-from jaxmem.config import Config
+from jaxmem import freeze, grads, optim, sharding
 from jaxmem.loss_scale import DynamicLossScale, all_finite, select
 from jaxmem.models.workload import Batch
 from jaxmem.precision import PrecisionPolicy
-from jaxmem.program import (
-    Program,
-    abstract_model,
-    batch_specs,
-    build_workload,
-    make_mesh,
-    no_eager_sharding,
-    variable_shardings,
-)
+from jaxmem.program import Program, abstract_batch, no_eager_sharding, variable_shardings
+
+if TYPE_CHECKING:
+    from jaxmem.setup import Setup
 
 State = tuple[Any, Any, Any]  # (params, rest, opt_state)
 
@@ -107,30 +102,25 @@ def make_train_step(
     return train_step
 
 
-def build_train_program(config: Config,
-                        devices: Sequence[jax.Device] | None = None) -> Program:
-    """Everything needed to compile (and run) ``config``'s training step; allocates nothing.
+def build_train_program(setup: Setup) -> Program:
+    """Everything needed to compile (and run) the setup's training step; allocates nothing.
 
     Raises:
       ConfigError: the configuration cannot be built (bad factory, freeze pattern, mesh).
       Unsupported: the target cannot do what the configuration asks (host offload).
     """
-    mesh = make_mesh(config, devices)
-    policy = precision.get(config.precision.policy)
-    workload = build_workload(config)
+    config, mesh, policy, workload = setup.config, setup.mesh, setup.precision, setup.workload
     seed = config.data.seed
     loss_scale = DynamicLossScale() if policy.loss_scaling else None
-    if remat.get(config.remat.policy).offloads:
-        sharding.require_host_memory(mesh, f"remat policy {config.remat.policy}")
+    if setup.remat.offloads:
+        sharding.require_host_memory(mesh, f"remat policy {setup.remat.name}")
 
-    model = abstract_model(workload, seed)
+    model = setup.abstract_model
     graphdef, abstract_params, _ = nnx.split(model, nnx.Param, ...)
     frozen = None
     tx = optim.build(config.optimizer)
-    patterns = (*config.freeze.patterns,
-                *config.model.freeze_patterns(config.freeze.blocks, config.freeze.embeddings))
-    if patterns:
-        frozen = freeze.frozen_mask(abstract_params, patterns)
+    if setup.freeze_patterns:
+        frozen = freeze.frozen_mask(abstract_params, setup.freeze_patterns)
         tx = freeze.freeze_tx(tx, frozen)
 
     def init_state() -> State:
@@ -142,9 +132,9 @@ def build_train_program(config: Config,
         return params, rest, (opt_state if loss_scale is None else (opt_state, loss_scale.init()))
 
     params, rest, opt_state = jax.eval_shape(init_state)
-    rules = config.sharding.build_rules()
-    param_sh, rest_sh = variable_shardings(config, mesh, model, params, rest)
-    opt_sh = sharding.state_specs(opt_state, params, param_sh, mesh, rules)
+    rules = setup.rules
+    param_sh, rest_sh = variable_shardings(setup, model, params, rest)
+    opt_sh = sharding.state_shardings(opt_state, params, param_sh, mesh, rules)
     to_device = None
     if config.optimizer.offload:
         to_device = functools.partial(jax.device_put, device=opt_sh)
@@ -152,7 +142,7 @@ def build_train_program(config: Config,
     state_shardings = (param_sh, rest_sh, opt_sh)
     params, rest, opt_state = (sharding.place(tree, s) for tree, s in
                                zip((params, rest, opt_state), state_shardings, strict=True))
-    batch = batch_specs(dict(workload.batch), mesh)
+    batch = abstract_batch(dict(workload.batch), mesh)
     batch_shardings = {k: v.sharding for k, v in batch.items()}
     objective = make_objective(graphdef, workload.loss, policy, frozen)
     train_step = make_train_step(objective, tx, microbatches=config.data.microbatches,
@@ -171,8 +161,8 @@ def build_train_program(config: Config,
     def make_args(key: jax.Array) -> tuple[Any, ...]:
         return (*init(), program.sample_batch(key))
 
-    program = Program(config=config, workload=workload, mesh=mesh, graphdef=graphdef,
-                      params=params, rest=rest, opt_state=opt_state, batch=batch,
-                      abstract_args=(params, rest, opt_state, batch), carry=3, step=step,
+    program = Program(setup=setup, graphdef=graphdef, params=params, rest=rest,
+                      opt_state=opt_state, batch=batch,
+                      abstract_args=(params, rest, opt_state, batch), carried_args=3, step=step,
                       make_args=make_args, objective=objective, init=init)
     return program

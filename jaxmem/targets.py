@@ -9,15 +9,23 @@
   GPUs through the jax CUDA plugin and a GPU target config shipped with jaxmem
   (``pip install 'jaxmem[gpu-targets]'``; ``jaxmem._gpu``).
 
-Compile-only targets cannot ``run``. Each target knows its per-device memory, so every row can
-say whether the configuration fits.
+Compile-only targets cannot ``run``. Each target knows the memory one device makes usable to
+XLA, and where that figure comes from, so every row can say whether the configuration fits:
+
+* ``local``: ``memory_stats()['bytes_limit']`` of the attached device (what its allocator will
+  hand out); none on CPU.
+* ``tpu:``: what libtpu itself says is available to a program, read from the message of a
+  compile-time out-of-memory probe (v5e: 15.75 GiB of its 16 GiB of HBM); the documented HBM
+  per chip only if that message cannot be read.
+* ``gpu:``: the config's ``device_memory_size`` times the fraction JAX's GPU allocator may use
+  (``XLA_PYTHON_CLIENT_MEM_FRACTION``, 0.75 unless ``measure.mem_fraction`` says otherwise).
 
 Example:
   >>> from jaxmem import targets
   >>> len(targets.get("local").devices()) >= 1
   True
-  >>> targets.get("tpu:v5e:16x16").memory_bytes / 2**30
-  16.0
+  >>> targets.get("cpu:8").usable_memory().bytes is None  # host memory, not a device's
+  True
 """
 
 from __future__ import annotations
@@ -35,6 +43,27 @@ import jax
 from jaxmem.errors import ConfigError
 
 GiB = 2**30
+#: JAX's GPU allocator may use this fraction of a device's memory unless
+#: XLA_PYTHON_CLIENT_MEM_FRACTION says otherwise (jax's GPU memory allocation docs; XLA sizes
+#: its allocator as total memory x fraction)
+JAX_GPU_MEM_FRACTION = 0.75
+
+
+@dataclasses.dataclass(frozen=True)
+class Memory:
+    """The memory one device makes usable to XLA.
+
+    Attributes:
+      bytes: usable bytes per device (None: unknown, e.g. CPU host memory).
+      source: where that figure comes from.
+    """
+
+    bytes: int | None
+    source: str
+
+
+def _unknown(mem_fraction: float | None = None) -> Memory:
+    return Memory(None, "unknown")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,20 +75,22 @@ class Target:
       doc: one line for listings.
       devices: returns the target's devices (real or compile-only).
       runnable: False for compile-only (virtual) devices: ``run`` mode is refused.
-      memory: returns the memory of one device (None: unknown, e.g. CPU host memory) and
-        where that figure comes from.
+      memory: ``mem_fraction -> Memory`` of one device; ``mem_fraction`` is the GPU
+        allocator's share (None: JAX's default), which only GPU targets use.
+      family: the kind of target (``local``, ``cpu``, ``tpu``, ``gpu``).
     """
 
     name: str
     doc: str
     devices: Callable[[], list[jax.Device]]
     runnable: bool = True
-    memory: Callable[[], tuple[int | None, str]] = lambda: (None, "unknown")
+    memory: Callable[[float | None], Memory] = _unknown
+    family: str = "local"
 
-    @property
-    def memory_bytes(self) -> int | None:
-        """Memory of one device, or None."""
-        return self.memory()[0]
+    def usable_memory(self, mem_fraction: float | None = None) -> Memory:
+        """The memory of one device that XLA may use, and its source (may start a backend,
+        or compile a probe for a TPU target: call it where that is fine)."""
+        return self.memory(mem_fraction)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,16 +105,18 @@ class Family:
 
 # ------------------------------------------------------------------------------- local
 
-def _local_memory() -> tuple[int | None, str]:
+def _local_memory(mem_fraction: float | None = None) -> Memory:
+    del mem_fraction  # the attached device's limit already reflects this process's settings
     stats = jax.local_devices()[0].memory_stats() or {}
     if "bytes_limit" in stats:
-        return int(stats["bytes_limit"]), "memory_stats()['bytes_limit'] of the attached device"
-    return None, "not reported by the backend"
+        return Memory(int(stats["bytes_limit"]),
+                      "memory_stats()['bytes_limit'] of the attached device")
+    return Memory(None, f"not reported by the {jax.local_devices()[0].platform} backend")
 
 
 def _local(_: re.Match[str]) -> Target:
     return Target("local", "the devices of the backend JAX attaches to here", jax.devices,
-                  memory=_local_memory)
+                  memory=_local_memory, family="local")
 
 
 # --------------------------------------------------------------------------------- cpu
@@ -107,10 +140,11 @@ def cpu_devices(n: int) -> list[jax.Device]:
 def _cpu(m: re.Match[str]) -> Target:
     n = int(m["n"])
     if n < 1:
-        raise ConfigError("name", "needs at least one device", value=m.string)
+        raise ConfigError("target.name", "needs at least one device", value=m.string)
     return Target(m.string, f"{n} CPU devices of this process",
                   functools.partial(cpu_devices, n),
-                  memory=lambda: (None, "host memory, shared by the devices"))
+                  memory=lambda _=None: Memory(None, "host memory, shared by the devices"),
+                  family="cpu")
 
 
 def cpu_device_count(names: list[str]) -> int | None:
@@ -130,8 +164,14 @@ def ensure_cpu_devices(n: int) -> None:
 
 # --------------------------------------------------------------------------------- tpu
 
-#: HBM per chip (Cloud TPU documentation); libtpu reserves a little (v5e: 15.75 of 16 GiB).
+#: HBM per chip (Cloud TPU documentation). XLA gets less (libtpu, v5e: 15.75 GiB): the usable
+#: figure is read from libtpu itself (:func:`_tpu_memory`); these are the fallback.
 TPU_MEMORY = {"v4": 32 * GiB, "v5e": 16 * GiB, "v5p": 95 * GiB, "v6e": 32 * GiB}
+#: libtpu's compile-time out-of-memory messages name the HBM available to a program:
+#: "... exceeds available HBM (15.75G)" or "Used 15.75G of 15.75G hbm" (units of 2**30)
+_TPU_AVAILABLE = re.compile(r"available HBM \((?P<n>\d+(?:\.\d+)?)(?P<unit>[KMGT])\)"
+                            r"|of (?P<n2>\d+(?:\.\d+)?)(?P<unit2>[KMGT]) hbm")
+_UNITS = {"K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
 
 # libtpu looks for a TPU VM's metadata unless told otherwise; on a machine without TPUs that
 # prints worker-hostname errors. These values only describe the compile-only topology.
@@ -175,11 +215,45 @@ def _tpu_devices(topology: str) -> tuple[jax.Device, ...]:
     return tuple(topo.devices)
 
 
+def available_hbm(message: str) -> int | None:
+    """The HBM a libtpu out-of-memory message says is available to a program, in bytes (to
+    its 0.01 GiB resolution); None if the message names none."""
+    found = _TPU_AVAILABLE.search(message)
+    if not found:
+        return None
+    value, unit = found["n"] or found["n2"], found["unit"] or found["unit2"]
+    return round(float(value) * _UNITS[unit])
+
+
+@functools.cache
+def _tpu_memory(topology: str) -> Memory:
+    """What libtpu makes available to one program on one device of ``topology``: a program
+    whose output cannot fit (1 TiB) is compiled, and libtpu's refusal names the figure."""
+    import jax.numpy as jnp
+    import numpy as np
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+    version = topology.split(":")[0]
+    device = _tpu_devices(topology)[0]
+    one = NamedSharding(Mesh(np.asarray([device], dtype=object), ("x",)), PartitionSpec())
+    try:
+        jax.jit(lambda: jnp.zeros((2**40,), jnp.int8), out_shardings=one).lower().compile()
+        message = ""
+    except Exception as e:  # the expected refusal
+        message = str(e)
+    available = available_hbm(message)
+    if available is None:
+        return Memory(TPU_MEMORY[version], f"HBM per {version} chip (Cloud TPU documentation; "
+                      "libtpu's own figure could not be read, and it keeps some for itself)")
+    return Memory(available, f"HBM libtpu makes available to a program on a {version} device "
+                  "(its out-of-memory message for a probe compile; 0.01 GiB resolution)")
+
+
 def _tpu(m: re.Match[str]) -> Target:
     topology = f"{m['version']}:{m['shape']}"
     return Target(m.string, f"compile-only TPU {topology} (libtpu)",
                   lambda: list(_tpu_devices(topology)), runnable=False,
-                  memory=lambda: (TPU_MEMORY[m["version"]], f"HBM per {m['version']} chip"))
+                  memory=lambda _=None: _tpu_memory(topology), family="tpu")
 
 
 # --------------------------------------------------------------------------------- gpu
@@ -189,16 +263,23 @@ def _gpu(m: re.Match[str]) -> Target:
 
     kind = m["kind"]
     if kind not in _gpu.GPU_KINDS:
-        raise ConfigError("name", "unknown GPU kind", value=m.string,
+        raise ConfigError("target.name", "unknown GPU kind", value=m.string,
                           choices=[f"gpu:{k}x8" for k in _gpu.GPU_KINDS])
     per_node, nodes = int(m["per_node"]), int(m["nodes"] or 1)
     topology = f"{nodes}x1x{per_node}"
     spec = _gpu.GPU_KINDS[kind]
     where = f"{nodes} nodes of {per_node}" if nodes > 1 else f"{per_node}"
+    def memory(mem_fraction: float | None = None) -> Memory:
+        fraction = JAX_GPU_MEM_FRACTION if mem_fraction is None else mem_fraction
+        why = ("JAX's default XLA_PYTHON_CLIENT_MEM_FRACTION" if mem_fraction is None
+               else "measure.mem_fraction")
+        return Memory(int(spec.memory_bytes * fraction),
+                      f"device_memory_size in {Path(spec.config_file).name} x {fraction:g} "
+                      f"({why}: the share JAX's GPU allocator may use)")
+
     return Target(m.string, f"compile-only {where} x {spec.description} (CUDA plugin)",
                   lambda: list(_gpu.gpu_devices(kind, topology)), runnable=False,
-                  memory=lambda: (spec.memory_bytes,
-                                  f"device_memory_size in {Path(spec.spec_file).name}"))
+                  memory=memory, family="gpu")
 
 
 FAMILIES: dict[str, Family] = {
@@ -217,29 +298,25 @@ FAMILIES: dict[str, Family] = {
 
 
 def validate(name: str) -> None:
-    """Raises ConfigError unless ``name`` is a well-formed target name."""
-    _parse(name, field="name")
+    """Raises ConfigError (path ``name``) unless ``name`` is a well-formed target name."""
+    try:
+        get(name)
+    except ConfigError as e:
+        raise e.replace(path="name") from None
 
 
-def _parse(name: str, field: str) -> Target:
+@functools.cache
+def get(name: str) -> Target:
+    """The target called ``name`` (parsed once per process: the same object every time);
+    ConfigError (path ``target.name``) naming the valid forms otherwise."""
     for family in FAMILIES.values():
         if m := family.pattern.match(name):
             return family.build(m)
     prefix = name.split(":", 1)[0]
     if prefix in FAMILIES and prefix != "local":
-        raise ConfigError(field, f"expected {FAMILIES[prefix].syntax}", value=name)
-    raise ConfigError(field, "unknown target", value=name,
+        raise ConfigError("target.name", f"expected {FAMILIES[prefix].syntax}", value=name)
+    raise ConfigError("target.name", "unknown target", value=name,
                       choices=[f.syntax for f in FAMILIES.values()])
-
-
-def get(name: str) -> Target:
-    """The target called ``name``; ConfigError naming the valid forms otherwise."""
-    return _parse(name, field="target.name")
-
-
-def is_local_cpu(name: str) -> bool:
-    """True for targets whose devices live in this process's CPU backend."""
-    return bool(FAMILIES["cpu"].pattern.match(name))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -248,7 +325,7 @@ class Listing:
 
     name: str
     devices: str
-    memory_bytes: int | None
+    memory: Memory
     available: str
     doc: str
 
@@ -260,21 +337,26 @@ def _has(module: str) -> bool:
 
 
 def catalogue() -> list[Listing]:
-    """The targets this jaxmem knows, with per-device memory and whether they work here."""
+    """The targets this jaxmem knows, with the usable memory of one device (read from libtpu
+    where it is installed) and whether they work here."""
     local = jax.devices()
-    rows = [Listing("local", f"{len(local)} x {local[0].device_kind}", _local_memory()[0],
+    rows = [Listing("local", f"{len(local)} x {local[0].device_kind}", _local_memory(),
                     "yes", FAMILIES["local"].doc),
-            Listing("cpu:<N>", f"N (this process: {len(jax.devices('cpu'))})", None, "yes",
-                    FAMILIES["cpu"].doc)]
-    libtpu = "yes" if _has("libtpu") else "pip install 'jaxmem[tpu-targets]'"
+            Listing("cpu:<N>", f"N (this process: {len(jax.devices('cpu'))})",
+                    get("cpu:1").usable_memory(), "yes", FAMILIES["cpu"].doc)]
+    libtpu = _has("libtpu")
     examples = {"v4": "2x2x1", "v5e": "16x16", "v5p": "4x4x4", "v6e": "16x16"}
-    for version, memory in TPU_MEMORY.items():
+    for version, hbm in TPU_MEMORY.items():
+        memory = (get(f"tpu:{version}:{examples[version]}").usable_memory() if libtpu
+                  else Memory(hbm, f"HBM per {version} chip; libtpu tells what XLA may use"))
         rows.append(Listing(f"tpu:{version}:<AxB[xC]>, e.g. tpu:{version}:{examples[version]}",
-                            "one per chip", memory, libtpu, f"TPU {version} slice (libtpu)"))
+                            "one per chip", memory,
+                            "yes" if libtpu else "pip install 'jaxmem[tpu-targets]'",
+                            f"TPU {version} slice (libtpu)"))
     from jaxmem import _gpu
 
     cuda = "yes" if _gpu.plugin_available() else "pip install 'jaxmem[gpu-targets]'"
     for kind, spec in _gpu.GPU_KINDS.items():
-        rows.append(Listing(f"gpu:{kind}x8[:<nodes>]", "8 per node", spec.memory_bytes, cuda,
-                            spec.description))
+        rows.append(Listing(f"gpu:{kind}x8[:<nodes>]", "8 per node",
+                            get(f"gpu:{kind}x8").usable_memory(), cuda, spec.description))
     return rows

@@ -1,117 +1,39 @@
-"""Run-mode worker: ``python -m jaxmem.worker CONFIG.json RESULT.json``.
+"""Run-mode worker: ``python -m jaxmem.worker CONFIG.json RESULT.json`` (``jaxmem.isolate``).
 
-Runs one configuration with real arrays in this fresh process: compile, initialise, warm up,
-time ``measure.steps`` steps (median, each ended by ``block_until_ready``), then read each mesh
-device's ``memory_stats()`` and the process's peak RSS. Writes ``{"sections": ...}`` or
-``{"error": ...}`` to RESULT.json.
+Runs one configuration with real arrays in this fresh process (``jaxmem.runtime``) and answers
+with the record sections, or the failure, in RESULT.json; the traceback goes to stderr.
 """
 
 from __future__ import annotations
 
-import json
-import os
-import resource
-import statistics
 import sys
-import time
-from typing import Any
 
-import jax
-
-from jaxmem import _convert, distributed, targets
-from jaxmem.build import build_program
-from jaxmem.config import Config
+from jaxmem import isolate, runtime, targets
 from jaxmem.distributed import Cluster
-from jaxmem.errors import Unsupported
-from jaxmem.harness import describe_failure, measure_compile, one_line_error
-
-
-def device_memory(devices: list[jax.Device]) -> dict[str, Any]:
-    """Peak / in-use / limit bytes over ``devices``, or why they are unavailable."""
-    stats = [d.memory_stats() for d in devices]
-    if any(s is None for s in stats):
-        return {"device_stats": f"unavailable: the {devices[0].platform} backend reports no "
-                                "memory_stats()"}
-    return {
-        "device_stats": "available",
-        "device_peak_bytes": max(int(s.get("peak_bytes_in_use", 0)) for s in stats),
-        "device_bytes_in_use": max(int(s.get("bytes_in_use", 0)) for s in stats),
-        "device_bytes_limit": min(int(s.get("bytes_limit", 0)) for s in stats) or None,
-    }
-
-
-def peak_rss_bytes() -> int:
-    """Peak resident set size of this process (``ru_maxrss``: KiB on Linux, bytes on macOS)."""
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return int(rss if sys.platform == "darwin" else rss * 1024)
-
-
-def run(config: Config) -> dict[str, Any]:
-    """Measures ``config`` with real arrays; returns the record sections."""
-    program = build_program(config)
-    compiled, sections = measure_compile(program)
-    args = program.make_args(jax.random.key(config.data.seed))
-    n = program.carry
-
-    def step(args: tuple) -> tuple[tuple, jax.Array]:
-        out = compiled(*args)
-        result = out[-1] if isinstance(out, tuple) else out
-        jax.block_until_ready(result)
-        return (*out[:n], *args[n:]), result
-
-    m = config.measure
-    for _ in range(m.warmup_steps):
-        args, result = step(args)
-    times = []
-    for _ in range(m.steps):
-        t0 = time.perf_counter()
-        args, result = step(args)
-        times.append(time.perf_counter() - t0)
-    runtime = {
-        "step_time_s": statistics.median(times),
-        "step_times_s": times,
-        "warmup_steps": m.warmup_steps,
-        "steps": m.steps,
-        "final_loss": float(result) if config.task == "train" else None,
-        **device_memory([d for d in program.mesh.devices.flat
-                         if d.process_index == jax.process_index()]),
-        "host_peak_rss_bytes": peak_rss_bytes(),
-        # the allocator settings this process ran with (experiment's or inherited)
-        "preallocate": os.environ.get("XLA_PYTHON_CLIENT_PREALLOCATE"),
-        "mem_fraction": os.environ.get("XLA_PYTHON_CLIENT_MEM_FRACTION"),
-        "allocator": os.environ.get("XLA_PYTHON_CLIENT_ALLOCATOR"),
-    }
-    if jax.process_count() > 1:  # each process measured its own devices
-        per = distributed.gather({"peak": runtime.get("device_peak_bytes"),
-                                  "step": runtime["step_time_s"],
-                                  "rss": runtime["host_peak_rss_bytes"]})
-        runtime.update(device_peak_bytes_per_process=per["peak"],
-                       step_time_s_per_process=per["step"],
-                       host_peak_rss_bytes_per_process=per["rss"])
-    return {**sections, "runtime": runtime}
+from jaxmem.errors import Unsupported, describe_failure
+from jaxmem.setup import resolve
 
 
 def main(argv: list[str]) -> int:
-    spec_path, result_path = argv
+    config_path, result_path = argv
     try:
-        with open(spec_path, encoding="utf-8") as f:
-            config = _convert.from_dict(Config, json.load(f))
+        config = isolate.read_config(config_path)
         cpus = targets.cpu_device_count([config.target.name])
         if cpus:  # before anything starts JAX's backends
             targets.ensure_cpu_devices(cpus)
         cluster = Cluster.from_env()
         if cluster is not None:
             cluster.initialize()
-        payload: dict[str, Any] = {"sections": run(config)}
-        code = 0
+        sections = runtime.run(resolve(config))
     except Unsupported as e:
-        payload, code = {"error": str(e), "unsupported": True}, 1
+        isolate.write_result(result_path, error=e)
+        return 1
     except Exception as e:
         print(describe_failure(e), file=sys.stderr)
-        payload, code = {"error": one_line_error(e)}, 1
-    with open(result_path, "w", encoding="utf-8") as f:
-        json.dump(payload, f)
-    return code
+        isolate.write_result(result_path, error=e)
+        return 1
+    isolate.write_result(result_path, sections)
+    return 0
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@
 
 # %%
 import jaxmem
-from jaxmem.harness import residual_report
+from jaxmem.residuals import residual_report
 from jaxmem.report import print_table, residual_table, wide_console
 
 GPT = {"kind": "gpt", "vocab_size": 1024, "seq_len": 256, "num_layers": 4, "d_model": 256,

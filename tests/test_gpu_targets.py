@@ -8,7 +8,7 @@ import jaxmem
 from jaxmem import _gpu
 from jaxmem.build import build_program
 from jaxmem.errors import ConfigError
-from jaxmem.harness import measure_compile
+from jaxmem.measure import measure_compile
 
 pytestmark = pytest.mark.gpu_targets
 needs_plugin = pytest.mark.skipif(
@@ -85,8 +85,8 @@ def test_missing_plugin_says_what_to_install(monkeypatch):
 @pytest.mark.parametrize("kind", sorted(_gpu.GPU_KINDS))
 def test_spec_files_have_what_the_plugin_needs(kind):
     gpu = _gpu.GPU_KINDS[kind]
-    text = gpu.spec_file.read_text(encoding="utf-8")
-    fields = _gpu.spec_fields(text)
+    text = gpu.config_file.read_text(encoding="utf-8")
+    fields = _gpu.config_fields(text)
     assert text.startswith("# NVIDIA")
     assert all(fields.get(f, 0) > 0 for f in _gpu._REQUIRED)
     assert gpu.memory_bytes == fields["device_memory_size"]

@@ -105,7 +105,7 @@ def test_blockwise_attention_keeps_fewer_residuals():
     def saved(attention):
         config = jaxmem.Experiment.from_dict({"model": dict(long, attention=attention,
                                                             attention_chunk=128)}).config
-        return sum(r.bytes for r in jaxmem.build_program(config).saved_residuals())
+        return sum(r.bytes for r in jaxmem.analytic.program_residuals(jaxmem.build_program(config)))
 
     assert saved("blockwise") < 0.5 * saved("naive")
 
@@ -218,7 +218,8 @@ def test_decode_matches_the_full_forward(stack):
 
 
 @pytest.mark.parametrize("bad, message", [
-    ({"task": "decode", "model": {"kind": "encoder"}}, "task: decode needs a gpt model"),
+    ({"task": "decode", "model": {"kind": "encoder"}},
+     "task: decode needs a model with a KV cache; model kind 'encoder'"),
     ({"task": "decode", "inference": {"context": 4096}}, "inference.context: exceeds"),
     ({"task": "train", "inference": {"weights": "int8"}}, "inference: applies to task inference"),
     ({"task": "inference", "remat": "full"}, "remat: applies to task train"),

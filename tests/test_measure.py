@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import jaxmem
-from jaxmem.measure import MemoryReport
+from jaxmem.compiled import MemoryReport
 from jaxmem.record import FIELDS
 
 

@@ -20,6 +20,7 @@ from jaxmem.models import (
     MLPConfig,
 )
 from jaxmem.models.attention import softmax
+from jaxmem.models.layers import gelu
 
 TINY_MODELS = {
     "gpt-loop": GPTConfig(vocab_size=64, seq_len=16, num_layers=2, d_model=32, num_heads=4),
@@ -169,3 +170,48 @@ def test_custom_factory_errors_are_config_errors(tmp_path, monkeypatch):
         {"model": {"kind": "custom", "factory": "plain_factory:workload"}, "remat": "full"}).config
     with pytest.raises(jaxmem.ConfigError, match="remat.policy: factory .* takes no remat_policy"):
         jaxmem.build_program(remat_config)
+
+
+def test_gelu_matches_jax_and_its_gradient():
+    x = jax.random.normal(jax.random.key(0), (4, 32)) * 3
+    g = jax.random.normal(jax.random.key(1), (4, 32))
+    np.testing.assert_allclose(gelu(x), jax.nn.gelu(x), rtol=1e-6)
+    ours = jax.vjp(gelu, x)[1](g)[0]
+    ref = jax.vjp(jax.nn.gelu, x)[1](g)[0]
+    np.testing.assert_allclose(ours, ref, rtol=1e-5, atol=1e-6)
+    assert gelu(x.astype(jnp.bfloat16)).dtype == jnp.bfloat16
+
+
+def test_masked_softmax_gives_masked_positions_no_probability_and_no_gradient():
+    x = jax.random.normal(jax.random.key(0), (2, 3, 6, 6))
+    mask = jnp.tril(jnp.ones((6, 6), bool))[None, None]
+    ref = lambda v: jax.nn.softmax(jnp.where(mask, v, -jnp.inf), axis=-1)  # noqa: E731
+    np.testing.assert_allclose(softmax(x, mask), ref(x), atol=1e-7)
+    g = jax.random.normal(jax.random.key(1), x.shape)
+    ours = jax.vjp(lambda v: softmax(v, mask), x)[1](g)[0]
+    np.testing.assert_allclose(ours, jax.vjp(ref, x)[1](g)[0], rtol=1e-5, atol=1e-6)
+    assert not np.any(np.asarray(ours)[..., ~np.asarray(mask[0, 0])])
+
+
+@pytest.mark.parametrize("stack", ["loop", "scan"])
+@pytest.mark.parametrize("precision", ["fp32", "bf16-mixed"])
+def test_gpt_keeps_the_textbook_activations_per_layer(stack, precision):
+    """One more layer adds exactly Korthikanti et al.'s (8 + 2r)sbh + as^2b values (no
+    dropout), plus what the formula leaves out: LayerNorm statistics (two float32 per row, two
+    LayerNorms) and, under bf16-mixed, the layer's bf16 copies of its weights."""
+    s, b, h, a, r = 64, 2, 64, 4, 4
+    saved = {}
+    for layers in (2, 3):
+        config = jaxmem.Experiment.from_dict({
+            "model": {"kind": "gpt", "vocab_size": 256, "seq_len": s, "num_layers": layers,
+                      "d_model": h, "num_heads": a, "mlp_ratio": r, "stack": stack},
+            "data": {"batch_size": b}, "precision": precision}).config
+        residuals = analytic.program_residuals(jaxmem.build_program(config))
+        saved[layers] = sum(x.bytes for x in residuals)
+    value = 4 if precision == "fp32" else 2
+    expected = analytic.transformer_layer_bytes(s, b, h, a, bytes_per_value=value,
+                                                mlp_ratio=r)
+    expected += 2 * 2 * s * b * 4  # LayerNorm mean and 1/std, float32, two LayerNorms
+    if precision == "bf16-mixed":  # q, k, v, out (4h^2) and the MLP (2rh^2), LN scales (2h)
+        expected += ((4 + 2 * r) * h * h + 2 * h) * value
+    assert saved[3] - saved[2] == expected

@@ -11,12 +11,12 @@ import pytest
 from flax import nnx
 from jax.sharding import PartitionSpec as P
 
-from jaxmem import _convert, collectives, sharding, targets
+from jaxmem import _convert, _gpu, collectives, sharding, targets
 from jaxmem.build import build_program
 from jaxmem.config import Config, MeshConfig
 from jaxmem.errors import ConfigError
 from jaxmem.freeze import path_of
-from jaxmem.harness import measure_compile
+from jaxmem.measure import measure_compile
 from jaxmem.program import no_eager_sharding
 
 MODEL = {"kind": "gpt", "stack": "scan", "num_layers": 2, "d_model": 128, "num_heads": 8,
@@ -124,7 +124,7 @@ def test_activations_are_constrained_only_under_rules():
         return sharding.constrain(x, ("batch", "length", "embed")) * 2
 
     assert "sharding_constraint" not in str(jax.make_jaxpr(f)(x))
-    ruled = sharding.with_rules(f, mesh, sharding.rules("dp"))
+    ruled = sharding.with_rules(f, mesh, sharding.preset_rules("dp"))
     assert "sharding_constraint" in str(jax.make_jaxpr(ruled)(x))
 
 
@@ -140,7 +140,7 @@ def test_activations_are_constrained_only_under_rules():
 ])
 def test_param_spec(logical, shape, preset, mesh, spec):
     m = sharding.make_mesh(MeshConfig(**mesh), jax.devices())
-    assert sharding.param_spec(logical, shape, m, sharding.rules(preset)) == spec
+    assert sharding.param_spec(logical, shape, m, sharding.preset_rules(preset)) == spec
 
 
 def test_rule_overrides_and_user_parameter_axes():
@@ -166,13 +166,14 @@ def test_variables_annotated_with_flax_partitioning_are_honoured():
     meta = sharding.metadata_axes(state)
     assert meta == {"kernel": ("embed", "mlp")}
     mesh = sharding.make_mesh(MeshConfig(tensor=-1), jax.devices())
-    specs = sharding.param_specs(state, mesh, sharding.rules("tp"), metadata=meta)
+    specs = sharding.param_shardings(state, mesh, sharding.preset_rules("tp"), metadata=meta)
     assert specs["kernel"].spec == P(None, "tensor")
 
 
 def test_shard_places_a_real_model():
     mesh = sharding.make_mesh(MeshConfig(fsdp=-1), jax.devices())
-    model = sharding.shard(nnx.Linear(16, 64, rngs=nnx.Rngs(0)), mesh, sharding.rules("fsdp"))
+    model = sharding.shard(nnx.Linear(16, 64, rngs=nnx.Rngs(0)), mesh,
+                           sharding.preset_rules("fsdp"))
     kernel = model.kernel[...]
     assert kernel.sharding.spec == P(None, "fsdp")
     chex.assert_shape(kernel.addressable_shards[0].data, (16, 8))
@@ -232,6 +233,39 @@ def test_bad_target_names(name, message):
         targets.validate(name)
 
 
-def test_target_memory_catalogue():
-    assert targets.get("tpu:v5p:2x2x1").memory_bytes == 95 * 2**30
-    assert targets.get("cpu:8").memory_bytes is None
+def test_libtpu_messages_give_the_available_hbm():
+    assert targets.available_hbm(
+        "RESOURCE_EXHAUSTED: Ran out of memory on HBM, the total memory required for HLO "
+        "temporaries (1.00T) exceeds available HBM (15.75G).") == round(15.75 * 2**30)
+    assert targets.available_hbm("E1000: CompileTimeHbmOom: ... Used 95.74G of 95.74G hbm. "
+                                 "Exceeded hbm capacity by 3.5K.") == round(95.74 * 2**30)
+    assert targets.available_hbm("INTERNAL: something else") is None
+
+
+def test_gpu_targets_plan_against_the_allocators_share():
+    gpu = targets.get("gpu:h100x8")
+    full = _gpu.GPU_KINDS["h100"].memory_bytes
+    assert gpu.usable_memory().bytes == int(full * 0.75)  # JAX's default fraction
+    assert gpu.usable_memory(0.95).bytes == int(full * 0.95)
+    assert "measure.mem_fraction" in gpu.usable_memory(0.95).source
+    assert targets.get("cpu:8").usable_memory().bytes is None
+
+
+@pytest.mark.tpu_target
+def test_tpu_usable_memory_is_what_libtpu_lets_a_program_use():
+    """Usable memory is libtpu's, not the HBM on the box: a program just under it compiles,
+    one just over it is refused."""
+    pytest.importorskip("libtpu", reason="needs the tpu-targets extra")
+    target = targets.get("tpu:v5e:2x2")
+    usable = target.usable_memory()
+    assert "libtpu" in usable.source
+    assert usable.bytes < 16 * 2**30  # libtpu keeps some of the chip's 16 GiB
+    mesh = jax.sharding.Mesh(target.devices()[:1], ("x",))
+    one = jax.sharding.NamedSharding(mesh, P())
+
+    def compile_output(nbytes: int) -> None:
+        jax.jit(lambda: jnp.zeros((nbytes,), jnp.int8), out_shardings=one).lower().compile()
+
+    compile_output(usable.bytes - 64 * 2**20)
+    with pytest.raises(Exception, match="RESOURCE_EXHAUSTED"):
+        compile_output(usable.bytes + 64 * 2**20)

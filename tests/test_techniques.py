@@ -78,7 +78,7 @@ def test_remat_apply_wraps_a_module_and_a_function():
 
 
 def saved_bytes(config):
-    return sum(r.bytes for r in jaxmem.build_program(config).saved_residuals())
+    return sum(r.bytes for r in jaxmem.analytic.program_residuals(jaxmem.build_program(config)))
 
 
 def test_remat_granularity_every_k_and_nested():
@@ -255,10 +255,11 @@ def test_frozen_parameters_do_not_move():
     ({"freeze": {"embeddings": True}, "model": {"kind": "mlp"}},
      "freeze.embeddings: model kind 'mlp' has no such preset"),
 ])
-def test_freeze_errors(bad, message):
-    config = jaxmem.Experiment.from_dict({"model": TINY_GPT, **bad}).config
+def test_freeze_errors_stop_the_sweep_before_it_runs(bad, message):
+    """Presets are checked with the configuration, patterns against the model's parameters
+    before anything compiles (tests/test_refusals.py shows the CLI's exit 2)."""
     with pytest.raises(ConfigError, match=message):
-        jaxmem.build_program(config)
+        jaxmem.run(jaxmem.Experiment.from_dict({"model": TINY_GPT, **bad}))
 
 
 # --- optimizers -------------------------------------------------------------------------------

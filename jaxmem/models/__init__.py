@@ -1,9 +1,12 @@
 """Built-in models (``mlp``, ``cnn``, ``gpt``, ``encoder``) and user models (``custom``).
 
-Each model kind is a config section (``model: {kind: ..., ...}``) whose ``build`` returns a
-:class:`Workload`: the model constructor, the batch's shapes and the loss.
+Each model kind is a config section (``model: {kind: ..., ...}``, a :class:`ModelConfig`
+subclass) whose ``build`` returns a :class:`Workload`: the model constructor, the batch's shapes
+and the loss. Nothing here imports ``jaxmem.config``: the configuration depends on the models,
+not the other way round.
 """
 
+from jaxmem.models.base import ModelConfig
 from jaxmem.models.cnn import CNN, CNNConfig
 from jaxmem.models.custom import CustomConfig
 from jaxmem.models.encoder import Encoder, EncoderConfig
@@ -23,6 +26,7 @@ __all__ = [
     "GPTConfig",
     "MLP",
     "MLPConfig",
+    "ModelConfig",
     "TransformerConfig",
     "Batch",
     "BuildOptions",

@@ -33,25 +33,31 @@ NEG = -1e30  # finite "minus infinity": exp(NEG - NEG) stays defined
 
 
 @jax.custom_vjp
-def softmax(logits: jax.Array) -> jax.Array:
-    """Softmax over the last axis, computed in float32, returned in the input dtype.
+def softmax(logits: jax.Array, mask: jax.Array | None = None) -> jax.Array:
+    """Softmax over the last axis, computed in float32, returned in the input dtype; positions
+    where ``mask`` (broadcastable bool) is False get probability 0.
 
-    ``jax.nn.softmax(x.astype(f32)).astype(bf16)`` would keep the float32 output alive for the
-    backward pass; this one keeps only its (bf16) output, which the attention needs anyway, and
-    redoes the float32 arithmetic in the backward. Same values, half the residual in bf16.
+    The backward keeps only the (bf16) output, which the attention needs anyway, and redoes the
+    float32 arithmetic. ``jax.nn.softmax(x.astype(f32)).astype(bf16)`` would keep a float32
+    copy, and a ``jnp.where`` mask before it would keep the mask broadcast to the scores' full
+    shape (and a zero tangent of that shape): an ``S x S`` bool per head and sequence. Here the
+    mask needs no residual: masked positions have probability 0, so their gradient is 0 too.
     """
-    return jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(logits.dtype)
+    x = logits.astype(jnp.float32)
+    if mask is not None:
+        x = jnp.where(mask, x, jnp.finfo(jnp.float32).min)
+    return jax.nn.softmax(x, axis=-1).astype(logits.dtype)
 
 
-def _softmax_fwd(logits: jax.Array) -> tuple[jax.Array, jax.Array]:
-    probs = softmax(logits)
+def _softmax_fwd(logits: jax.Array, mask: jax.Array | None) -> tuple[jax.Array, jax.Array]:
+    probs = softmax(logits, mask)
     return probs, probs
 
 
-def _softmax_bwd(probs: jax.Array, g: jax.Array) -> tuple[jax.Array]:
+def _softmax_bwd(probs: jax.Array, g: jax.Array) -> tuple[jax.Array, None]:
     p32, g32 = probs.astype(jnp.float32), g.astype(jnp.float32)
     dx = p32 * (g32 - jnp.sum(g32 * p32, axis=-1, keepdims=True))
-    return (dx.astype(probs.dtype),)
+    return dx.astype(probs.dtype), None
 
 
 softmax.defvjp(_softmax_fwd, _softmax_bwd)
@@ -71,12 +77,11 @@ def naive(q, k, v, *, causal: bool, window: int, **_: Any) -> jax.Array:
     L, K = q.shape[1], q.shape[3]
     q_BxLxHxK = q / jnp.asarray(math.sqrt(K), q.dtype)
     logits_BxHxLxL = jnp.einsum("blhk,bmhk->bhlm", q_BxLxHxK, k)
+    mask_1x1xLxL = None
     if causal or window:
         pos = jnp.arange(L)
         mask_1x1xLxL = allowed(pos, pos, causal=causal, window=window)[None, None]
-        logits_BxHxLxL = jnp.where(mask_1x1xLxL, logits_BxHxLxL,
-                                   jnp.finfo(logits_BxHxLxL.dtype).min)
-    probs_BxHxLxL = softmax(logits_BxHxLxL)
+    probs_BxHxLxL = softmax(logits_BxHxLxL, mask_1x1xLxL)
     return jnp.einsum("bhlm,bmhk->blhk", probs_BxHxLxL, v)
 
 
@@ -217,9 +222,7 @@ class Attention(nnx.Module):
         logits_BxHx1xC = jnp.einsum("blhk,bmhk->bhlm", q_Bx1xHxK, k_BxCxHxK.astype(q_Bx1xHxK.dtype))
         window = dict(self.options)["window"]
         mask_1x1x1xC = allowed(pos[None], jnp.arange(C), causal=True, window=window)[None, None]
-        logits_BxHx1xC = jnp.where(mask_1x1x1xC, logits_BxHx1xC,
-                                   jnp.finfo(logits_BxHx1xC.dtype).min)
-        probs_BxHx1xC = softmax(logits_BxHx1xC)
+        probs_BxHx1xC = softmax(logits_BxHx1xC, mask_1x1x1xC)
         ctx_Bx1xHxK = jnp.einsum("bhlm,bmhk->blhk", probs_BxHx1xC,
                                  v_BxCxHxK.astype(probs_BxHx1xC.dtype))
         return self.out(ctx_Bx1xHxK.reshape(B, 1, D)), KVCache(k_BxCxHxK, v_BxCxHxK)

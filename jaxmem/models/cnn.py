@@ -14,8 +14,8 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jaxmem import losses, remat
-from jaxmem.config import ModelConfig
 from jaxmem.errors import ConfigError, check_positive
+from jaxmem.models.base import ModelConfig
 from jaxmem.models.workload import Batch, BuildOptions, Workload
 
 
@@ -116,6 +116,6 @@ class CNN(nnx.Module):
     def __call__(self, images_BxSxSxC: jax.Array) -> jax.Array:
         x = images_BxSxSxC
         for i, block in enumerate(self.blocks):
-            policy = self.remat_policy if i % self.remat_every == 0 else "none"
-            x = remat.wrap(lambda blk, h: blk(h), policy)(block, x)
+            policy = self.remat_policy if i % self.remat_every == 0 else remat.POLICIES["none"]
+            x = remat.apply(block, policy)(x)
         return self.head(x.mean(axis=(1, 2)))  # BxC

@@ -3,7 +3,7 @@
 The experiment names a factory ``package.module:function`` (importable, or a module in the
 working directory). jaxmem calls it as ``factory(batch_size=..., **options)`` and expects a
 :class:`~jaxmem.models.Workload`. A factory that accepts a ``remat_policy`` argument receives the
-experiment's remat policy name (see ``jaxmem.remat.wrap``), one that accepts ``dtype`` the
+experiment's remat policy name (pass it to ``jaxmem.remat.apply``), one that accepts ``dtype`` the
 precision policy's compute dtype (pass it to your layers' ``dtype=``). Without them, only
 ``remat: none`` applies, and the precision policy only casts parameters and inputs.
 
@@ -25,8 +25,8 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from jaxmem.config import ModelConfig
 from jaxmem.errors import ConfigError
+from jaxmem.models.base import ModelConfig
 from jaxmem.models.workload import BuildOptions, Workload
 
 
@@ -60,9 +60,10 @@ class CustomConfig(ModelConfig):
             sys.path.append(os.getcwd())
         try:
             module = importlib.import_module(module_name)
-        except ImportError as e:
-            raise ConfigError("model.factory", f"cannot import module ({e})",
-                              value=self.factory) from None
+        except (Exception, SystemExit) as e:  # ImportError, SyntaxError, sys.exit(), ...
+            what = str(e).splitlines()[0] if str(e) else ""
+            raise ConfigError("model.factory", f"cannot import module ({type(e).__name__}: "
+                              f"{what})", value=self.factory) from None
         try:
             return getattr(module, attr)
         except AttributeError:
@@ -76,11 +77,12 @@ class CustomConfig(ModelConfig):
         params = signature.parameters
         any_keyword = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
         kwargs = dict(self.options, batch_size=opts.batch_size)
+        policy = opts.remat_policy.name
         if "remat_policy" in params or any_keyword:
-            kwargs["remat_policy"] = opts.remat_policy
-        elif opts.remat_policy != "none":
+            kwargs["remat_policy"] = policy
+        elif policy != "none":
             raise ConfigError("remat.policy", f"factory {self.factory} takes no remat_policy "
-                              "argument, so only 'none' applies", value=opts.remat_policy)
+                              "argument, so only 'none' applies", value=policy)
         if "dtype" in params or any_keyword:
             kwargs["dtype"] = opts.dtype
         try:

@@ -9,8 +9,8 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jaxmem import losses
-from jaxmem.config import ModelConfig
 from jaxmem.errors import check_positive
+from jaxmem.models.base import ModelConfig
 from jaxmem.models.transformer import TransformerConfig, Trunk
 from jaxmem.models.workload import Batch, BuildOptions, Workload
 

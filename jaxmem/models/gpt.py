@@ -14,18 +14,22 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+from typing import TYPE_CHECKING, ClassVar
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
 from jaxmem import losses
-from jaxmem.config import ModelConfig
 from jaxmem.errors import ConfigError, check_positive
 from jaxmem.models.attention import KVCache
+from jaxmem.models.base import ModelConfig
 from jaxmem.models.transformer import TransformerConfig, Trunk
 from jaxmem.models.workload import Batch, BuildOptions, Workload
 from jaxmem.sharding import constrain
+
+if TYPE_CHECKING:
+    from jaxmem.config import InferenceConfig
 
 
 @ModelConfig.register("gpt")
@@ -40,6 +44,8 @@ class GPTConfig(TransformerConfig):
         (1: plain logits).
     """
 
+    DECODES: ClassVar[bool] = True
+
     kind: str = "gpt"
     tie_embeddings: bool = True
     loss_chunks: int = 1
@@ -50,6 +56,12 @@ class GPTConfig(TransformerConfig):
         if self.seq_len % self.loss_chunks:
             raise ConfigError("loss_chunks", f"must divide seq_len={self.seq_len}",
                               value=self.loss_chunks)
+
+    def check_task(self, task: str, inference: InferenceConfig) -> None:
+        super().check_task(task, inference)
+        if task == "decode" and inference.context > self.seq_len:
+            raise ConfigError("inference.context", f"exceeds the model's seq_len={self.seq_len}",
+                              value=inference.context)
 
     def build(self, opts: BuildOptions) -> Workload:
         """Next-token prediction on ``batch_size`` sequences of ``seq_len`` tokens."""

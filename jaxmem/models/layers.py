@@ -1,9 +1,13 @@
-"""Layers whose backward keeps only what mixed precision needs.
+"""Layers whose backward keeps only what the textbook count of activations has.
 
 Flax's LayerNorm computes its statistics in float32 and lets autodiff keep float32 copies of
 the normalised input; with bf16 compute that doubles its share of the activations. This
 LayerNorm keeps its input (in the compute dtype) and two float32 scalars per row, and redoes the
 float32 arithmetic in the backward. Values and gradients match ``nnx.LayerNorm``.
+
+Autodiff of the tanh GELU keeps every intermediate of the formula (the tanh, its products, ...):
+about six tensors of the MLP's width. :func:`gelu` keeps its input only (its output is kept by
+the next matmul anyway) and recomputes the derivative in the backward.
 """
 
 from __future__ import annotations
@@ -56,6 +60,24 @@ def _layer_norm_bwd(eps, res, g):
 
 
 layer_norm.defvjp(_layer_norm_fwd, _layer_norm_bwd)
+
+
+@jax.custom_vjp
+def gelu(x: jax.Array) -> jax.Array:
+    """``jax.nn.gelu`` (tanh approximation) that keeps only its input for the backward."""
+    return jax.nn.gelu(x)
+
+
+def _gelu_fwd(x: jax.Array) -> tuple[jax.Array, jax.Array]:
+    return gelu(x), x
+
+
+def _gelu_bwd(x: jax.Array, g: jax.Array) -> tuple[jax.Array]:
+    _, vjp = jax.vjp(jax.nn.gelu, x.astype(jnp.float32))
+    return (vjp(g.astype(jnp.float32))[0].astype(x.dtype),)
+
+
+gelu.defvjp(_gelu_fwd, _gelu_bwd)
 
 
 def dense(x: jax.Array, w: jax.Array, bias: jax.Array | None, dtype: Any) -> jax.Array:

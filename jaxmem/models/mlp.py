@@ -10,8 +10,8 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jaxmem import losses, remat
-from jaxmem.config import ModelConfig
 from jaxmem.errors import ConfigError, check_choice, check_positive
+from jaxmem.models.base import ModelConfig
 from jaxmem.models.workload import Batch, BuildOptions, Workload
 
 
@@ -90,6 +90,6 @@ class MLP(nnx.Module):
 
     def __call__(self, x_BxI: jax.Array) -> jax.Array:
         for i, layer in enumerate(self.layers):
-            policy = self.remat_policy if i % self.remat_every == 0 else "none"
-            x_BxI = remat.wrap(_dense_relu, policy)(layer, x_BxI)
+            policy = self.remat_policy if i % self.remat_every == 0 else remat.POLICIES["none"]
+            x_BxI = remat.apply(_dense_relu, policy)(layer, x_BxI)
         return self.head(x_BxI)

@@ -48,7 +48,7 @@ class Stack(nnx.Module):
         num_layers: int,
         *,
         stack: str,
-        remat_policy: str = "none",
+        remat_policy: remat.RematPolicy = remat.POLICIES["none"],
         remat_every: int = 1,
         remat_nested: bool = False,
         rngs: nnx.Rngs,
@@ -93,13 +93,13 @@ class Stack(nnx.Module):
         (x, cache), _ = jax.lax.scan(body, (x, cache), (state, jnp.arange(self.num_layers)))
         return x, cache
 
-    def _policy(self, index: int) -> str:
-        return self.remat_policy if index % self.remat_every == 0 else "none"
+    def _policy(self, index: int) -> remat.RematPolicy:
+        return self.remat_policy if index % self.remat_every == 0 else remat.POLICIES["none"]
 
     def __call__(self, x: jax.Array) -> jax.Array:
         if self.stack != "scan":
             for i, block in enumerate(self.blocks):
-                x = remat.wrap(_call, self._policy(i))(block, x)
+                x = remat.apply(_call, self._policy(i))(block, x)
             return x
         return self._scan(x)
 
@@ -117,23 +117,23 @@ class Stack(nnx.Module):
         L, k = self.num_layers, self.remat_every
         if self.remat_nested:
             g = nested_group_size(L)
-            per_block = remat.jax_checkpoint(lambda x, s: (block_fn(x, s), None),
-                                             self.remat_policy, prevent_cse=False)
+            per_block = remat.apply(lambda x, s: (block_fn(x, s), None), self.remat_policy,
+                                    prevent_cse=False)
 
             def group_fn(x: jax.Array, i: jax.Array) -> tuple[jax.Array, None]:
                 return jax.lax.scan(per_block, x, group_state(i * g, g))[0], None
 
-            outer = remat.jax_checkpoint(group_fn, "full", prevent_cse=False)
+            outer = remat.apply(group_fn, remat.POLICIES["full"], prevent_cse=False)
             return jax.lax.scan(outer, x, jnp.arange(L // g))[0]
         if k > 1:
             def group_fn(x: jax.Array, i: jax.Array) -> tuple[jax.Array, None]:
                 for j in range(k):
                     s_j = jax.tree.map(lambda a, j=j: a[i * k + j], state)
-                    fn = remat.jax_checkpoint(block_fn, self._policy(j), prevent_cse=False)
+                    fn = remat.apply(block_fn, self._policy(j), prevent_cse=False)
                     x = fn(x, s_j)
                 return x, None
 
             return jax.lax.scan(group_fn, x, jnp.arange(L // k))[0]
-        body = remat.jax_checkpoint(lambda x, s: (block_fn(x, s), None), self.remat_policy,
-                                    prevent_cse=False)
+        body = remat.apply(lambda x, s: (block_fn(x, s), None), self.remat_policy,
+                           prevent_cse=False)
         return jax.lax.scan(body, x, state)[0]

@@ -17,10 +17,10 @@ import jax.numpy as jnp
 from flax import nnx
 from jax.ad_checkpoint import checkpoint_name
 
-from jaxmem.config import ModelConfig
 from jaxmem.errors import ConfigError, check_choice, check_positive
 from jaxmem.models.attention import IMPLEMENTATIONS, WINDOWED, Attention, KVCache, check_platform
-from jaxmem.models.layers import LayerNorm
+from jaxmem.models.base import ModelConfig
+from jaxmem.models.layers import LayerNorm, gelu
 from jaxmem.models.stack import Stack
 from jaxmem.models.workload import BuildOptions
 from jaxmem.sharding import Rules, constrain
@@ -92,6 +92,7 @@ class TransformerConfig(ModelConfig):
     BLOCKS_PATH: ClassVar[str] = "trunk/blocks/blocks"
     EMBEDDING_PATTERNS: ClassVar[tuple[str, ...]] = ("trunk/embed/*", "trunk/pos/*")
     PARAM_AXES: ClassVar[tuple[tuple[str, tuple[str | None, ...]], ...]] = PARAM_AXES
+    PRUNABLE: ClassVar[bool] = True
 
     vocab_size: int = 512
     seq_len: int = 128
@@ -143,7 +144,7 @@ class TransformerConfig(ModelConfig):
 
 
 class MLP(nnx.Module):
-    """Two-layer GELU MLP."""
+    """Two-layer GELU MLP (the GELU keeps only its input: ``layers.gelu``)."""
 
     def __init__(self, d_model: int, hidden: int, *, dtype: Any, rngs: nnx.Rngs):
         self.up = nnx.Linear(d_model, hidden, dtype=dtype, rngs=rngs)
@@ -152,7 +153,7 @@ class MLP(nnx.Module):
     def __call__(self, x_BxLxD: jax.Array) -> jax.Array:
         h_BxLxF = constrain(self.up(x_BxLxD), ("batch", "length", "mlp"))
         h_BxLxF = checkpoint_name(h_BxLxF, "mlp_pre_act")
-        h_BxLxF = checkpoint_name(jax.nn.gelu(h_BxLxF), "mlp_post_act")
+        h_BxLxF = checkpoint_name(gelu(h_BxLxF), "mlp_post_act")
         return checkpoint_name(self.down(h_BxLxF), "mlp_out")
 
 

@@ -6,6 +6,8 @@ a :class:`Workload`, so the harness has one path for every model.
 Example:
   >>> import jax, jax.numpy as jnp
   >>> from flax import nnx
+
+from jaxmem import remat
   >>> from jaxmem import losses
   >>> from jaxmem.models import Workload
   >>> w = Workload(
@@ -29,6 +31,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from jaxmem import remat
+
 Batch = Mapping[str, jax.Array]
 
 
@@ -38,7 +42,7 @@ class BuildOptions:
 
     Attributes:
       batch_size: global batch size.
-      remat_policy: name of the remat policy for each block (``jaxmem.remat``).
+      remat_policy: the remat policy for each block (``jaxmem.remat``), resolved once.
       remat_every: the policy applies to every k-th block (``jaxmem.models.stack``).
       remat_nested: nested sqrt(L) remat over a scanned stack.
       mlp_keep: fraction of the transformer MLP width kept (structured pruning).
@@ -47,7 +51,7 @@ class BuildOptions:
     """
 
     batch_size: int
-    remat_policy: str = "none"
+    remat_policy: remat.RematPolicy = remat.POLICIES["none"]
     remat_every: int = 1
     remat_nested: bool = False
     mlp_keep: float = 1.0
