@@ -49,8 +49,8 @@ def bytes_per_device(tree: Any) -> int:
     with shardings; unsharded leaves count whole), on the most loaded device."""
     total = 0
     for x in _arrays(tree):
-        spec = getattr(x, "sharding", None)
-        shape = spec.shard_shape(x.shape) if spec is not None else x.shape
+        placed = getattr(x, "sharding", None)
+        shape = placed.shard_shape(x.shape) if placed is not None else x.shape
         total += math.prod(shape) * np.dtype(x.dtype).itemsize
     return total
 

@@ -38,8 +38,9 @@ class FitsBasis:
 #: The figure that decides ``fits``, per platform compiled for.
 FITS_BASIS: dict[str, FitsBasis] = {
     "tpu": FitsBasis("peak_bytes", "libtpu's own peak of the step, the figure it checks "
-                     "against HBM when it compiles; argument + output + temp - alias "
-                     "overstates it"),
+                     "against HBM when it compiles (argument + output + temp - alias is not: "
+                     "it holds every argument and output live for the whole step, and leaves "
+                     "out libtpu's own overheads)"),
     "gpu": FitsBasis("total_bytes", "XLA:GPU allocates the arguments, outputs and one block "
                      "of temporaries, so their sum (argument + output + temp - alias) must fit"),
     "cpu": FitsBasis("total_bytes", "XLA:CPU's peak leaves out loop bodies' working set; "

@@ -229,7 +229,7 @@ def activation_spec(logical: Axes, shape: Sequence[int], mesh: Mesh, rules: Rule
     return PartitionSpec(*(_entry(a) for a in mesh_axes_by_dim(logical, shape, mesh, rules)))
 
 
-# ------------------------------------------------------------------ parameters to specs
+# -------------------------------------------------------------- parameters to shardings
 
 def _variables(state: Any) -> list[tuple[str, Any]]:
     from flax import nnx
@@ -287,7 +287,8 @@ def param_shardings(params: Any, mesh: Mesh, rules: Rules,
     return jax.tree_util.tree_map_with_path(one, params)
 
 
-def state_shardings(state: Any, params: Any, param_shardings: Any, mesh: Mesh, rules: Rules) -> Any:
+def state_shardings(state: Any, params: Any, param_shardings: Any, mesh: Mesh,
+                    rules: Rules) -> Any:
     """Shardings of optimizer state: a leaf shaped like the parameter whose path ends its own
     path (Adam's ``mu``/``nu``, momentum) shares that parameter's sharding; any other leaf
     (factored second moments) is split by the ZeRO axes alone; scalars are replicated."""
@@ -326,8 +327,8 @@ def shard(model: Any, mesh: Mesh, rules: Rules, table: Sequence[tuple[str, Axes]
     from flax import nnx
 
     state = nnx.state(model, nnx.Param)
-    specs = param_shardings(state, mesh, rules, table, metadata_axes(state))
-    nnx.update(model, jax.device_put(state, specs))
+    shardings = param_shardings(state, mesh, rules, table, metadata_axes(state))
+    nnx.update(model, jax.device_put(state, shardings))
     return model
 
 
@@ -392,10 +393,10 @@ def place(tree: Any, shardings: Any) -> Any:
 def constrain_batch(mesh: Mesh):
     """A function constraining a batch pytree to be split over the batch axes (for
     microbatches inside the step)."""
-    spec = batch_sharding(mesh)
+    split = batch_sharding(mesh)
 
     def constrain_tree(tree: Any) -> Any:
-        return jax.tree.map(lambda x: jax.lax.with_sharding_constraint(x, spec), tree)
+        return jax.tree.map(lambda x: jax.lax.with_sharding_constraint(x, split), tree)
 
     return constrain_tree
 

@@ -267,17 +267,17 @@ def _gpu(m: re.Match[str]) -> Target:
                           choices=[f"gpu:{k}x8" for k in _gpu.GPU_KINDS])
     per_node, nodes = int(m["per_node"]), int(m["nodes"] or 1)
     topology = f"{nodes}x1x{per_node}"
-    spec = _gpu.GPU_KINDS[kind]
+    gpu = _gpu.GPU_KINDS[kind]
     where = f"{nodes} nodes of {per_node}" if nodes > 1 else f"{per_node}"
     def memory(mem_fraction: float | None = None) -> Memory:
         fraction = JAX_GPU_MEM_FRACTION if mem_fraction is None else mem_fraction
         why = ("JAX's default XLA_PYTHON_CLIENT_MEM_FRACTION" if mem_fraction is None
                else "measure.mem_fraction")
-        return Memory(int(spec.memory_bytes * fraction),
-                      f"device_memory_size in {Path(spec.config_file).name} x {fraction:g} "
+        return Memory(int(gpu.memory_bytes * fraction),
+                      f"device_memory_size in {Path(gpu.config_file).name} x {fraction:g} "
                       f"({why}: the share JAX's GPU allocator may use)")
 
-    return Target(m.string, f"compile-only {where} x {spec.description} (CUDA plugin)",
+    return Target(m.string, f"compile-only {where} x {gpu.description} (CUDA plugin)",
                   lambda: list(_gpu.gpu_devices(kind, topology)), runnable=False,
                   memory=memory, family="gpu")
 
@@ -356,7 +356,7 @@ def catalogue() -> list[Listing]:
     from jaxmem import _gpu
 
     cuda = "yes" if _gpu.plugin_available() else "pip install 'jaxmem[gpu-targets]'"
-    for kind, spec in _gpu.GPU_KINDS.items():
+    for kind, gpu in _gpu.GPU_KINDS.items():
         rows.append(Listing(f"gpu:{kind}x8[:<nodes>]", "8 per node",
-                            get(f"gpu:{kind}x8").usable_memory(), cuda, spec.description))
+                            get(f"gpu:{kind}x8").usable_memory(), cuda, gpu.description))
     return rows

@@ -6,9 +6,7 @@ import pytest
 
 import jaxmem
 from jaxmem import _gpu
-from jaxmem.build import build_program
 from jaxmem.errors import ConfigError
-from jaxmem.measure import measure_compile
 
 pytestmark = pytest.mark.gpu_targets
 needs_plugin = pytest.mark.skipif(
@@ -18,32 +16,44 @@ needs_plugin = pytest.mark.skipif(
 H100 = "NVIDIA H100 80GB HBM3"
 
 
-def compile_quickstart(quickstart, devices, *overrides):
-    """Record sections of the quickstart's first configuration (remat=none, fp32) compiled for
-    ``devices``, the batch split over all of them."""
-    exp = jaxmem.Experiment.from_dict(quickstart.to_dict(), ["mesh.data=-1", *overrides])
-    _, sections = measure_compile(build_program(exp.grid()[0].config, list(devices)))
-    return sections
+def compile_quickstart(quickstart, *overrides) -> jaxmem.Record:
+    """The quickstart's first configuration (remat=none, fp32) compiled for eight virtual
+    H100s through the target, the batch split over all of them."""
+    exp = jaxmem.Experiment.from_dict(quickstart.to_dict(), [
+        "target=gpu:h100x8", "mesh.data=-1", "sweep.remat=[none]", "sweep.precision=[fp32]",
+        *overrides])
+    (record,) = jaxmem.run(exp)
+    assert record.ok, record.error
+    return record
 
 
 @needs_plugin
 def test_quickstart_compiles_for_eight_virtual_h100s(quickstart):
-    sections = compile_quickstart(quickstart, _gpu.gpu_devices("h100", "1x1x8"))
-    compiled = sections["compiled"]
+    r = compile_quickstart(quickstart)
+    compiled = r.compiled
     assert (compiled["platform"], compiled["device_kind"], compiled["num_devices"]) == (
         "gpu", H100, 8)
     assert compiled["argument_bytes"] > 0 and compiled["temp_bytes"] > 0
-    assert compiled["total_bytes"] < _gpu.GPU_KINDS["h100"].memory_bytes
-    assert sections["env"]["device_count"] == 8
+    assert r.env["device_count"] == 8 and r.env["device_kind"] == H100
+    usable = r.env["device_memory_bytes"]
+    assert usable == int(0.75 * _gpu.GPU_KINDS["h100"].memory_bytes)  # JAX's allocator share
+    assert compiled["fits_basis"] == "total_bytes" and compiled["fits"] is True
+    assert compiled["headroom_bytes"] == usable - compiled["total_bytes"]
 
 
 @needs_plugin
 def test_bf16_mixed_lowers_temp_on_virtual_h100s(quickstart):
     """XLA:CPU computes bf16 in f32; XLA:GPU does not, so the saving shows."""
-    devices = _gpu.gpu_devices("h100", "1x1x8")
-    fp32 = compile_quickstart(quickstart, devices, "precision=fp32")["compiled"]
-    bf16 = compile_quickstart(quickstart, devices, "precision=bf16-mixed")["compiled"]
+    fp32 = compile_quickstart(quickstart, "precision=fp32").compiled
+    bf16 = compile_quickstart(quickstart, "precision=bf16-mixed").compiled
     assert bf16["temp_bytes"] < 0.8 * fp32["temp_bytes"]
+
+
+@needs_plugin
+def test_mem_fraction_sets_the_share_fits_checks(quickstart):
+    r = compile_quickstart(quickstart, "measure.mem_fraction=0.5")
+    assert r.env["device_memory_bytes"] == int(0.5 * _gpu.GPU_KINDS["h100"].memory_bytes)
+    assert "measure.mem_fraction" in r.env["device_memory_source"]
 
 
 @needs_plugin

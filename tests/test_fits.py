@@ -1,0 +1,57 @@
+"""Whether a step fits a device, against what the device really lets XLA use: a fitting row, an
+out-of-memory row, and the figure each backend is judged by."""
+
+from __future__ import annotations
+
+import pytest
+
+import jaxmem
+from jaxmem.measure import FITS_BASIS
+
+pytestmark = pytest.mark.tpu_target
+GPT = {"kind": "gpt", "vocab_size": 256, "seq_len": 128, "num_layers": 2, "d_model": 64,
+       "num_heads": 4, "stack": "scan"}
+
+
+@pytest.fixture(autouse=True)
+def _libtpu():
+    pytest.importorskip("libtpu", reason="needs the tpu-targets extra")
+
+
+def run(**sections) -> jaxmem.Record:
+    (record,) = jaxmem.run(jaxmem.Experiment.from_dict({"target": "tpu:v5e:2x2", **sections}))
+    return record
+
+
+def test_a_small_step_fits_with_headroom_against_libtpus_figure():
+    r = run(model=GPT, data={"batch_size": 8})
+    assert r.ok, r.error
+    usable = r.env["device_memory_bytes"]
+    assert "libtpu" in r.env["device_memory_source"] and usable < 16 * 2**30
+    c = r.compiled
+    assert c["fits_basis"] == FITS_BASIS["tpu"].field == "peak_bytes"
+    assert c["fits"] is True
+    assert c["headroom_bytes"] == usable - c["peak_bytes"]
+    assert c["peak_bytes"] > 0  # not bounded by total: libtpu counts its own overheads
+
+
+def test_a_step_libtpu_refuses_is_an_oom_row():
+    # one layer's attention scores alone: 32 x 4 heads x 8192^2 x 2 bytes = 32 GiB
+    big = dict(GPT, seq_len=8192, num_layers=1)
+    r = run(model=big, data={"batch_size": 32}, precision="bf16-mixed")
+    assert r.status == "oom", r.error
+    assert r.compiled == {"fits": False}
+    assert "RESOURCE_EXHAUSTED" in r.error or "CompileTimeHbmOom" in r.error
+
+
+def test_the_table_says_what_fits_compares(tmp_path, cli_runner):
+    from jaxmem.cli import cli
+
+    path = tmp_path / "e.yaml"
+    path.write_text("target: tpu:v5e:2x2\nmodel: {kind: mlp, hidden: [64]}\n")
+    result = cli_runner.invoke(cli, ["run", str(path), "--out", str(tmp_path / "o"),
+                                     "--no-progress"])
+    assert result.exit_code == 0, result.output
+    text = " ".join(result.stdout.split())
+    assert "peak/dev" in text and "yes (" in text
+    assert "fits: compiled.peak_bytes: libtpu's own peak" in text
