@@ -6,11 +6,11 @@ sections or the failure. Only the worker starts the accelerator, so its device p
 this configuration alone.
 
 Example:
-  >>> import json, os, tempfile
+  >>> import json, pathlib, tempfile
   >>> from jaxmem import isolate
-  >>> path = os.path.join(tempfile.mkdtemp(), "result.json")
+  >>> path = pathlib.Path(tempfile.mkdtemp()) / "result.json"
   >>> isolate.write_result(path, error=ValueError("no"))
-  >>> json.load(open(path))
+  >>> json.loads(path.read_text())
   {'error': 'ValueError: no'}
 """
 
@@ -36,7 +36,7 @@ def read_config(path: str) -> Config:
         return _convert.from_dict(Config, json.load(f))
 
 
-def write_result(path: str, sections: dict[str, Any] | None = None,
+def write_result(path: str | os.PathLike, sections: dict[str, Any] | None = None,
                  error: BaseException | None = None) -> None:
     """What the worker answers: the record sections, or the failure (one line)."""
     if error is None:
