@@ -56,28 +56,28 @@ def fmt_headroom(value: float | None) -> str:
     return f"yes ({fmt_bytes(value)} free)" if value >= 0 else f"NO (short {fmt_bytes(-value)})"
 
 
-#: Headers say what a figure covers: ``/dev`` one device, ``model`` the whole model,
-#: ``batch`` the whole global batch (all devices together).
+#: Headers say what a figure covers: ``/dev`` one device (the most loaded), ``/all`` the whole
+#: model or the whole global batch (all devices together).
 COMPILE_COLUMNS = (
     Column("params", "analytic.param_count", fmt_count),
-    Column("param bytes model", "analytic.param_bytes", fmt_bytes, delta=True),
+    Column("params/all", "analytic.param_bytes", fmt_bytes, delta=True),
     Column("params/dev", "analytic.param_bytes_per_device", fmt_bytes, delta=True,
            unless_equal="analytic.param_bytes"),
-    Column("opt state/dev", "analytic.opt_state_bytes_per_device", fmt_bytes, delta=True,
+    Column("opt/dev", "analytic.opt_state_bytes_per_device", fmt_bytes, delta=True,
            unless_equal="analytic.opt_state_bytes"),
-    Column("model state", "analytic.rest_bytes", fmt_bytes, optional=True),
-    Column("KV cache batch", "analytic.kv_cache_bytes", fmt_bytes, delta=True, optional=True),
+    Column("state/all", "analytic.rest_bytes", fmt_bytes, optional=True),
+    Column("KV cache/all", "analytic.kv_cache_bytes", fmt_bytes, delta=True, optional=True),
     Column("argument/dev", "compiled.argument_bytes", fmt_bytes),
     Column("temp/dev", "compiled.temp_bytes", fmt_bytes, delta=True),
     Column("total/dev", "compiled.total_bytes", fmt_bytes, delta=True),
     Column("peak/dev", "compiled.peak_bytes", fmt_bytes, delta=True,
            when=lambda r: r.get("compiled.fits_basis") == "peak_bytes"),
     Column("fits", "compiled.headroom_bytes", fmt_headroom, optional=True),
-    Column("host args/dev", "compiled.host_argument_bytes", fmt_bytes, optional=True),
+    Column("host arg/dev", "compiled.host_argument_bytes", fmt_bytes, optional=True),
     Column("host temp/dev", "compiled.host_temp_bytes", fmt_bytes, optional=True),
     Column("collectives", "compiled.collective_count", fmt_count, optional=True),
-    Column("coll. bytes/dev", "compiled.collective_bytes", fmt_bytes, optional=True),
-    Column("saved batch (jaxpr)", "analytic.residual_bytes", fmt_bytes, delta=True),
+    Column("coll/dev", "compiled.collective_bytes", fmt_bytes, optional=True),
+    Column("saved/all", "analytic.residual_bytes", fmt_bytes, delta=True),
     Column("FLOPs/dev", "compiled.flops", fmt_count),
     Column("compile", "compiled.compile_seconds", fmt_seconds),
 )
@@ -141,10 +141,10 @@ def _caption(records: Sequence[Record]) -> str:
     if not ok:
         return "\n".join(errors)
     devices = sorted({f"{r.env.get('device_kind')} x{r.env.get('device_count')}" for r in ok})
-    lines = [f"on {', '.join(devices)}; '/dev': one device (the most loaded), 'model': the "
-             "whole model, 'batch': the whole global batch; deltas against row "
-             f"{ok[0].index}; 'saved batch (jaxpr)': what the forward keeps for the backward "
-             "(activations, compute-dtype copies of parameters)"]
+    lines = [f"on {', '.join(devices)}; '/dev': one device (the most loaded), '/all': the "
+             f"whole model or global batch; deltas against row {ok[0].index}; 'saved': what "
+             "the forward keeps for the backward (activations, compute-dtype copies of "
+             "parameters), from the jaxpr"]
     notes = dict.fromkeys(n for r in ok for n in r.notes)
     lines += [f"note: {n}" for n in notes]
     if any(r.get("compiled.cost_has_loops") for r in ok):
@@ -163,7 +163,7 @@ def _caption(records: Sequence[Record]) -> str:
 
 def print_table(records: Sequence[Record], title: str | None = None,
                 console: Console | None = None) -> None:
-    """Prints :func:`table` to ``console`` (stdout; 200 columns wide when not a terminal)."""
+    """Prints :func:`table` to ``console`` (stdout; 240 columns wide when not a terminal)."""
     (console or wide_console()).print(table(records, title))
 
 
@@ -216,6 +216,6 @@ def targets_table(listings: Sequence[Any]) -> Table:
 
 
 def wide_console() -> Console:
-    """stdout; 200 columns wide when not a terminal, so tables do not wrap in files."""
+    """stdout; 240 columns wide when not a terminal, so tables do not wrap in files."""
     console = Console()
-    return console if console.is_terminal else Console(width=max(console.width, 200))
+    return console if console.is_terminal else Console(width=max(console.width, 240))

@@ -88,11 +88,11 @@ print_table(records, title="quickstart")
 # %% [markdown]
 # Reading the table:
 #
-# * **argument** is the same in every row: the same parameters and AdamW state (bf16-mixed keeps
+# * **argument/dev** is the same in every row: the same parameters and AdamW state (bf16-mixed keeps
 #   float32 master weights; only the compute is in bf16).
-# * **temp** falls with remat: `full` recomputes each block's forward during the backward
+# * **temp/dev** falls with remat: `full` recomputes each block's forward during the backward
 #   instead of keeping its activations, and pays for it in FLOPs.
-# * **saved (jaxpr)** is what the differentiated program asks to keep, read from the jaxpr
+# * **saved/all** is what the differentiated program asks to keep, read from the jaxpr
 #   before XLA optimises it. It shows both remat and precision: bf16 activations are half the
 #   bytes.
 # * On the **CPU** backend, XLA computes bf16 in float32, so compiled temp does *not* fall

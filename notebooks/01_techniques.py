@@ -58,7 +58,7 @@ wide_console().print(residual_table(residuals, title="remat=minimal keeps", note
 # ## 2. Mixed precision: half the bytes per activation, same master weights
 #
 # `bf16-mixed` keeps float32 parameters and optimizer state but computes (and keeps
-# activations) in bfloat16. The *saved (jaxpr)* column halves. On the CPU backend XLA computes
+# activations) in bfloat16. The *saved/all* column halves. On the CPU backend XLA computes
 # bf16 in float32, so its compiled temp does not fall; compile for the hardware you plan for
 # (`target: tpu:v5e:2x2`) to see the saving there.
 

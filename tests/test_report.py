@@ -30,18 +30,18 @@ def row(index, name, *, temp, total, **extra) -> Record:
 def test_rows_deltas_and_what_each_column_covers():
     out = text([row(0, "base", temp=2 * 2**20, total=4 * 2**20),
                 row(1, "half", temp=2**20, total=3 * 2**20)])
-    assert "temp/dev" in out and "total/dev" in out and "saved batch (jaxpr)" in out
+    assert "temp/dev" in out and "total/dev" in out and "saved/all" in out
     assert "params/dev" not in out  # nothing is sharded: the whole-model column is enough
     assert "1.0 MiB (-50%)" in out and "3.0 MiB (-25%)" in out
-    assert "'/dev': one device" in out and "'batch': the whole global batch" in out
+    assert "'/dev': one device" in out and "'/all': the whole model or global batch" in out
 
 
 def test_sharded_rows_show_per_device_state():
     sharded = row(1, "fsdp", temp=2**20, total=2**21,
                   analytic={"param_bytes_per_device": 500, "opt_state_bytes_per_device": 1000})
     out = text([row(0, "dp", temp=2**20, total=2**21), sharded])
-    assert "params/dev" in out and "opt state/dev" in out
-    assert "param bytes model" not in out  # room for the per-device one
+    assert "params/dev" in out and "opt/dev" in out
+    assert "params/all" not in out  # room for the per-device one
 
 
 def test_failed_rows_say_their_status_and_the_caption_says_why():
