@@ -79,10 +79,8 @@ def prepare(points: Sequence[GridPoint], mode: str | None = None) -> list[Setup]
     Raises:
       ConfigError: the first point that is bad input.
     """
-    cpus = targets.cpu_device_count([p.config.target.name for p in points])
-    if cpus:
-        targets.ensure_cpu_devices(cpus)
     setups = [resolve(p.config) for p in points]
+    targets.ensure_cpu_devices(s.target for s in setups)
     for point, setup in zip(points, setups, strict=True):
         setup.check(mode or point.config.measure.mode)
     return setups

@@ -35,7 +35,7 @@ import dataclasses
 import functools
 import os
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import jax
@@ -78,6 +78,7 @@ class Target:
       memory: ``mem_fraction -> Memory`` of one device; ``mem_fraction`` is the GPU
         allocator's share (None: JAX's default), which only GPU targets use.
       family: the kind of target (``local``, ``cpu``, ``tpu``, ``gpu``).
+      cpu_devices: CPU devices this process must have before JAX starts (``cpu:N``), or 0.
     """
 
     name: str
@@ -86,6 +87,7 @@ class Target:
     runnable: bool = True
     memory: Callable[[float | None], Memory] = _unknown
     family: str = "local"
+    cpu_devices: int = 0
 
     def usable_memory(self, mem_fraction: float | None = None) -> Memory:
         """The memory of one device that XLA may use, and its source (may start a backend,
@@ -144,18 +146,16 @@ def _cpu(m: re.Match[str]) -> Target:
     return Target(m.string, f"{n} CPU devices of this process",
                   functools.partial(cpu_devices, n),
                   memory=lambda _=None: Memory(None, "host memory, shared by the devices"),
-                  family="cpu")
+                  family="cpu", cpu_devices=n)
 
 
-def cpu_device_count(names: list[str]) -> int | None:
-    """How many CPU devices the ``cpu:N`` targets among ``names`` need (None: none asked)."""
-    counts = [int(m["n"]) for n in names if (m := FAMILIES["cpu"].pattern.match(n))]
-    return max(counts, default=None)
-
-
-def ensure_cpu_devices(n: int) -> None:
-    """Asks JAX for at least ``n`` CPU devices (keeping more if ``XLA_FLAGS`` forces more); a
-    no-op once JAX's backends have started (then :func:`cpu_devices` explains)."""
+def ensure_cpu_devices(targets: Iterable[Target]) -> None:
+    """Asks JAX for the CPU devices the ``cpu:N`` targets among ``targets`` need (keeping more
+    if ``XLA_FLAGS`` forces more); a no-op once JAX's backends have started (then
+    :func:`cpu_devices` explains)."""
+    n = max((t.cpu_devices for t in targets), default=0)
+    if not n:
+        return
     forced = re.search(r"--xla_force_host_platform_device_count=(\d+)",
                        os.environ.get("XLA_FLAGS", ""))
     with contextlib.suppress(RuntimeError):

@@ -17,14 +17,12 @@ from jaxmem.setup import resolve
 def main(argv: list[str]) -> int:
     config_path, result_path = argv
     try:
-        config = isolate.read_config(config_path)
-        cpus = targets.cpu_device_count([config.target.name])
-        if cpus:  # before anything starts JAX's backends
-            targets.ensure_cpu_devices(cpus)
+        setup = resolve(isolate.read_config(config_path))
+        targets.ensure_cpu_devices([setup.target])  # before anything starts JAX's backends
         cluster = Cluster.from_env()
         if cluster is not None:
             cluster.initialize()
-        sections = runtime.run(resolve(config))
+        sections = runtime.run(setup)
     except Unsupported as e:
         isolate.write_result(result_path, error=e)
         return 1
