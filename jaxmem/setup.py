@@ -138,26 +138,21 @@ class Setup:
         elif not self.target.runnable:
             raise ConfigError("target.name", "is compile-only, so only --mode compile applies",
                               value=self.target.name)
-        try:
+        try:  # the model's own code runs here: the factory, its init, its traced loss
             _ = self.workload
-            needs_model = bool(self.freeze_patterns) or (
-                bool(self.remat.names) and c.model.checkpoint_names() is None)
-            if needs_model:
-                _ = self.abstract_model
+            if self.freeze_patterns:
+                _, params, _ = nnx.split(self.abstract_model, nnx.Param, ...)
+                freeze.frozen_mask(params, self.freeze_patterns)
+            missing = () if c.remat.allow_untagged else self.untagged_names()
         except ConfigError:
             raise
         except Exception:  # noqa: S110  (the model's own code fails: that row says why)
             return
-        if self.freeze_patterns:
-            _, params, _ = nnx.split(self.abstract_model, nnx.Param, ...)
-            freeze.frozen_mask(params, self.freeze_patterns)
-        if c.remat.policy != "none" and not c.remat.allow_untagged:
-            missing = self.untagged_names()
-            if missing:
-                raise ConfigError("remat.policy", f"names checkpoints the model does not tag "
-                                  f"({', '.join(missing)}); set remat.allow_untagged=true to "
-                                  "run it anyway", value=c.remat.policy,
-                                  choices=sorted(self.tagged_names) or ["(the model tags none)"])
+        if missing:
+            raise ConfigError("remat.policy", f"names checkpoints the model does not tag "
+                              f"({', '.join(missing)}); set remat.allow_untagged=true to run it "
+                              "anyway", value=c.remat.policy,
+                              choices=sorted(self.tagged_names) or ["(the model tags none)"])
         if mode == "compile":
             try:
                 _ = self.mesh

@@ -72,6 +72,12 @@ REFUSED = {
 
 FACTORIES = {
     "broken_factory.py": "def workload(batch_size:\n    pass\n",
+    "failing_model.py": ("import examples.custom_model as m\n"
+                         "def workload(batch_size, remat_policy='none'):\n"
+                         "    w = m.workload(batch_size, width=8, depth=1)\n"
+                         "    def loss(model, batch):\n"
+                         "        raise RuntimeError('the model itself fails')\n"
+                         "    return m.jaxmem.Workload(init=w.init, batch=w.batch, loss=loss)\n"),
     "plain_factory.py": ("import examples.custom_model as m\n"
                          "def workload(batch_size):\n"
                          "    return m.workload(batch_size, width=8, depth=1)\n"),
@@ -137,3 +143,14 @@ def test_the_spy_sees_compiles_and_a_forced_policy_runs_with_a_note(cli_runner, 
     (row,) = jaxmem.read_results(workdir / "out")
     assert row.ok
     assert any("does not tag (query)" in n for n in row.notes), row.notes
+
+
+def test_a_model_whose_own_code_fails_is_a_row_not_bad_input(cli_runner, workdir):
+    """Checking the names a custom model tags traces it; if its code fails, that is its row."""
+    result = invoke(cli_runner, workdir, "model: {kind: custom, factory: "
+                    "'failing_model:workload'}\nremat: 'save:query'\n", [])
+    assert result.exit_code == 0, result.output
+    import jaxmem
+
+    (row,) = jaxmem.read_results(workdir / "out")
+    assert row.status == "error" and "the model itself fails" in row.error
