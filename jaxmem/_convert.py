@@ -8,6 +8,9 @@ Rules, small on purpose:
   (``model: {kind: gpt, ...}`` builds a ``GPTConfig``).
 * Field types: ``int``, ``float`` (ints accepted), ``bool``, ``str``, ``X | None``,
   ``tuple[X, ...]``, ``dict[str, Any]`` and nested dataclasses. Anything else is a bug here.
+* Numbers are finite, and integers fit an int32 (sizes beyond that are not sizes a device
+  can index): :func:`check_types`, which every section runs first in ``__post_init__``, so a
+  section built directly in Python is checked as strictly as one read from YAML.
 
 Every error is a :class:`~jaxmem.errors.ConfigError` whose path is the dotted field path.
 """
@@ -16,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 import types
 import typing
 from collections.abc import Mapping
@@ -24,6 +28,8 @@ from typing import Any
 from jaxmem.errors import ConfigError
 
 _MISSING = dataclasses.MISSING
+#: integer fields hold sizes, counts and seeds: at most what an int32 index holds
+MAX_INT = 2**31 - 1
 
 
 @functools.cache
@@ -125,6 +131,57 @@ def from_dict(cls: type, raw: Any, path: str = "") -> Any:
         raise (e.at(path) if path else e) from None
     except TypeError as e:  # a required field without a default
         raise ConfigError(path or "<top>", str(e)) from None
+
+
+def check_types(obj: Any) -> None:
+    """Raises ConfigError (path: the field) unless every field of dataclass ``obj`` has its
+    annotated type: ``bool`` for bool, an ``int`` that is not a bool and fits an int32, a
+    finite number for float, a tuple for ``tuple[X, ...]``, and so on."""
+    hints = _hints(type(obj))
+    for name in _fields(type(obj)):
+        _check_value(hints[name], getattr(obj, name), name)
+
+
+def _check_value(tp: Any, value: Any, path: str) -> None:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return
+        (inner,) = [a for a in args if a is not type(None)]
+        _check_value(inner, value, path)
+        return
+    if tp is Any:
+        return
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, tp):
+            raise ConfigError(path, f"expected a {tp.__name__}", value=value)
+        return
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(path, "expected true or false", value=value)
+    elif tp is int:
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise ConfigError(path, "expected an integer", value=value)
+        if abs(value) > MAX_INT:
+            raise ConfigError(path, f"is out of range (at most {MAX_INT} in size)", value=value)
+    elif tp is float:
+        if not isinstance(value, (int, float)) or isinstance(value, bool):
+            raise ConfigError(path, "expected a number", value=value)
+        if not math.isfinite(value):
+            raise ConfigError(path, "expected a finite number", value=value)
+    elif tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(path, "expected a string", value=value)
+    elif origin is tuple:
+        if not isinstance(value, tuple):
+            raise ConfigError(path, "expected a tuple", value=value)
+        item_tp = typing.get_args(tp)[0]
+        for i, item in enumerate(value):
+            _check_value(item_tp, item, f"{path}[{i}]")
+    elif origin in (dict, Mapping, typing.Mapping) or tp is dict:
+        if not isinstance(value, Mapping) or not all(isinstance(k, str) for k in value):
+            raise ConfigError(path, "expected a mapping with string keys", value=value)
 
 
 def to_dict(obj: Any) -> Any:

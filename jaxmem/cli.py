@@ -6,19 +6,24 @@ naming the field, nothing written), 1 internal failure.
 
 from __future__ import annotations
 
+import os
 import sys
 import traceback
 from importlib.metadata import version
 from pathlib import Path
+from typing import Any
 
 import click
 from rich.console import Console
 
 from jaxmem import report, results, targets
+from jaxmem.cache import default_dir as default_cache_dir
 from jaxmem.config import MODES
 from jaxmem.distributed import Cluster, is_process_zero
 from jaxmem.errors import ConfigError, check_choice
 from jaxmem.experiment import Experiment
+from jaxmem.failures import one_line_error
+from jaxmem.pool import usable_cores
 from jaxmem.residuals import residual_report
 from jaxmem.runner import prepare
 from jaxmem.runner import run as run_experiment
@@ -29,22 +34,71 @@ def _fail(message: str, code: int) -> None:
     sys.exit(code)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _Group(click.Group):
+    """Click's own usage errors as one line on stderr, exit 2, like jaxmem's."""
+
+    def main(self, *args: Any, **kwargs: Any) -> Any:
+        kwargs["standalone_mode"] = False
+        try:
+            rv = super().main(*args, **kwargs)
+        except click.exceptions.NoArgsIsHelpError as e:
+            click.echo(e.ctx.get_help() if e.ctx else str(e))
+            sys.exit(0)
+        except click.ClickException as e:
+            _fail(e.format_message().replace("\n", " "), 2)
+        except click.exceptions.Abort:
+            sys.exit(130)
+        if isinstance(rv, int):  # --help / --version ask click to exit
+            sys.exit(rv)
+        return rv
+
+
+def _interrupted(out: Path) -> None:
+    """Ctrl-C: the finished rows are on disk; exit 130 without the interpreter's teardown (it
+    can crash while XLA's threads still run)."""
+    try:
+        kept = len(results.read(out)) if (out / results.JSONL).exists() else 0
+    except (OSError, ValueError):
+        kept = 0
+    click.echo(f"jaxmem: interrupted: {kept} finished configuration(s) kept in "
+               f"{out / results.JSONL}; --resume measures the rest", err=True)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(130)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(version("jaxmem"), prog_name="jaxmem")
 def cli() -> None:
     """Measure and plan JAX/XLA training memory before you rent the hardware."""
 
 
+def _default_workers() -> int:
+    env = os.environ.get("JAXMEM_WORKERS")
+    return int(env) if env and env.isdigit() else usable_cores()
+
+
 @cli.command("run")
-@click.argument("experiment", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("experiment", type=click.Path(path_type=Path))
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
               help="Override a config field, e.g. --set model.num_layers=8 or remat=full. "
                    "Pins the field if it is swept; sweep.KEY=[a,b] replaces a sweep.")
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
+@click.option("--out", type=click.Path(path_type=Path), default=None,
               help="Folder for results.jsonl and results.csv (default: runs/<experiment>).")
 @click.option("--mode", default=None, metavar="compile|run",
               help="compile: XLA analysis on abstract shapes (default); run: real arrays in "
                    "a subprocess per configuration.")
+@click.option("--workers", type=click.IntRange(0, 1024), default=None,
+              help="Compile mode: worker processes (default: the usable cores, or "
+                   "$JAXMEM_WORKERS); 0 compiles in this process, without timeouts.")
+@click.option("--resume", is_flag=True,
+              help="Keep --out's rows and measure only the configurations without one.")
+@click.option("--force", is_flag=True, help="Replace the rows already in --out.")
+@click.option("--cache/--no-cache", default=lambda: os.environ.get("JAXMEM_CACHE") != "0",
+              help="JAX's persistent compilation cache, where it applies (local and cpu "
+                   "targets); on unless $JAXMEM_CACHE=0.")
+@click.option("--cache-dir", type=click.Path(path_type=Path), default=None,
+              help="Folder of the cache (default: $JAXMEM_CACHE_DIR or ~/.cache/jaxmem/xla).")
 @click.option("--progress/--no-progress", default=True, help="Progress bar on stderr.")
 @click.option("--distributed", is_flag=True,
               help="One of several processes (hosts) measuring together: "
@@ -55,13 +109,17 @@ def cli() -> None:
 @click.option("--num-processes", type=int, default=None, help="Processes in the system.")
 @click.option("--process-id", type=int, default=None, help="This process's index.")
 def run_cmd(experiment: Path, overrides: tuple[str, ...], out: Path | None, mode: str | None,
-            progress: bool, distributed: bool, coordinator: str | None,
-            num_processes: int | None, process_id: int | None) -> None:
+            workers: int | None, resume: bool, force: bool, cache: bool,
+            cache_dir: Path | None, progress: bool, distributed: bool,
+            coordinator: str | None, num_processes: int | None,
+            process_id: int | None) -> None:
     """Measure every configuration of EXPERIMENT (a YAML file) and print the table."""
     cluster = None
     try:
         if mode is not None:
             check_choice("--mode", mode, MODES, what="mode")
+        if resume and force:
+            raise ConfigError("--resume", "and --force contradict each other; choose one")
         exp = Experiment.from_yaml(experiment, overrides)
         if distributed or None not in (coordinator, num_processes, process_id):
             cluster = Cluster(coordinator, num_processes, process_id)
@@ -72,15 +130,27 @@ def run_cmd(experiment: Path, overrides: tuple[str, ...], out: Path | None, mode
         if cluster is not None and "run" in modes and not cluster.explicit:
             raise ConfigError("--coordinator", "run mode across processes needs "
                               "--coordinator, --num-processes and --process-id")
+        out = out or Path("runs") / exp.name
+        results.check_out(out)
     except ConfigError as e:
         _fail(str(e), 2)
+    if workers is None:
+        workers = 0 if cluster is not None else _default_workers()
     if cluster is not None and "compile" in modes:
-        cluster.initialize()  # before anything asks for devices
-    out = out or Path("runs") / exp.name
+        try:
+            cluster.initialize()  # before anything asks for devices
+        except Exception as e:  # nothing to join: not a cluster, or the coordinator is away
+            _fail(f"--distributed: could not join a distributed system ({one_line_error(e)})",
+                  2)
     try:
-        records = run_experiment(exp, mode, out=out, progress=progress, cluster=cluster)
-    except ConfigError as e:  # e.g. a mesh larger than the target
+        records = run_experiment(
+            exp, mode, out=out, progress=progress, cluster=cluster, workers=workers,
+            resume=resume, force=force,
+            cache_dir=(cache_dir or default_cache_dir()) if cache else None)
+    except ConfigError as e:  # e.g. a mesh larger than the target, --out taken
         _fail(str(e), 2)
+    except KeyboardInterrupt:
+        _interrupted(out)
     except Exception:
         traceback.print_exc()
         _fail("internal failure (traceback above)", 1)
@@ -98,7 +168,7 @@ def run_cmd(experiment: Path, overrides: tuple[str, ...], out: Path | None, mode
 
 
 @cli.command("residuals")
-@click.argument("experiment", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("experiment", type=click.Path(path_type=Path))
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
               help="Override a config field, as for run.")
 def residuals_cmd(experiment: Path, overrides: tuple[str, ...]) -> None:
@@ -132,8 +202,10 @@ def show_cmd(results_path: Path) -> None:
     """Print the table of an earlier run (a results folder or results.jsonl)."""
     try:
         records = results.read(results_path)
-    except (OSError, ValueError) as e:
-        _fail(f"{results_path}: cannot read results ({e})", 2)
+    except OSError as e:
+        _fail(f"{results_path}: cannot read results ({e.strerror or type(e).__name__})", 2)
+    except ValueError as e:
+        _fail(f"{results_path}: not results that jaxmem run wrote: {e}", 2)
     report.print_table(records, title=str(results_path))
 
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 import dataclasses
 from typing import ClassVar
 
-from jaxmem import optim, precision, remat, sharding, targets
+from jaxmem import _convert, optim, precision, remat, sharding, targets
 from jaxmem.errors import ConfigError, check_choice, check_positive
 from jaxmem.models import GPTConfig, ModelConfig
 from jaxmem.models.stack import nested_group_size
@@ -45,6 +45,7 @@ class DataConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
+        _convert.check_types(self)
         check_positive("batch_size", self.batch_size)
         check_positive("microbatches", self.microbatches)
         if self.batch_size % self.microbatches:
@@ -74,6 +75,7 @@ class OptimizerConfig:
     offload: bool = False
 
     def __post_init__(self) -> None:
+        _convert.check_types(self)
         check_choice("name", self.name, optim.OPTIMIZERS, what="optimizer")
         check_choice("state_dtype", self.state_dtype, optim.STATE_DTYPES, what="state dtype")
         check_positive("learning_rate", self.learning_rate)
@@ -93,6 +95,7 @@ class PrecisionConfig:
     policy: str = "fp32"
 
     def __post_init__(self) -> None:
+        _convert.check_types(self)
         check_choice("policy", self.policy, precision.POLICIES, what="precision policy")
 
 
@@ -116,6 +119,7 @@ class RematConfig:
     allow_untagged: bool = False
 
     def __post_init__(self) -> None:
+        _convert.check_types(self)
         try:
             remat.get(self.policy)
         except ConfigError as e:
@@ -138,6 +142,7 @@ class FreezeConfig:
     embeddings: bool = False
 
     def __post_init__(self) -> None:
+        _convert.check_types(self)
         if self.blocks < 0:
             raise ConfigError("blocks", "must be >= 0", value=self.blocks)
 
@@ -169,6 +174,7 @@ class MeshConfig:
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
 
     def __post_init__(self) -> None:
+        _convert.check_types(self)
         for name, size in self.axes().items():
             if size != -1 and size <= 0:
                 raise ConfigError(name, "must be positive or -1 (the rest)", value=size)
@@ -204,6 +210,7 @@ class ShardingConfig:
     param_axes: tuple[tuple[str, ...], ...] = ()
 
     def __post_init__(self) -> None:
+        _convert.check_types(self)
         check_choice("preset", self.preset, sharding.PRESETS, what="sharding preset")
         for i, rule in enumerate(self.rules):
             if not rule:
@@ -234,6 +241,7 @@ class TargetConfig:
     name: str = "local"
 
     def __post_init__(self) -> None:
+        _convert.check_types(self)
         targets.validate(self.name)
 
 
@@ -261,6 +269,7 @@ class InferenceConfig:
     prune_fraction: float = 0.5
 
     def __post_init__(self) -> None:
+        _convert.check_types(self)
         check_choice("weights", self.weights, WEIGHTS, what="weights")
         check_choice("prune", self.prune, PRUNING, what="pruning")
         if self.context < 0:
@@ -278,6 +287,7 @@ class InferenceConfig:
 
 MODES = ("compile", "run")
 ALLOCATORS = ("default", "platform", "bfc", "cuda_async")
+MAX_TIMEOUT_S = 7 * 24 * 3600.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -314,6 +324,7 @@ class MeasureConfig:
         return {k: v for k, v in values.items() if v is not None}
 
     def __post_init__(self) -> None:
+        _convert.check_types(self)
         check_choice("mode", self.mode, MODES, what="mode")
         if self.mem_fraction is not None and not 0.0 < self.mem_fraction <= 1.0:
             raise ConfigError("mem_fraction", "must be in (0, 1]", value=self.mem_fraction)
@@ -323,6 +334,9 @@ class MeasureConfig:
             raise ConfigError("warmup_steps", "must be >= 0", value=self.warmup_steps)
         check_positive("steps", self.steps)
         check_positive("timeout_s", self.timeout_s)
+        if self.timeout_s > MAX_TIMEOUT_S:
+            raise ConfigError("timeout_s", f"must be at most {MAX_TIMEOUT_S:g} s",
+                              value=self.timeout_s)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -348,6 +362,7 @@ class Config:
     measure: MeasureConfig = MeasureConfig()
 
     def __post_init__(self) -> None:
+        _convert.check_types(self)
         check_choice("task", self.task, TASKS, what="task")
         self._check_task()
         self._check_remat()

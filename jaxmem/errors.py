@@ -1,11 +1,10 @@
 """Errors: bad input (:class:`ConfigError`, one line naming the field, the bad value and the
-valid choices), what a backend cannot do (:class:`Unsupported`), and how any other failure is
-told in a result row."""
+valid choices) and what a backend cannot do (:class:`Unsupported`). How other failures become
+result rows is ``jaxmem.failures``."""
 
 from __future__ import annotations
 
-import re
-import traceback
+import reprlib
 from collections.abc import Iterable
 from typing import Any
 
@@ -46,7 +45,7 @@ class ConfigError(ValueError):
     def _message(self) -> str:
         msg = f"{self.path}: {self.problem}" if self.path else self.problem
         if self.value is not _NO_VALUE:
-            msg += f", got {self.value!r}"
+            msg += f", got {_short_repr(self.value)}"
         if self.choices:
             msg += f"; valid choices: {', '.join(self.choices)}"
         if self.context:
@@ -68,6 +67,18 @@ class ConfigError(ValueError):
         return self.replace(path=f"{prefix}.{self.path}" if self.path else prefix)
 
 
+def _short_repr(value: Any, limit: int = 200) -> str:
+    """``repr(value)``, cut at ``limit`` characters (a bad value may be a whole document)."""
+    short = reprlib.Repr()
+    short.maxlevel, short.maxlist, short.maxdict = 3, 8, 8
+    short.maxstring = short.maxother = limit
+    try:
+        text = short.repr(value)
+    except Exception:  # a value whose repr fails
+        text = f"<{type(value).__name__}>"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def check_positive(name: str, value: int | float) -> None:
     """Raises ConfigError unless ``value`` > 0."""
     if value <= 0:
@@ -84,36 +95,3 @@ def check_choice(name: str, value: Any, choices: Iterable[Any], what: str = "val
 class Unsupported(RuntimeError):
     """The backend cannot do what a valid configuration asks (e.g. host offload without memory
     kinds). The configuration's row gets ``status: unsupported`` and this message."""
-
-
-# ------------------------------------------------------------- failures as result rows
-
-#: How XLA says that a step cannot fit: at compile time (libtpu) or when allocating (GPU).
-_OUT_OF_MEMORY = re.compile(r"RESOURCE_EXHAUSTED|CompileTimeHbmOom")
-
-
-def is_out_of_memory(e: BaseException) -> bool:
-    """True when ``e`` is XLA refusing a step for lack of device memory.
-
-    Example:
-      >>> is_out_of_memory(RuntimeError("RESOURCE_EXHAUSTED: Ran out of memory in hbm"))
-      True
-    """
-    return bool(_OUT_OF_MEMORY.search(str(e)))
-
-
-def one_line_error(e: BaseException) -> str:
-    """``Type: message`` on one line (its first three lines joined), for result rows.
-
-    Example:
-      >>> one_line_error(ValueError("bad\\nworse\\n\\nworst\\nmore"))
-      'ValueError: bad | worse | worst'
-    """
-    msg = f"{type(e).__name__}: {e}".strip()
-    lines = [ln for ln in msg.splitlines() if ln.strip()]
-    return " | ".join(lines[:3])[:2000] if lines else type(e).__name__
-
-
-def describe_failure(e: BaseException) -> str:
-    """The whole traceback, for a worker's log."""
-    return "".join(traceback.format_exception(e))

@@ -29,17 +29,22 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import json
 import os
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import yaml
-
-from jaxmem import _convert
+from jaxmem import _convert, _yaml
 from jaxmem.config import Config
 from jaxmem.errors import ConfigError
 
 TOP_LEVEL_KEYS = ("name", "description", "sweep")
+#: limits on what an experiment file may ask for (bad input beyond them)
+MAX_FILE_BYTES = 2**20
+MAX_POINTS = 10_000
+MAX_NAME = 128
+_NAME = re.compile(rf"^[A-Za-z0-9_][A-Za-z0-9_.+=,\-]{{0,{MAX_NAME - 1}}}$")
 #: sweep key whose values each set several config paths at once (zipped, not crossed)
 CASES = "cases"
 
@@ -82,21 +87,26 @@ class Experiment:
         Raises:
           ConfigError: missing file, malformed YAML, unknown keys, bad values or overrides.
         """
-        path = os.fspath(path)
         try:
-            with open(path, encoding="utf-8") as f:
-                raw = yaml.safe_load(f)
+            path = os.fspath(path)
+        except TypeError:
+            raise ConfigError("path", "expected a file path", value=path) from None
+        try:
+            with open(path, "rb") as f:
+                data = f.read(MAX_FILE_BYTES + 1)
         except FileNotFoundError:
             raise ConfigError(path, "no such experiment file") from None
         except IsADirectoryError:
             raise ConfigError(path, "is a directory, not an experiment file") from None
-        except yaml.YAMLError as e:
-            where = getattr(e, "problem_mark", None)
-            loc = f" at line {where.line + 1}, column {where.column + 1}" if where else ""
-            problem = getattr(e, "problem", None) or str(e)
-            raise ConfigError(path, f"malformed YAML{loc}: {problem}") from None
+        except OSError as e:
+            raise ConfigError(path, f"cannot be read ({e.strerror or type(e).__name__})") from None
+        if len(data) > MAX_FILE_BYTES:
+            raise ConfigError(path, f"is larger than {MAX_FILE_BYTES // 2**20} MiB; an "
+                              "experiment file is a few lines of YAML")
+        raw = _yaml.load(data, path)
         if raw is None:
-            raw = {}
+            raise ConfigError(path, "is empty: an experiment needs at least its model, e.g. "
+                              "model: {kind: gpt}")
         if not isinstance(raw, Mapping):
             raise ConfigError(path, "expected a mapping at the top level", value=raw)
         raw = dict(raw)
@@ -105,14 +115,33 @@ class Experiment:
 
     @classmethod
     def from_dict(cls, raw: Mapping[str, Any], overrides: Sequence[str] = ()) -> Experiment:
-        """Builds an experiment from YAML-shaped data plus ``key=value`` overrides."""
+        """Builds an experiment from YAML-shaped data plus ``key=value`` overrides.
+
+        Raises:
+          ConfigError: anything that is not a valid experiment.
+        """
+        if not isinstance(raw, Mapping):
+            raise ConfigError("<top>", "expected a mapping of sections", value=raw)
+        if isinstance(overrides, str) or not all(isinstance(o, str) for o in overrides):
+            raise ConfigError("overrides", "expected a list of KEY=VALUE strings, as in "
+                              "['remat=full']", value=overrides)
         raw = dict(raw)
+        for key in raw:
+            if not isinstance(key, str):
+                raise ConfigError("<top>", "keys are section names", value=key)
         name = raw.pop("name", "experiment")
-        description = raw.pop("description", "") or ""
-        sweep_raw = raw.pop("sweep", None) or {}
+        description = raw.pop("description", "")
+        if description is None:
+            description = ""
+        if not isinstance(description, str):
+            raise ConfigError("description", "expected a string", value=description)
+        sweep_raw = raw.pop("sweep", None)
+        if sweep_raw is None:
+            sweep_raw = {}
         if not isinstance(sweep_raw, Mapping):
             raise ConfigError("sweep", "expected a mapping of config paths to lists",
                               value=sweep_raw)
+        _check_sweep_shape(sweep_raw)
         config_keys = [f.name for f in dataclasses.fields(Config)]
         for key in raw:
             if key not in config_keys:
@@ -127,6 +156,7 @@ class Experiment:
                     raise ConfigError("--set", "name a swept key, as in sweep.remat=[none,full]",
                                       value=item)
                 sweep[sweep_key] = value
+                _check_sweep_shape({sweep_key: value})
             elif key == "name":
                 name = value
             else:
@@ -139,8 +169,7 @@ class Experiment:
                     sweep[CASES] = [{k: v for k, v in case.items()
                                      if not _same_field(raw, k, [v], path)}
                                     for case in sweep[CASES]]
-        if not isinstance(name, str) or not name.strip() or "/" in name:
-            raise ConfigError("name", "expected a non-empty string without '/'", value=name)
+        check_name(name)
         config = _convert.from_dict(Config, raw)
         exp = cls(name=str(name), config=config, sweep=_check_sweep(sweep, raw),
                   description=str(description))
@@ -161,6 +190,7 @@ class Experiment:
             return [GridPoint(0, "base", self.config)]
         keys = list(self.sweep)
         points = []
+        seen: dict[str, str] = {}  # the configuration as JSON -> the first point's name
         for index, values in enumerate(itertools.product(*(self.sweep[k] for k in keys))):
             raw = base
             names = []
@@ -177,6 +207,11 @@ class Experiment:
                 config = _convert.from_dict(Config, raw)
             except ConfigError as e:
                 raise e.replace(context=f"in sweep point {name}") from None
+            same = json.dumps(_convert.to_dict(config), sort_keys=True, default=str)
+            if same in seen:
+                raise ConfigError("sweep", f"points {seen[same]} and {name} are the same "
+                                  "configuration; list each value once")
+            seen[same] = name
             points.append(GridPoint(index, name, config))
         return points
 
@@ -203,46 +238,85 @@ def _same_field(raw: Mapping[str, Any], sweep_key: str, values: Any, path: str) 
     return path == swept or path.startswith(swept + ".")
 
 
+def check_name(name: Any) -> None:
+    """Raises ConfigError unless ``name`` can name a results folder (``runs/<name>``)."""
+    if not isinstance(name, str) or not _NAME.match(name) or name in (".", ".."):
+        raise ConfigError("name", "expected a folder name: letters, digits and . _ - + = , "
+                          f"(at most {MAX_NAME} characters, not '.' or '..'); set it with "
+                          "--set name=...", value=name)
+
+
 def parse_override(item: str) -> tuple[str, Any]:
     """``"a.b=value"`` -> ``("a.b", parsed)``; the value is parsed as YAML (``4``, ``[a, b]``)."""
     key, sep, text = item.partition("=")
     key = key.strip()
     if not sep or not key:
         raise ConfigError("--set", "expected KEY=VALUE, as in remat=full", value=item)
+    if not text.strip():
+        return key, ""
     try:
-        value = yaml.safe_load(text) if text.strip() else ""
-    except yaml.YAMLError:
-        raise ConfigError(f"--set {key}", "value is not valid YAML", value=text) from None
-    return key, value
+        return key, _yaml.load(text, f"--set {key}")
+    except ConfigError as e:
+        raise e.replace(problem=f"value is not valid YAML ({e.problem})") from None
 
 
-def _check_sweep(sweep: Mapping[str, Any], raw: Mapping[str, Any]) -> dict[str, tuple[Any, ...]]:
-    out: dict[str, tuple[Any, ...]] = {}
-    seen: dict[str, str] = {}
+def _check_sweep_shape(sweep: Mapping[str, Any]) -> None:
+    """Keys are strings, values non-empty lists, cases mappings; the grid is not too large."""
+    points = 1
     for key, values in sweep.items():
+        if not isinstance(key, str) or not key:
+            raise ConfigError("sweep", "keys are config paths, as in remat or model.d_model",
+                              value=key)
         if not isinstance(values, (list, tuple)) or not values:
             raise ConfigError(f"sweep.{key}", "expected a non-empty list of values", value=values)
         if key == CASES:
             for i, case in enumerate(values):
-                if not isinstance(case, Mapping) or not case:
+                if not isinstance(case, Mapping) or not case or not all(
+                        isinstance(k, str) for k in case):
                     raise ConfigError(f"sweep.{CASES}[{i}]", "expected a mapping of config "
                                       "paths to values", value=case)
-                for k in case:
-                    try:
-                        _convert.canonical_path(Config, raw, k, section_ok=True)
-                    except ConfigError as e:
-                        raise e.replace(path=f"sweep.{CASES}[{i}].{k}") from None
-            out[key] = tuple(values)
+        points *= len(values)
+        if points > MAX_POINTS:
+            raise ConfigError("sweep", f"has more than {MAX_POINTS} points (the product of "
+                              "its lists' lengths); split it into several experiments")
+
+
+def _overlap(a: str, b: str) -> bool:
+    return a == b or a.startswith(b + ".") or b.startswith(a + ".")
+
+
+def _check_sweep(sweep: Mapping[str, Any], raw: Mapping[str, Any]) -> dict[str, tuple[Any, ...]]:
+    _check_sweep_shape(sweep)
+    out: dict[str, tuple[Any, ...]] = {}
+    seen: dict[str, str] = {}  # canonical path (a section when a whole one is swept) -> key
+
+    def claim(claimed: dict[str, str], path: str, key: str) -> None:
+        for other, other_key in claimed.items():
+            if _overlap(path, other):
+                raise ConfigError(f"sweep.{key}", f"sweeps the same field as "
+                                  f"sweep.{other_key}", value=path)
+        claimed[path] = key
+
+    for key, values in sweep.items():
+        if key == CASES:
             continue
+        sections = any(isinstance(v, Mapping) for v in values)
         try:
-            path = _convert.canonical_path(Config, raw, key, section_ok=True)
+            path = _convert.canonical_path(Config, raw, key, section_ok=sections)
         except ConfigError as e:
             raise e.replace(path=f"sweep.{key}") from None
-        if path in seen:
-            raise ConfigError(f"sweep.{key}", f"sweeps the same field as sweep.{seen[path]}",
-                              value=path)
-        seen[path] = key
+        claim(seen, path, key)
         out[key] = tuple(values)
+    for i, case in enumerate(sweep.get(CASES, ())):
+        in_case = dict(seen)  # a case may not set what the sweep or the case already does
+        for k, v in case.items():
+            try:
+                path = _convert.canonical_path(Config, raw, k,
+                                               section_ok=isinstance(v, Mapping))
+            except ConfigError as e:
+                raise e.replace(path=f"sweep.{CASES}[{i}].{k}") from None
+            claim(in_case, path, f"{CASES}[{i}].{k}")
+        out[CASES] = tuple(sweep[CASES])
     return out
 
 

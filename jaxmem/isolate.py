@@ -25,7 +25,8 @@ from typing import Any
 
 from jaxmem import _convert
 from jaxmem.config import Config
-from jaxmem.errors import Unsupported, one_line_error
+from jaxmem.errors import Unsupported
+from jaxmem.failures import Crashed, TimedOut, classify, describe_exit
 
 WORKER = "jaxmem.worker"
 
@@ -43,7 +44,7 @@ def write_result(path: str | os.PathLike, sections: dict[str, Any] | None = None
         payload: dict[str, Any] = {"sections": sections}
     else:
         payload = {"error": str(error) if isinstance(error, Unsupported)
-                   else one_line_error(error)}
+                   else classify(error).error}
         if isinstance(error, Unsupported):
             payload["unsupported"] = True
     with open(path, "w", encoding="utf-8") as f:
@@ -55,7 +56,9 @@ def run_in_subprocess(config: Config, env: dict[str, str] | None = None) -> dict
 
     Raises:
       Unsupported: the backend cannot do what the configuration asks.
-      RuntimeError: the worker failed, timed out, or died without answering.
+      TimedOut: the worker ran past ``measure.timeout_s``.
+      Crashed: the worker died without answering (the row names the signal).
+      RuntimeError: the worker failed (its one-line error).
     """
     with tempfile.TemporaryDirectory(prefix="jaxmem-") as tmp:
         request, result = os.path.join(tmp, "config.json"), os.path.join(tmp, "result.json")
@@ -63,17 +66,28 @@ def run_in_subprocess(config: Config, env: dict[str, str] | None = None) -> dict
             json.dump(_convert.to_dict(config), f)
         try:
             proc = subprocess.run(
-                [sys.executable, "-m", WORKER, request, result],
+                [sys.executable, "-m", WORKER, request, result, str(os.getpid())],
                 capture_output=True, text=True, timeout=config.measure.timeout_s,
                 env={**os.environ, **config.measure.allocator_env(), **(env or {})},
             )
         except subprocess.TimeoutExpired:
-            raise RuntimeError(f"worker timed out after {config.measure.timeout_s:g} s") from None
+            raise TimedOut(f"worker timed out after {config.measure.timeout_s:g} s "
+                           "(measure.timeout_s)") from None
         if not os.path.exists(result):
-            tail = (proc.stderr or proc.stdout).strip().splitlines()[-5:]
-            raise RuntimeError(f"worker exited with {proc.returncode}: " + " | ".join(tail))
+            raise Crashed(f"worker {describe_exit(proc.returncode)}"
+                          + last_words(proc.stderr or proc.stdout))
         with open(result, encoding="utf-8") as f:
             payload = json.load(f)
     if payload.get("error"):
         raise (Unsupported if payload.get("unsupported") else RuntimeError)(payload["error"])
     return payload["sections"]
+
+
+def last_words(log: str, lines: int = 3) -> str:
+    """The lines of a dead process's output that say why: a failed check, a fatal message,
+    or else its last lines (as ``: a | b``)."""
+    text = [ln.strip() for ln in (log or "").splitlines() if ln.strip()]
+    telling = [ln for ln in text if "Check failed" in ln or ln.startswith("F")
+               and ln[1:5].isdigit() or "Fatal" in ln or "Error" in ln]
+    picked = (telling or text)[-lines:]
+    return (": " + " | ".join(ln[:300] for ln in picked)) if picked else ""

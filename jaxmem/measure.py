@@ -14,10 +14,11 @@ from typing import TYPE_CHECKING, Any
 
 from jaxmem import _convert, analytic, collectives, isolate
 from jaxmem.build import build_program
+from jaxmem.cache import cache_events
 from jaxmem.compiled import MemoryReport, compile_timed
-from jaxmem.errors import Unsupported, is_out_of_memory, one_line_error
+from jaxmem.failures import classify
 from jaxmem.notes import notes
-from jaxmem.record import Record, environment
+from jaxmem.record import Record, environment, finite, record_key
 from jaxmem.targets import Memory
 
 if TYPE_CHECKING:
@@ -87,24 +88,44 @@ def measure_compile(program: Program) -> tuple[Any, dict[str, Any]]:
     return compiled, sections
 
 
+def measure_setup(setup: Setup, mode: str, env: dict[str, str] | None = None
+                  ) -> tuple[str, str | None, dict[str, Any]]:
+    """``(status, error, record sections)`` of one configuration: compiled in this process,
+    or run in a worker process (``jaxmem.isolate``). Never raises for a failure of the
+    configuration itself: it becomes the status."""
+    try:
+        if mode == "run":
+            sections = isolate.run_in_subprocess(setup.config, env)
+        else:
+            with cache_events() as hits:
+                _, sections = measure_compile(build_program(setup))
+            sections["compiled"]["cache_hit"] = bool(hits)
+    except Exception as e:  # the compiler, the allocator or the model refused: a result
+        failure = classify(e)
+        where = "runtime" if mode == "run" else "compiled"
+        extra = {where: failure.details} if failure.details else {}
+        if failure.status == "oom":
+            extra.setdefault("compiled", {})["fits"] = False
+        return failure.status, failure.error, extra
+    sections, notes = finite(sections)
+    sections["notes"] = [*sections.get("notes", []), *notes]
+    return "ok", None, sections
+
+
+def make_record(experiment: str, point: GridPoint, mode: str, status: str, error: str | None,
+                sections: dict[str, Any]) -> Record:
+    """The row of one grid point."""
+    config = _convert.to_dict(point.config)
+    return Record(experiment=experiment, index=point.index, name=point.name, mode=mode,
+                  status=status, error=error, config=config, key=record_key(config, mode),
+                  **sections)
+
+
 def measure_point(experiment: str, point: GridPoint, setup: Setup, mode: str,
                   cluster: Cluster | None = None) -> Record:
-    """One grid point measured in ``mode``; failures become the row's status and error.
+    """One grid point measured in ``mode``, in this process (compile) or a worker (run).
 
     With a ``cluster``, run mode's workers join their own distributed system (next ports).
     """
-    base = dict(experiment=experiment, index=point.index, name=point.name, mode=mode,
-                config=_convert.to_dict(point.config))
-    try:
-        if mode == "run":
-            env = cluster.for_point(point.index).to_env() if cluster else {}
-            sections = isolate.run_in_subprocess(point.config, env)
-        else:
-            _, sections = measure_compile(build_program(setup))
-    except Unsupported as e:  # valid, but not on this backend: the row says so
-        return Record(**base, status="unsupported", error=str(e))
-    except Exception as e:  # the compiler or allocator refused: a result, not a crash
-        if not is_out_of_memory(e):
-            return Record(**base, status="error", error=one_line_error(e))
-        return Record(**base, status="oom", error=one_line_error(e), compiled={"fits": False})
-    return Record(**base, status="ok", **sections)
+    env = cluster.for_point(point.index).to_env() if (cluster and mode == "run") else None
+    return make_record(experiment, point, mode, *measure_setup(setup, mode, env))

@@ -15,13 +15,20 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import functools
+import hashlib
+import importlib.metadata
+import json
+import math
 import platform
 from collections.abc import Sequence
 from typing import Any
 
 import jax
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+#: what became of a configuration
+STATUSES = ("ok", "error", "unsupported", "oom", "timeout", "crashed")
 
 #: Every field a record can carry (flattened name -> meaning). ``config.*`` fields mirror the
 #: experiment's configuration sections and are documented there.
@@ -30,10 +37,14 @@ FIELDS: dict[str, str] = {
     "experiment": "experiment name",
     "index": "position in the sweep grid; 0 is the baseline for deltas",
     "name": "grid point name, e.g. remat=full,precision=bf16-mixed",
+    "key": "hash of what determines the numbers: the configuration, the mode and the library "
+           "versions (--resume skips a configuration whose key already has a row)",
     "mode": "compile or run",
-    "status": "ok, error, unsupported (valid, but not on this backend), or oom (XLA refused "
-              "the step for lack of device memory: at compile time on TPU, or when running)",
-    "error": "why, when status is error or unsupported",
+    "status": "ok; error; unsupported (valid, but not on this backend); oom (XLA refused the "
+              "step for lack of device memory: at compile time on TPU, or when running); "
+              "timeout (measure.timeout_s ran out); crashed (the worker process died, e.g. by "
+              "a signal)",
+    "error": "why, when status is not ok",
     "notes": "caveats about the numbers on this backend",
     "env.backend": "platform of the devices measured (cpu, gpu, tpu)",
     "env.device_kind": "device model, e.g. NVIDIA H100 80GB HBM3",
@@ -103,7 +114,15 @@ FIELDS: dict[str, str] = {
     "compiled.total_bytes_per_process": "multi-process: compiled.total_bytes of each process, "
                                         "gathered by process 0",
     "compiled.lower_seconds": "seconds to trace and lower the step",
-    "compiled.compile_seconds": "seconds for XLA to compile the step",
+    "compiled.compile_seconds": "seconds for XLA to compile the step (on a cache hit: to "
+                                "load it from JAX's persistent compilation cache)",
+    "compiled.cache_hit": "the compiled step came from JAX's persistent compilation cache",
+    "compiled.oom_required_bytes": "oom rows: the bytes XLA said the step needs, where its "
+                                   "message says (libtpu: to 0.01 GiB)",
+    "compiled.oom_available_bytes": "oom rows: the bytes XLA said the device has",
+    "runtime.oom_required_bytes": "oom rows in run mode: the bytes the allocator was asked "
+                                  "for, where its message says",
+    "runtime.oom_available_bytes": "oom rows in run mode: the bytes it had",
     "compiled.platform": "platform compiled for",
     "compiled.device_kind": "device model compiled for",
     "compiled.num_devices": "devices the compiled program spans",
@@ -143,6 +162,7 @@ class Record:
     compiled: dict[str, Any] = dataclasses.field(default_factory=dict)
     runtime: dict[str, Any] = dataclasses.field(default_factory=dict)
     notes: list[str] = dataclasses.field(default_factory=list)
+    key: str = ""
     schema_version: int = SCHEMA_VERSION
 
     @property
@@ -156,6 +176,7 @@ class Record:
             "experiment": self.experiment,
             "index": self.index,
             "name": self.name,
+            "key": self.key,
             "mode": self.mode,
             "status": self.status,
             "error": self.error,
@@ -195,6 +216,60 @@ def _flatten(node: Any, prefix: str, out: dict[str, Any]) -> None:
             _flatten(v, f"{prefix}.{k}" if prefix else k, out)
     else:
         out[prefix] = node
+
+
+def finite(sections: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """``sections`` with every non-finite float (a diverged loss, say) replaced by None, which
+    JSON can hold, and a note naming each."""
+    notes: list[str] = []
+
+    def clean(value: Any, path: str) -> Any:
+        if isinstance(value, float) and not math.isfinite(value):
+            notes.append(f"{path} was {value} (written as null)")
+            return None
+        if isinstance(value, dict):
+            return {k: clean(v, f"{path}.{k}") for k, v in value.items()}
+        if isinstance(value, list):
+            return [clean(v, f"{path}[{i}]") for i, v in enumerate(value)]
+        return value
+
+    return {k: clean(v, k) for k, v in sections.items()}, notes
+
+
+@functools.cache
+def versions() -> dict[str, str]:
+    """Versions of what produces the numbers (jaxmem, jax, jaxlib, flax, optax, and the TPU
+    and CUDA plugins where installed)."""
+    out = {}
+    for dist in ("jaxmem", "jax", "jaxlib", "flax", "optax", "libtpu", "jax-cuda12-plugin",
+                 "jax-cuda12-pjrt"):
+        try:
+            out[dist] = importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return out
+
+
+#: measure settings that do not change a mode's numbers, left out of the key
+_NOT_IN_KEY = {"compile": ("mode", "timeout_s", "warmup_steps", "steps"),
+               "run": ("mode", "timeout_s")}
+
+
+def record_key(config: dict[str, Any], mode: str) -> str:
+    """The :data:`FIELDS` ``key`` of a configuration measured in ``mode``: the same key means
+    the same numbers (the same configuration, mode and library versions; how long a worker
+    may take does not count).
+
+    Example:
+      >>> a = record_key({"task": "train", "measure": {"timeout_s": 60}}, "compile")
+      >>> a == record_key({"task": "train", "measure": {"timeout_s": 9}}, "compile")
+      True
+    """
+    measure = {k: v for k, v in config.get("measure", {}).items()
+               if k not in _NOT_IN_KEY.get(mode, ())}
+    blob = json.dumps({"config": {**config, "measure": measure}, "mode": mode,
+                       "versions": versions()}, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()[:20]
 
 
 def environment(devices: Sequence[jax.Device]) -> dict[str, Any]:

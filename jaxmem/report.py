@@ -122,12 +122,17 @@ def table(records: Sequence[Record], title: str | None = None,
         cells = []
         for c in columns:
             value = r.get(c.field)
+            if value is not None and (isinstance(value, bool)
+                                      or not isinstance(value, (int, float))):
+                cells.append(escape(str(value))[:24])  # not a number: shown as it is
+                continue
             text = c.fmt(value)
             if (c.field in _LOOP_COUNTED and value is not None
                     and r.get("compiled.cost_has_loops")):
                 text = ">=" + text
-            if c.delta and base is not None and r is not base:
-                d = fmt_delta(value, base.get(c.field))
+            base_value = base.get(c.field) if base is not None else None
+            if c.delta and isinstance(base_value, (int, float)) and r is not base:
+                d = fmt_delta(value, base_value)
                 if d:
                     text += f" ({d})"
             cells.append(text)
@@ -140,7 +145,8 @@ def _caption(records: Sequence[Record]) -> str:
     errors = [f"{r.status} in row {r.index}: {r.error}" for r in records if not r.ok]
     if not ok:
         return "\n".join(errors)
-    devices = sorted({f"{r.env.get('device_kind')} x{r.env.get('device_count')}" for r in ok})
+    devices = list(dict.fromkeys(f"{r.env.get('device_kind')} x{r.env.get('device_count')}"
+                                 for r in ok))
     lines = [f"on {', '.join(devices)}; '/dev': one device (the most loaded), '/all': the "
              f"whole model or global batch; deltas against row {ok[0].index}; 'saved': what "
              "the forward keeps for the backward (activations, compute-dtype copies of "
@@ -150,8 +156,9 @@ def _caption(records: Sequence[Record]) -> str:
     if any(r.get("compiled.cost_has_loops") for r in ok):
         lines.append(">=: the step has loops (a scanned layer stack) and XLA counts a loop "
                      "body once: FLOPs and collectives are lower bounds")
-    memory = sorted({(r.env.get("device_memory_bytes"), r.env.get("device_memory_source"),
-                      r.get("compiled.platform")) for r in ok if r.env.get("device_memory_bytes")})
+    memory = dict.fromkeys((r.env["device_memory_bytes"], r.env.get("device_memory_source"),
+                            r.get("compiled.platform")) for r in ok
+                           if isinstance(r.env.get("device_memory_bytes"), (int, float)))
     lines += [f"fits: {fits_explanation(platform)}; against {fmt_bytes(m)} per device ({src})"
               for m, src, platform in memory]
     stats = dict.fromkeys(r.get("runtime.device_stats") for r in ok if r.mode == "run")

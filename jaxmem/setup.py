@@ -54,19 +54,24 @@ class Setup:
     param_axes: tuple[tuple[str, sharding.Axes], ...]
     freeze_patterns: tuple[str, ...]
 
-    @functools.cached_property
-    def workload(self) -> Workload:
-        """The model constructor, batch shapes and loss (a custom model's factory runs here,
-        once). Raises ConfigError for a factory that cannot be called as configured."""
+    @property
+    def build_options(self) -> BuildOptions:
+        """What the experiment decides about the model besides its shape."""
         c = self.config
-        return c.model.build(BuildOptions(
+        return BuildOptions(
             batch_size=c.data.batch_size,
             remat_policy=self.remat,
             remat_every=c.remat.every,
             remat_nested=c.remat.nested,
             dtype=self.precision.compute_dtype,
             mlp_keep=c.inference.mlp_keep(c.task),
-        ))
+        )
+
+    @functools.cached_property
+    def workload(self) -> Workload:
+        """The model constructor, batch shapes and loss (a custom model's factory runs here,
+        once). Raises ConfigError for a factory that cannot be called as configured."""
+        return self.config.model.build(self.build_options)
 
     @functools.cached_property
     def abstract_model(self) -> nnx.Module:
@@ -114,12 +119,16 @@ class Setup:
             return ()
         return tuple(n for n in self.remat.names if n not in self.tagged_names)
 
-    def check(self, mode: str) -> None:
+    def check(self, mode: str, devices: bool | None = None,
+              user_code: bool = True) -> None:
         """Bad input that only shows beyond the configuration, raised as ConfigError before
         anything compiles: a factory that cannot be called as configured, freeze patterns
         matching no parameter, checkpoint names the model does not tag, allocator settings
         outside their mode, a compile-only target in run mode, and (compile mode) a mesh the
-        target's devices cannot hold.
+        target's devices cannot hold (``devices``: whether to ask for them here; by default
+        in compile mode only). With ``user_code`` False a custom model's code is not run here
+        (its factory is imported and its signature checked); what needs it is checked where it
+        runs, and a failure there is that row.
 
         Run mode leaves the devices alone: asking for them would start the accelerator in
         this process, which would then hold memory that the worker's measurement should own.
@@ -138,6 +147,19 @@ class Setup:
         elif not self.target.runnable:
             raise ConfigError("target.name", "is compile-only, so only --mode compile applies",
                               value=self.target.name)
+        if not user_code and c.model.RUNS_USER_CODE:
+            c.model.precheck(self.build_options)
+        else:
+            self._check_model()
+        if devices if devices is not None else mode == "compile":
+            try:
+                _ = self.mesh
+            except Unsupported:  # valid, but not on this backend: that point's row says so
+                pass
+
+    def _check_model(self) -> None:
+        """Freeze patterns and checkpoint names against the built model (its code runs)."""
+        c = self.config
         try:  # the model's own code runs here: the factory, its init, its traced loss
             _ = self.workload
             if self.freeze_patterns:
@@ -153,11 +175,6 @@ class Setup:
                               f"({', '.join(missing)}); set remat.allow_untagged=true to run it "
                               "anyway", value=c.remat.policy,
                               choices=sorted(self.tagged_names) or ["(the model tags none)"])
-        if mode == "compile":
-            try:
-                _ = self.mesh
-            except Unsupported:  # valid, but not on this backend: that point's row says so
-                pass
 
 
 def resolve(config: Config) -> Setup:

@@ -33,6 +33,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import math
 import os
 import re
 from collections.abc import Callable, Iterable, Iterator
@@ -139,14 +140,25 @@ def cpu_devices(n: int) -> list[jax.Device]:
     return devices[:n]
 
 
+#: fake CPU devices jaxmem asks one process for (4096 take ~15 s to create; 16384 > 2 min)
+MAX_CPU_DEVICES = 4096
+
+
 def _cpu(m: re.Match[str]) -> Target:
     n = int(m["n"])
-    if n < 1:
-        raise ConfigError("target.name", "needs at least one device", value=m.string)
+    if not 1 <= n <= MAX_CPU_DEVICES:
+        raise ConfigError("target.name", f"needs between 1 and {MAX_CPU_DEVICES} devices",
+                          value=m.string)
     return Target(m.string, f"{n} CPU devices of this process",
                   functools.partial(cpu_devices, n),
                   memory=lambda _=None: Memory(None, "host memory, shared by the devices"),
                   family="cpu", cpu_devices=n)
+
+
+def starts_no_accelerator(target: Target) -> bool:
+    """Whether asking for ``target``'s devices here leaves any accelerator alone: CPU targets,
+    compile-only ones, and ``local`` when JAX is limited to the CPU (``JAX_PLATFORMS=cpu``)."""
+    return target.family != "local" or os.environ.get("JAX_PLATFORMS", "") == "cpu"
 
 
 def ensure_cpu_devices(targets: Iterable[Target]) -> None:
@@ -249,14 +261,32 @@ def _tpu_memory(topology: str) -> Memory:
                   "(its out-of-memory message for a probe compile; 0.01 GiB resolution)")
 
 
+#: largest chip extent per dimension libtpu compiles for (beyond it libtpu aborts the process:
+#: "Check failed: Topology()->chip_bounds().x <= 16", seen with v5e:32x32); others unbounded
+TPU_MAX_EXTENT = {"v5e": 16}
+MAX_TPU_DEVICES = 65536
+
+
 def _tpu(m: re.Match[str]) -> Target:
     topology = f"{m['version']}:{m['shape']}"
+    extents = [int(x) for x in m["shape"].split("x")]
+    limit = TPU_MAX_EXTENT.get(m["version"])
+    if limit is not None and max(extents) > limit:
+        raise ConfigError("target.name", f"{m['version']} slices are at most {limit} chips "
+                          "along each side (libtpu aborts beyond that)", value=m.string)
+    if min(extents) < 1 or math.prod(extents) > MAX_TPU_DEVICES:
+        raise ConfigError("target.name", f"needs between 1 and {MAX_TPU_DEVICES} chips",
+                          value=m.string)
     return Target(m.string, f"compile-only TPU {topology} (libtpu)",
                   lambda: list(_tpu_devices(topology)), runnable=False,
                   memory=lambda _=None: _tpu_memory(topology), family="tpu")
 
 
 # --------------------------------------------------------------------------------- gpu
+
+#: an NVLink domain holds up to 72 GPUs (GB200 NVL72)
+MAX_GPUS_PER_NODE, MAX_GPU_NODES = 72, 1024
+
 
 def _gpu(m: re.Match[str]) -> Target:
     from jaxmem import _gpu
@@ -266,6 +296,9 @@ def _gpu(m: re.Match[str]) -> Target:
         raise ConfigError("target.name", "unknown GPU kind", value=m.string,
                           choices=[f"gpu:{k}x8" for k in _gpu.GPU_KINDS])
     per_node, nodes = int(m["per_node"]), int(m["nodes"] or 1)
+    if not (1 <= per_node <= MAX_GPUS_PER_NODE and 1 <= nodes <= MAX_GPU_NODES):
+        raise ConfigError("target.name", f"needs 1 to {MAX_GPUS_PER_NODE} GPUs per node and 1 "
+                          f"to {MAX_GPU_NODES} nodes", value=m.string)
     topology = f"{nodes}x1x{per_node}"
     gpu = _gpu.GPU_KINDS[kind]
     where = f"{nodes} nodes of {per_node}" if nodes > 1 else f"{per_node}"

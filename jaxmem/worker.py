@@ -1,21 +1,54 @@
-"""Run-mode worker: ``python -m jaxmem.worker CONFIG.json RESULT.json`` (``jaxmem.isolate``).
+"""Worker processes: they measure configurations so that the parent never dies with them.
 
-Runs one configuration with real arrays in this fresh process (``jaxmem.runtime``) and answers
-with the record sections, or the failure, in RESULT.json; the traceback goes to stderr.
+* Run mode, one configuration: ``python -m jaxmem.worker CONFIG.json RESULT.json PARENT_PID``
+  (``jaxmem.isolate``): runs it with real arrays (``jaxmem.runtime``) and answers with the
+  record sections, or the failure, in RESULT.json; the traceback goes to stderr.
+* Compile mode, many configurations: ``python -m jaxmem.worker --serve ...`` (``jaxmem.pool``):
+  imports once, then compiles one configuration per request read from a pipe and answers on
+  another, until the pipe closes.
+
+Both watch their parent: when it is gone (killed, even with SIGKILL) they remove their
+temporary folder and exit at once, whatever they were doing.
 """
 
 from __future__ import annotations
 
+import argparse
+import os
+import shutil
+import signal
 import sys
+import threading
+import time
+from multiprocessing.connection import Connection
+from typing import Any
 
 from jaxmem import isolate, runtime, targets
 from jaxmem.distributed import Cluster
-from jaxmem.errors import Unsupported, describe_failure
-from jaxmem.setup import resolve
+from jaxmem.errors import Unsupported
+from jaxmem.failures import describe_failure, one_line_error
 
 
-def main(argv: list[str]) -> int:
-    config_path, result_path = argv
+def watch_parent(parent_pid: int, folder: str | None, interval: float = 0.2) -> None:
+    """A daemon thread that ends this process (removing ``folder``) once ``parent_pid`` is no
+    longer its parent. ``os._exit`` from a thread ends the process even while its main thread
+    is inside a compile."""
+
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(interval)
+        if folder:
+            shutil.rmtree(folder, ignore_errors=True)
+        os._exit(3)
+
+    threading.Thread(target=watch, name="jaxmem-parent-watch", daemon=True).start()
+
+
+def run_one(config_path: str, result_path: str, parent_pid: int) -> int:
+    """Run mode: one configuration with real arrays."""
+    watch_parent(parent_pid, os.path.dirname(config_path))
+    from jaxmem.setup import resolve
+
     try:
         setup = resolve(isolate.read_config(config_path))
         targets.ensure_cpu_devices([setup.target])  # before anything starts JAX's backends
@@ -32,6 +65,56 @@ def main(argv: list[str]) -> int:
         return 1
     isolate.write_result(result_path, sections)
     return 0
+
+
+def serve(read_fd: int, write_fd: int, parent_pid: int, folder: str, cpu_devices: int,
+          cache_dir: str | None) -> int:
+    """Compile mode: answers ``(index, config dict, mode)`` requests with ``(index, status,
+    error, sections)`` until the request pipe closes."""
+    watch_parent(parent_pid, folder)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides what Ctrl-C ends
+    import jax
+
+    from jaxmem import _convert, cache
+    from jaxmem.config import Config
+    from jaxmem.measure import measure_setup
+    from jaxmem.setup import resolve
+
+    if cpu_devices:
+        jax.config.update("jax_num_cpu_devices", cpu_devices)
+    if cache_dir:
+        cache.enable(cache_dir)
+    requests, answers = Connection(read_fd, writable=False), Connection(write_fd, readable=False)
+    while True:
+        try:
+            index, config_dict, mode = requests.recv()
+        except EOFError:
+            return 0
+        answer: tuple[Any, ...]
+        try:
+            setup = resolve(_convert.from_dict(Config, config_dict))
+            setup.check(mode, devices=False)  # what the parent left to the model's own code
+            answer = (index, *measure_setup(setup, mode))
+        except Exception as e:  # bad input only the model's code shows: this row's error
+            print(describe_failure(e), file=sys.stderr, flush=True)
+            answer = (index, "error", one_line_error(e), {})
+        sys.stdout.flush()
+        sys.stderr.flush()
+        answers.send(answer)
+
+
+def main(argv: list[str]) -> int:
+    if argv and argv[0] == "--serve":
+        parser = argparse.ArgumentParser(prog="python -m jaxmem.worker --serve")
+        parser.add_argument("--serve", action="store_true")
+        for flag in ("--read-fd", "--write-fd", "--parent", "--cpu-devices"):
+            parser.add_argument(flag, type=int, required=flag != "--cpu-devices", default=0)
+        parser.add_argument("--folder", required=True)
+        parser.add_argument("--cache-dir", default=None)
+        a = parser.parse_args(argv)
+        return serve(a.read_fd, a.write_fd, a.parent, a.folder, a.cpu_devices, a.cache_dir)
+    config_path, result_path, parent_pid = argv
+    return run_one(config_path, result_path, int(parent_pid))
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,11 @@ from click.testing import CliRunner
 import jaxmem
 
 ROOT = Path(__file__).resolve().parents[1]
+# The CLI's defaults for a person (a worker process per core, JAX's compilation cache in the
+# user's cache folder) are tested where they matter (tests/test_pool.py); elsewhere the CLI
+# compiles in the test process and leaves JAX's configuration and ~/.cache alone.
+os.environ.setdefault("JAXMEM_WORKERS", "0")
+os.environ.setdefault("JAXMEM_CACHE", "0")
 EXPERIMENTS = ROOT / "experiments"
 
 

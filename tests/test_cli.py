@@ -53,7 +53,7 @@ def test_run_writes_results_and_prints_table(cli_runner, tiny, tmp_path):
 
 def _bad_yaml(tmp_path: Path, text: str) -> Path:
     path = tmp_path / "bad.yaml"
-    path.write_text(text)
+    path.write_text(text or "model: {kind: gpt}\n")  # an empty file is bad input itself
     return path
 
 
@@ -96,7 +96,7 @@ BAD_INPUTS = {
     "--set inside a value": ("model: {kind: custom, factory: 'a.b:c'}\n",
                              ["--set", "model.options.width=3"],
                              "model.options: is a value, not a section"),
-    "empty name": ("", ["--set", "name="], "name: expected a non-empty string"),
+    "empty name": ("", ["--set", "name="], "name: expected a folder name"),
     "run on a virtual target": ("target: tpu:v5e:2x2\n", ["--mode", "run"],
                                 "target.name: is compile-only"),
 }

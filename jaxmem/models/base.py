@@ -19,6 +19,7 @@ import dataclasses
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from jaxmem import _convert
 from jaxmem.errors import ConfigError, check_choice
 
 if TYPE_CHECKING:
@@ -43,6 +44,9 @@ class ModelConfig:
     DECODES: ClassVar[bool] = False
     #: the model has transformer MLPs that ``inference.prune`` can prune
     PRUNABLE: ClassVar[bool] = False
+    #: building the model runs the user's code (a custom factory): with worker processes the
+    #: parent only :meth:`precheck` s it, so that a crash in that code is a row, not the end
+    RUNS_USER_CODE: ClassVar[bool] = False
 
     @classmethod
     def register(cls, kind: str):
@@ -62,6 +66,7 @@ class ModelConfig:
         return cls.KINDS[kind]
 
     def __post_init__(self) -> None:
+        _convert.check_types(self)
         if type(self).KINDS.get(self.kind) is not type(self):
             check_choice("kind", self.kind, self.KINDS, what="model kind")
             raise ConfigError("kind", f"does not match {type(self).__name__}", value=self.kind)
@@ -71,6 +76,9 @@ class ModelConfig:
     def build(self, opts: BuildOptions) -> Workload:
         """The model constructor, batch shapes and loss for this section."""
         raise NotImplementedError(f"model kind {self.kind!r} does not define build()")
+
+    def precheck(self, opts: BuildOptions) -> None:
+        """What can be checked about :meth:`build` without running it (ConfigError)."""
 
     def checkpoint_names(self) -> tuple[str, ...] | None:
         """Names this model tags with ``checkpoint_name`` (None: unknown until traced, e.g.

@@ -23,7 +23,7 @@ import inspect
 import os
 import sys
 from collections.abc import Callable
-from typing import Any
+from typing import Any, ClassVar
 
 from jaxmem.errors import ConfigError
 from jaxmem.models.base import ModelConfig
@@ -39,6 +39,8 @@ class CustomConfig(ModelConfig):
       factory: ``package.module:function`` returning a Workload.
       options: extra keyword arguments for the factory.
     """
+
+    RUNS_USER_CODE: ClassVar[bool] = True
 
     kind: str = "custom"
     factory: str = ""
@@ -70,10 +72,18 @@ class CustomConfig(ModelConfig):
             raise ConfigError("model.factory", f"module {module_name} has no {attr!r}",
                               value=self.factory) from None
 
-    def build(self, opts: BuildOptions) -> Workload:
-        """Calls the factory; checks it returns a Workload."""
-        factory = self.resolve()
-        signature = inspect.signature(factory)
+    def precheck(self, opts: BuildOptions) -> None:
+        """Imports the factory and checks the call the options make, without calling it."""
+        self._arguments(self.resolve(), opts)
+
+    def _arguments(self, factory: Callable[..., Workload], opts: BuildOptions
+                   ) -> dict[str, Any]:
+        """The keyword arguments for ``factory``; ConfigError if its signature refuses them."""
+        try:
+            signature = inspect.signature(factory)
+        except (TypeError, ValueError):
+            raise ConfigError("model.factory", "is not a function jaxmem can call",
+                              value=self.factory) from None
         params = signature.parameters
         any_keyword = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
         kwargs = dict(self.options, batch_size=opts.batch_size)
@@ -90,7 +100,12 @@ class CustomConfig(ModelConfig):
         except TypeError as e:  # the options do not fit the factory's signature
             raise ConfigError("model.options", f"factory {self.factory} rejected them ({e})",
                               value=self.options) from None
-        workload = factory(**kwargs)  # a failure inside the factory is that row's error
+        return kwargs
+
+    def build(self, opts: BuildOptions) -> Workload:
+        """Calls the factory; checks it returns a Workload."""
+        factory = self.resolve()
+        workload = factory(**self._arguments(factory, opts))  # a failure inside: its row
         if not isinstance(workload, Workload):
             raise ConfigError("model.factory", "must return a jaxmem.models.Workload, returned "
                               f"{type(workload).__name__}", value=self.factory)
