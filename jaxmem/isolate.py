@@ -1,7 +1,7 @@
 """Run mode's process boundary: one configuration, one fresh worker process.
 
-The parent writes the configuration as JSON, starts ``python -m jaxmem.worker CONFIG RESULT``
-with the run's allocator settings in its environment, and reads back either the record
+The parent writes the configuration as JSON, starts a worker on it (``jaxmem.worker``) with the
+run's allocator settings in its environment, and reads back either the record
 sections or the failure. Only the worker starts the accelerator, so its device peak belongs to
 this configuration alone.
 
@@ -19,16 +19,13 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 import tempfile
 from typing import Any
 
-from jaxmem import _convert
+from jaxmem import _convert, _spawn
 from jaxmem.config import Config
 from jaxmem.errors import Unsupported
 from jaxmem.failures import Crashed, TimedOut, classify, describe_exit
-
-WORKER = "jaxmem.worker"
 
 
 def read_config(path: str) -> Config:
@@ -66,7 +63,7 @@ def run_in_subprocess(config: Config, env: dict[str, str] | None = None) -> dict
             json.dump(_convert.to_dict(config), f)
         try:
             proc = subprocess.run(
-                [sys.executable, "-m", WORKER, request, result, str(os.getpid())],
+                _spawn.command(tmp, request, result),
                 capture_output=True, text=True, timeout=config.measure.timeout_s,
                 env={**os.environ, **config.measure.allocator_env(), **(env or {})},
             )

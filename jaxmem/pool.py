@@ -1,6 +1,6 @@
 """Compile mode's worker pool: configurations measured in separate, reusable processes.
 
-Each worker (``python -m jaxmem.worker --serve``) pays JAX's and jaxmem's imports once, then
+Each worker (``jaxmem.worker``, serving) pays JAX's and jaxmem's imports once, then
 compiles one configuration per request. The parent never dies with a worker:
 
 * a configuration that runs past ``measure.timeout_s`` is a ``timeout`` row; its worker is
@@ -25,7 +25,6 @@ import dataclasses
 import os
 import shutil
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Iterable, Iterator
@@ -33,6 +32,7 @@ from multiprocessing.connection import Connection, wait
 from pathlib import Path
 from typing import Any
 
+from jaxmem._spawn import command
 from jaxmem.failures import describe_exit
 from jaxmem.isolate import last_words
 
@@ -88,9 +88,8 @@ class CompilePool:
         ans_r, ans_w = os.pipe()
         log = self.folder / f"worker-{self._started}.log"
         env = {**os.environ, "XLA_PYTHON_CLIENT_PREALLOCATE": "false"}  # compile-only use
-        cmd = [sys.executable, "-m", "jaxmem.worker", "--serve", "--read-fd", str(req_r),
-               "--write-fd", str(ans_w), "--parent", str(os.getpid()),
-               "--folder", str(self.folder), "--cpu-devices", str(self.cpu_devices)]
+        cmd = command(str(self.folder), "--serve", "--read-fd", str(req_r), "--write-fd",
+                      str(ans_w), "--cpu-devices", str(self.cpu_devices))
         if self.cache_dir:
             cmd += ["--cache-dir", self.cache_dir]
         with open(log, "wb") as out:

@@ -295,12 +295,14 @@ class Writer:
         _replace(self.out / CSV, _csv_text(self.rows))
 
     def close(self) -> None:
-        """Regenerates the CSV from every row and releases the lock."""
+        """Regenerates the CSV from every row on disk (the JSONL is the record, even when an
+        interrupt came between a row and its CSV) and releases the lock."""
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
-            if self.rows:
-                _replace(self.out / CSV, _csv_text(self.rows))
+            rows = read(self.out / JSONL)
+            if rows:
+                _replace(self.out / CSV, _csv_text(rows))
         if self._lock_fd is not None:
             os.close(self._lock_fd)  # releases the flock
             self._lock_fd = None

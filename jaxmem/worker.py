@@ -1,52 +1,32 @@
 """Worker processes: they measure configurations so that the parent never dies with them.
 
-* Run mode, one configuration: ``python -m jaxmem.worker CONFIG.json RESULT.json PARENT_PID``
-  (``jaxmem.isolate``): runs it with real arrays (``jaxmem.runtime``) and answers with the
-  record sections, or the failure, in RESULT.json; the traceback goes to stderr.
-* Compile mode, many configurations: ``python -m jaxmem.worker --serve ...`` (``jaxmem.pool``):
-  imports once, then compiles one configuration per request read from a pipe and answers on
-  another, until the pipe closes.
+* Run mode, one configuration: ``main([CONFIG.json, RESULT.json])`` (``jaxmem.isolate``):
+  runs it with real arrays (``jaxmem.runtime``) and answers with the record sections, or the
+  failure, in RESULT.json; the traceback goes to stderr.
+* Compile mode, many configurations: ``main(["--serve", ...])`` (``jaxmem.pool``): imports
+  once, then compiles one configuration per request read from a pipe and answers on another,
+  until the pipe closes.
 
-Both watch their parent: when it is gone (killed, even with SIGKILL) they remove their
-temporary folder and exit at once, whatever they were doing.
+Both are started by ``jaxmem._spawn.command``, which watches the parent from the worker's first
+instruction: when the parent is gone (killed, even with SIGKILL) the worker removes its
+temporary folder and exits at once, whatever it was doing.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
-import shutil
 import signal
 import sys
-import threading
-import time
 from multiprocessing.connection import Connection
 from typing import Any
 
-from jaxmem import isolate, runtime, targets
-from jaxmem.distributed import Cluster
-from jaxmem.errors import Unsupported
-from jaxmem.failures import describe_failure, one_line_error
 
-
-def watch_parent(parent_pid: int, folder: str | None, interval: float = 0.2) -> None:
-    """A daemon thread that ends this process (removing ``folder``) once ``parent_pid`` is no
-    longer its parent. ``os._exit`` from a thread ends the process even while its main thread
-    is inside a compile."""
-
-    def watch() -> None:
-        while os.getppid() == parent_pid:
-            time.sleep(interval)
-        if folder:
-            shutil.rmtree(folder, ignore_errors=True)
-        os._exit(3)
-
-    threading.Thread(target=watch, name="jaxmem-parent-watch", daemon=True).start()
-
-
-def run_one(config_path: str, result_path: str, parent_pid: int) -> int:
+def run_one(config_path: str, result_path: str) -> int:
     """Run mode: one configuration with real arrays."""
-    watch_parent(parent_pid, os.path.dirname(config_path))
+    from jaxmem import isolate, runtime, targets
+    from jaxmem.distributed import Cluster
+    from jaxmem.errors import Unsupported
+    from jaxmem.failures import describe_failure
     from jaxmem.setup import resolve
 
     try:
@@ -67,16 +47,15 @@ def run_one(config_path: str, result_path: str, parent_pid: int) -> int:
     return 0
 
 
-def serve(read_fd: int, write_fd: int, parent_pid: int, folder: str, cpu_devices: int,
-          cache_dir: str | None) -> int:
+def serve(read_fd: int, write_fd: int, cpu_devices: int, cache_dir: str | None) -> int:
     """Compile mode: answers ``(index, config dict, mode)`` requests with ``(index, status,
     error, sections)`` until the request pipe closes."""
-    watch_parent(parent_pid, folder)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides what Ctrl-C ends
     import jax
 
     from jaxmem import _convert, cache
     from jaxmem.config import Config
+    from jaxmem.failures import describe_failure, one_line_error
     from jaxmem.measure import measure_setup
     from jaxmem.setup import resolve
 
@@ -107,14 +86,13 @@ def main(argv: list[str]) -> int:
     if argv and argv[0] == "--serve":
         parser = argparse.ArgumentParser(prog="python -m jaxmem.worker --serve")
         parser.add_argument("--serve", action="store_true")
-        for flag in ("--read-fd", "--write-fd", "--parent", "--cpu-devices"):
+        for flag in ("--read-fd", "--write-fd", "--cpu-devices"):
             parser.add_argument(flag, type=int, required=flag != "--cpu-devices", default=0)
-        parser.add_argument("--folder", required=True)
         parser.add_argument("--cache-dir", default=None)
         a = parser.parse_args(argv)
-        return serve(a.read_fd, a.write_fd, a.parent, a.folder, a.cpu_devices, a.cache_dir)
-    config_path, result_path, parent_pid = argv
-    return run_one(config_path, result_path, int(parent_pid))
+        return serve(a.read_fd, a.write_fd, a.cpu_devices, a.cache_dir)
+    config_path, result_path = argv
+    return run_one(config_path, result_path)
 
 
 if __name__ == "__main__":

@@ -40,8 +40,12 @@ def test_a_step_libtpu_refuses_is_an_oom_row():
     big = dict(GPT, seq_len=8192, num_layers=1)
     r = run(model=big, data={"batch_size": 32}, precision="bf16-mixed")
     assert r.status == "oom", r.error
-    assert r.compiled == {"fits": False}
+    c = r.compiled
+    assert c["fits"] is False
     assert "RESOURCE_EXHAUSTED" in r.error or "CompileTimeHbmOom" in r.error
+    # what libtpu said, to its 0.01 GiB: more than the chip, and what the chip has
+    assert c["oom_available_bytes"] == pytest.approx(15.75 * 2**30, abs=0.01 * 2**30)
+    assert c["oom_required_bytes"] > c["oom_available_bytes"]
 
 
 def test_the_table_says_what_fits_compares(tmp_path, cli_runner):

@@ -105,7 +105,10 @@ class CustomConfig(ModelConfig):
     def build(self, opts: BuildOptions) -> Workload:
         """Calls the factory; checks it returns a Workload."""
         factory = self.resolve()
-        workload = factory(**self._arguments(factory, opts))  # a failure inside: its row
+        try:
+            workload = factory(**self._arguments(factory, opts))  # a failure inside: its row
+        except SystemExit as e:  # would end jaxmem without a word
+            raise RuntimeError(f"factory {self.factory} called sys.exit({e.code!r})") from None
         if not isinstance(workload, Workload):
             raise ConfigError("model.factory", "must return a jaxmem.models.Workload, returned "
                               f"{type(workload).__name__}", value=self.factory)
