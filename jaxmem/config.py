@@ -299,7 +299,8 @@ class MeasureConfig:
         arrays in a fresh subprocess: device peaks and step times).
       warmup_steps: untimed steps before timing (run mode).
       steps: timed steps; the median is reported (run mode).
-      timeout_s: wall-clock limit of one run-mode subprocess.
+      timeout_s: wall-clock limit of one configuration: its run-mode subprocess, or its compile
+        in a compile worker (``--workers 0`` compiles in process, without a limit).
       preallocate, mem_fraction, allocator: JAX's GPU/TPU allocator settings for the run-mode
         subprocess (``XLA_PYTHON_CLIENT_PREALLOCATE``, ``..._MEM_FRACTION``, ``..._ALLOCATOR``);
         None leaves the environment's value.
