@@ -74,9 +74,9 @@ def main() -> None:
             for r in rows:
                 statuses[r["status"]] = statuses.get(r["status"], 0) + 1
             hits = sum(bool((r.get("compiled") or {}).get("cache_hit")) for r in rows)
+            counts = ", ".join(f"{k} {v}" for k, v in statuses.items())
             print(f"| {label} | {workers} | {'on' if cache else 'off'} | {wall:.1f} | "
-                  f"{wall / first:.2f} | {len(rows)} ({', '.join(f'{k} {v}' for k, v in statuses.items())}) "
-                  f"| {hits} |", flush=True)
+                  f"{wall / first:.2f} | {len(rows)} ({counts}) | {hits} |", flush=True)
 
 
 if __name__ == "__main__":
