@@ -27,6 +27,7 @@ from jaxmem.config import (
 )
 from jaxmem.errors import ConfigError
 from jaxmem.experiment import Experiment, GridPoint
+from jaxmem.explain import Explanation, explain
 from jaxmem.models import BuildOptions, Workload
 from jaxmem.program import Program
 from jaxmem.record import Record
@@ -45,6 +46,7 @@ __all__ = [
     "ConfigError",
     "DataConfig",
     "Experiment",
+    "Explanation",
     "GridPoint",
     "MeasureConfig",
     "MemoryReport",
@@ -61,6 +63,7 @@ __all__ = [
     "analytic",
     "build_program",
     "compiled_memory",
+    "explain",
     "optim",
     "precision",
     "read_results",

@@ -156,7 +156,7 @@ def numbers(program: Program) -> dict[str, Any]:
 
 # ---------------------------------------------------------------------- reading jaxprs
 
-def _sub_jaxprs(eqn: Any) -> Iterator[tuple[Any, bool]]:
+def sub_jaxprs(eqn: Any) -> Iterator[tuple[Any, bool]]:
     """``(jaxpr, is_loop_body)`` for every jaxpr nested in an equation's parameters."""
     loop = eqn.primitive.name in ("scan", "while")
     for value in eqn.params.values():
@@ -172,7 +172,7 @@ def checkpoint_names(jaxpr: Any) -> set[str]:
     for eqn in jaxpr.eqns:
         if eqn.primitive.name == "name" and isinstance(eqn.params.get("name"), str):
             names.add(eqn.params["name"])
-        for sub, _ in _sub_jaxprs(eqn):
+        for sub, _ in sub_jaxprs(eqn):
             names |= checkpoint_names(sub)
     return names
 
@@ -185,7 +185,7 @@ def remat_outside_loops(jaxpr: Any, in_loop: bool = False) -> int:
         if eqn.primitive.name in ("checkpoint", "remat", "remat2") and not in_loop:
             count += 1
             continue
-        for sub, loop in _sub_jaxprs(eqn):
+        for sub, loop in sub_jaxprs(eqn):
             count += remat_outside_loops(sub, in_loop or loop)
     return count
 
@@ -212,3 +212,47 @@ def transformer_layer_bytes(seq: int, batch: int, hidden: int, heads: int, *,
     """
     s, b, h, a = seq, batch, hidden, heads
     return ((8 + 2 * mlp_ratio) * s * b * h + a * s * s * b) * bytes_per_value
+
+
+#: frames that are not the user's: jax, flax, optax and jaxmem's helpers
+LIBRARY_FILES = ("/jax/", "/jaxlib/", "/flax/", "/optax/", "/chex/", "<frozen ",
+                 "/jaxmem/sharding.py", "/jaxmem/remat.py", "/jaxmem/precision.py")
+
+
+def user_frame(frames: Any) -> tuple[str, int] | None:
+    """The innermost ``(file, line)`` outside jax, flax, optax and jaxmem's helpers."""
+    return next(((f, n) for f, n in frames if not any(lib in f for lib in LIBRARY_FILES)),
+                None)
+
+
+def jaxpr_checkpoint_names(jaxpr: Any) -> dict[tuple[str, int], str]:
+    """``(file, line) -> name`` for every ``checkpoint_name`` in a (closed) jaxpr.
+
+    Both the line of the ``checkpoint_name`` call and the line that made the named value are
+    mapped, so a buffer finds its name whichever of the two XLA kept.
+    """
+    out: dict[tuple[str, int], str] = {}
+
+    def frames(eqn: Any) -> list[tuple[str, int]]:
+        tb = eqn.source_info.traceback
+        frame = None if tb is None else user_frame(
+            [(f.file_name, f.line_num) for f in tb.frames])
+        return [frame] if frame else []
+
+    def walk(jx: Any) -> None:
+        made = {}
+        for eqn in jx.eqns:
+            for v in eqn.outvars:
+                made[v] = eqn
+            if eqn.primitive.name == "name":
+                label = eqn.params.get("name")
+                for f in frames(eqn):
+                    out.setdefault(f, label)
+                src = made.get(eqn.invars[0]) if eqn.invars else None
+                if src is not None:
+                    for f in frames(src):
+                        out.setdefault(f, label)
+            for sub, _ in sub_jaxprs(eqn):
+                walk(sub)
+    walk(jaxpr.jaxpr if hasattr(jaxpr, "jaxpr") else jaxpr)
+    return out

@@ -6,6 +6,7 @@ naming the field, nothing written), 1 internal failure.
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import traceback
@@ -17,12 +18,16 @@ import click
 from rich.console import Console
 
 from jaxmem import report, results, targets
+from jaxmem.build import build_program
 from jaxmem.cache import default_dir as default_cache_dir
 from jaxmem.config import MODES
 from jaxmem.distributed import Cluster, is_process_zero
 from jaxmem.errors import ConfigError, check_choice
 from jaxmem.experiment import Experiment
-from jaxmem.failures import one_line_error
+from jaxmem.explain import explain_program
+from jaxmem.explain_view import plot as explain_plot
+from jaxmem.explain_view import write_text as explain_text
+from jaxmem.failures import classify, one_line_error
 from jaxmem.pool import usable_cores
 from jaxmem.residuals import residual_report
 from jaxmem.runner import prepare
@@ -188,6 +193,56 @@ def residuals_cmd(experiment: Path, overrides: tuple[str, ...]) -> None:
         residuals, note = residual_report(setup)
         console.print(report.residual_table(residuals, title=f"{exp.name}: {point.name}",
                                             note=note))
+
+
+@cli.command("explain")
+@click.argument("experiment", type=click.Path(path_type=Path))
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="Override a config field, as for run.")
+@click.option("--top", type=click.IntRange(1, 10_000), default=15, show_default=True,
+              help="Buffers to list, largest first (the totals count them all).")
+@click.option("--json", "as_json", is_flag=True,
+              help="One JSON object per configuration on stdout.")
+@click.option("--out", type=click.Path(path_type=Path), default=None,
+              help="Folder for the timeline PNGs (default: runs/<experiment>/explain).")
+@click.option("--plot/--no-plot", default=True, show_default=True,
+              help="Write each configuration's timeline as a PNG.")
+def explain_cmd(experiment: Path, overrides: tuple[str, ...], top: int, as_json: bool,
+                out: Path | None, plot: bool) -> None:
+    """Show what is live at each configuration's peak, per device, and where it comes from."""
+    try:
+        exp = Experiment.from_yaml(experiment, overrides)
+        points = exp.grid()
+        setups = prepare(points, "compile")
+        folder = out if out is not None else Path("runs") / exp.name / "explain"
+        if plot:
+            results.check_out(folder)
+    except ConfigError as e:
+        _fail(str(e), 2)
+    console = report.wide_console()
+    for point, setup in zip(points, setups, strict=True):
+        try:
+            e = explain_program(build_program(setup), point.name)
+        except Exception as err:  # noqa: BLE001 - a configuration that fails is its line
+            failure = classify(err)
+            if as_json:
+                click.echo(json.dumps({"name": point.name, "status": failure.status,
+                                       "error": failure.error}))
+            else:
+                console.print(f"{point.name}: {failure.status}: {failure.error}",
+                              highlight=False, markup=False)
+            continue
+        png = None
+        if plot:
+            folder.mkdir(parents=True, exist_ok=True)
+            png = explain_plot(e, folder / f"{point.name}.png")
+        if as_json:
+            click.echo(json.dumps({"status": "ok", **e.to_dict(top),
+                                   "timeline_png": str(png) if png else None}))
+        else:
+            console.print(explain_text(e, top), highlight=False, markup=False)
+            if png:
+                console.print(f"  timeline: {png}", highlight=False, markup=False)
 
 
 @cli.command("targets")
