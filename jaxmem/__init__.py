@@ -27,7 +27,7 @@ from jaxmem.config import (
 )
 from jaxmem.errors import ConfigError
 from jaxmem.experiment import Experiment, GridPoint
-from jaxmem.explain import Explanation, explain
+from jaxmem.explain import Explanation, explain, explain_program
 from jaxmem.models import BuildOptions, Workload
 from jaxmem.program import Program
 from jaxmem.record import Record
@@ -64,6 +64,7 @@ __all__ = [
     "build_program",
     "compiled_memory",
     "explain",
+    "explain_program",
     "optim",
     "precision",
     "read_results",

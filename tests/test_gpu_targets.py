@@ -102,3 +102,17 @@ def test_spec_files_have_what_the_plugin_needs(kind):
     assert gpu.memory_bytes == fields["device_memory_size"]
     assert 40 * 10**9 < gpu.memory_bytes < 200 * 10**9
     assert 'platform_name: "CUDA"' in text and "cuda_compute_capability" in text
+
+
+@needs_plugin
+def test_explain_on_a_virtual_h100(quickstart):
+    from jaxmem.explain import explain_program
+    exp = jaxmem.Experiment.from_dict(quickstart.to_dict(), [
+        "target=gpu:h100x1", "sweep.remat=[none,full]", "sweep.precision=[fp32]"])
+    none, full = (explain_program(jaxmem.build_program(jaxmem.resolve(p.config)), p.name)
+                  for p in exp.grid())
+    for e in (none, full):
+        assert e.device_kind == H100
+        assert sum(b.bytes for b in e.buffers) == e.peak_bytes == max(e.timeline)
+        assert e.compiled["argument_bytes"] <= e.peak_bytes <= e.compiled["total_bytes"]
+    assert full.by_category["saved activation"] < none.by_category["saved activation"] / 2
