@@ -151,20 +151,13 @@ def explain(fn: Callable[..., Any], *args: Any, name: str | None = None,
     with tempfile.TemporaryDirectory(prefix="jaxmem-explain-") as tmp:
         compiled = lowered.compile(compiler_options={"xla_dump_to": tmp})
         dump = Dump.read(tmp)
-    device = _device(compiled)
-    label = name or getattr(fn, "__name__", "fn")
-    e = from_dump(dump, label, device.platform, device.device_kind, roles or {},
-                  checkpoint_names or {})
     report = MemoryReport.from_compiled(compiled, lower_seconds=0.0, compile_seconds=0.0)
+    e = from_dump(dump, name or getattr(fn, "__name__", "fn"), report.platform,
+                  report.device_kind, roles or {}, checkpoint_names or {})
     keep = ("argument_bytes", "output_bytes", "alias_bytes", "temp_bytes", "peak_bytes",
             "total_bytes")
-    return dataclasses.replace(e, compiled={k: report.to_dict()[k] for k in keep})
-
-
-def _device(compiled: Any) -> jax.Device:
-    for sharding in jax.tree.leaves(compiled.input_shardings):
-        return min(sharding.device_set, key=lambda d: d.id)
-    return jax.devices()[0]
+    figures = report.to_dict()
+    return dataclasses.replace(e, compiled={k: figures[k] for k in keep})
 
 
 def _shape(value: Value) -> tuple[tuple[int, ...], str]:
