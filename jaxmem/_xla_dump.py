@@ -88,7 +88,7 @@ class Dump:
 
     @classmethod
     def read(cls, directory: str | Path) -> Dump:
-        """Parses the newest module's three files in ``directory``."""
+        """Parses the step module's three files in ``directory``."""
         hlo, live, assignment = _files(Path(directory))
         instructions, loops, bodies, roots = _parse_hlo(hlo.read_text())
         values = _parse_assignment(assignment.read_text())
@@ -107,12 +107,20 @@ def instruction_of(buffer: str) -> str:
 
 
 def _files(directory: Path) -> tuple[Path, Path, Path]:
-    def newest(suffix: str) -> Path:
-        found = sorted(directory.glob(f"*after_optimizations{suffix}"))
-        if not found:
-            raise FileNotFoundError(f"XLA wrote no *after_optimizations{suffix} in {directory}")
-        return found[-1]
-    return newest(".txt"), newest("-live-range.txt"), newest("-buffer-assignment.txt")
+    """The three files of the step's module. A compile may dump helper modules too; the step
+    is the module with the largest buffer assignment."""
+    assignments = sorted(directory.glob("*after_optimizations-buffer-assignment.txt"),
+                         key=lambda f: (f.stat().st_size, f.name))
+    if not assignments:
+        raise FileNotFoundError(f"XLA wrote no *after_optimizations-buffer-assignment.txt in "
+                                f"{directory}")
+    prefix = assignments[-1].name.removesuffix("-buffer-assignment.txt")
+    files = (directory / f"{prefix}.txt", directory / f"{prefix}-live-range.txt",
+             assignments[-1])
+    for f in files:
+        if not f.exists():
+            raise FileNotFoundError(f"XLA wrote no {f.name} in {directory}")
+    return files
 
 
 def _tables(text: str) -> dict[str, dict[int, str]]:
