@@ -51,8 +51,10 @@ class _Group(click.Group):
             sys.exit(0)
         except click.ClickException as e:
             _fail(e.format_message().replace("\n", " "), 2)
-        except click.exceptions.Abort:
-            sys.exit(130)
+        except click.exceptions.Abort:  # Ctrl-C in explain, residuals, ...: no teardown, as
+            sys.stdout.flush()  # the interpreter's can crash while XLA's threads still run
+            sys.stderr.flush()
+            os._exit(130)
         if isinstance(rv, int):  # --help / --version ask click to exit
             sys.exit(rv)
         return rv

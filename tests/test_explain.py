@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -140,3 +141,16 @@ def test_cli_bad_input(tmp_path):
     assert proc.returncode == 2
     assert len(proc.stderr.strip().splitlines()) == 1 and "remat" in proc.stderr
     assert not (tmp_path / "x").exists()
+
+
+def test_cli_ctrl_c_exits_130_without_a_traceback():
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "jaxmem.cli", "explain", "experiments/gpt2_small.yaml",
+         "--no-plot", "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    first = proc.stdout.readline()  # the first configuration explained, the second under way
+    assert json.loads(first)["status"] == "ok"
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err
