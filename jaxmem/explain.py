@@ -251,14 +251,15 @@ def _attribution(dump: Dump, members: list[tuple[int, int, Value]]) -> Instructi
     return made[0][1] if made else _NONE
 
 
-def _slots(dump: Dump) -> dict[tuple[int, int], list[tuple[int, int, Value]]]:
-    """Device-memory values grouped by the memory they occupy, with their live ranges."""
+def _slots(dump: Dump, length: int) -> dict[tuple[int, int], list[tuple[int, int, Value]]]:
+    """Device-memory values grouped by the memory they occupy, with their live ranges
+    (arguments' held for the whole step)."""
     slots: dict[tuple[int, int], list[tuple[int, int, Value]]] = collections.defaultdict(list)
     for key, (start, end) in dump.ranges.items():
         value = dump.values.get(key)
         if value is not None and value.in_device_memory:
             slots[value.slot].append((start, end, value))
-    return slots
+    return {slot: _held(members, length) for slot, members in slots.items()}
 
 
 def _held(members: list[tuple[int, int, Value]], length: int) -> list[tuple[int, int, Value]]:
@@ -272,7 +273,7 @@ def _held(members: list[tuple[int, int, Value]], length: int) -> list[tuple[int,
 def _timeline(slots, length: int) -> list[int]:
     delta = [0] * (length + 2)
     for members in slots.values():
-        members = sorted(_held(members, length), key=lambda m: m[0])
+        members = sorted(members, key=lambda m: m[0])
         start, end, size = members[0][0], members[0][1], members[0][2].bytes
         for s, e, v in members[1:]:
             if s > end:  # a gap: the slot is free in between
@@ -295,7 +296,7 @@ def from_dump(dump: Dump, name: str, platform: str, device_kind: str,
               checkpoint_names: Mapping[tuple[str, int], str]) -> Explanation:
     """The explanation of a parsed dump (see :func:`explain`)."""
     length = max(len(dump.sequence), max((e for _, e in dump.ranges.values()), default=-1) + 1)
-    slots = _slots(dump)
+    slots = _slots(dump, length)
     timeline = _timeline(slots, length)
     peak_index = max(range(length), key=timeline.__getitem__) if length else 0
     param_shapes = {_shape(v) for v in dump.values.values()
@@ -305,7 +306,6 @@ def from_dump(dump: Dump, name: str, platform: str, device_kind: str,
 
     buffers = []
     for members in slots.values():
-        members = _held(members, length)
         live = [(s, e, v) for s, e, v in members if s <= peak_index <= e]
         if not live:
             continue

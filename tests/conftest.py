@@ -31,5 +31,16 @@ def quickstart_records(quickstart) -> dict[str, jaxmem.Record]:
 
 
 @pytest.fixture
+def workdir(request, tmp_path, monkeypatch) -> Path:
+    """A working directory holding the test module's ``FACTORIES`` (file name -> Python
+    source, for custom-model factories), the repository importable."""
+    for name, text in getattr(request.module, "FACTORIES", {}).items():
+        (tmp_path / name).write_text(text)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(ROOT))
+    return tmp_path
+
+
+@pytest.fixture
 def cli_runner() -> CliRunner:
     return CliRunner()

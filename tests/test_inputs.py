@@ -84,15 +84,6 @@ FACTORIES = {"exits_on_import.py": "import sys\nsys.exit(3)\n",
                                       "    sys.exit(3)\n")}
 
 
-@pytest.fixture
-def workdir(tmp_path, monkeypatch) -> Path:
-    for name, text in FACTORIES.items():
-        (tmp_path / name).write_text(text)
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.syspath_prepend(str(ROOT))
-    return tmp_path
-
-
 def run_cli(cli_runner, workdir: Path, data: bytes, args: list[str]):
     path = workdir / "exp.yaml"
     path.write_bytes(data)

@@ -10,7 +10,6 @@ from jax._src import compiler
 
 from jaxmem.cli import cli
 
-ROOT = Path(__file__).resolve().parents[1]
 TINY_GPT = ("model: {kind: gpt, vocab_size: 64, seq_len: 16, num_layers: 2, d_model: 32, "
             "num_heads: 2, stack: %s}\n")
 CUSTOM = "model: {kind: custom, factory: 'examples.custom_model:workload', options: {width: 8}}\n"
@@ -96,16 +95,6 @@ def compiles(monkeypatch):
 
     monkeypatch.setattr(compiler, "compile_or_get_cached", spy)
     return count
-
-
-@pytest.fixture
-def workdir(tmp_path, monkeypatch) -> Path:
-    """A working directory with the test factories; the repository importable."""
-    for name, text in FACTORIES.items():
-        (tmp_path / name).write_text(text)
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.syspath_prepend(str(ROOT))
-    return tmp_path
 
 
 def invoke(cli_runner, workdir: Path, text: str, args: list[str], verb: str = "run"):
