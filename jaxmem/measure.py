@@ -16,6 +16,8 @@ from jaxmem import _convert, analytic, collectives, isolate
 from jaxmem.build import build_program
 from jaxmem.cache import cache_events
 from jaxmem.compiled import MemoryReport, compile_timed
+from jaxmem.errors import Unsupported
+from jaxmem.estimate import estimate
 from jaxmem.failures import classify
 from jaxmem.notes import notes
 from jaxmem.record import Record, environment, finite, record_key
@@ -79,6 +81,7 @@ def measure_compile(program: Program) -> tuple[Any, dict[str, Any]]:
     figures.update(collectives.summary(collectives.of_compiled(compiled)))
     figures.update(fits(report, memory))
     sections = {
+        "estimate": _estimate_section(program.setup, report.total_bytes),
         "env": {**environment(list(program.mesh.devices.flat)),
                 "device_memory_bytes": memory.bytes, "device_memory_source": memory.source},
         "analytic": numbers,
@@ -86,6 +89,15 @@ def measure_compile(program: Program) -> tuple[Any, dict[str, Any]]:
         "notes": notes(program, report, numbers),
     }
     return compiled, sections
+
+
+def _estimate_section(setup: Setup, compiled_total: int) -> dict[str, Any]:
+    """The row's ``estimate`` section; empty where the estimate does not apply (forward-only
+    tasks, models without shape formulas)."""
+    try:
+        return estimate(setup).record(compiled_total)
+    except Unsupported:
+        return {}
 
 
 def measure_setup(setup: Setup, mode: str, env: dict[str, str] | None = None

@@ -79,6 +79,14 @@ FIELDS: dict[str, str] = {
                                "None without a backward",
     "analytic.kv_cache_bytes": "decode: keys and values of every layer, batch x context",
     "analytic.context": "decode: cached positions per sequence",
+    "estimate.total_bytes": "per device: jaxmem.estimate's total from shape formulas, no "
+                            "compile (comparable with compiled.total_bytes; train rows of "
+                            "built-in models)",
+    "estimate.error": "estimate.total_bytes / compiled.total_bytes - 1",
+    "estimate.seconds": "seconds the estimate took",
+    **{f"estimate.{k}_bytes": f"per device: the estimate's {k.replace('_', ' ')} term" for k in (
+        "parameters", "optimizer_state", "batch", "saved_activations", "gathered_parameters",
+        "gradients", "peak_transients")},
     "compiled.argument_bytes": "per device: step inputs (params, optimizer state, batch)",
     "compiled.output_bytes": "per device: step outputs",
     "compiled.alias_bytes": "per device: outputs written into donated inputs",
@@ -159,6 +167,7 @@ class Record:
     config: dict[str, Any] = dataclasses.field(default_factory=dict)
     env: dict[str, Any] = dataclasses.field(default_factory=dict)
     analytic: dict[str, Any] = dataclasses.field(default_factory=dict)
+    estimate: dict[str, Any] = dataclasses.field(default_factory=dict)
     compiled: dict[str, Any] = dataclasses.field(default_factory=dict)
     runtime: dict[str, Any] = dataclasses.field(default_factory=dict)
     notes: list[str] = dataclasses.field(default_factory=list)
@@ -183,6 +192,7 @@ class Record:
             "notes": list(self.notes),
             "env": dict(self.env),
             "analytic": dict(self.analytic),
+            "estimate": dict(self.estimate),
             "compiled": dict(self.compiled),
             "runtime": dict(self.runtime),
             "config": self.config,

@@ -40,6 +40,8 @@ class Column:
     unless_equal: str | None = None
     #: shown only when some ok row satisfies this
     when: Callable[[Record], bool] | None = None
+    #: a relative error (a fraction) shown after the value, e.g. the estimate's
+    error: str | None = None
 
     def shown(self, records: Sequence[Record]) -> bool:
         if self.when is not None:
@@ -70,6 +72,8 @@ COMPILE_COLUMNS = (
     Column("argument/dev", "compiled.argument_bytes", fmt_bytes),
     Column("temp/dev", "compiled.temp_bytes", fmt_bytes, delta=True),
     Column("total/dev", "compiled.total_bytes", fmt_bytes, delta=True),
+    Column("estimate/dev", "estimate.total_bytes", fmt_bytes, optional=True,
+           error="estimate.error"),
     Column("peak/dev", "compiled.peak_bytes", fmt_bytes, delta=True,
            when=lambda r: r.get("compiled.fits_basis") == "peak_bytes"),
     Column("fits", "compiled.headroom_bytes", fmt_headroom, optional=True),
@@ -130,6 +134,9 @@ def table(records: Sequence[Record], title: str | None = None,
             if (c.field in _LOOP_COUNTED and value is not None
                     and r.get("compiled.cost_has_loops")):
                 text = ">=" + text
+            err = r.get(c.error) if c.error else None
+            if isinstance(err, (int, float)):
+                text += f" ({err:+.0%})"
             base_value = base.get(c.field) if base is not None else None
             if c.delta and isinstance(base_value, (int, float)) and r is not base:
                 d = fmt_delta(value, base_value)

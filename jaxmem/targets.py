@@ -80,6 +80,8 @@ class Target:
         allocator's share (None: JAX's default), which only GPU targets use.
       family: the kind of target (``local``, ``cpu``, ``tpu``, ``gpu``).
       cpu_devices: CPU devices this process must have before JAX starts (``cpu:N``), or 0.
+      count: how many devices, without asking a backend (None: ask, ``local``).
+      kind: the platform of its devices (``cpu``, ``tpu``, ``gpu``; None: ask, ``local``).
     """
 
     name: str
@@ -89,6 +91,16 @@ class Target:
     memory: Callable[[float | None], Memory] = _unknown
     family: str = "local"
     cpu_devices: int = 0
+    count: int | None = None
+    kind: str | None = None
+
+    def device_count(self) -> int:
+        """Devices of the target (``local``: starts this process's backend)."""
+        return self.count if self.count is not None else jax.device_count()
+
+    def platform(self) -> str:
+        """Platform of its devices (``local``: this process's default backend)."""
+        return self.kind or jax.default_backend()
 
     def usable_memory(self, mem_fraction: float | None = None) -> Memory:
         """The memory of one device that XLA may use, and its source (may start a backend,
@@ -152,7 +164,7 @@ def _cpu(m: re.Match[str]) -> Target:
     return Target(m.string, f"{n} CPU devices of this process",
                   functools.partial(cpu_devices, n),
                   memory=lambda _=None: Memory(None, "host memory, shared by the devices"),
-                  family="cpu", cpu_devices=n)
+                  family="cpu", cpu_devices=n, count=n, kind="cpu")
 
 
 def starts_no_accelerator(target: Target) -> bool:
@@ -279,7 +291,8 @@ def _tpu(m: re.Match[str]) -> Target:
                           value=m.string)
     return Target(m.string, f"compile-only TPU {topology} (libtpu)",
                   lambda: list(_tpu_devices(topology)), runnable=False,
-                  memory=lambda _=None: _tpu_memory(topology), family="tpu")
+                  memory=lambda _=None: _tpu_memory(topology), family="tpu",
+                  count=math.prod(extents), kind="tpu")
 
 
 # --------------------------------------------------------------------------------- gpu
@@ -312,7 +325,7 @@ def _gpu(m: re.Match[str]) -> Target:
 
     return Target(m.string, f"compile-only {where} x {gpu.description} (CUDA plugin)",
                   lambda: list(_gpu.gpu_devices(kind, topology)), runnable=False,
-                  memory=memory, family="gpu")
+                  memory=memory, family="gpu", count=per_node * nodes, kind="gpu")
 
 
 FAMILIES: dict[str, Family] = {

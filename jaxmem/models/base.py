@@ -24,6 +24,7 @@ from jaxmem.errors import ConfigError, check_choice
 
 if TYPE_CHECKING:
     from jaxmem.config import InferenceConfig
+    from jaxmem.models.anatomy import Anatomy
     from jaxmem.models.workload import BuildOptions, Workload
     from jaxmem.sharding import Rules
 
@@ -121,6 +122,11 @@ class ModelConfig:
                                   value=blocks)
         patterns = tuple(f"{self.BLOCKS_PATH}/{i}/*" for i in range(blocks))
         return patterns + (self.EMBEDDING_PATTERNS if embeddings else ())
+
+    def anatomy(self, opts: BuildOptions, batch: int) -> Anatomy | None:
+        """Parameters and forward values of a training step on ``batch`` examples, from shape
+        formulas (``jaxmem.estimate``); None where only tracing can tell (custom models)."""
+        return None
 
     def check_platform(self, platform: str) -> None:
         """Raises Unsupported when the model cannot run on ``platform`` (e.g. cuDNN on CPU)."""

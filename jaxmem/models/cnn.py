@@ -15,6 +15,7 @@ from flax import nnx
 
 from jaxmem import losses, remat
 from jaxmem.errors import ConfigError, check_positive
+from jaxmem.models.anatomy import Anatomy, Block, Tensor
 from jaxmem.models.base import ModelConfig
 from jaxmem.models.workload import Batch, BuildOptions, Workload
 
@@ -58,6 +59,39 @@ class CNNConfig(ModelConfig):
 
     def layer_count(self) -> tuple[int, bool]:
         return len(self.channels), False
+
+    def anatomy(self, opts: BuildOptions, batch: int) -> Anatomy:
+        B, S = batch, self.image_size
+        widths = (self.in_channels, *self.channels)
+        image = ("batch", None, None, None)
+        params, blocks = [], []
+        for i, (a, b) in enumerate(zip(widths[:-1], widths[1:], strict=True)):
+            convs = [(a, a, 1), (a, b, 1)] if self.depthwise_separable else [(a, b, 3)]
+            if self.depthwise_separable:  # depthwise 3x3 (one input channel per group)
+                convs[0] = (1, a, 3)
+            values = [Tensor("x", (B, S, S, a), image, block_input=True, batch_cast=i == 0)]
+            for j, (c_in, c_out, k) in enumerate(convs):
+                params += [(f"blocks/{i}/convs/{j}/bias", (c_out,)),
+                           (f"blocks/{i}/convs/{j}/kernel", (k, k, c_in, c_out))]
+                values += [Tensor(f"conv{j}", (B, S, S, c_out), image, inputs=(values[-1].name,)),
+                           Tensor(f"biased{j}", (B, S, S, c_out), image, inputs=(f"conv{j}",),
+                                  needed=j + 1 < len(convs))]
+            values.append(Tensor("relu_mask", (B, S, S, b), image, "bool",
+                                 (values[-1].name,), needed=True))
+            blocks.append(Block(f"conv block {a}->{b} at {S}x{S}", tuple(values),
+                                grad_workspace=(Tensor("d_conv", (B, S, S, b), image),
+                                                Tensor("d_input", (B, S, S, a), image))))
+            S //= 2
+        C = self.num_classes
+        params += [("head/bias", (C,)), ("head/kernel", (widths[-1], C))]
+        return Anatomy(
+            params=tuple(params), blocks=tuple(blocks),
+            outside=(Tensor("features", (B, S, S, widths[-1]), image, needed=True),
+                     Tensor("pooled", (B, widths[-1]), ("batch", None), needed=True),
+                     Tensor("logits", (B, C), ("batch", None), needed=True)),
+            loss_workspace=(Tensor("d_features", (B, S, S, widths[-1]), image),),
+            example=(((self.image_size,) * 2 + (self.in_channels,), "float32"), ((), "int32")),
+        )
 
     def build(self, opts: BuildOptions) -> Workload:
         """Random images, integer labels."""

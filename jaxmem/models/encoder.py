@@ -10,8 +10,15 @@ from flax import nnx
 
 from jaxmem import losses
 from jaxmem.errors import check_positive
+from jaxmem.models.anatomy import Anatomy, Tensor
 from jaxmem.models.base import ModelConfig
-from jaxmem.models.transformer import TransformerConfig, Trunk
+from jaxmem.models.transformer import (
+    TransformerConfig,
+    Trunk,
+    block_anatomy,
+    trunk_outside,
+    trunk_params,
+)
 from jaxmem.models.workload import Batch, BuildOptions, Workload
 
 
@@ -26,6 +33,21 @@ class EncoderConfig(TransformerConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         check_positive("num_classes", self.num_classes)
+
+    def anatomy(self, opts: BuildOptions, batch: int) -> Anatomy:
+        B, C = batch, self.num_classes
+        return Anatomy(
+            params=(*trunk_params(self, opts), ("head/bias", (C,)),
+                    ("head/kernel", (self.d_model, C))),
+            blocks=(block_anatomy(self, opts, B, causal=False),),
+            outside=(*trunk_outside(self, B),
+                     Tensor("pooled", (B, self.d_model), ("batch", "embed"), needed=True),
+                     Tensor("logits", (B, C), ("batch", None), needed=True)),
+            loss_workspace=(Tensor("d_stream", (B, self.seq_len, self.d_model),
+                                   ("batch", "length", "embed")),),
+            scanned=self.stack == "scan",
+            example=(((self.seq_len,), "int32"), ((), "int32")),
+        )
 
     def build(self, opts: BuildOptions) -> Workload:
         """Sequence classification: ``batch_size`` sequences, one label each."""

@@ -22,9 +22,16 @@ from flax import nnx
 
 from jaxmem import losses
 from jaxmem.errors import ConfigError, check_positive
+from jaxmem.models.anatomy import Anatomy, Tensor
 from jaxmem.models.attention import KVCache
 from jaxmem.models.base import ModelConfig
-from jaxmem.models.transformer import TransformerConfig, Trunk
+from jaxmem.models.transformer import (
+    TransformerConfig,
+    Trunk,
+    block_anatomy,
+    trunk_outside,
+    trunk_params,
+)
 from jaxmem.models.workload import Batch, BuildOptions, Workload
 from jaxmem.sharding import constrain
 
@@ -62,6 +69,30 @@ class GPTConfig(TransformerConfig):
         if task == "decode" and inference.context > self.seq_len:
             raise ConfigError("inference.context", f"exceeds the model's seq_len={self.seq_len}",
                               value=inference.context)
+
+    def anatomy(self, opts: BuildOptions, batch: int) -> Anatomy:
+        B, L, V = batch, self.seq_len, self.vocab_size
+        head = [] if self.tie_embeddings else [("head/kernel", (self.d_model, V))]
+        logits = ("batch", "length", "vocab")
+        if self.loss_chunks == 1:  # the loss keeps the logits and a log-normaliser per row
+            outside = [Tensor("logits", (B, L, V), logits, needed=True),
+                       Tensor("log_normaliser", (B, L), ("batch", "length"), "float32",
+                              needed=True)]
+            loss = [Tensor("d_logits", (B, L, V), logits),
+                    Tensor("probs", (B, L, V), logits, "float32")]
+        else:  # one chunk's logits at a time, recomputed in the backward
+            n = B * L // self.loss_chunks
+            outside = []
+            loss = [Tensor("chunk_logits", (n, V), (None, "vocab"), "float32"),
+                    Tensor("d_chunk_logits", (n, V), (None, "vocab"), "float32")]
+        return Anatomy(
+            params=tuple(trunk_params(self, opts) + head),
+            blocks=(block_anatomy(self, opts, B, causal=True),),
+            outside=(*trunk_outside(self, B), *outside),
+            loss_workspace=tuple(loss),
+            scanned=self.stack == "scan",
+            example=(((L,), "int32"), ((L,), "int32")),
+        )
 
     def build(self, opts: BuildOptions) -> Workload:
         """Next-token prediction on ``batch_size`` sequences of ``seq_len`` tokens."""

@@ -11,6 +11,7 @@ from flax import nnx
 
 from jaxmem import losses, remat
 from jaxmem.errors import ConfigError, check_choice, check_positive
+from jaxmem.models.anatomy import Anatomy, Block, Tensor
 from jaxmem.models.base import ModelConfig
 from jaxmem.models.workload import Batch, BuildOptions, Workload
 
@@ -47,6 +48,29 @@ class MLPConfig(ModelConfig):
 
     def layer_count(self) -> tuple[int, bool]:
         return len(self.hidden), False
+
+    def anatomy(self, opts: BuildOptions, batch: int) -> Anatomy:
+        B, widths = batch, (self.in_features, *self.hidden)
+        params, blocks = [], []
+        for i, (a, b) in enumerate(zip(widths[:-1], widths[1:], strict=True)):
+            params += [(f"layers/{i}/bias", (b,)), (f"layers/{i}/kernel", (a, b))]
+            hidden = ("batch", "mlp")
+            blocks.append(Block(f"dense {a}->{b}", (
+                Tensor("x", (B, a), ("batch", None), block_input=True, batch_cast=i == 0),
+                Tensor("dot", (B, b), hidden, inputs=("x",), dot="dot"),
+                Tensor("pre_act", (B, b), hidden, inputs=("dot",)),
+                Tensor("relu_mask", (B, b), hidden, "bool", ("pre_act",), needed=True),
+            ), grad_workspace=(Tensor("d_hidden", (B, b), hidden),)))
+        out = self.out_features
+        params += [("head/bias", (out,)), ("head/kernel", (widths[-1], out))]
+        return Anatomy(
+            params=tuple(params), blocks=tuple(blocks),
+            outside=(Tensor("features", (B, widths[-1]), ("batch", None), needed=True),
+                     Tensor("outputs", (B, out), ("batch", None), needed=True)),
+            loss_workspace=(Tensor("d_outputs", (B, out), ("batch", None), "float32"),),
+            example=(((self.in_features,), "float32"),
+                     ((), "int32") if self.loss == "cross_entropy" else ((out,), "float32")),
+        )
 
     def build(self, opts: BuildOptions) -> Workload:
         """Random inputs; integer labels (cross_entropy) or float targets (mse)."""

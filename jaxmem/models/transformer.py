@@ -18,6 +18,8 @@ from flax import nnx
 from jax.ad_checkpoint import checkpoint_name
 
 from jaxmem.errors import ConfigError, check_choice, check_positive
+from jaxmem.models import anatomy
+from jaxmem.models.anatomy import Tensor
 from jaxmem.models.attention import IMPLEMENTATIONS, WINDOWED, Attention, KVCache, check_platform
 from jaxmem.models.base import ModelConfig
 from jaxmem.models.layers import LayerNorm, gelu
@@ -219,3 +221,110 @@ class Trunk(nnx.Module):
         x_Bx1xD = self.embed(tokens_Bx1) + self.pos(pos[None])[None]
         x_Bx1xD, cache = self.blocks.decode(x_Bx1xD, cache, pos)
         return self.ln_f(x_Bx1xD), cache
+
+
+# ------------------------------------------------------------ anatomy (jaxmem.estimate)
+
+def _linear_params(prefix: str, d_in: int, d_out: int, leading: tuple[int, ...]
+                   ) -> list[tuple[str, tuple[int, ...]]]:
+    return [(f"{prefix}/bias", (*leading, d_out)), (f"{prefix}/kernel", (*leading, d_in, d_out))]
+
+
+def trunk_params(c: TransformerConfig, opts: BuildOptions) -> list[tuple[str, tuple[int, ...]]]:
+    """``(path, shape)`` of the trunk's parameters, as ``nnx.split`` names them."""
+    D, F = c.d_model, mlp_width(c, opts)
+
+    def block(prefix: str, leading: tuple[int, ...]) -> list[tuple[str, tuple[int, ...]]]:
+        out = [p for n in ("key", "out", "query", "value")
+               for p in _linear_params(f"{prefix}/attn/{n}", D, D, leading)]
+        out += [(f"{prefix}/{ln}/{w}", (*leading, D)) for ln in ("ln1", "ln2")
+                for w in ("bias", "scale")]
+        out += _linear_params(f"{prefix}/mlp/down", F, D, leading)
+        out += _linear_params(f"{prefix}/mlp/up", D, F, leading)
+        return out
+
+    if c.stack == "scan":
+        blocks = block(c.BLOCKS_PATH, (c.num_layers,))
+    else:
+        blocks = [p for i in range(c.num_layers) for p in block(f"{c.BLOCKS_PATH}/{i}", ())]
+    return [*blocks, ("trunk/embed/embedding", (c.vocab_size, D)),
+            ("trunk/ln_f/bias", (D,)), ("trunk/ln_f/scale", (D,)),
+            ("trunk/pos/embedding", (c.seq_len, D))]
+
+
+def _attention_values(c: TransformerConfig, B: int, causal: bool) -> list[Tensor]:
+    """The attention core of a block: ``query``/``key``/``value`` to ``attn_context``."""
+    L, D, H = c.seq_len, c.d_model, c.num_heads
+    BLD, heads = (B, L, D), ("batch", "length", "heads")
+    if c.attention == "blockwise":  # query chunks checkpointed: keeps q, k, v; no L x L
+        return [Tensor("attn_context", BLD, heads, inputs=("query", "key", "value"),
+                       needed=True, tag="attn_context")]
+    if c.attention == "linear":  # float32 random features (and prefix sums when causal)
+        M, K = c.linear_features, D // H
+        feats = ("batch", "length", "heads", None)
+        out = [Tensor("phi_q", (B, L, H, M), feats, "float32", ("query",), needed=True),
+               Tensor("phi_k", (B, L, H, M), feats, "float32", ("key",), needed=True)]
+        if causal:
+            out.append(Tensor("kv_sums", (B, L, H, M, K), (*feats, None), "float32",
+                              ("phi_k", "value"), needed=True))
+        return [*out, Tensor("attn_context", BLD, heads, inputs=tuple(t.name for t in out),
+                             needed=True, tag="attn_context")]
+    LL = ("batch", "heads", "length", None)
+    return [
+        Tensor("q_scaled", BLD, heads, inputs=("query",), needed=True),
+        Tensor("scores", (B, H, L, L), LL, inputs=("q_scaled", "key"), dot="batched"),
+        Tensor("probs", (B, H, L, L), LL, inputs=("scores",), needed=True),
+        Tensor("attn_context", BLD, heads, inputs=("probs", "value"), needed=True,
+               dot="batched", tag="attn_context"),
+    ]
+
+
+def block_anatomy(c: TransformerConfig, opts: BuildOptions, B: int, causal: bool
+                  ) -> anatomy.Block:
+    """One transformer block's forward values for a (micro)batch of ``B`` sequences."""
+    L, D, F = c.seq_len, c.d_model, mlp_width(c, opts)
+    BLD, BLF = (B, L, D), (B, L, F)
+    act, heads, mlp = ACTIVATION, ("batch", "length", "heads"), ("batch", "length", "mlp")
+    stats = ("batch", "length", None)
+
+    def proj(name: str) -> list[Tensor]:
+        return [Tensor(f"{name}_dot", BLD, heads, inputs=("h1",), dot="dot"),
+                Tensor(name, BLD, heads, inputs=(f"{name}_dot",), needed=name != "query",
+                       tag=name)]
+
+    values = [
+        Tensor("x", BLD, act, tag="block_input", block_input=True),
+        Tensor("ln1_stats", (B, L, 2), stats, "float32", ("x",), needed=True),
+        Tensor("h1", BLD, act, inputs=("x", "ln1_stats"), needed=True),
+        *proj("query"), *proj("key"), *proj("value"),
+        *_attention_values(c, B, causal),
+        Tensor("out_dot", BLD, act, inputs=("attn_context",), dot="dot"),
+        Tensor("attn_out", BLD, act, inputs=("out_dot",), tag="attn_out"),
+        Tensor("x2", BLD, act, inputs=("x", "attn_out"), needed=True),
+        Tensor("ln2_stats", (B, L, 2), stats, "float32", ("x2",), needed=True),
+        Tensor("h2", BLD, act, inputs=("x2", "ln2_stats"), needed=True),
+        Tensor("up_dot", BLF, mlp, inputs=("h2",), dot="dot"),
+        Tensor("mlp_pre_act", BLF, mlp, inputs=("up_dot",), needed=True, tag="mlp_pre_act"),
+        Tensor("mlp_post_act", BLF, mlp, inputs=("mlp_pre_act",), needed=True,
+               tag="mlp_post_act"),
+        Tensor("down_dot", BLD, act, inputs=("mlp_post_act",), dot="dot"),
+        Tensor("mlp_out", BLD, act, inputs=("down_dot",), tag="mlp_out"),
+    ]
+    if c.attention == "blockwise":  # its checkpointed chunks keep the unscaled query
+        values = [dataclasses.replace(t, needed=True) if t.name == "query" else t
+                  for t in values]
+    grads = [Tensor("d_stream", BLD, act), Tensor("d_hidden", BLF, mlp)]
+    if c.attention not in ("blockwise", "linear"):
+        grads.append(Tensor("d_scores", (B, c.num_heads, L, L),
+                            ("batch", "heads", "length", None)))
+    return anatomy.Block("transformer block", tuple(values), c.num_layers, tuple(grads))
+
+
+def trunk_outside(c: TransformerConfig, B: int) -> list[Tensor]:
+    """What the trunk keeps outside its blocks: the final LayerNorm's input, statistics and
+    output."""
+    BLD, act = (B, c.seq_len, c.d_model), ACTIVATION
+    return [Tensor("final_norm_input", BLD, act, needed=True),
+            Tensor("final_norm_stats", (B, c.seq_len, 2), ("batch", "length", None),
+                   "float32", needed=True),
+            Tensor("final_norm_output", BLD, act, needed=True)]

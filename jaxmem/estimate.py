@@ -1,0 +1,435 @@
+"""Per-device memory of a training step in milliseconds, from shapes alone: :func:`estimate`.
+
+Nothing is traced or compiled. Each model kind describes its parameters and one block's forward
+values (``jaxmem.models.anatomy``); this module adds the bytes up per device under the
+configuration's precision, remat policy, microbatches, freezing, optimizer and sharding, for
+the target's backend, as named terms:
+
+* arguments: parameters, optimizer state, model state, batch (exact: the same shapes and
+  shardings the step is compiled with);
+* saved activations: what the blocks keep for the backward under the remat policy (the rule
+  of ``jax.checkpoint``: saveable values the backward needs, directly or to recompute), and what
+  the loss and the layers around the blocks keep;
+* the peak's transients: the loss gradient (``B x L x V`` logits), one block's recomputation and
+  activation gradients, the gradients that are alive together (a scanned stack's stacked
+  gradients, the accumulator of microbatches, else the largest one).
+
+The peak is the larger of two moments of the step: where the backward starts (everything saved,
+plus the loss gradient) and inside the first block's backward (everything saved, plus that
+block's recomputation and gradients). ``total_bytes`` is comparable with ``compiled.total_bytes``
+(argument + output + temp - alias); ``benchmarks/estimate_accuracy.py`` measures how close.
+
+Example:
+  >>> from jaxmem import estimate
+  >>> from jaxmem.config import Config
+  >>> e = estimate(Config())
+  >>> e.total_bytes == sum(t.bytes for t in e.terms if t.counted)
+  True
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+import types
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+from jaxmem import sharding
+from jaxmem.config import Config
+from jaxmem.errors import Unsupported
+from jaxmem.models.anatomy import COMPUTE, PARAM, Anatomy, Block, Tensor, recomputed, saved
+from jaxmem import remat as remat_policies
+from jaxmem.remat import RematPolicy
+from jaxmem.setup import Setup, as_setup
+
+
+@dataclasses.dataclass(frozen=True)
+class Term:
+    """One line of an estimate, per device.
+
+    Attributes:
+      name: what it is (``parameters``, ``saved activations``, ...).
+      bytes: its size on one device.
+      detail: how it was computed, in words a user can check.
+      counted: part of ``total_bytes`` (host-memory terms are listed, not counted).
+    """
+
+    name: str
+    bytes: int
+    detail: str = ""
+    counted: bool = True
+
+
+@dataclasses.dataclass(frozen=True)
+class Estimate:
+    """An analytic per-device estimate of one configuration's step.
+
+    Attributes:
+      name: the configuration's name.
+      total_bytes: the counted terms' sum (comparable with ``compiled.total_bytes``).
+      terms: every term, in the order they are added.
+      platform: the backend the estimate is for (``cpu``, ``tpu``, ``gpu``).
+      seconds: how long the estimate took.
+    """
+
+    name: str
+    total_bytes: int
+    terms: tuple[Term, ...]
+    platform: str
+    seconds: float
+
+    def term(self, name: str) -> int:
+        """Bytes of the term called ``name`` (0 if absent)."""
+        return sum(t.bytes for t in self.terms if t.name == name)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready: ``name``, ``total_bytes``, ``platform``, ``terms`` (name -> bytes) and
+        ``details`` (name -> how)."""
+        return {"name": self.name, "total_bytes": self.total_bytes, "platform": self.platform,
+                "terms": {t.name: t.bytes for t in self.terms},
+                "details": {t.name: t.detail for t in self.terms}}
+
+    def record(self, compiled_total: int | None = None) -> dict[str, Any]:
+        """The ``estimate`` section of a record: ``total_bytes``, ``<term>_bytes``,
+        ``seconds`` and, given the compiled total, ``error`` (estimate / compiled - 1)."""
+        out: dict[str, Any] = {"total_bytes": self.total_bytes}
+        for t in self.terms:
+            if t.counted:
+                out[t.name.replace(" ", "_") + "_bytes"] = t.bytes
+        if compiled_total:
+            out["error"] = self.total_bytes / compiled_total - 1
+        out["seconds"] = self.seconds
+        return out
+
+
+# ---------------------------------------------------------------------------- backends
+
+@dataclasses.dataclass(frozen=True)
+class Backend:
+    """What a compiler does that changes the bytes (measured on each, see RESULTS.md).
+
+    Attributes:
+      float32_compute: computes 16-bit floats in float32, so activations take float32 bytes
+        (XLA:CPU).
+      loop_remat: honours remat of blocks applied by a Python loop; XLA:CPU schedules their
+        recomputation early, so they keep what they would keep without remat.
+      tiles: pads arrays to (sublanes, 128 lanes) tiles over their two minor dimensions (TPU).
+    """
+
+    float32_compute: bool = False
+    loop_remat: bool = True
+    tiles: bool = False
+
+
+BACKENDS: dict[str, Backend] = {
+    "cpu": Backend(float32_compute=True, loop_remat=False),
+    "gpu": Backend(),
+    "tpu": Backend(tiles=True),
+}
+
+
+# --------------------------------------------------------------------- bytes of a value
+
+#: XLA:TPU lays arrays out in tiles over their two minor dimensions: (sublanes, 128 lanes),
+#: 8 sublanes for 32-bit values, 16 for 16-bit, 32 for 8-bit.
+_TPU_LANES = 128
+
+
+def _tpu_padded(shape: Sequence[int], itemsize: int) -> tuple[int, ...]:
+    if not shape:
+        return ()
+    sublanes = 8 * max(1, 4 // itemsize)
+    dims = list(shape)
+    dims[-1] = -(-dims[-1] // _TPU_LANES) * _TPU_LANES
+    if len(dims) > 1:
+        dims[-2] = -(-dims[-2] // sublanes) * sublanes
+    return tuple(dims)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Sizer:
+    """Bytes of a value on one device: its shard's shape under the mesh and rules, its dtype
+    role resolved, padded the way the backend lays it out."""
+
+    mesh: Any  # anything with ``.shape``: axis -> size
+    rules: sharding.Rules
+    compute: np.dtype
+    param: np.dtype
+    backend: Backend
+
+    def dtype(self, role: str) -> np.dtype:
+        return {COMPUTE: self.compute, PARAM: self.param}.get(role) or np.dtype(role)
+
+    def shard(self, shape: Sequence[int], axes: Sequence[str | None]) -> tuple[int, ...]:
+        dims = sharding.mesh_axes_by_dim(tuple(axes), shape, self.mesh, self.rules)
+        return tuple(s // math.prod(self.mesh.shape[a] for a in d) for s, d in zip(
+            shape, dims, strict=True))
+
+    def nbytes(self, shape: Sequence[int], dtype: np.dtype) -> int:
+        if self.backend.tiles:
+            shape = _tpu_padded(shape, dtype.itemsize)
+        return math.prod(shape) * dtype.itemsize
+
+    def tensor(self, t: Tensor) -> int:
+        return self.nbytes(self.shard(t.shape, t.axes), self.dtype(t.dtype))
+
+    def tensors(self, ts: Sequence[Tensor]) -> int:
+        return sum(self.tensor(t) for t in ts)
+
+
+# ------------------------------------------------------------------- remat policies
+
+def _names(policy: RematPolicy) -> Callable[[Tensor], bool]:
+    return lambda t: t.tag in policy.names
+
+
+def _all_but_names(policy: RematPolicy) -> Callable[[Tensor], bool]:
+    return lambda t: t.tag not in policy.names
+
+
+def _constant(value: bool) -> Callable[[RematPolicy], Callable[[Tensor], bool]]:
+    return lambda _: (lambda t: value)
+
+
+def _dots(batched: bool) -> Callable[[RematPolicy], Callable[[Tensor], bool]]:
+    kinds = ("dot", "batched") if batched else ("dot",)
+    return lambda _: (lambda t: t.dot in kinds)
+
+
+#: what a policy may keep on the device, by name, then by the kind of a parametric name
+#: (``save:``, ``except:``, ``offload:``); offloading policies keep nothing on the device
+SAVEABLE: dict[str, Callable[[RematPolicy], Callable[[Tensor], bool]]] = {
+    "none": _constant(True),
+    "everything_saveable": _constant(True),
+    "full": _constant(False),
+    "nothing_saveable": _constant(False),
+    "offload_dot_with_no_batch_dims": _constant(False),
+    "dots": _dots(True),
+    "dots_saveable": _dots(True),
+    "checkpoint_dots": _dots(True),
+    "dots_no_batch": _dots(False),
+    "dots_with_no_batch_dims_saveable": _dots(False),
+    "checkpoint_dots_with_no_batch_dims": _dots(False),
+    "minimal": _names,
+    "save": _names,
+    "except": _all_but_names,
+    "offload": _constant(False),
+}
+#: what an offloading policy moves to host memory
+OFFLOADED: dict[str, Callable[[RematPolicy], Callable[[Tensor], bool]]] = {
+    "offload_dot_with_no_batch_dims": _dots(False),
+    "offload": _names,
+}
+
+
+SAVEABLE_NONE = remat_policies.POLICIES["none"]
+
+
+def _policy_key(policy: RematPolicy) -> str:
+    return policy.name if policy.name in SAVEABLE else policy.name.partition(":")[0]
+
+
+def saveable(policy: RematPolicy) -> Callable[[Tensor], bool]:
+    """What ``policy`` may keep on the device, as a predicate over a block's values."""
+    key = _policy_key(policy)
+    if key not in SAVEABLE:
+        raise Unsupported(f"the estimate does not know remat policy {policy.name!r}")
+    return SAVEABLE[key](policy)
+
+
+# ----------------------------------------------------------------------- the estimate
+
+@dataclasses.dataclass(frozen=True)
+class _Blocks:
+    """What the blocks of a stack hold, per device."""
+
+    saved: int  # kept for the backward by all blocks together
+    offloaded: int  # moved to host memory by an offloading policy
+    recompute: int  # the largest block's recomputed values plus its activation gradients
+    widest: str  # which block that is
+
+
+def _block_terms(blocks: Sequence[Block], setup: Setup, policy: RematPolicy, size: _Sizer,
+                 batch_is_compute: bool) -> _Blocks:
+    c = setup.config
+    every = c.remat.every
+    none = SAVEABLE["none"](policy)
+    device, host = saveable(policy), OFFLOADED.get(_policy_key(policy))
+    total = offloaded = workspace = 0
+    widest = ""
+    index = 0
+    for block in blocks:
+        kept_policy = saved(block, device)
+        kept_none = saved(block, none)
+
+        def cost(kept: list[Tensor], block: Block = block) -> int:
+            return size.tensors([t for t in kept if not (t.batch_cast and batch_is_compute)])
+
+        with_policy = sum(1 for i in range(index, index + block.count) if i % every == 0)
+        with_none = block.count - with_policy
+        if policy.checkpoint and c.remat.nested and block.count > 1:
+            from jaxmem.models.stack import nested_group_size
+
+            g = nested_group_size(block.count) or 1
+            inputs = [t for t in kept_policy if t.block_input]
+            total += (block.count // g) * cost(inputs) + g * cost(kept_policy)
+        else:
+            total += with_policy * cost(kept_policy) + with_none * cost(kept_none)
+        if host is not None and with_policy:
+            offloaded += with_policy * size.tensors(saved(block, host))
+        redo = recomputed(block, kept_policy) if with_policy else []
+        ws = size.tensors(redo) + size.tensors(block.grad_workspace)
+        if ws > workspace:
+            workspace, widest = ws, block.name
+        index += block.count
+    return _Blocks(total, offloaded, workspace, widest)
+
+
+def _param_terms(anatomy: Anatomy, setup: Setup, size: _Sizer
+                 ) -> tuple[int, int, int, int, int]:
+    """``(parameter bytes, trainable parameter bytes, largest trainable parameter, stacked
+    block parameter bytes, gathered bytes)`` per device in the storage dtype; gathered: what
+    the ZeRO axes' all-gathers add on each device (the whole parameter in the compute dtype
+    less its shard), kept from the forward to the backward."""
+    import fnmatch
+
+    mesh, rules = size.mesh, setup.rules
+    frozen = setup.freeze_patterns
+    total = trainable = largest = stacked = gathered = 0
+    zero = set(rules.zero)
+    for path, shape in anatomy.params:
+        axes = sharding.lookup_axes(path, len(shape), setup.param_axes, {})
+        spec = sharding.param_spec(axes, shape, mesh, rules)
+        local = tuple(s // math.prod(mesh.shape[a] for a in _spec_axes(e))
+                      for s, e in zip(shape, (*spec, *(None,) * len(shape)), strict=False))
+        n = size.nbytes(local, size.param)
+        total += n
+        if any(a in zero for e in spec for a in _spec_axes(e)):
+            unzeroed = tuple(s * math.prod(mesh.shape[a] for a in _spec_axes(e) if a in zero)
+                             for s, e in zip(local, (*spec, *(None,) * len(shape)),
+                                             strict=False))
+            gathered += size.nbytes(unzeroed, size.compute) - size.nbytes(local, size.compute)
+        if any(fnmatch.fnmatchcase(path, p) for p in frozen):
+            continue
+        trainable += n
+        largest = max(largest, n)
+        if anatomy.scanned and path.startswith(setup.config.model.BLOCKS_PATH or "\0"):
+            stacked += n
+    return total, trainable, largest, stacked, gathered
+
+
+def _spec_axes(entry: Any) -> tuple[str, ...]:
+    if entry is None:
+        return ()
+    return (entry,) if isinstance(entry, str) else tuple(entry)
+
+
+#: optimizer state per trainable parameter value, in units of the parameter (factored
+#: moments of adafactor are a row and a column per matrix: about nothing)
+STATE_PER_PARAM: dict[str, Callable[[Any], float]] = {
+    "adamw": lambda c: 2.0,
+    "lion": lambda c: 1.0,
+    "sgd": lambda c: 1.0 if c.momentum else 0.0,
+    "adafactor": lambda c: 0.0,
+}
+
+
+def _mesh(setup: Setup) -> types.SimpleNamespace:
+    """The mesh's axis sizes without asking for devices (the target's device count)."""
+    return types.SimpleNamespace(shape=sharding.axis_sizes(setup.config.mesh,
+                                                           setup.target.device_count()))
+
+
+def estimate(config: Config | Setup, name: str = "") -> Estimate:
+    """The per-device memory of ``config``'s training step, from shape formulas.
+
+    Args:
+      config: a configuration (or its resolved Setup) with ``task: train``.
+      name: the configuration's name in the result.
+
+    Raises:
+      Unsupported: a model without shape formulas (custom models), or a task other than
+        training.
+
+    Example:
+      >>> from jaxmem import estimate
+      >>> from jaxmem.config import Config
+      >>> e = estimate(Config())
+      >>> [t.name for t in e.terms][:3]
+      ['parameters', 'optimizer state', 'batch']
+    """
+    start = time.perf_counter()
+    setup = as_setup(config)
+    c = setup.config
+    if c.task != "train":
+        raise Unsupported(f"the estimate covers task train, not {c.task}")
+    mesh = _mesh(setup)
+    ways = math.prod(mesh.shape[a] for a in sharding.BATCH_AXES)
+    micro = c.data.batch_size // c.data.microbatches
+    anatomy = c.model.anatomy(setup.build_options, micro)
+    if anatomy is None:
+        raise Unsupported(f"model kind {c.model.kind!r} has no shape formulas; "
+                          "compile it (jaxmem run) or explain it")
+    platform = setup.target.platform()
+    backend = BACKENDS.get(platform, Backend())
+    compute = np.dtype(setup.precision.compute_dtype)
+    if backend.float32_compute and compute.itemsize < 4:
+        compute = np.dtype("float32")
+    size = _Sizer(mesh, setup.rules, compute, np.dtype(setup.precision.param_dtype), backend)
+    params, trainable, largest, stacked, gathered = _param_terms(anatomy, setup, size)
+    state = STATE_PER_PARAM[c.optimizer.name](c.optimizer)
+    state_dtype = c.optimizer.state_dtype
+    state_scale = 1.0 if state_dtype == "auto" else (
+        np.dtype(state_dtype).itemsize / size.param.itemsize)
+    opt_state = int(trainable * state * state_scale)
+    per_device = c.data.batch_size // ways
+    batch = sum(size.nbytes((per_device, *shape), np.dtype(d)) for shape, d in anatomy.example)
+    policy = setup.remat
+    if not (backend.loop_remat or anatomy.scanned):
+        policy = SAVEABLE_NONE
+    blocks = _block_terms(anatomy.blocks, setup, policy, size,
+                          batch_is_compute=size.compute == np.dtype("float32"))
+    outside = size.tensors(anatomy.outside)
+    loss = size.tensors(anatomy.loss_workspace)
+    grads_live, grads_why = _live_gradients(c, anatomy, trainable, largest, stacked)
+    at_loss = loss
+    in_block = blocks.recompute
+    transient = max(at_loss, in_block)
+    where = ("where the backward starts (loss gradient)" if at_loss >= in_block else
+             f"in the backward of a {blocks.widest}")
+    terms = [
+        Term("parameters", params, f"{size.param} storage, per device under "
+             f"{c.sharding.preset}"),
+        Term("optimizer state", opt_state, f"{c.optimizer.name}: {state:g} x trainable "
+             f"parameters in {state_dtype}", counted=not c.optimizer.offload),
+        Term("batch", batch, f"one global batch split over {ways} devices"),
+        Term("saved activations", blocks.saved + outside,
+             f"blocks under remat {setup.remat.name} ({micro} examples per microbatch) and "
+             "the layers around them"),
+        Term("gathered parameters", gathered, "whole parameters all-gathered from their "
+             "ZeRO shards in the forward, kept for the backward"),
+        Term("gradients", grads_live, grads_why),
+        Term("peak transients", transient, where),
+    ]
+    if c.optimizer.offload:
+        terms.append(Term("optimizer state (host)", opt_state, "offloaded", counted=False))
+    if blocks.offloaded:
+        terms.append(Term("offloaded activations (host)", blocks.offloaded,
+                          f"remat {setup.remat.name} moves them to pinned host memory",
+                          counted=False))
+    total = sum(t.bytes for t in terms if t.counted)
+    return Estimate(name or c.model.kind, total, tuple(terms), platform,
+                    time.perf_counter() - start)
+
+
+def _live_gradients(c: Config, anatomy: Anatomy, trainable: int, largest: int, stacked: int
+                    ) -> tuple[int, str]:
+    if c.data.microbatches > 1:
+        return trainable + stacked, "the microbatch accumulator (every trainable gradient)"
+    if stacked:
+        return stacked, "a scanned stack's gradients, accumulated through its backward loop"
+    return largest, "the largest gradient (each is applied to its parameter as it is made)"

@@ -1,0 +1,142 @@
+"""What a model's training step holds, described without tracing: the :class:`Anatomy`.
+
+A model kind describes its parameters (path and shape, as ``nnx.split`` names them) and the
+values of one block's forward pass as a small graph: each :class:`Tensor` names the values it is
+computed from, whether the backward pass needs it (what is kept without remat), and whether a
+matmul makes it. :func:`saved` then answers, for any remat policy, which values a block keeps:
+the policy's saveable values that the backward needs, directly or to recompute what it needs
+(the rule ``jax.checkpoint`` applies). ``jaxmem.estimate`` turns this into bytes per device.
+
+Shape suffixes are logical axis names (``jaxmem.sharding``), so the estimate can split a value
+over a mesh the way the model's sharding constraints do.
+
+Example:
+  >>> from jaxmem.models.anatomy import Tensor, Block, saved
+  >>> x = Tensor("x", (4, 8), ("batch", "embed"), block_input=True)
+  >>> h = Tensor("h", (4, 32), ("batch", "mlp"), inputs=("x",), dot="dot", needed=True)
+  >>> y = Tensor("y", (4, 32), ("batch", "mlp"), inputs=("h",), needed=True)
+  >>> block = Block("layer", (x, h, y))
+  >>> [t.name for t in saved(block, lambda t: True)]  # no remat: what the backward needs
+  ['x', 'h', 'y']
+  >>> [t.name for t in saved(block, lambda t: t.dot == "dot")]  # save matmul outputs
+  ['x', 'h']
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+
+#: dtype roles: the compute dtype, the parameters' storage dtype, or a fixed dtype
+COMPUTE, PARAM = "compute", "param"
+
+
+@dataclasses.dataclass(frozen=True)
+class Tensor:
+    """One value of a forward pass.
+
+    Attributes:
+      name: unique within its block (the checkpoint name where the model tags one).
+      shape: its global shape (the batch dimension is one microbatch).
+      axes: logical axis name per dimension (None: never split).
+      dtype: ``compute``, ``param`` or a dtype name (``float32``, ``int32``).
+      inputs: names of the values it is computed from (within the block).
+      needed: the backward pass uses it (it is kept when nothing is recomputed).
+      dot: ``dot`` for a matmul output, ``batched`` for one with batch dimensions
+        (attention scores), empty otherwise.
+      tag: the ``checkpoint_name`` the model gives it, if any.
+      block_input: the block's input (always kept by a checkpointed block).
+      batch_cast: the batch cast to the compute dtype (no buffer of its own when the batch
+        already has that dtype: the argument is used).
+    """
+
+    name: str
+    shape: tuple[int, ...]
+    axes: tuple[str | None, ...]
+    dtype: str = COMPUTE
+    inputs: tuple[str, ...] = ()
+    needed: bool = False
+    dot: str = ""
+    tag: str | None = None
+    block_input: bool = False
+    batch_cast: bool = False
+
+    def __post_init__(self) -> None:
+        if len(self.shape) != len(self.axes):
+            raise ValueError(f"{self.name}: shape {self.shape} and axes {self.axes} differ")
+
+
+@dataclasses.dataclass(frozen=True)
+class Block:
+    """The values of one remat block (a transformer layer, a dense or conv layer).
+
+    Attributes:
+      name: what the block is.
+      values: its values in forward order, the block input first.
+      count: how many such blocks the stack has (consecutive, same shapes).
+      grad_workspace: values its backward holds at once besides the saved ones (the
+        gradients flowing through its widest activations).
+    """
+
+    name: str
+    values: tuple[Tensor, ...]
+    count: int = 1
+    grad_workspace: tuple[Tensor, ...] = ()
+
+    def by_name(self) -> dict[str, Tensor]:
+        return {t.name: t for t in self.values}
+
+
+@dataclasses.dataclass(frozen=True)
+class Anatomy:
+    """A training step's parameters and activations.
+
+    Attributes:
+      params: ``(path, shape)`` of every parameter, as ``nnx.split`` names them.
+      blocks: the remat blocks, in forward order.
+      outside: values outside the blocks that the backward keeps (embeddings' output, the
+        final norm, the logits).
+      loss_workspace: values alive at once where the backward starts (the loss gradient).
+      scanned: the blocks are one scanned stack (parameters carry a leading layer axis).
+      example: ``(shape, dtype)`` of each batch field for one example.
+    """
+
+    params: tuple[tuple[str, tuple[int, ...]], ...]
+    blocks: tuple[Block, ...]
+    outside: tuple[Tensor, ...] = ()
+    loss_workspace: tuple[Tensor, ...] = ()
+    scanned: bool = False
+    example: tuple[tuple[tuple[int, ...], str], ...] = ()
+
+
+def saved(block: Block, saveable: Callable[[Tensor], bool]) -> list[Tensor]:
+    """The values a block keeps for its backward under a remat policy.
+
+    A needed value is kept if the policy may save it; otherwise it is recomputed from its
+    inputs, which are kept or recomputed by the same rule, down to the block input (always
+    kept). With ``saveable`` always true this is the block without remat.
+    """
+    values = block.by_name()
+    keep: dict[str, Tensor] = {}
+    seen: set[str] = set()
+
+    def visit(t: Tensor) -> None:
+        if t.name in seen:
+            return
+        seen.add(t.name)
+        if t.block_input or saveable(t):
+            keep[t.name] = t
+            return
+        for name in t.inputs:
+            visit(values[name])
+
+    for t in block.values:
+        if t.needed or t.block_input:
+            visit(t)
+    return [t for t in block.values if t.name in keep]
+
+
+def recomputed(block: Block, kept: list[Tensor]) -> list[Tensor]:
+    """Needed values a block's backward recomputes (needed, not kept)."""
+    names = {t.name for t in kept}
+    return [t for t in block.values if t.needed and t.name not in names]
