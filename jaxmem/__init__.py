@@ -26,6 +26,7 @@ from jaxmem.config import (
     TargetConfig,
 )
 from jaxmem.errors import ConfigError
+from jaxmem.estimate import Estimate, estimate
 from jaxmem.experiment import Experiment, GridPoint
 from jaxmem.explain import Explanation, explain, explain_program
 from jaxmem.models import BuildOptions, Workload
@@ -46,6 +47,7 @@ __all__ = [
     "ConfigError",
     "DataConfig",
     "Experiment",
+    "Estimate",
     "Explanation",
     "GridPoint",
     "MeasureConfig",
@@ -63,6 +65,7 @@ __all__ = [
     "analytic",
     "build_program",
     "compiled_memory",
+    "estimate",
     "explain",
     "explain_program",
     "optim",

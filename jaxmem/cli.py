@@ -22,7 +22,8 @@ from jaxmem.build import build_program
 from jaxmem.cache import default_dir as default_cache_dir
 from jaxmem.config import MODES
 from jaxmem.distributed import Cluster, is_process_zero
-from jaxmem.errors import ConfigError, check_choice
+from jaxmem.errors import ConfigError, Unsupported, check_choice
+from jaxmem.estimate import estimate
 from jaxmem.experiment import Experiment
 from jaxmem.explain import explain_program
 from jaxmem.explain_view import plot as explain_plot
@@ -32,6 +33,7 @@ from jaxmem.pool import usable_cores
 from jaxmem.residuals import residual_report
 from jaxmem.runner import prepare
 from jaxmem.runner import run as run_experiment
+from jaxmem.setup import resolve
 
 
 def _fail(message: str, code: int) -> None:
@@ -245,6 +247,37 @@ def explain_cmd(experiment: Path, overrides: tuple[str, ...], top: int, as_json:
             console.print(explain_text(e, top), highlight=False, markup=False)
             if png:
                 console.print(f"  timeline: {png}", highlight=False, markup=False)
+
+
+@cli.command("estimate")
+@click.argument("experiment", type=click.Path(path_type=Path))
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="Override a config field, as for run.")
+@click.option("--json", "as_json", is_flag=True,
+              help="One JSON object per configuration on stdout.")
+def estimate_cmd(experiment: Path, overrides: tuple[str, ...], as_json: bool) -> None:
+    """Estimate each configuration's memory per device from shapes, without compiling."""
+    try:
+        exp = Experiment.from_yaml(experiment, overrides)
+        points = exp.grid()
+        setups = [resolve(p.config) for p in points]
+        targets.ensure_cpu_devices(s.target for s in setups)
+        for setup in setups:
+            setup.check("compile", devices=False, user_code=False)
+        rows: list[tuple[str, Any]] = []
+        for point, setup in zip(points, setups, strict=True):
+            try:
+                rows.append((point.name, estimate(setup, point.name)))
+            except Unsupported as e:
+                rows.append((point.name, f"unsupported: {e}"))
+    except ConfigError as e:
+        _fail(str(e), 2)
+    if as_json:
+        for name, e in rows:
+            click.echo(json.dumps({"name": name, "status": "unsupported", "error": e}
+                                  if isinstance(e, str) else {"status": "ok", **e.to_dict()}))
+        return
+    report.wide_console().print(report.estimate_table(rows, title=exp.name))
 
 
 @cli.command("targets")

@@ -38,11 +38,11 @@ from typing import Any
 
 import numpy as np
 
+from jaxmem import remat as remat_policies
 from jaxmem import sharding
 from jaxmem.config import Config
-from jaxmem.errors import Unsupported
+from jaxmem.errors import ConfigError, Unsupported
 from jaxmem.models.anatomy import COMPUTE, PARAM, Anatomy, Block, Tensor, recomputed, saved
-from jaxmem import remat as remat_policies
 from jaxmem.remat import RematPolicy
 from jaxmem.setup import Setup, as_setup
 
@@ -128,7 +128,7 @@ class Backend:
 BACKENDS: dict[str, Backend] = {
     "cpu": Backend(float32_compute=True, loop_remat=False),
     "gpu": Backend(),
-    "tpu": Backend(tiles=True),
+    "tpu": Backend(),
 }
 
 
@@ -187,10 +187,6 @@ def _names(policy: RematPolicy) -> Callable[[Tensor], bool]:
     return lambda t: t.tag in policy.names
 
 
-def _all_but_names(policy: RematPolicy) -> Callable[[Tensor], bool]:
-    return lambda t: t.tag not in policy.names
-
-
 def _constant(value: bool) -> Callable[[RematPolicy], Callable[[Tensor], bool]]:
     return lambda _: (lambda t: value)
 
@@ -216,7 +212,9 @@ SAVEABLE: dict[str, Callable[[RematPolicy], Callable[[Tensor], bool]]] = {
     "checkpoint_dots_with_no_batch_dims": _dots(False),
     "minimal": _names,
     "save": _names,
-    "except": _all_but_names,
+    # the value under a tag is itself untagged, so ``except:`` saves it anyway (measured:
+    # the jaxpr keeps what it keeps without remat)
+    "except": _constant(True),
     "offload": _constant(False),
 }
 #: what an offloading policy moves to host memory
@@ -308,16 +306,20 @@ def _param_terms(anatomy: Anatomy, setup: Setup, size: _Sizer
                       for s, e in zip(shape, (*spec, *(None,) * len(shape)), strict=False))
         n = size.nbytes(local, size.param)
         total += n
+        in_stack = anatomy.scanned and path.startswith(setup.config.model.BLOCKS_PATH or "\0")
         if any(a in zero for e in spec for a in _spec_axes(e)):
             unzeroed = tuple(s * math.prod(mesh.shape[a] for a in _spec_axes(e) if a in zero)
                              for s, e in zip(local, (*spec, *(None,) * len(shape)),
                                              strict=False))
-            gathered += size.nbytes(unzeroed, size.compute) - size.nbytes(local, size.compute)
+            extra = size.nbytes(unzeroed, size.compute) - size.nbytes(local, size.compute)
+            if in_stack:  # a scanned stack gathers one layer per loop step
+                extra //= shape[0]
+            gathered += extra
         if any(fnmatch.fnmatchcase(path, p) for p in frozen):
             continue
         trainable += n
         largest = max(largest, n)
-        if anatomy.scanned and path.startswith(setup.config.model.BLOCKS_PATH or "\0"):
+        if in_stack:
             stacked += n
     return total, trainable, largest, stacked, gathered
 
@@ -352,6 +354,7 @@ def estimate(config: Config | Setup, name: str = "") -> Estimate:
       name: the configuration's name in the result.
 
     Raises:
+      ConfigError: the mesh does not fit the target's devices, or splits what it cannot.
       Unsupported: a model without shape formulas (custom models), or a task other than
         training.
 
@@ -370,6 +373,10 @@ def estimate(config: Config | Setup, name: str = "") -> Estimate:
     mesh = _mesh(setup)
     ways = math.prod(mesh.shape[a] for a in sharding.BATCH_AXES)
     micro = c.data.batch_size // c.data.microbatches
+    if micro % ways:
+        raise ConfigError("data.batch_size", f"must be divisible by the {ways} devices of the "
+                          "mesh's batch axes (data x fsdp) per microbatch", value=c.data.batch_size)
+    c.model.check_sharding(mesh.shape, setup.rules)
     anatomy = c.model.anatomy(setup.build_options, micro)
     if anatomy is None:
         raise Unsupported(f"model kind {c.model.kind!r} has no shape formulas; "
@@ -408,8 +415,8 @@ def estimate(config: Config | Setup, name: str = "") -> Estimate:
              f"parameters in {state_dtype}", counted=not c.optimizer.offload),
         Term("batch", batch, f"one global batch split over {ways} devices"),
         Term("saved activations", blocks.saved + outside,
-             f"blocks under remat {setup.remat.name} ({micro} examples per microbatch) and "
-             "the layers around them"),
+             f"blocks under remat {policy.name} ({micro // ways} examples per device and "
+             "microbatch) and the layers around them"),
         Term("gathered parameters", gathered, "whole parameters all-gathered from their "
              "ZeRO shards in the forward, kept for the backward"),
         Term("gradients", grads_live, grads_why),
@@ -432,4 +439,5 @@ def _live_gradients(c: Config, anatomy: Anatomy, trainable: int, largest: int, s
         return trainable + stacked, "the microbatch accumulator (every trainable gradient)"
     if stacked:
         return stacked, "a scanned stack's gradients, accumulated through its backward loop"
-    return largest, "the largest gradient (each is applied to its parameter as it is made)"
+    return 2 * largest, ("the largest gradient and its optimizer update (each is applied to "
+                         "its parameter as it is made)")

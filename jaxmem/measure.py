@@ -81,7 +81,7 @@ def measure_compile(program: Program) -> tuple[Any, dict[str, Any]]:
     figures.update(collectives.summary(collectives.of_compiled(compiled)))
     figures.update(fits(report, memory))
     sections = {
-        "estimate": _estimate_section(program.setup, report.total_bytes),
+        "estimate": _estimate_section(program.setup, report),
         "env": {**environment(list(program.mesh.devices.flat)),
                 "device_memory_bytes": memory.bytes, "device_memory_source": memory.source},
         "analytic": numbers,
@@ -91,11 +91,12 @@ def measure_compile(program: Program) -> tuple[Any, dict[str, Any]]:
     return compiled, sections
 
 
-def _estimate_section(setup: Setup, compiled_total: int) -> dict[str, Any]:
-    """The row's ``estimate`` section; empty where the estimate does not apply (forward-only
-    tasks, models without shape formulas)."""
+def _estimate_section(setup: Setup, report: MemoryReport) -> dict[str, Any]:
+    """The row's ``estimate`` section, its error against the figure ``fits`` uses; empty
+    where the estimate does not apply (forward-only tasks, models without shape formulas)."""
+    basis = FITS_BASIS.get(report.platform, _DEFAULT_BASIS)
     try:
-        return estimate(setup).record(compiled_total)
+        return estimate(setup).record(getattr(report, basis.field) or report.total_bytes)
     except Unsupported:
         return {}
 

@@ -82,7 +82,8 @@ FIELDS: dict[str, str] = {
     "estimate.total_bytes": "per device: jaxmem.estimate's total from shape formulas, no "
                             "compile (comparable with compiled.total_bytes; train rows of "
                             "built-in models)",
-    "estimate.error": "estimate.total_bytes / compiled.total_bytes - 1",
+    "estimate.error": "estimate.total_bytes / compiled.<fits_basis> - 1 (the compiled figure "
+                      "fits uses: total_bytes, on TPU libtpu's peak_bytes)",
     "estimate.seconds": "seconds the estimate took",
     **{f"estimate.{k}_bytes": f"per device: the estimate's {k.replace('_', ' ')} term" for k in (
         "parameters", "optimizer_state", "batch", "saved_activations", "gathered_parameters",

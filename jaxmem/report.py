@@ -215,6 +215,32 @@ def residual_table(residuals: Sequence[Residual], title: str | None = None,
     return t
 
 
+ESTIMATE_TERMS = ("parameters", "optimizer state", "batch", "saved activations",
+                  "gathered parameters", "gradients", "peak transients")
+
+
+def estimate_table(rows: Sequence[tuple[str, Any]], title: str | None = None) -> Table:
+    """One row per configuration: the estimate's total and its terms, per device
+    (``rows``: ``(name, Estimate or a failure line)``)."""
+    shown = [n for n in ESTIMATE_TERMS
+             if any(not isinstance(e, str) and e.term(n) for _, e in rows)]
+    t = Table(title=title and escape(title), caption_justify="left",
+              caption="per device, from shape formulas (no compile); 'jaxmem run' compares "
+                      "it with the compiled total")
+    t.add_column("configuration", no_wrap=True)
+    t.add_column("estimate/dev", justify="right", no_wrap=True)
+    for n in shown:
+        t.add_column(n, justify="right", no_wrap=True)
+    t.add_column("ms", justify="right", no_wrap=True)
+    for name, e in rows:
+        if isinstance(e, str):
+            t.add_row(escape(name), f"[red]{escape(e)}[/red]", *["-"] * (len(shown) + 1))
+            continue
+        t.add_row(escape(name), fmt_bytes(e.total_bytes),
+                  *(fmt_bytes(e.term(n)) for n in shown), f"{1e3 * e.seconds:.1f}")
+    return t
+
+
 def targets_table(listings: Sequence[Any]) -> Table:
     """``jaxmem targets``: name, devices, memory per device, whether usable here."""
     t = Table(title="targets (target.name)", caption_justify="left",

@@ -76,10 +76,11 @@ class CNNConfig(ModelConfig):
                 values += [Tensor(f"conv{j}", (B, S, S, c_out), image, inputs=(values[-1].name,)),
                            Tensor(f"biased{j}", (B, S, S, c_out), image, inputs=(f"conv{j}",),
                                   needed=j + 1 < len(convs))]
-            values.append(Tensor("relu_mask", (B, S, S, b), image, "bool",
-                                 (values[-1].name,), needed=True))
+            values.append(Tensor("relu_input", (B, S, S, b), image, inputs=(values[-1].name,),
+                                 needed=True))
             blocks.append(Block(f"conv block {a}->{b} at {S}x{S}", tuple(values),
                                 grad_workspace=(Tensor("d_conv", (B, S, S, b), image),
+                                                Tensor("d_relu", (B, S, S, b), image),
                                                 Tensor("d_input", (B, S, S, a), image))))
             S //= 2
         C = self.num_classes

@@ -59,7 +59,7 @@ class MLPConfig(ModelConfig):
                 Tensor("x", (B, a), ("batch", None), block_input=True, batch_cast=i == 0),
                 Tensor("dot", (B, b), hidden, inputs=("x",), dot="dot"),
                 Tensor("pre_act", (B, b), hidden, inputs=("dot",)),
-                Tensor("relu_mask", (B, b), hidden, "bool", ("pre_act",), needed=True),
+                Tensor("relu_input", (B, b), hidden, inputs=("pre_act",), needed=True),
             ), grad_workspace=(Tensor("d_hidden", (B, b), hidden),)))
         out = self.out_features
         params += [("head/bias", (out,)), ("head/kernel", (widths[-1], out))]

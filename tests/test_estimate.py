@@ -1,0 +1,153 @@
+"""``jaxmem.estimate``: shape formulas against the model, the jaxpr and the compiler."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import jax
+import pytest
+from flax import nnx
+
+import jaxmem
+from jaxmem import _convert, analytic
+from jaxmem.build import build_program
+from jaxmem.cli import cli
+from jaxmem.compiled import compiled_memory
+from jaxmem.config import Config
+from jaxmem.errors import Unsupported
+from jaxmem.estimate import estimate
+from jaxmem.sharding import path_of
+
+QUICKSTART = Path(__file__).resolve().parents[1] / "experiments" / "quickstart.yaml"
+GPT = {"kind": "gpt", "vocab_size": 512, "seq_len": 64, "num_layers": 2, "d_model": 64,
+       "num_heads": 4}
+MODELS = {
+    "gpt-loop": GPT,
+    "gpt-scan-untied": {**GPT, "stack": "scan", "tie_embeddings": False},
+    "encoder": {"kind": "encoder", "num_layers": 1},
+    "mlp": {"kind": "mlp", "hidden": [64, 32]},
+    "cnn": {"kind": "cnn"},
+    "cnn-separable": {"kind": "cnn", "depthwise_separable": True},
+}
+
+
+def _config(**raw) -> Config:
+    return _convert.from_dict(Config, raw)
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_parameters_are_the_models(name):
+    """The formulas list exactly the parameters the model creates (paths and shapes)."""
+    setup = jaxmem.resolve(_config(model=MODELS[name]))
+    _, params, _ = nnx.split(setup.abstract_model, nnx.Param, ...)
+    made = sorted((path_of(p), tuple(x.shape))
+                  for p, x in jax.tree_util.tree_leaves_with_path(params))
+    anatomy = setup.config.model.anatomy(setup.build_options, 2)
+    assert sorted(anatomy.params) == made
+
+
+@pytest.mark.parametrize("stack", ["loop", "scan"])
+def test_remat_savings_equal_the_jaxprs(stack):
+    """What each policy saves less than no remat equals what the jaxpr saves less, byte for
+    byte: the rule of ``jax.checkpoint`` over the block's value graph."""
+
+    def saved(policy: str) -> tuple[int, int]:
+        config = _config(model={**GPT, "stack": stack}, remat=policy, data={"batch_size": 4})
+        e = estimate(config)
+        jaxpr = analytic.program_residuals(build_program(jaxmem.resolve(config)))
+        return e.term("saved activations"), sum(r.bytes for r in jaxpr)
+
+    # a scanned stack on CPU keeps what the policy says; the jaxpr is backend-independent
+    base_est, base_jaxpr = saved("none")
+    for policy in ("full", "dots", "dots_no_batch", "minimal", "save:mlp_pre_act+key"):
+        est, jaxpr = saved(policy)
+        if stack == "scan":
+            assert base_est - est == base_jaxpr - jaxpr, policy
+        else:  # XLA:CPU undoes remat of loop blocks: the estimate says so
+            assert est == base_est, policy
+
+
+@pytest.mark.parametrize("preset,mesh", [("dp", {"data": 8}), ("fsdp", {"fsdp": 8}),
+                                         ("tp", {"data": 2, "tensor": 4}),
+                                         ("fsdp+tp", {"fsdp": 2, "tensor": 4})])
+def test_arguments_equal_the_sharded_state(preset, mesh):
+    """Parameters, optimizer state and batch per device equal the program's own arguments
+    under the same shardings (no compile needed for these)."""
+    config = _config(model={**GPT, "stack": "scan"}, target="cpu:8", sharding=preset, mesh=mesh,
+                     data={"batch_size": 16})
+    e = estimate(config)
+    numbers = analytic.numbers(build_program(jaxmem.resolve(config)))
+    assert e.term("parameters") == numbers["param_bytes_per_device"]
+    # up to Adam's int32 step counter
+    assert numbers["opt_state_bytes_per_device"] - e.term("optimizer state") == 4
+    assert e.term("batch") == numbers["batch_bytes_per_device"]
+
+
+def test_freezing_and_optimizers_change_the_state():
+    frozen = estimate(_config(model=GPT, freeze={"embeddings": True}))
+    trained = estimate(_config(model=GPT))
+    assert frozen.term("optimizer state") < trained.term("optimizer state")
+    assert estimate(_config(model=GPT, optimizer="sgd")).term("optimizer state") == 0
+    lion = estimate(_config(model=GPT, optimizer="lion")).term("optimizer state")
+    assert 2 * lion == trained.term("optimizer state")
+
+
+@pytest.mark.parametrize("remat", ["none", "minimal", "full"])
+def test_close_to_the_compiled_total(remat):
+    """On the quickstart's scanned GPT the estimate is within 10% of XLA's total."""
+    exp = jaxmem.Experiment.from_yaml("experiments/quickstart.yaml",
+                                      ["sweep.precision=[fp32]", f"sweep.remat=[{remat}]"])
+    config = exp.grid()[0].config
+    program = build_program(jaxmem.resolve(config))
+    compiled = compiled_memory(program.step, *program.abstract_args)
+    e = estimate(config)
+    assert e.total_bytes == sum(t.bytes for t in e.terms if t.counted)
+    assert abs(e.total_bytes / compiled.total_bytes - 1) < 0.10
+
+
+def test_fsdp_gathers_and_microbatches_accumulate():
+    dp = estimate(_config(model=GPT, target="cpu:8", mesh={"data": 8}, data={"batch_size": 8}))
+    fsdp = estimate(_config(model=GPT, target="cpu:8", mesh={"fsdp": 8}, sharding="fsdp",
+                            data={"batch_size": 8}))
+    assert fsdp.term("parameters") * 8 == dp.term("parameters")
+    assert fsdp.term("gathered parameters") > 0 == dp.term("gathered parameters")
+    one = estimate(_config(model=GPT, data={"batch_size": 8}))
+    four = estimate(_config(model=GPT, data={"batch_size": 8, "microbatches": 4}))
+    assert four.term("saved activations") < one.term("saved activations")
+    assert four.term("gradients") >= four.term("parameters")  # the accumulator
+
+
+def test_unsupported_for_forward_tasks_and_custom_models():
+    with pytest.raises(Unsupported):
+        estimate(_config(task="inference"))
+
+
+def test_cli_json(workdir, cli_runner):
+    result = cli_runner.invoke(cli, ["estimate", str(QUICKSTART), "--json", "--set",
+                                     "sweep.precision=[fp32]"])
+    assert result.exit_code == 0, result.output
+    rows = [json.loads(line) for line in result.output.splitlines()]
+    assert len(rows) == 4
+    for row in rows:
+        assert {"name", "total_bytes", "terms"} <= set(row)
+        assert row["total_bytes"] == sum(row["terms"].values())
+
+
+def test_cli_bad_input_exits_2(workdir, cli_runner):
+    result = cli_runner.invoke(cli, ["estimate", str(QUICKSTART), "--set",
+                                     "mesh.data=3"])
+    assert result.exit_code == 2
+    assert "batch_size" in result.output
+
+
+def test_run_rows_carry_the_estimate(workdir, cli_runner):
+    out = workdir / "runs"
+    result = cli_runner.invoke(cli, ["run", str(QUICKSTART), "--out", str(out), "--set",
+                                     "sweep.precision=[fp32]", "--set", "sweep.remat=[full]",
+                                     "--workers", "0"])
+    assert result.exit_code == 0, result.output
+    row = json.loads((out / "results.jsonl").read_text().splitlines()[0])
+    est = row["estimate"]
+    assert est["error"] == pytest.approx(est["total_bytes"] / row["compiled"]["total_bytes"] - 1)
+    assert "estimate/dev" in result.output
