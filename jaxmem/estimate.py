@@ -30,6 +30,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 import time
 import types
@@ -118,17 +119,20 @@ class Backend:
       loop_remat: honours remat of blocks applied by a Python loop; XLA:CPU schedules their
         recomputation early, so they keep what they would keep without remat.
       tiles: pads arrays to (sublanes, 128 lanes) tiles over their two minor dimensions (TPU).
+      shares_loop_backward: computes part of a Python-loop block's backward in its forward and
+        keeps it (``Block.shared``; XLA:CPU).
     """
 
     float32_compute: bool = False
     loop_remat: bool = True
     tiles: bool = False
+    shares_loop_backward: bool = False
 
 
 BACKENDS: dict[str, Backend] = {
-    "cpu": Backend(float32_compute=True, loop_remat=False),
+    "cpu": Backend(float32_compute=True, loop_remat=False, shares_loop_backward=True),
     "gpu": Backend(),
-    "tpu": Backend(),
+    "tpu": Backend(tiles=True),
 }
 
 
@@ -139,15 +143,23 @@ BACKENDS: dict[str, Backend] = {
 _TPU_LANES = 128
 
 
-def _tpu_padded(shape: Sequence[int], itemsize: int) -> tuple[int, ...]:
+def _tpu_padded(shape: Sequence[int], itemsize: int) -> int:
+    """Elements of ``shape`` laid out in TPU tiles: the layout XLA picks is assumed to be the
+    one that pads least (any dimension minor, padded to 128 lanes; another second-minor,
+    padded to the sublanes). Checked against libtpu's argument bytes."""
     if not shape:
-        return ()
+        return 1
+    if len(shape) == 1:
+        return -(-shape[0] // _TPU_LANES) * _TPU_LANES
     sublanes = 8 * max(1, 4 // itemsize)
-    dims = list(shape)
-    dims[-1] = -(-dims[-1] // _TPU_LANES) * _TPU_LANES
-    if len(dims) > 1:
-        dims[-2] = -(-dims[-2] // sublanes) * sublanes
-    return tuple(dims)
+    total = math.prod(shape)
+    best = None
+    for i, j in itertools.permutations(range(len(shape)), 2):
+        lanes = -(-shape[i] // _TPU_LANES) * _TPU_LANES
+        rows = -(-shape[j] // sublanes) * sublanes
+        size = total // (shape[i] * shape[j]) * lanes * rows
+        best = size if best is None else min(best, size)
+    return best
 
 
 @dataclasses.dataclass(frozen=True)
@@ -170,8 +182,8 @@ class _Sizer:
             shape, dims, strict=True))
 
     def nbytes(self, shape: Sequence[int], dtype: np.dtype) -> int:
-        if self.backend.tiles:
-            shape = _tpu_padded(shape, dtype.itemsize)
+        if self.backend.tiles and 0 not in shape:
+            return _tpu_padded(shape, dtype.itemsize) * dtype.itemsize
         return math.prod(shape) * dtype.itemsize
 
     def tensor(self, t: Tensor) -> int:
@@ -252,7 +264,7 @@ class _Blocks:
 
 
 def _block_terms(blocks: Sequence[Block], setup: Setup, policy: RematPolicy, size: _Sizer,
-                 batch_is_compute: bool) -> _Blocks:
+                 batch_is_compute: bool, shares: bool = False) -> _Blocks:
     c = setup.config
     every = c.remat.every
     none = SAVEABLE["none"](policy)
@@ -277,6 +289,8 @@ def _block_terms(blocks: Sequence[Block], setup: Setup, policy: RematPolicy, siz
             total += (block.count // g) * cost(inputs) + g * cost(kept_policy)
         else:
             total += with_policy * cost(kept_policy) + with_none * cost(kept_none)
+        if shares:
+            total += block.count * size.tensors(block.shared)
         if host is not None and with_policy:
             offloaded += with_policy * size.tensors(saved(block, host))
         redo = recomputed(block, kept_policy) if with_policy else []
@@ -399,7 +413,8 @@ def estimate(config: Config | Setup, name: str = "") -> Estimate:
     if not (backend.loop_remat or anatomy.scanned):
         policy = SAVEABLE_NONE
     blocks = _block_terms(anatomy.blocks, setup, policy, size,
-                          batch_is_compute=size.compute == np.dtype("float32"))
+                          batch_is_compute=size.compute == np.dtype("float32"),
+                          shares=not anatomy.scanned and backend.shares_loop_backward)
     outside = size.tensors(anatomy.outside)
     loss = size.tensors(anatomy.loss_workspace)
     grads_live, grads_why = _live_gradients(c, anatomy, trainable, largest, stacked)
@@ -436,8 +451,12 @@ def estimate(config: Config | Setup, name: str = "") -> Estimate:
 def _live_gradients(c: Config, anatomy: Anatomy, trainable: int, largest: int, stacked: int
                     ) -> tuple[int, str]:
     if c.data.microbatches > 1:
-        return trainable + stacked, "the microbatch accumulator (every trainable gradient)"
+        if stacked:
+            return trainable + stacked, ("the microbatch accumulator and a scanned stack's "
+                                         "gradients")
+        return 2 * trainable, ("the microbatch accumulator and one microbatch's gradients "
+                               "(every trainable parameter, twice)")
     if stacked:
         return stacked, "a scanned stack's gradients, accumulated through its backward loop"
-    return 2 * largest, ("the largest gradient and its optimizer update (each is applied to "
+    return largest, ("the largest gradient (each is applied to "
                          "its parameter as it is made)")

@@ -76,12 +76,16 @@ class Block:
       count: how many such blocks the stack has (consecutive, same shapes).
       grad_workspace: values its backward holds at once besides the saved ones (the
         gradients flowing through its widest activations).
+      shared: backward values a compiler computes in the forward and keeps, when a block's
+        forward and backward are one computation (blocks of a Python-loop stack): XLA
+        shares the recomputation with the forward's own.
     """
 
     name: str
     values: tuple[Tensor, ...]
     count: int = 1
     grad_workspace: tuple[Tensor, ...] = ()
+    shared: tuple[Tensor, ...] = ()
 
     def by_name(self) -> dict[str, Tensor]:
         return {t.name: t for t in self.values}

@@ -317,7 +317,10 @@ def block_anatomy(c: TransformerConfig, opts: BuildOptions, B: int, causal: bool
     if c.attention not in ("blockwise", "linear"):
         grads.append(Tensor("d_scores", (B, c.num_heads, L, L),
                             ("batch", "heads", "length", None)))
-    return anatomy.Block("transformer block", tuple(values), c.num_layers, tuple(grads))
+    # the GELU's derivative factors (tanh, and its argument's square), which the backward
+    # shares with the forward when both are one computation (a Python-loop stack)
+    shared = tuple(Tensor(n, BLF, mlp) for n in ("gelu_tanh", "gelu_square"))
+    return anatomy.Block("transformer block", tuple(values), c.num_layers, tuple(grads), shared)
 
 
 def trunk_outside(c: TransformerConfig, B: int) -> list[Tensor]:
