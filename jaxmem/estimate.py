@@ -301,7 +301,13 @@ def _block_terms(blocks: Sequence[Block], setup: Setup, policy: RematPolicy, siz
     return _Blocks(total, offloaded, workspace, widest)
 
 
-def _param_terms(anatomy: Anatomy, setup: Setup, size: _Sizer
+#: XLA's SPMD partitioner all-gathers a ZeRO-sharded weight for a matmul when the weight is
+#: at most this many times the rows it multiplies on a device (a transformer's tokens);
+#: against a few rows (an MLP on a small per-device batch) it moves the activations instead
+GATHER_RATIO = 16
+
+
+def _param_terms(anatomy: Anatomy, setup: Setup, size: _Sizer, rows: int
                  ) -> tuple[int, int, int, int, int]:
     """``(parameter bytes, trainable parameter bytes, largest trainable parameter, stacked
     block parameter bytes, gathered bytes)`` per device in the storage dtype; gathered: what
@@ -321,7 +327,8 @@ def _param_terms(anatomy: Anatomy, setup: Setup, size: _Sizer
         n = size.nbytes(local, size.param)
         total += n
         in_stack = anatomy.scanned and path.startswith(setup.config.model.BLOCKS_PATH or "\0")
-        if any(a in zero for e in spec for a in _spec_axes(e)):
+        if (any(a in zero for e in spec for a in _spec_axes(e))
+                and max(shape[-2:]) <= GATHER_RATIO * rows):
             unzeroed = tuple(s * math.prod(mesh.shape[a] for a in _spec_axes(e) if a in zero)
                              for s, e in zip(local, (*spec, *(None,) * len(shape)),
                                              strict=False))
@@ -401,7 +408,8 @@ def estimate(config: Config | Setup, name: str = "") -> Estimate:
     if backend.float32_compute and compute.itemsize < 4:
         compute = np.dtype("float32")
     size = _Sizer(mesh, setup.rules, compute, np.dtype(setup.precision.param_dtype), backend)
-    params, trainable, largest, stacked, gathered = _param_terms(anatomy, setup, size)
+    rows = micro // ways * anatomy.rows_per_example
+    params, trainable, largest, stacked, gathered = _param_terms(anatomy, setup, size, rows)
     state = STATE_PER_PARAM[c.optimizer.name](c.optimizer)
     state_dtype = c.optimizer.state_dtype
     state_scale = 1.0 if state_dtype == "auto" else (
@@ -417,25 +425,37 @@ def estimate(config: Config | Setup, name: str = "") -> Estimate:
                           shares=not anatomy.scanned and backend.shares_loop_backward)
     outside = size.tensors(anatomy.outside)
     loss = size.tensors(anatomy.loss_workspace)
-    grads_live, grads_why = _live_gradients(c, anatomy, trainable, largest, stacked)
-    at_loss = loss
-    in_block = blocks.recompute
-    transient = max(at_loss, in_block)
-    where = ("where the backward starts (loss gradient)" if at_loss >= in_block else
-             f"in the backward of a {blocks.widest}")
+    grads_live, grads_why = _live_gradients(c, trainable, largest, stacked)
+    stored = np.dtype(setup.precision.compute_dtype)  # copies are made in this dtype
+    copies = 0 if stored == size.param else params * stored.itemsize // size.param.itemsize
+    saved_all = blocks.saved + outside
+    # three moments of the step; the peak is the largest
+    moments = {
+        "where the backward starts (the loss gradient)": (saved_all, copies, gathered,
+                                                          grads_live, loss),
+        f"in the backward of a {blocks.widest} (its recomputation and activation "
+        "gradients)": (saved_all, copies, gathered, grads_live, blocks.recompute),
+        "where the backward ends (every gradient, one update's temporary)": (
+            0, 0, 0, trainable * (2 if c.data.microbatches > 1 else 1), largest),
+    }
+    where = max(moments, key=lambda k: sum(moments[k]))
+    saved_b, copies_b, gathered_b, grads_b, transient_b = moments[where]
     terms = [
         Term("parameters", params, f"{size.param} storage, per device under "
              f"{c.sharding.preset}"),
         Term("optimizer state", opt_state, f"{c.optimizer.name}: {state:g} x trainable "
              f"parameters in {state_dtype}", counted=not c.optimizer.offload),
         Term("batch", batch, f"one global batch split over {ways} devices"),
-        Term("saved activations", blocks.saved + outside,
+        Term("saved activations", saved_b,
              f"blocks under remat {policy.name} ({micro // ways} examples per device and "
              "microbatch) and the layers around them"),
-        Term("gathered parameters", gathered, "whole parameters all-gathered from their "
+        Term("parameter copies", copies_b, f"parameters cast to {stored} for the forward, "
+             "kept for the backward"),
+        Term("gathered parameters", gathered_b, "whole parameters all-gathered from their "
              "ZeRO shards in the forward, kept for the backward"),
-        Term("gradients", grads_live, grads_why),
-        Term("peak transients", transient, where),
+        Term("gradients", grads_b, grads_why if grads_b == grads_live else
+             "every trainable gradient"),
+        Term("peak transients", transient_b, where),
     ]
     if c.optimizer.offload:
         terms.append(Term("optimizer state (host)", opt_state, "offloaded", counted=False))
@@ -448,8 +468,8 @@ def estimate(config: Config | Setup, name: str = "") -> Estimate:
                     time.perf_counter() - start)
 
 
-def _live_gradients(c: Config, anatomy: Anatomy, trainable: int, largest: int, stacked: int
-                    ) -> tuple[int, str]:
+def _live_gradients(c: Config, trainable: int, largest: int, stacked: int) -> tuple[int, str]:
+    """Gradients alive while activations are still kept (the first two moments)."""
     if c.data.microbatches > 1:
         if stacked:
             return trainable + stacked, ("the microbatch accumulator and a scanned stack's "
@@ -458,5 +478,4 @@ def _live_gradients(c: Config, anatomy: Anatomy, trainable: int, largest: int, s
                                "(every trainable parameter, twice)")
     if stacked:
         return stacked, "a scanned stack's gradients, accumulated through its backward loop"
-    return largest, ("the largest gradient (each is applied to "
-                         "its parameter as it is made)")
+    return largest, "the largest gradient (each is applied to its parameter as it is made)"

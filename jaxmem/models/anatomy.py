@@ -103,6 +103,8 @@ class Anatomy:
       loss_workspace: values alive at once where the backward starts (the loss gradient).
       scanned: the blocks are one scanned stack (parameters carry a leading layer axis).
       example: ``(shape, dtype)`` of each batch field for one example.
+      rows_per_example: rows one example puts through a matmul (a sequence's tokens, an
+        image's pixels, 1 for a vector).
     """
 
     params: tuple[tuple[str, tuple[int, ...]], ...]
@@ -111,6 +113,7 @@ class Anatomy:
     loss_workspace: tuple[Tensor, ...] = ()
     scanned: bool = False
     example: tuple[tuple[tuple[int, ...], str], ...] = ()
+    rows_per_example: int = 1
 
 
 def saved(block: Block, saveable: Callable[[Tensor], bool]) -> list[Tensor]:

@@ -91,6 +91,7 @@ class CNNConfig(ModelConfig):
                      Tensor("pooled", (B, widths[-1]), ("batch", None), needed=True),
                      Tensor("logits", (B, C), ("batch", None), needed=True)),
             loss_workspace=(Tensor("d_features", (B, S, S, widths[-1]), image),),
+            rows_per_example=self.image_size ** 2,
             example=(((self.image_size,) * 2 + (self.in_channels,), "float32"), ((), "int32")),
         )
 

@@ -46,6 +46,7 @@ class EncoderConfig(TransformerConfig):
             loss_workspace=(Tensor("d_stream", (B, self.seq_len, self.d_model),
                                    ("batch", "length", "embed")),),
             scanned=self.stack == "scan",
+            rows_per_example=self.seq_len,
             example=(((self.seq_len,), "int32"), ((), "int32")),
         )
 

@@ -91,6 +91,7 @@ class GPTConfig(TransformerConfig):
             outside=(*trunk_outside(self, B), *outside),
             loss_workspace=tuple(loss),
             scanned=self.stack == "scan",
+            rows_per_example=L,
             example=(((L,), "int32"), ((L,), "int32")),
         )
 
