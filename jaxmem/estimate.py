@@ -10,14 +10,18 @@ the target's backend, as named terms:
 * saved activations: what the blocks keep for the backward under the remat policy (the rule
   of ``jax.checkpoint``: saveable values the backward needs, directly or to recompute), and what
   the loss and the layers around the blocks keep;
-* the peak's transients: the loss gradient (``B x L x V`` logits), one block's recomputation and
-  activation gradients, the gradients that are alive together (a scanned stack's stacked
-  gradients, the accumulator of microbatches, else the largest one).
+* parameter copies in the compute dtype (mixed precision) and, under FSDP, the weights
+  all-gathered in the forward, both kept for the backward;
+* the gradients that are alive together (a scanned stack's stacked gradients, the accumulator
+  of microbatches, else the largest one);
+* the peak's transients: the loss gradient (``B x L x V`` logits), or the widest block's
+  recomputation and activation gradients, whichever is larger (the peak is the larger of those
+  two moments of the step).
 
-The peak is the larger of two moments of the step: where the backward starts (everything saved,
-plus the loss gradient) and inside the first block's backward (everything saved, plus that
-block's recomputation and gradients). ``total_bytes`` is comparable with ``compiled.total_bytes``
-(argument + output + temp - alias); ``benchmarks/estimate_accuracy.py`` measures how close.
+``total_bytes`` is comparable with the compiled figure ``fits`` uses (``compiled.total_bytes``;
+on TPU libtpu's ``peak_bytes``). ``benchmarks/estimate_accuracy.py`` measures how close, on
+random configurations; backend profiles (:data:`BACKENDS`) hold what a compiler is measured to
+change.
 
 Example:
   >>> from jaxmem import estimate
@@ -121,18 +125,22 @@ class Backend:
       tiles: pads arrays to (sublanes, 128 lanes) tiles over their two minor dimensions (TPU).
       shares_loop_backward: computes part of a Python-loop block's backward in its forward and
         keeps it (``Block.shared``; XLA:CPU).
+      fuses_loss_gradient: computes the loss gradient in one fusion, so only its output is
+        materialised (XLA:TPU; XLA:CPU keeps the float32 softmax too). XLA:GPU is left
+        unfused, the larger figure, until measured on a GPU.
     """
 
     float32_compute: bool = False
     loop_remat: bool = True
     tiles: bool = False
     shares_loop_backward: bool = False
+    fuses_loss_gradient: bool = False
 
 
 BACKENDS: dict[str, Backend] = {
     "cpu": Backend(float32_compute=True, loop_remat=False, shares_loop_backward=True),
     "gpu": Backend(),
-    "tpu": Backend(tiles=True),
+    "tpu": Backend(tiles=True, fuses_loss_gradient=True),
 }
 
 
@@ -424,19 +432,21 @@ def estimate(config: Config | Setup, name: str = "") -> Estimate:
                           batch_is_compute=size.compute == np.dtype("float32"),
                           shares=not anatomy.scanned and backend.shares_loop_backward)
     outside = size.tensors(anatomy.outside)
-    loss = size.tensors(anatomy.loss_workspace)
+    # a fused loss gradient materialises only its output (the first value)
+    loss_values = anatomy.loss_workspace[:1 if backend.fuses_loss_gradient else None]
+    loss = size.tensors(loss_values)
     grads_live, grads_why = _live_gradients(c, trainable, largest, stacked)
     stored = np.dtype(setup.precision.compute_dtype)  # copies are made in this dtype
     copies = 0 if stored == size.param else params * stored.itemsize // size.param.itemsize
     saved_all = blocks.saved + outside
-    # three moments of the step; the peak is the largest
+    # two moments of the step; the peak is the larger. (A third, where the backward ends with
+    # every gradient alive, made the accuracy grid's dev seeds worse: XLA applies most
+    # updates as their gradients are made.)
     moments = {
         "where the backward starts (the loss gradient)": (saved_all, copies, gathered,
                                                           grads_live, loss),
         f"in the backward of a {blocks.widest} (its recomputation and activation "
         "gradients)": (saved_all, copies, gathered, grads_live, blocks.recompute),
-        "where the backward ends (every gradient, one update's temporary)": (
-            0, 0, 0, trainable * (2 if c.data.microbatches > 1 else 1), largest),
     }
     where = max(moments, key=lambda k: sum(moments[k]))
     saved_b, copies_b, gathered_b, grads_b, transient_b = moments[where]
@@ -453,8 +463,7 @@ def estimate(config: Config | Setup, name: str = "") -> Estimate:
              "kept for the backward"),
         Term("gathered parameters", gathered_b, "whole parameters all-gathered from their "
              "ZeRO shards in the forward, kept for the backward"),
-        Term("gradients", grads_b, grads_why if grads_b == grads_live else
-             "every trainable gradient"),
+        Term("gradients", grads_b, grads_why),
         Term("peak transients", transient_b, where),
     ]
     if c.optimizer.offload:

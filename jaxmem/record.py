@@ -86,8 +86,8 @@ FIELDS: dict[str, str] = {
                       "fits uses: total_bytes, on TPU libtpu's peak_bytes)",
     "estimate.seconds": "seconds the estimate took",
     **{f"estimate.{k}_bytes": f"per device: the estimate's {k.replace('_', ' ')} term" for k in (
-        "parameters", "optimizer_state", "batch", "saved_activations", "gathered_parameters",
-        "gradients", "peak_transients")},
+        "parameters", "optimizer_state", "batch", "saved_activations", "parameter_copies",
+        "gathered_parameters", "gradients", "peak_transients")},
     "compiled.argument_bytes": "per device: step inputs (params, optimizer state, batch)",
     "compiled.output_bytes": "per device: step outputs",
     "compiled.alias_bytes": "per device: outputs written into donated inputs",

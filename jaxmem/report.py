@@ -216,7 +216,7 @@ def residual_table(residuals: Sequence[Residual], title: str | None = None,
 
 
 ESTIMATE_TERMS = ("parameters", "optimizer state", "batch", "saved activations",
-                  "gathered parameters", "gradients", "peak transients")
+                  "parameter copies", "gathered parameters", "gradients", "peak transients")
 
 
 def estimate_table(rows: Sequence[tuple[str, Any]], title: str | None = None) -> Table:

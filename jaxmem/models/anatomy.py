@@ -100,7 +100,8 @@ class Anatomy:
       blocks: the remat blocks, in forward order.
       outside: values outside the blocks that the backward keeps (embeddings' output, the
         final norm, the logits).
-      loss_workspace: values alive at once where the backward starts (the loss gradient).
+      loss_workspace: values alive at once where the backward starts, the loss gradient
+        first (a backend that fuses the loss gradient keeps only that one).
       scanned: the blocks are one scanned stack (parameters carry a leading layer axis).
       example: ``(shape, dtype)`` of each batch field for one example.
       rows_per_example: rows one example puts through a matmul (a sequence's tokens, an
