@@ -22,7 +22,7 @@ from jaxmem.build import build_program
 from jaxmem.cache import default_dir as default_cache_dir
 from jaxmem.config import MODES
 from jaxmem.distributed import Cluster, is_process_zero
-from jaxmem.errors import ConfigError, Unsupported, check_choice
+from jaxmem.errors import ConfigError, check_choice
 from jaxmem.estimate import estimate
 from jaxmem.experiment import Experiment
 from jaxmem.explain import explain_program
@@ -268,14 +268,20 @@ def estimate_cmd(experiment: Path, overrides: tuple[str, ...], as_json: bool) ->
         for point, setup in zip(points, setups, strict=True):
             try:
                 rows.append((point.name, estimate(setup, point.name)))
-            except Unsupported as e:
-                rows.append((point.name, f"unsupported: {e}"))
+            except ConfigError:
+                raise
+            except Exception as e:  # noqa: BLE001 - a configuration that fails is its row
+                failure = classify(e)
+                rows.append((point.name, f"{failure.status}: {failure.error}"))
     except ConfigError as e:
         _fail(str(e), 2)
     if as_json:
         for name, e in rows:
-            click.echo(json.dumps({"name": name, "status": "unsupported", "error": e}
-                                  if isinstance(e, str) else {"status": "ok", **e.to_dict()}))
+            if isinstance(e, str):
+                status, _, error = e.partition(": ")
+                click.echo(json.dumps({"name": name, "status": status, "error": error}))
+            else:
+                click.echo(json.dumps({"status": "ok", **e.to_dict()}))
         return
     report.wide_console().print(report.estimate_table(rows, title=exp.name))
 

@@ -382,10 +382,12 @@ def estimate(config: Config | Setup, name: str = "") -> Estimate:
       config: a configuration (or its resolved Setup) with ``task: train``.
       name: the configuration's name in the result.
 
+    A model kind without shape formulas (``custom``) is estimated from its abstract
+    parameters and the jaxpr of its loss instead (:func:`traced_anatomy`; slower).
+
     Raises:
       ConfigError: the mesh does not fit the target's devices, or splits what it cannot.
-      Unsupported: a model without shape formulas (custom models), or a task other than
-        training.
+      Unsupported: a task other than training.
 
     Example:
       >>> from jaxmem import estimate
@@ -406,10 +408,7 @@ def estimate(config: Config | Setup, name: str = "") -> Estimate:
         raise ConfigError("data.batch_size", f"must be divisible by the {ways} devices of the "
                           "mesh's batch axes (data x fsdp) per microbatch", value=c.data.batch_size)
     c.model.check_sharding(mesh.shape, setup.rules)
-    anatomy = c.model.anatomy(setup.build_options, micro)
-    if anatomy is None:
-        raise Unsupported(f"model kind {c.model.kind!r} has no shape formulas; "
-                          "compile it (jaxmem run) or explain it")
+    anatomy = c.model.anatomy(setup.build_options, micro) or traced_anatomy(setup, micro)
     platform = setup.target.platform()
     backend = BACKENDS.get(platform, Backend())
     compute = np.dtype(setup.precision.compute_dtype)
@@ -475,6 +474,43 @@ def estimate(config: Config | Setup, name: str = "") -> Estimate:
     total = sum(t.bytes for t in terms if t.counted)
     return Estimate(name or c.model.kind, total, tuple(terms), platform,
                     time.perf_counter() - start)
+
+
+def traced_anatomy(setup: Setup, micro: int) -> Anatomy:
+    """The anatomy of a model without shape formulas (custom models), from its abstract
+    parameters and the jaxpr of its loss: what the forward keeps for the backward (the remat
+    policies the model applies itself are in the jaxpr). Slower than formulas: the model is
+    built on abstract shapes and its loss traced (tens to hundreds of milliseconds); the block
+    structure is unknown, so the largest kept value stands for the backward's transients."""
+    import jax
+    from flax import nnx
+
+    from jaxmem import analytic, freeze
+    from jaxmem.step import make_objective
+
+    workload = setup.workload
+    graphdef, params, rest = nnx.split(setup.abstract_model, nnx.Param, ...)
+    params = setup.precision.cast_to_param(params)
+    frozen = (freeze.frozen_mask(params, setup.freeze_patterns)
+              if setup.freeze_patterns else None)
+    objective = make_objective(graphdef, workload.loss, setup.precision, frozen)
+    batch = {k: jax.ShapeDtypeStruct((micro, *v.shape[1:]), v.dtype)
+             for k, v in workload.batch.items()}
+    kept = analytic.saved_residuals(
+        lambda p, r, b: objective(p, jax.lax.stop_gradient(r), jax.lax.stop_gradient(b))[0],
+        params, rest, batch) or []
+    values = tuple(
+        Tensor(f"{r.what}#{i}", r.shape, ("batch", *(None,) * (len(r.shape) - 1))
+               if r.shape and r.shape[0] == micro else (None,) * len(r.shape), r.dtype,
+               needed=True) for i, r in enumerate(kept))
+    largest = max(values, key=lambda t: math.prod(t.shape) * np.dtype(t.dtype).itemsize,
+                  default=None)
+    leaves = jax.tree_util.tree_leaves_with_path(params)
+    return Anatomy(
+        params=tuple((sharding.path_of(p), tuple(x.shape)) for p, x in leaves),
+        blocks=(), outside=values, loss_workspace=(largest,) if largest else (),
+        example=tuple((tuple(v.shape[1:]), str(v.dtype)) for v in workload.batch.values()),
+    )
 
 
 def _live_gradients(c: Config, trainable: int, largest: int, stacked: int) -> tuple[int, str]:

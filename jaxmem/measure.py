@@ -16,7 +16,6 @@ from jaxmem import _convert, analytic, collectives, isolate
 from jaxmem.build import build_program
 from jaxmem.cache import cache_events
 from jaxmem.compiled import MemoryReport, compile_timed
-from jaxmem.errors import Unsupported
 from jaxmem.estimate import estimate
 from jaxmem.failures import classify
 from jaxmem.notes import notes
@@ -97,8 +96,8 @@ def _estimate_section(setup: Setup, report: MemoryReport) -> dict[str, Any]:
     basis = FITS_BASIS.get(report.platform, _DEFAULT_BASIS)
     try:
         return estimate(setup).record(getattr(report, basis.field) or report.total_bytes)
-    except Unsupported:
-        return {}
+    except Exception:  # noqa: BLE001 - no estimate (forward-only task, a model's own code
+        return {}  # failing to trace): the compiled row stands on its own
 
 
 def measure_setup(setup: Setup, mode: str, env: dict[str, str] | None = None

@@ -225,8 +225,8 @@ def estimate_table(rows: Sequence[tuple[str, Any]], title: str | None = None) ->
     shown = [n for n in ESTIMATE_TERMS
              if any(not isinstance(e, str) and e.term(n) for _, e in rows)]
     t = Table(title=title and escape(title), caption_justify="left",
-              caption="per device, from shape formulas (no compile); 'jaxmem run' compares "
-                      "it with the compiled total")
+              caption="per device, from shape formulas (custom models: their jaxpr), no "
+                      "compile; 'jaxmem run' compares it with the compiled figure")
     t.add_column("configuration", no_wrap=True)
     t.add_column("estimate/dev", justify="right", no_wrap=True)
     for n in shown:
