@@ -29,6 +29,7 @@ from jaxmem.errors import ConfigError
 from jaxmem.estimate import Estimate, estimate
 from jaxmem.experiment import Experiment, GridPoint
 from jaxmem.explain import Explanation, explain, explain_program
+from jaxmem.fit import FitResult, fit
 from jaxmem.models import BuildOptions, Workload
 from jaxmem.program import Program
 from jaxmem.record import Record
@@ -49,6 +50,7 @@ __all__ = [
     "Experiment",
     "Estimate",
     "Explanation",
+    "FitResult",
     "GridPoint",
     "MeasureConfig",
     "MemoryReport",
@@ -68,6 +70,7 @@ __all__ = [
     "estimate",
     "explain",
     "explain_program",
+    "fit",
     "optim",
     "precision",
     "read_results",

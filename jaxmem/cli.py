@@ -29,11 +29,13 @@ from jaxmem.explain import explain_program
 from jaxmem.explain_view import plot as explain_plot
 from jaxmem.explain_view import write_text as explain_text
 from jaxmem.failures import classify, one_line_error
+from jaxmem.fit import fit, fit_text
 from jaxmem.pool import usable_cores
 from jaxmem.residuals import residual_report
 from jaxmem.runner import prepare
 from jaxmem.runner import run as run_experiment
 from jaxmem.setup import resolve
+from jaxmem.units import parse_bytes
 
 
 def _fail(message: str, code: int) -> None:
@@ -284,6 +286,48 @@ def estimate_cmd(experiment: Path, overrides: tuple[str, ...], as_json: bool) ->
                 click.echo(json.dumps({"status": "ok", **e.to_dict()}))
         return
     report.wide_console().print(report.estimate_table(rows, title=exp.name))
+
+
+@cli.command("fit")
+@click.argument("experiment", type=click.Path(path_type=Path))
+@click.option("--vary", "field", default="data.batch_size", show_default=True,
+              help="The integer field to maximise (data.batch_size, model.seq_len, ...).")
+@click.option("--budget", default=None, metavar="SIZE",
+              help="Memory per device to fit in (14GiB, 512MiB; default: the target's).")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="Override a config field, as for run.")
+@click.option("--json", "as_json", is_flag=True,
+              help="One JSON object per configuration on stdout.")
+def fit_cmd(experiment: Path, field: str, budget: str | None, overrides: tuple[str, ...],
+            as_json: bool) -> None:
+    """Find the largest value of an integer field that fits, verified by compile."""
+    try:
+        budget_bytes = None if budget is None else parse_bytes(budget)
+    except ValueError as e:
+        _fail(f"--budget: {e}", 2)
+    try:
+        exp = Experiment.from_yaml(experiment, overrides)
+        points = exp.grid()
+        setups = prepare(points, "compile")
+    except ConfigError as e:
+        _fail(str(e), 2)
+    console = report.wide_console()
+    for point, setup in zip(points, setups, strict=True):
+        try:
+            result = fit(setup.config, field, budget_bytes)
+        except ConfigError as e:
+            _fail(str(e), 2)
+        except Exception as err:  # noqa: BLE001 - a configuration that fails is its line
+            failure = classify(err)
+            line = {"name": point.name, "status": failure.status, "error": failure.error}
+            click.echo(json.dumps(line)) if as_json else console.print(
+                f"{point.name}: {failure.status}: {failure.error}", highlight=False,
+                markup=False)
+            continue
+        if as_json:
+            click.echo(json.dumps({"name": point.name, "status": "ok", **result.to_dict()}))
+        else:
+            console.print(fit_text(point.name, result), highlight=False, markup=False)
 
 
 @cli.command("targets")

@@ -8,6 +8,8 @@ Example:
 
 from __future__ import annotations
 
+import re
+
 _BYTE_UNITS = ("B", "KiB", "MiB", "GiB", "TiB", "PiB")
 
 
@@ -52,3 +54,20 @@ def fmt_delta(value: float | None, base: float | None) -> str:
     if abs(pct) < 0.05:
         return "="
     return f"{pct:+.0f}%" if abs(pct) >= 1 else f"{pct:+.1f}%"
+
+
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGTP]?)(i?)B?\s*$", re.IGNORECASE)
+
+
+def parse_bytes(text: str) -> int:
+    """``14GiB`` -> bytes (``GiB`` binary, ``GB`` decimal, a bare number is bytes).
+
+    Raises:
+      ValueError: not a size.
+    """
+    m = _SIZE.match(text)
+    if not m:
+        raise ValueError(f"not a size: {text!r} (e.g. 14GiB, 512MiB, 16GB)")
+    number, prefix, binary = float(m[1]), m[2].upper(), m[3]
+    power = "KMGTP".index(prefix) + 1 if prefix else 0
+    return int(number * (1024 if binary or not prefix else 1000) ** power)
