@@ -60,7 +60,8 @@ class FitResult:
       next_value: the next admissible value above it (checked not to fit), or None.
       compiles: how many compiles the search used.
       budget_bytes: the memory each value was held against.
-      estimate_value: where the estimate put the boundary.
+      estimate_value: where the estimate put the boundary (the first compile; the second is
+        where the estimate puts it once its error at the first is divided out).
       probes: every compile, in order.
       interval: False when a value above a non-fitting one was found to fit.
     """
@@ -203,6 +204,10 @@ def fit(config: Config, field: str = "data.batch_size", budget_bytes: int | None
     if start is None:
         return FitResult(space.field, None, None, 0, budget_bytes, prior, ())
     interval = True
+    fits(start)
+    corrected = _corrected(space, budget_bytes, probes[start])
+    if corrected is not None and corrected != start:  # the estimate, scaled by its error there
+        start = corrected
     if fits(start):
         best = _search_up(space, fits, start)
     else:
@@ -225,6 +230,18 @@ def fit(config: Config, field: str = "data.batch_size", budget_bytes: int | None
     ordered = tuple(probes.values())
     return FitResult(space.field, best, next_value, len(ordered), budget_bytes, prior, ordered,
                      interval)
+
+
+def _corrected(space: _Space, budget: int, probe: Probe) -> int | None:
+    """The estimate's boundary again, its error at the first compiled value divided out: the
+    estimate is off by a similar factor at nearby values, so this lands within a value or two."""
+    if probe.bytes is None:
+        return None
+    try:
+        predicted = estimate(space.config(probe.value)).total_bytes
+    except Exception:  # noqa: BLE001 - no estimate: no correction
+        return None
+    return _estimate_boundary(space, int(budget * predicted / probe.bytes))
 
 
 def _estimate_boundary(space: _Space, budget: int) -> int | None:
