@@ -29,7 +29,7 @@ from jaxmem.experiment import Experiment  # noqa: E402
 from jaxmem.fit import _Space, compiled_bytes, fit  # noqa: E402
 from jaxmem.units import fmt_bytes, parse_bytes  # noqa: E402
 
-# (name, experiment, --set overrides, field, budget or None for the target's memory)
+# (name, experiment file or dict, --set overrides, field, budget or None: the target's memory)
 CASES = [
     ("gpt scan, none, fp32", "experiments/quickstart.yaml",
      ["remat=none", "precision=fp32"], "data.batch_size", "512MiB"),
@@ -44,12 +44,10 @@ CASES = [
     ("encoder, full, 2 microbatches", "experiments/quickstart.yaml",
      ["remat=full", "precision=fp32", "model.kind=encoder", "data.microbatches=2",
       "model.vocab_size=1024"], "data.batch_size", "256MiB"),
-    ("mlp, none", "experiments/quickstart.yaml",
-     ["model={kind: mlp, hidden: [2048, 2048]}", "remat=none", "precision=fp32"],
-     "data.batch_size", "128MiB"),
-    ("cnn, full", "experiments/quickstart.yaml",
-     ["model={kind: cnn, image_size: 64}", "remat=full", "precision=fp32"],
-     "data.batch_size", "256MiB"),
+    ("mlp, none", {"model": {"kind": "mlp", "hidden": [2048, 2048]}},
+     ["remat=none"], "data.batch_size", "128MiB"),
+    ("cnn, full", {"model": {"kind": "cnn", "image_size": 64}},
+     ["remat=full"], "data.batch_size", "256MiB"),
     ("gpt-2 small, full, bf16-mixed (non-monotone on CPU)", "experiments/gpt2_small.yaml",
      ["remat=full", "data.batch_size=1"], "data.batch_size", "4GiB"),
     ("plan_v5e on tpu:v5e:2x2 (libtpu's memory)", "experiments/plan_v5e.yaml",
@@ -57,8 +55,11 @@ CASES = [
 ]
 
 
-def _config(path: str, sets: list[str]) -> Config:
-    return Experiment.from_yaml(path, sets).grid()[0].config
+def _config(source: str | dict, sets: list[str]) -> Config:
+    """The first configuration of an experiment file, or of a raw experiment dict."""
+    if isinstance(source, dict):
+        return Experiment.from_dict({"name": "case", **source}, sets).grid()[0].config
+    return Experiment.from_yaml(source, sets).grid()[0].config
 
 
 def brute(config: Config, field: str, budget: int, result, window: int) -> dict:
@@ -93,11 +94,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--window", type=int, default=3, help="admissible values each side")
     args = ap.parse_args(argv)
     compiles = []
-    for name, path, sets, field, budget in CASES:
+    for name, source, sets, field, budget in CASES:
         tpu = any(s.startswith("target=tpu") for s in sets)
         if args.only and (args.only == "tpu") != tpu:
             continue
-        config = _config(path, sets)
+        config = _config(source, sets)
         budget_bytes = parse_bytes(budget) if budget else None
         start = time.perf_counter()
         result = fit(config, field, budget_bytes)
