@@ -42,12 +42,14 @@ MAX_VALUE = 1 << 24
 
 @dataclasses.dataclass(frozen=True)
 class Probe:
-    """One compiled value: its bytes (the figure ``fits`` uses) and whether it fits."""
+    """One compiled value: its bytes (the figure ``fits`` uses) and whether it fits; for a
+    compile refused for memory, the bytes the compiler said it needs (``needed``), if it did."""
 
     value: int
     bytes: int | None
     fits: bool
     status: str = "ok"
+    needed: int | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -162,7 +164,7 @@ def compiled_bytes(config: Config) -> Probe:
     except Exception as e:  # noqa: BLE001 - the compiler's verdict is the probe's answer
         failure = classify(e)
         if failure.status == "oom":
-            return Probe(value, None, False, "oom")
+            return Probe(value, None, False, "oom", failure.details.get("oom_required_bytes"))
         raise
     basis = FITS_BASIS.get(report.platform, _DEFAULT_BASIS)
     used = getattr(report, basis.field) or report.total_bytes
@@ -207,7 +209,12 @@ def fit(config: Config, field: str = "data.batch_size", budget_bytes: int | None
     fits(start)
     corrected = _corrected(space, budget_bytes, probes[start])
     if corrected is not None and corrected != start:  # the estimate, scaled by its error there
+        fits(corrected)
+        secant = _secant(space, budget_bytes, probes[start], probes[corrected])
         start = corrected
+        if secant is not None and secant != start:  # memory is near linear in a size
+            fits(secant)
+            start = secant
     if fits(start):
         best = _search_up(space, fits, start)
     else:
@@ -235,13 +242,26 @@ def fit(config: Config, field: str = "data.batch_size", budget_bytes: int | None
 def _corrected(space: _Space, budget: int, probe: Probe) -> int | None:
     """The estimate's boundary again, its error at the first compiled value divided out: the
     estimate is off by a similar factor at nearby values, so this lands within a value or two."""
-    if probe.bytes is None:
+    measured = probe.bytes if probe.bytes is not None else probe.needed
+    if not measured:
         return None
     try:
         predicted = estimate(space.config(probe.value)).total_bytes
     except Exception:  # noqa: BLE001 - no estimate: no correction
         return None
-    return _estimate_boundary(space, int(budget * predicted / probe.bytes))
+    return _estimate_boundary(space, int(budget * predicted / measured))
+
+
+def _secant(space: _Space, budget: int, a: Probe, b: Probe) -> int | None:
+    """The admissible value where the line through two compiled values meets the budget."""
+    ma = a.bytes if a.bytes is not None else a.needed
+    mb = b.bytes if b.bytes is not None else b.needed
+    if not ma or not mb or ma == mb or a.value == b.value:
+        return None
+    target = a.value + (budget - ma) * (b.value - a.value) / (mb - ma)
+    if not 1 <= target <= MAX_VALUE:
+        return None
+    return space.next_below(int(target) + 1)
 
 
 def _estimate_boundary(space: _Space, budget: int) -> int | None:
