@@ -34,6 +34,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import fnmatch
 import itertools
 import math
 import time
@@ -41,15 +42,19 @@ import types
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import jax
 import numpy as np
+from flax import nnx
 
+from jaxmem import analytic, freeze, sharding
 from jaxmem import remat as remat_policies
-from jaxmem import sharding
 from jaxmem.config import Config
 from jaxmem.errors import ConfigError, Unsupported
 from jaxmem.models.anatomy import COMPUTE, PARAM, Anatomy, Block, Tensor, recomputed, saved
+from jaxmem.models.stack import nested_group_size
 from jaxmem.remat import RematPolicy
 from jaxmem.setup import Setup, as_setup
+from jaxmem.step import make_objective
 
 
 @dataclasses.dataclass(frozen=True)
@@ -290,8 +295,6 @@ def _block_terms(blocks: Sequence[Block], setup: Setup, policy: RematPolicy, siz
         with_policy = sum(1 for i in range(index, index + block.count) if i % every == 0)
         with_none = block.count - with_policy
         if policy.checkpoint and c.remat.nested and block.count > 1:
-            from jaxmem.models.stack import nested_group_size
-
             g = nested_group_size(block.count) or 1
             inputs = [t for t in kept_policy if t.block_input]
             total += (block.count // g) * cost(inputs) + g * cost(kept_policy)
@@ -321,8 +324,6 @@ def _param_terms(anatomy: Anatomy, setup: Setup, size: _Sizer, rows: int
     block parameter bytes, gathered bytes)`` per device in the storage dtype; gathered: what
     the ZeRO axes' all-gathers add on each device (the whole parameter in the compute dtype
     less its shard), kept from the forward to the backward."""
-    import fnmatch
-
     mesh, rules = size.mesh, setup.rules
     frozen = setup.freeze_patterns
     total = trainable = largest = stacked = gathered = 0
@@ -424,9 +425,10 @@ def estimate(config: Config | Setup, name: str = "") -> Estimate:
     opt_state = int(trainable * state * state_scale)
     per_device = c.data.batch_size // ways
     batch = sum(size.nbytes((per_device, *shape), np.dtype(d)) for shape, d in anatomy.example)
-    policy = setup.remat
-    if not (backend.loop_remat or anatomy.scanned):
+    policy, undone = setup.remat, ""
+    if not (backend.loop_remat or anatomy.scanned) and policy.checkpoint:
         policy = SAVEABLE_NONE
+        undone = f" ({platform} undoes remat {setup.remat.name} of loop blocks)"
     blocks = _block_terms(anatomy.blocks, setup, policy, size,
                           batch_is_compute=size.compute == np.dtype("float32"),
                           shares=not anatomy.scanned and backend.shares_loop_backward)
@@ -456,8 +458,8 @@ def estimate(config: Config | Setup, name: str = "") -> Estimate:
              f"parameters in {state_dtype}", counted=not c.optimizer.offload),
         Term("batch", batch, f"one global batch split over {ways} devices"),
         Term("saved activations", saved_b,
-             f"blocks under remat {policy.name} ({micro // ways} examples per device and "
-             "microbatch) and the layers around them"),
+             f"blocks under remat {policy.name}{undone} ({micro // ways} examples per device "
+             "and microbatch) and the layers around them"),
         Term("parameter copies", copies_b, f"parameters cast to {stored} for the forward, "
              "kept for the backward"),
         Term("gathered parameters", gathered_b, "whole parameters all-gathered from their "
@@ -482,12 +484,6 @@ def traced_anatomy(setup: Setup, micro: int) -> Anatomy:
     policies the model applies itself are in the jaxpr). Slower than formulas: the model is
     built on abstract shapes and its loss traced (tens to hundreds of milliseconds); the block
     structure is unknown, so the largest kept value stands for the backward's transients."""
-    import jax
-    from flax import nnx
-
-    from jaxmem import analytic, freeze
-    from jaxmem.step import make_objective
-
     workload = setup.workload
     graphdef, params, rest = nnx.split(setup.abstract_model, nnx.Param, ...)
     params = setup.precision.cast_to_param(params)

@@ -273,30 +273,25 @@ def _estimate_boundary(space: _Space, budget: int) -> int | None:
         except Exception:  # noqa: BLE001 - no estimate for this configuration
             return None
 
+    def under(value: int) -> bool:
+        e = est(value)
+        return e is not None and e <= budget
+
     lo = space.start if space.admissible(space.start) else space.next_above(space.start)
     if lo is None or est(lo) is None:
         return None
-    while est(lo) > budget:  # walk down by halves to a value the estimate says fits
+    while not under(lo):  # walk down by halves to a value the estimate says fits
         smaller = space.next_above(lo // 2 - 1) if lo > 1 else None
         if smaller is None or smaller >= lo:
             return lo
         lo = smaller
-    hi = lo
     while True:  # gallop up to a value the estimate says does not fit
-        up = space.next_above(hi * 2 - 1) if hi < MAX_VALUE // 2 else None
+        up = space.next_above(lo * 2 - 1) if lo < MAX_VALUE // 2 else None
         if up is None:
-            return hi
-        if est(up) > budget:
-            break
-        lo = hi = up
-    while True:  # bisect between lo (fits) and up (does not)
-        mid = space.next_above((lo + up) // 2 - 1)
-        if mid is None or mid >= up or mid <= lo:
             return lo
-        if est(mid) <= budget:
-            lo = mid
-        else:
-            up = mid
+        if not under(up):
+            return _bisect(space, under, lo, up)
+        lo = up
 
 
 def _search_up(space: _Space, fits: Callable[[int], bool], start: int) -> int:
@@ -313,12 +308,17 @@ def _search_up(space: _Space, fits: Callable[[int], bool], start: int) -> int:
         if not fits(above):
             break
         lo, step = above, step * 2
-    hi = above
-    while True:  # lo fits, hi does not: bisect over admissible values
+    return _bisect(space, fits, lo, above)
+
+
+def _bisect(space: _Space, ok: Callable[[int], bool], lo: int, hi: int) -> int:
+    """The largest admissible value in ``[lo, hi)`` that is ``ok``, given ``ok(lo)`` and not
+    ``ok(hi)``, by bisection over admissible values."""
+    while True:
         mid = space.next_above((lo + hi) // 2 - 1)
         if mid is None or mid >= hi or mid <= lo:
             return lo
-        if fits(mid):
+        if ok(mid):
             lo = mid
         else:
             hi = mid
@@ -340,15 +340,7 @@ def _search_down(space: _Space, fits: Callable[[int], bool], start: int) -> int 
         if fits(below):
             break
         hi, step = below, step * 2
-    lo = below
-    while True:
-        mid = space.next_above((lo + hi) // 2 - 1)
-        if mid is None or mid >= hi or mid <= lo:
-            return lo
-        if fits(mid):
-            lo = mid
-        else:
-            hi = mid
+    return _bisect(space, fits, below, hi)
 
 
 def fit_text(name: str, result: FitResult) -> str:
