@@ -34,7 +34,7 @@ from jaxmem.compiled import MemoryReport, compile_timed  # noqa: E402
 from jaxmem.config import Config  # noqa: E402
 from jaxmem.estimate import estimate  # noqa: E402
 from jaxmem.explain import explain_program  # noqa: E402
-from jaxmem.measure import FITS_BASIS  # noqa: E402
+from jaxmem.measure import fits_figure  # noqa: E402
 from jaxmem.setup import resolve  # noqa: E402
 
 REMAT = ("none", "dots", "dots_no_batch", "minimal", "full", "save:query+key+value",
@@ -103,7 +103,7 @@ def measure(raw: dict) -> dict:
     report = MemoryReport.from_compiled(compiled, lower_seconds=lower_s,
                                         compile_seconds=compile_s)
     # the figure fits is decided by: libtpu's own peak on TPU (its total leaves temps out)
-    reference = getattr(report, FITS_BASIS.get(report.platform, FITS_BASIS["cpu"]).field)
+    reference = fits_figure(report)[1]
     return {"config": raw, "estimate": est.to_dict()["terms"], "estimate_bytes": est.total_bytes,
             "compiled_bytes": reference, "total_bytes": report.total_bytes,
             "peak_bytes": report.peak_bytes, "platform": report.platform,

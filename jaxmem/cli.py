@@ -319,10 +319,12 @@ def fit_cmd(experiment: Path, field: str, budget: str | None, overrides: tuple[s
             _fail(str(e), 2)
         except Exception as err:  # noqa: BLE001 - a configuration that fails is its line
             failure = classify(err)
-            line = {"name": point.name, "status": failure.status, "error": failure.error}
-            click.echo(json.dumps(line)) if as_json else console.print(
-                f"{point.name}: {failure.status}: {failure.error}", highlight=False,
-                markup=False)
+            if as_json:
+                click.echo(json.dumps({"name": point.name, "status": failure.status,
+                                       "error": failure.error}))
+            else:
+                console.print(f"{point.name}: {failure.status}: {failure.error}",
+                              highlight=False, markup=False)
             continue
         if as_json:
             click.echo(json.dumps({"name": point.name, "status": "ok", **result.to_dict()}))

@@ -276,6 +276,12 @@ class _Blocks:
     widest: str  # which block that is
 
 
+def _cost(kept: list[Tensor], size: _Sizer, batch_is_compute: bool) -> int:
+    """Bytes of kept values; the batch cast to the compute dtype is the argument itself when
+    the batch already has that dtype."""
+    return size.tensors([t for t in kept if not (t.batch_cast and batch_is_compute)])
+
+
 def _block_terms(blocks: Sequence[Block], setup: Setup, policy: RematPolicy, size: _Sizer,
                  batch_is_compute: bool, shares: bool = False) -> _Blocks:
     c = setup.config
@@ -289,17 +295,16 @@ def _block_terms(blocks: Sequence[Block], setup: Setup, policy: RematPolicy, siz
         kept_policy = saved(block, device)
         kept_none = saved(block, none)
 
-        def cost(kept: list[Tensor], block: Block = block) -> int:
-            return size.tensors([t for t in kept if not (t.batch_cast and batch_is_compute)])
-
         with_policy = sum(1 for i in range(index, index + block.count) if i % every == 0)
         with_none = block.count - with_policy
         if policy.checkpoint and c.remat.nested and block.count > 1:
             g = nested_group_size(block.count) or 1
             inputs = [t for t in kept_policy if t.block_input]
-            total += (block.count // g) * cost(inputs) + g * cost(kept_policy)
+            total += ((block.count // g) * _cost(inputs, size, batch_is_compute)
+                      + g * _cost(kept_policy, size, batch_is_compute))
         else:
-            total += with_policy * cost(kept_policy) + with_none * cost(kept_none)
+            total += (with_policy * _cost(kept_policy, size, batch_is_compute)
+                      + with_none * _cost(kept_none, size, batch_is_compute))
         if shares:
             total += block.count * size.tensors(block.shared)
         if host is not None and with_policy:

@@ -33,7 +33,7 @@ from jaxmem.config import Config
 from jaxmem.errors import ConfigError
 from jaxmem.estimate import estimate
 from jaxmem.failures import classify
-from jaxmem.measure import _DEFAULT_BASIS, FITS_BASIS
+from jaxmem.measure import fits_figure
 from jaxmem.setup import resolve
 
 #: the largest value the search considers (a guard against unbounded configurations)
@@ -166,9 +166,7 @@ def compiled_bytes(config: Config) -> Probe:
         if failure.status == "oom":
             return Probe(value, None, False, "oom", failure.details.get("oom_required_bytes"))
         raise
-    basis = FITS_BASIS.get(report.platform, _DEFAULT_BASIS)
-    used = getattr(report, basis.field) or report.total_bytes
-    return Probe(value, int(used), True)
+    return Probe(value, fits_figure(report)[1], True)
 
 
 def fit(config: Config, field: str = "data.batch_size", budget_bytes: int | None = None, *,

@@ -51,14 +51,21 @@ FITS_BASIS: dict[str, FitsBasis] = {
 _DEFAULT_BASIS = FitsBasis("total_bytes", "argument + output + temp - alias, the usual bound")
 
 
-def fits(report: MemoryReport, memory: Memory) -> dict[str, Any]:
-    """``fits``, ``headroom_bytes`` and the basis of both, where the memory is known."""
-    if memory.bytes is None:
-        return {}
+def fits_figure(report: MemoryReport) -> tuple[FitsBasis, int]:
+    """The compiled figure ``fits`` holds against memory on ``report``'s platform, and its
+    basis (the default where the backend reports no peak)."""
     basis = FITS_BASIS.get(report.platform, _DEFAULT_BASIS)
     used = getattr(report, basis.field)
     if used is None:  # the backend reports no peak
         basis, used = _DEFAULT_BASIS, report.total_bytes
+    return basis, int(used)
+
+
+def fits(report: MemoryReport, memory: Memory) -> dict[str, Any]:
+    """``fits``, ``headroom_bytes`` and the basis of both, where the memory is known."""
+    if memory.bytes is None:
+        return {}
+    basis, used = fits_figure(report)
     return {"fits": used <= memory.bytes, "headroom_bytes": memory.bytes - used,
             "fits_basis": basis.field}
 
@@ -93,9 +100,8 @@ def measure_compile(program: Program) -> tuple[Any, dict[str, Any]]:
 def _estimate_section(setup: Setup, report: MemoryReport) -> dict[str, Any]:
     """The row's ``estimate`` section, its error against the figure ``fits`` uses; empty
     where the estimate does not apply (forward-only tasks, models without shape formulas)."""
-    basis = FITS_BASIS.get(report.platform, _DEFAULT_BASIS)
     try:
-        return estimate(setup).record(getattr(report, basis.field) or report.total_bytes)
+        return estimate(setup).record(fits_figure(report)[1])
     except Exception:  # noqa: BLE001 - no estimate (forward-only task, a model's own code
         return {}  # failing to trace): the compiled row stands on its own
 
