@@ -117,7 +117,7 @@ def build_decode_program(setup: Setup) -> Program:
     w = _weights(setup)
     m = config.model
     B, C = config.data.batch_size, config.inference.context or m.seq_len
-    H, K = m.num_heads, m.d_model // m.num_heads
+    H, K = m.kv_heads(), m.d_model // m.num_heads
     shape = (m.num_layers, B, C, H, K)
     cache_sharding = NamedSharding(mesh, sharding.activation_spec(
         ("layers", "batch", "length", "heads", "kv"), shape, mesh, rules))

@@ -25,6 +25,10 @@ GPT = {"kind": "gpt", "vocab_size": 512, "seq_len": 64, "num_layers": 2, "d_mode
 MODELS = {
     "gpt-loop": GPT,
     "gpt-scan-untied": {**GPT, "stack": "scan", "tie_embeddings": False},
+    "llama-scan-gqa": {"kind": "llama", "vocab_size": 512, "seq_len": 64, "num_layers": 2,
+                       "d_model": 64, "num_heads": 4, "num_kv_heads": 2, "mlp_dim": 160,
+                       "stack": "scan"},
+    "llama-loop-tied": {"kind": "llama", "num_layers": 2, "tie_embeddings": True},
     "encoder": {"kind": "encoder", "num_layers": 1},
     "mlp": {"kind": "mlp", "hidden": [64, 32]},
     "cnn": {"kind": "cnn"},

@@ -17,6 +17,7 @@ from jaxmem.models import (
     CNNConfig,
     EncoderConfig,
     GPTConfig,
+    LlamaConfig,
     MLPConfig,
 )
 from jaxmem.models.attention import softmax
@@ -28,6 +29,8 @@ TINY_MODELS = {
                           stack="scan"),
     "gpt-untied": GPTConfig(vocab_size=64, seq_len=16, num_layers=1, d_model=32, num_heads=2,
                             tie_embeddings=False),
+    "llama": LlamaConfig(vocab_size=64, seq_len=16, num_layers=2, d_model=32, num_heads=4,
+                         num_kv_heads=2, mlp_dim=48, stack="scan"),
     "encoder": EncoderConfig(vocab_size=64, seq_len=16, num_layers=2, d_model=32, num_heads=4,
                              num_classes=3),
     "mlp": MLPConfig(in_features=12, hidden=(32, 16), out_features=5),
@@ -36,7 +39,7 @@ TINY_MODELS = {
     "cnn-separable": CNNConfig(image_size=16, in_channels=3, channels=(8, 16), num_classes=4,
                                depthwise_separable=True),
 }
-OUTPUT_SHAPES = {"gpt": (4, 16, 64), "encoder": (4, 3), "mlp": (4, 5), "cnn": (4, 4)}
+OUTPUT_SHAPES = {"gpt": (4, 16, 64), "llama": (4, 16, 64), "encoder": (4, 3), "mlp": (4, 5), "cnn": (4, 4)}
 
 
 @pytest.mark.parametrize("name", list(TINY_MODELS))
@@ -93,7 +96,7 @@ def test_softmax_matches_jax_and_its_gradient():
     assert softmax(x.astype(jnp.bfloat16)).dtype == jnp.bfloat16
 
 
-@pytest.mark.parametrize("name", ["gpt-scan", "encoder", "cnn", "mlp"])
+@pytest.mark.parametrize("name", ["gpt-scan", "llama", "encoder", "cnn", "mlp"])
 @pytest.mark.parametrize("optimizer", ["adamw", "sgd"])
 def test_training_steps_reduce_the_loss(name, optimizer):
     config = jaxmem.Config(

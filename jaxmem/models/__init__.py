@@ -1,4 +1,4 @@
-"""Built-in models (``mlp``, ``cnn``, ``gpt``, ``encoder``) and user models (``custom``).
+"""Built-in models (``mlp``, ``cnn``, ``gpt``, ``encoder``, ``llama``) and user models (``custom``).
 
 Each model kind is a config section (``model: {kind: ..., ...}``, a :class:`ModelConfig`
 subclass) whose ``build`` returns a :class:`Workload`: the model constructor, the batch's shapes
@@ -11,6 +11,7 @@ from jaxmem.models.cnn import CNN, CNNConfig
 from jaxmem.models.custom import CustomConfig
 from jaxmem.models.encoder import Encoder, EncoderConfig
 from jaxmem.models.gpt import GPT, GPTConfig
+from jaxmem.models.llama import LlamaConfig
 from jaxmem.models.mlp import MLP, MLPConfig
 from jaxmem.models.transformer import CHECKPOINT_NAMES, TransformerConfig
 from jaxmem.models.workload import Batch, BuildOptions, Workload
@@ -24,6 +25,7 @@ __all__ = [
     "EncoderConfig",
     "GPT",
     "GPTConfig",
+    "LlamaConfig",
     "MLP",
     "MLPConfig",
     "ModelConfig",

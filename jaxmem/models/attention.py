@@ -73,21 +73,38 @@ def allowed(q_pos: jax.Array, k_pos: jax.Array, *, causal: bool, window: int) ->
 
 
 def naive(q, k, v, *, causal: bool, window: int, **_: Any) -> jax.Array:
-    """Full score matrix, masked, softmax in float32."""
-    L, K = q.shape[1], q.shape[3]
+    """Full score matrix, masked, softmax in float32. Keys and values may have fewer heads
+    than queries (grouped-query attention: each serves ``H / G`` query heads)."""
+    B, L, H, K = q.shape
+    G = k.shape[2]
     q_BxLxHxK = q / jnp.asarray(math.sqrt(K), q.dtype)
-    logits_BxHxLxL = jnp.einsum("blhk,bmhk->bhlm", q_BxLxHxK, k)
-    mask_1x1xLxL = None
+    mask = None
     if causal or window:
         pos = jnp.arange(L)
-        mask_1x1xLxL = allowed(pos, pos, causal=causal, window=window)[None, None]
-    probs_BxHxLxL = softmax(logits_BxHxLxL, mask_1x1xLxL)
-    return jnp.einsum("bhlm,bmhk->blhk", probs_BxHxLxL, v)
+        mask = allowed(pos, pos, causal=causal, window=window)
+    if G == H:
+        logits_BxHxLxL = jnp.einsum("blhk,bmhk->bhlm", q_BxLxHxK, k)
+        probs_BxHxLxL = softmax(logits_BxHxLxL, None if mask is None else mask[None, None])
+        return jnp.einsum("bhlm,bmhk->blhk", probs_BxHxLxL, v)
+    # R query heads per key head, next to the query position: (L, R) rows per key head need
+    # no copy of the scores between the two matmuls (an (R, L) order costs XLA one)
+    q_BxLxGxRxK = q_BxLxHxK.reshape(B, L, G, H // G, K)
+    logits_BxGxLxRxL = jnp.einsum("blgrk,bmgk->bglrm", q_BxLxGxRxK, k)
+    probs_BxGxLxRxL = softmax(logits_BxGxLxRxL,
+                              None if mask is None else mask[None, None, :, None, :])
+    return jnp.einsum("bglrm,bmgk->blgrk", probs_BxGxLxRxL, v).reshape(B, L, H, K)
+
+
+def repeat_heads(k: jax.Array, heads: int) -> jax.Array:
+    """Keys or values ``BxLxGxK`` repeated to ``heads`` heads (for implementations without
+    grouped-query support: the copy is a real value that autodiff may keep)."""
+    return k if k.shape[2] == heads else jnp.repeat(k, heads // k.shape[2], axis=2)
 
 
 def blockwise(q, k, v, *, causal: bool, window: int, chunk: int, **_: Any) -> jax.Array:
     """Memory-efficient attention: the same values as :func:`naive`, in chunks."""
     B, L, H, K = q.shape
+    k, v = repeat_heads(k, H), repeat_heads(v, H)
     C = min(chunk, L)
     n = L // C
     scale = 1.0 / math.sqrt(K)
@@ -147,6 +164,7 @@ def _features(x_BxLxHxK: jax.Array, w_MxK: jax.Array, stabiliser: jax.Array) -> 
 def linear(q, k, v, *, causal: bool, features: int, **_: Any) -> jax.Array:
     """Performer-style linear attention; causal through prefix sums (memory ~ B·L·H·M·K)."""
     K = q.shape[-1]
+    k, v = repeat_heads(k, q.shape[2]), repeat_heads(v, q.shape[2])
     w_MxK = jax.random.normal(jax.random.key(0), (features, K), jnp.float32)
     q32 = q.astype(jnp.float32) * K ** -0.25
     k32 = k.astype(jnp.float32) * K ** -0.25
@@ -190,56 +208,94 @@ class KVCache(NamedTuple):
     v: jax.Array
 
 
+def rope(x_BxLxHxK: jax.Array, pos_L: jax.Array, theta: float) -> jax.Array:
+    """Rotary position embedding (the half-split form of Llama): feature pairs ``(i, i + K/2)``
+    rotated by ``pos * theta ** (-2i / K)``, in float32. Linear in ``x``: its backward keeps
+    nothing of ``x``."""
+    K = x_BxLxHxK.shape[-1]
+    freq = theta ** (-jnp.arange(0, K, 2, dtype=jnp.float32) / K)
+    angle_LxK2 = pos_L.astype(jnp.float32)[:, None] * freq[None]
+    cos, sin = jnp.cos(angle_LxK2)[None, :, None], jnp.sin(angle_LxK2)[None, :, None]
+    x32 = x_BxLxHxK.astype(jnp.float32)
+    x1, x2 = x32[..., : K // 2], x32[..., K // 2:]
+    out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+    return out.astype(x_BxLxHxK.dtype)
+
+
 class Attention(nnx.Module):
-    """Multi-head self-attention with separate q/k/v projections (tagged for remat)."""
+    """Multi-head self-attention with separate q/k/v projections (tagged for remat).
+
+    ``num_kv_heads`` < ``num_heads``: grouped-query attention (keys and values have fewer
+    heads, each shared by ``num_heads / num_kv_heads`` query heads). ``rope_theta`` > 0:
+    rotary position embeddings on queries and keys. ``use_bias``: biases on the projections.
+    """
 
     def __init__(self, d_model: int, num_heads: int, *, causal: bool, dtype: Any,
                  implementation: str = "naive", chunk: int = 128, window: int = 0,
-                 features: int = 64, rngs: nnx.Rngs):
+                 features: int = 64, num_kv_heads: int | None = None, rope_theta: float = 0.0,
+                 use_bias: bool = True, rngs: nnx.Rngs):
         self.num_heads = num_heads
+        self.num_kv_heads = num_kv_heads or num_heads
+        self.rope_theta = rope_theta
         self.causal = causal
         self.implementation = implementation
         self.options = (("window", window), ("chunk", chunk), ("features", features))
-        self.query = nnx.Linear(d_model, d_model, dtype=dtype, rngs=rngs)
-        self.key = nnx.Linear(d_model, d_model, dtype=dtype, rngs=rngs)
-        self.value = nnx.Linear(d_model, d_model, dtype=dtype, rngs=rngs)
-        self.out = nnx.Linear(d_model, d_model, dtype=dtype, rngs=rngs)
+        kv_width = d_model // num_heads * self.num_kv_heads
+
+        def linear(d_in: int, d_out: int) -> nnx.Linear:
+            return nnx.Linear(d_in, d_out, use_bias=use_bias, dtype=dtype, rngs=rngs)
+
+        self.query = linear(d_model, d_model)
+        self.key = linear(d_model, kv_width)
+        self.value = linear(d_model, kv_width)
+        self.out = linear(d_model, d_model)
+
+    def _rotate(self, x_BxLxHxK: jax.Array, pos_L: jax.Array) -> jax.Array:
+        return rope(x_BxLxHxK, pos_L, self.rope_theta) if self.rope_theta else x_BxLxHxK
 
     def decode(self, x_Bx1xD: jax.Array, cache: KVCache, pos: jax.Array
                ) -> tuple[jax.Array, KVCache]:
         """Attention of one new token per sequence over the cached positions ``<= pos``."""
         B, _, D = x_Bx1xD.shape
-        H = self.num_heads
+        H, G = self.num_heads, self.num_kv_heads
         K = D // H
         C = cache.k.shape[1]
-        q_Bx1xHxK = self.query(x_Bx1xD).reshape(B, 1, H, K)
-        k_Bx1xHxK = self.key(x_Bx1xD).reshape(B, 1, H, K).astype(cache.k.dtype)
-        v_Bx1xHxK = self.value(x_Bx1xD).reshape(B, 1, H, K).astype(cache.v.dtype)
+        q_Bx1xHxK = self._rotate(self.query(x_Bx1xD).reshape(B, 1, H, K), pos[None])
+        k_Bx1xGxK = self._rotate(self.key(x_Bx1xD).reshape(B, 1, G, K), pos[None])
+        v_Bx1xGxK = self.value(x_Bx1xD).reshape(B, 1, G, K)
         zero = jnp.zeros((), jnp.int32)
-        k_BxCxHxK = jax.lax.dynamic_update_slice(cache.k, k_Bx1xHxK, (zero, pos, zero, zero))
-        v_BxCxHxK = jax.lax.dynamic_update_slice(cache.v, v_Bx1xHxK, (zero, pos, zero, zero))
-        q_Bx1xHxK = q_Bx1xHxK / jnp.asarray(math.sqrt(K), q_Bx1xHxK.dtype)
-        logits_BxHx1xC = jnp.einsum("blhk,bmhk->bhlm", q_Bx1xHxK, k_BxCxHxK.astype(q_Bx1xHxK.dtype))
+        k_BxCxGxK = jax.lax.dynamic_update_slice(cache.k, k_Bx1xGxK.astype(cache.k.dtype),
+                                                 (zero, pos, zero, zero))
+        v_BxCxGxK = jax.lax.dynamic_update_slice(cache.v, v_Bx1xGxK.astype(cache.v.dtype),
+                                                 (zero, pos, zero, zero))
+        q_Bx1xGxRxK = q_Bx1xHxK.reshape(B, 1, G, H // G, K) / jnp.asarray(
+            math.sqrt(K), q_Bx1xHxK.dtype)
+        logits_BxGxRx1xC = jnp.einsum("blgrk,bmgk->bgrlm", q_Bx1xGxRxK,
+                                      k_BxCxGxK.astype(q_Bx1xHxK.dtype))
         window = dict(self.options)["window"]
-        mask_1x1x1xC = allowed(pos[None], jnp.arange(C), causal=True, window=window)[None, None]
-        probs_BxHx1xC = softmax(logits_BxHx1xC, mask_1x1x1xC)
-        ctx_Bx1xHxK = jnp.einsum("bhlm,bmhk->blhk", probs_BxHx1xC,
-                                 v_BxCxHxK.astype(probs_BxHx1xC.dtype))
-        return self.out(ctx_Bx1xHxK.reshape(B, 1, D)), KVCache(k_BxCxHxK, v_BxCxHxK)
+        mask_1x1x1x1xC = allowed(pos[None], jnp.arange(C), causal=True,
+                                 window=window)[None, None, None]
+        probs_BxGxRx1xC = softmax(logits_BxGxRx1xC, mask_1x1x1x1xC)
+        ctx_Bx1xGxRxK = jnp.einsum("bgrlm,bmgk->blgrk", probs_BxGxRx1xC,
+                                   v_BxCxGxK.astype(probs_BxGxRx1xC.dtype))
+        return self.out(ctx_Bx1xGxRxK.reshape(B, 1, D)), KVCache(k_BxCxGxK, v_BxCxGxK)
 
     def __call__(self, x_BxLxD: jax.Array) -> jax.Array:
         B, L, D = x_BxLxD.shape
-        H = self.num_heads
+        H, G = self.num_heads, self.num_kv_heads
         K = D // H
         heads = ("batch", "length", "heads", "kv")
-        q_BxLxHxK = constrain(self.query(x_BxLxD).reshape(B, L, H, K), heads)
-        k_BxLxHxK = constrain(self.key(x_BxLxD).reshape(B, L, H, K), heads)
-        v_BxLxHxK = constrain(self.value(x_BxLxD).reshape(B, L, H, K), heads)
+        pos_L = jnp.arange(L)
+        q_BxLxHxK = constrain(self._rotate(self.query(x_BxLxD).reshape(B, L, H, K), pos_L),
+                              heads)
+        k_BxLxGxK = constrain(self._rotate(self.key(x_BxLxD).reshape(B, L, G, K), pos_L),
+                              heads)
+        v_BxLxGxK = constrain(self.value(x_BxLxD).reshape(B, L, G, K), heads)
         q_BxLxHxK = checkpoint_name(q_BxLxHxK, "query")
-        k_BxLxHxK = checkpoint_name(k_BxLxHxK, "key")
-        v_BxLxHxK = checkpoint_name(v_BxLxHxK, "value")
+        k_BxLxGxK = checkpoint_name(k_BxLxGxK, "key")
+        v_BxLxGxK = checkpoint_name(v_BxLxGxK, "value")
         attend = IMPLEMENTATIONS[self.implementation]
-        ctx_BxLxHxK = attend(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, causal=self.causal,
+        ctx_BxLxHxK = attend(q_BxLxHxK, k_BxLxGxK, v_BxLxGxK, causal=self.causal,
                              **dict(self.options))
         ctx_BxLxHxK = checkpoint_name(constrain(ctx_BxLxHxK, heads), "attn_context")
         return checkpoint_name(self.out(ctx_BxLxHxK.reshape(B, L, D)), "attn_out")

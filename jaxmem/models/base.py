@@ -8,7 +8,7 @@ tasks it can do, what the platform or the mesh must offer.
 Example:
   >>> from jaxmem.models.base import ModelConfig
   >>> sorted(ModelConfig.KINDS)
-  ['cnn', 'custom', 'encoder', 'gpt', 'mlp']
+  ['cnn', 'custom', 'encoder', 'gpt', 'llama', 'mlp']
   >>> ModelConfig.KINDS["mlp"]().checkpoint_names()
   ()
 """

@@ -12,13 +12,7 @@ from jaxmem import losses
 from jaxmem.errors import check_positive
 from jaxmem.models.anatomy import Anatomy, Tensor
 from jaxmem.models.base import ModelConfig
-from jaxmem.models.transformer import (
-    TransformerConfig,
-    Trunk,
-    block_anatomy,
-    trunk_outside,
-    trunk_params,
-)
+from jaxmem.models.transformer import TransformerConfig
 from jaxmem.models.workload import Batch, BuildOptions, Workload
 
 
@@ -37,10 +31,10 @@ class EncoderConfig(TransformerConfig):
     def anatomy(self, opts: BuildOptions, batch: int) -> Anatomy:
         B, C = batch, self.num_classes
         return Anatomy(
-            params=(*trunk_params(self, opts), ("head/bias", (C,)),
+            params=(*self.trunk_params(opts), ("head/bias", (C,)),
                     ("head/kernel", (self.d_model, C))),
-            blocks=(block_anatomy(self, opts, B, causal=False),),
-            outside=(*trunk_outside(self, B),
+            blocks=(self.block_anatomy(opts, B, causal=False),),
+            outside=(*self.trunk_outside(B),
                      Tensor("pooled", (B, self.d_model), ("batch", "embed"), needed=True),
                      Tensor("logits", (B, C), ("batch", None), needed=True)),
             loss_workspace=(Tensor("d_stream", (B, self.seq_len, self.d_model),
@@ -74,7 +68,7 @@ class Encoder(nnx.Module):
     """Embeddings, a bidirectional block stack, LayerNorm, mean over tokens, linear head."""
 
     def __init__(self, c: EncoderConfig, opts: BuildOptions, *, rngs: nnx.Rngs):
-        self.trunk = Trunk(c, opts, causal=False, rngs=rngs)
+        self.trunk = c.make_trunk(opts, causal=False, rngs=rngs)
         self.head = nnx.Linear(c.d_model, c.num_classes, dtype=opts.dtype, rngs=rngs)
 
     def __call__(self, tokens_BxL: jax.Array) -> jax.Array:

@@ -25,13 +25,7 @@ from jaxmem.errors import ConfigError, check_positive
 from jaxmem.models.anatomy import Anatomy, Tensor
 from jaxmem.models.attention import KVCache
 from jaxmem.models.base import ModelConfig
-from jaxmem.models.transformer import (
-    TransformerConfig,
-    Trunk,
-    block_anatomy,
-    trunk_outside,
-    trunk_params,
-)
+from jaxmem.models.transformer import TransformerConfig
 from jaxmem.models.workload import Batch, BuildOptions, Workload
 from jaxmem.sharding import constrain
 
@@ -86,9 +80,9 @@ class GPTConfig(TransformerConfig):
             loss = [Tensor("chunk_logits", (n, V), (None, "vocab"), "float32"),
                     Tensor("d_chunk_logits", (n, V), (None, "vocab"), "float32")]
         return Anatomy(
-            params=tuple(trunk_params(self, opts) + head),
-            blocks=(block_anatomy(self, opts, B, causal=True),),
-            outside=(*trunk_outside(self, B), *outside),
+            params=tuple(self.trunk_params(opts) + head),
+            blocks=(self.block_anatomy(opts, B, causal=True),),
+            outside=(*self.trunk_outside(B), *outside),
             loss_workspace=tuple(loss),
             scanned=self.stack == "scan",
             rows_per_example=L,
@@ -121,10 +115,11 @@ class GPTConfig(TransformerConfig):
 
 
 class GPT(nnx.Module):
-    """Token + position embeddings, a causal block stack, final LayerNorm, LM head."""
+    """The config's trunk (GPT: token + position embeddings, a causal block stack, final
+    LayerNorm) and an LM head (or the token table, tied)."""
 
     def __init__(self, c: GPTConfig, opts: BuildOptions, *, rngs: nnx.Rngs):
-        self.trunk = Trunk(c, opts, causal=True, rngs=rngs)
+        self.trunk = c.make_trunk(opts, causal=True, rngs=rngs)
         self.head = None if c.tie_embeddings else nnx.Linear(
             c.d_model, c.vocab_size, use_bias=False, dtype=opts.dtype, rngs=rngs
         )

@@ -7,7 +7,8 @@ float32 arithmetic in the backward. Values and gradients match ``nnx.LayerNorm``
 
 Autodiff of the tanh GELU keeps every intermediate of the formula (the tanh, its products, ...):
 about six tensors of the MLP's width. :func:`gelu` keeps its input only (its output is kept by
-the next matmul anyway) and recomputes the derivative in the backward.
+the next matmul anyway) and recomputes the derivative in the backward. :func:`swiglu` likewise
+keeps its two inputs only, and :func:`rms_norm` its input and one float32 scalar per row.
 """
 
 from __future__ import annotations
@@ -80,6 +81,59 @@ def _gelu_bwd(x: jax.Array, g: jax.Array) -> tuple[jax.Array]:
 gelu.defvjp(_gelu_fwd, _gelu_bwd)
 
 
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def rms_norm(x: jax.Array, scale: jax.Array, eps: float = 1e-6) -> jax.Array:
+    """``x / sqrt(mean(x^2) + eps) * scale`` over the last axis, statistics in float32."""
+    return _rms_norm_fwd(x, scale, eps)[0]
+
+
+def _rms_norm_fwd(x, scale, eps):
+    x32 = x.astype(jnp.float32)
+    rstd = jax.lax.rsqrt(jnp.mean(jnp.square(x32), axis=-1, keepdims=True) + eps)
+    return (x32 * rstd * _row(scale, x.ndim)).astype(x.dtype), (x, scale, rstd)
+
+
+def _rms_norm_bwd(eps, res, g):
+    del eps
+    x, scale, rstd = res
+    y = x.astype(jnp.float32) * rstd
+    g32 = g.astype(jnp.float32)
+    d_scale = jnp.sum(g32 * y, axis=tuple(range(g.ndim - 1))).astype(scale.dtype)
+    gy = g32 * _row(scale, g.ndim)
+    dx = rstd * (gy - y * jnp.mean(gy * y, axis=-1, keepdims=True))
+    return dx.astype(x.dtype), d_scale
+
+
+rms_norm.defvjp(_rms_norm_fwd, _rms_norm_bwd)
+
+
+def _swiglu(gate: jax.Array, up: jax.Array) -> jax.Array:
+    g32 = gate.astype(jnp.float32)
+    return (jax.nn.silu(g32) * up.astype(jnp.float32)).astype(gate.dtype)
+
+
+@jax.custom_vjp
+def swiglu(gate: jax.Array, up: jax.Array) -> jax.Array:
+    """``silu(gate) * up`` (the gated MLP of Llama), keeping only its two inputs."""
+    return _swiglu(gate, up)
+
+
+def _swiglu_fwd(gate: jax.Array, up: jax.Array):
+    return _swiglu(gate, up), (gate, up)
+
+
+def _swiglu_bwd(res, g):
+    gate, up = res
+    g32, u32, grad = gate.astype(jnp.float32), up.astype(jnp.float32), g.astype(jnp.float32)
+    sig = jax.nn.sigmoid(g32)
+    d_up = grad * g32 * sig
+    d_gate = grad * u32 * sig * (1 + g32 * (1 - sig))  # d silu(x) = s (1 + x (1 - s))
+    return d_gate.astype(gate.dtype), d_up.astype(up.dtype)
+
+
+swiglu.defvjp(_swiglu_fwd, _swiglu_bwd)
+
+
 def dense(x: jax.Array, w: jax.Array, bias: jax.Array | None, dtype: Any) -> jax.Array:
     """``x @ w + bias`` in ``dtype``, the bias broadcast explicitly over leading axes."""
     y = x.astype(dtype) @ w.astype(dtype)
@@ -103,3 +157,17 @@ class LayerNorm(nnx.Module):
         if self.dtype is not None:
             x = x.astype(self.dtype)
         return layer_norm(x, self.scale[...], self.bias[...], self.epsilon)
+
+
+class RMSNorm(nnx.Module):
+    """RMSNorm over the last axis with a learned scale (Llama), computing in ``dtype``."""
+
+    def __init__(self, features: int, *, dtype: Any = None, epsilon: float = 1e-6):
+        self.scale = nnx.Param(jnp.ones((features,), jnp.float32))
+        self.dtype = dtype
+        self.epsilon = epsilon
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        if self.dtype is not None:
+            x = x.astype(self.dtype)
+        return rms_norm(x, self.scale[...], self.epsilon)

@@ -144,6 +144,31 @@ class TransformerConfig(ModelConfig):
     def layer_count(self) -> tuple[int, bool]:
         return self.num_layers, self.stack == "scan"
 
+    def kv_heads(self) -> int:
+        """Key/value heads (a KV cache's heads)."""
+        return self.num_heads
+
+    def mlp_hidden(self) -> int:
+        """The MLP's hidden width before pruning."""
+        return self.mlp_ratio * self.d_model
+
+    def make_trunk(self, opts: BuildOptions, *, causal: bool, rngs: nnx.Rngs) -> nnx.Module:
+        """Tokens to the final residual stream ``BxLxD`` (with ``embed``, a token table)."""
+        return Trunk(self, opts, causal=causal, rngs=rngs)
+
+    # what jaxmem.estimate reads (a kind with other blocks overrides these three)
+    def trunk_params(self, opts: BuildOptions) -> list[tuple[str, tuple[int, ...]]]:
+        """``(path, shape)`` of the trunk's parameters, as ``nnx.split`` names them."""
+        return trunk_params(self, opts)
+
+    def block_anatomy(self, opts: BuildOptions, batch: int, causal: bool) -> anatomy.Block:
+        """One block's forward values for a (micro)batch of ``batch`` sequences."""
+        return block_anatomy(self, opts, batch, causal)
+
+    def trunk_outside(self, batch: int) -> list[Tensor]:
+        """What the trunk keeps outside its blocks."""
+        return trunk_outside(self, batch)
+
 
 class MLP(nnx.Module):
     """Two-layer GELU MLP (the GELU keeps only its input: ``layers.gelu``)."""
@@ -161,7 +186,7 @@ class MLP(nnx.Module):
 
 def mlp_width(c: TransformerConfig, opts: BuildOptions) -> int:
     """The MLP hidden width, narrowed by structured pruning (``opts.mlp_keep``)."""
-    return max(1, round(c.mlp_ratio * c.d_model * opts.mlp_keep))
+    return max(1, round(c.mlp_hidden() * opts.mlp_keep))
 
 
 class Block(nnx.Module):
@@ -252,7 +277,7 @@ def trunk_params(c: TransformerConfig, opts: BuildOptions) -> list[tuple[str, tu
             ("trunk/pos/embedding", (c.seq_len, D))]
 
 
-def _attention_values(c: TransformerConfig, B: int, causal: bool) -> list[Tensor]:
+def attention_values(c: TransformerConfig, B: int, causal: bool) -> list[Tensor]:
     """The attention core of a block: ``query``/``key``/``value`` to ``attn_context``."""
     L, D, H = c.seq_len, c.d_model, c.num_heads
     BLD, heads = (B, L, D), ("batch", "length", "heads")
@@ -297,7 +322,7 @@ def block_anatomy(c: TransformerConfig, opts: BuildOptions, B: int, causal: bool
         Tensor("ln1_stats", (B, L, 2), stats, "float32", ("x",), needed=True),
         Tensor("h1", BLD, act, inputs=("x", "ln1_stats"), needed=True),
         *proj("query"), *proj("key"), *proj("value"),
-        *_attention_values(c, B, causal),
+        *attention_values(c, B, causal),
         Tensor("out_dot", BLD, act, inputs=("attn_context",), dot="dot"),
         Tensor("attn_out", BLD, act, inputs=("out_dot",), tag="attn_out"),
         Tensor("x2", BLD, act, inputs=("x", "attn_out"), needed=True),
@@ -323,11 +348,11 @@ def block_anatomy(c: TransformerConfig, opts: BuildOptions, B: int, causal: bool
     return anatomy.Block("transformer block", tuple(values), c.num_layers, tuple(grads), shared)
 
 
-def trunk_outside(c: TransformerConfig, B: int) -> list[Tensor]:
-    """What the trunk keeps outside its blocks: the final LayerNorm's input, statistics and
-    output."""
+def trunk_outside(c: TransformerConfig, B: int, stats: int = 2) -> list[Tensor]:
+    """What the trunk keeps outside its blocks: the final norm's input, its ``stats`` float32
+    statistics per row and its output."""
     BLD, act = (B, c.seq_len, c.d_model), ACTIVATION
     return [Tensor("final_norm_input", BLD, act, needed=True),
-            Tensor("final_norm_stats", (B, c.seq_len, 2), ("batch", "length", None),
+            Tensor("final_norm_stats", (B, c.seq_len, stats), ("batch", "length", None),
                    "float32", needed=True),
             Tensor("final_norm_output", BLD, act, needed=True)]

@@ -6,8 +6,6 @@ a :class:`Workload`, so the harness has one path for every model.
 Example:
   >>> import jax, jax.numpy as jnp
   >>> from flax import nnx
-
-from jaxmem import remat
   >>> from jaxmem import losses
   >>> from jaxmem.models import Workload
   >>> w = Workload(
