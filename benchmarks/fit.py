@@ -26,7 +26,7 @@ jax.config.update("jax_num_cpu_devices", 8)
 
 from jaxmem.config import Config  # noqa: E402
 from jaxmem.experiment import Experiment  # noqa: E402
-from jaxmem.fit import _Space, compiled_bytes, fit  # noqa: E402
+from jaxmem.fit import Space, compiled_bytes, fit  # noqa: E402
 from jaxmem.units import fmt_bytes, parse_bytes  # noqa: E402
 
 # (name, experiment file or dict, --set overrides, field, budget or None: the target's memory)
@@ -64,7 +64,7 @@ def _config(source: str | dict, sets: list[str]) -> Config:
 
 def brute(config: Config, field: str, budget: int, result, window: int) -> dict:
     """Every admissible value within ``window`` steps of the answer, compiled."""
-    space = _Space(config, field)
+    space = Space(config, field)
     known = {p.value: p for p in result.probes}
     center = result.value or space.next_above(0)
     values = [center]

@@ -6,6 +6,7 @@ naming the field, nothing written), 1 internal failure.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sys
@@ -24,12 +25,13 @@ from jaxmem.config import MODES
 from jaxmem.distributed import Cluster, is_process_zero
 from jaxmem.errors import ConfigError, check_choice
 from jaxmem.estimate import estimate
-from jaxmem.experiment import Experiment
+from jaxmem.experiment import Experiment, GridPoint
 from jaxmem.explain import explain_program
 from jaxmem.explain_view import plot as explain_plot
 from jaxmem.explain_view import write_text as explain_text
 from jaxmem.failures import classify, one_line_error
 from jaxmem.fit import fit, fit_text
+from jaxmem.plan import OBJECTIVES, plan, plan_rows, plan_summary
 from jaxmem.pool import usable_cores
 from jaxmem.residuals import residual_report
 from jaxmem.runner import prepare
@@ -330,6 +332,61 @@ def fit_cmd(experiment: Path, field: str, budget: str | None, overrides: tuple[s
             click.echo(json.dumps({"name": point.name, "status": "ok", **result.to_dict()}))
         else:
             console.print(fit_text(point.name, result), highlight=False, markup=False)
+
+
+@cli.command("plan")
+@click.argument("experiment", type=click.Path(path_type=Path))
+@click.option("--budget", default=None, metavar="SIZE",
+              help="Memory per device to fit in (16GiB; default: the target's).")
+@click.option("--target", default=None, metavar="NAME",
+              help="Plan for this target (target.name, e.g. tpu:v5e:16x16).")
+@click.option("--objective", type=click.Choice(sorted(OBJECTIVES)), default="throughput",
+              show_default=True, help="What the ranking minimises: estimated seconds per "
+              "example, or bytes per device.")
+@click.option("--vary", default=None, metavar="FIELD",
+              help="Take each candidate at the largest value of this integer field that "
+                   "fits (data.batch_size); the chosen one's is found by compile.")
+@click.option("--verify", type=click.IntRange(0, 100), default=None,
+              help="Compiles allowed to verify the best candidates (default: the "
+                   "experiment's plan.verify, 2).")
+@click.option("--top", type=click.IntRange(1, 1000), default=10, show_default=True,
+              help="Candidates shown.")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="Override a config field, as for run.")
+@click.option("--json", "as_json", is_flag=True,
+              help="The ranked candidates as a JSON list on stdout.")
+def plan_cmd(experiment: Path, budget: str | None, target: str | None, objective: str,
+             vary: str | None, verify: int | None, top: int, overrides: tuple[str, ...],
+             as_json: bool) -> None:
+    """Find the cheapest configuration that fits, verified by compile."""
+    try:
+        budget_bytes = None if budget is None else parse_bytes(budget)
+    except ValueError as e:
+        _fail(f"--budget: {e}", 2)
+    sets = (*overrides, *((f"target={target}",) if target else ()))
+    try:
+        exp = Experiment.from_yaml(experiment, sets)
+        space = exp.plan if verify is None else dataclasses.replace(exp.plan, verify=verify)
+        setup = prepare([GridPoint(0, "base", exp.config)], "compile")[0]
+        result = plan(setup.config, budget_bytes, space=space, objective=objective, vary=vary)
+    except ConfigError as e:
+        _fail(str(e), 2)
+    if as_json:
+        click.echo(json.dumps([
+            {"rank": i, **c.to_dict()} for i, c in enumerate(result.ranked)]
+            + ([{"rank": None, "baseline": True, **result.baseline.to_dict()}]
+               if result.baseline is not None else [])))
+        return
+    if exp.sweep:
+        click.echo(f"{exp.name}: plans the base configuration; the sweep is not used", err=True)
+    console = report.wide_console()
+    console.print(report.plan_table(plan_rows(result, top), title=f"{exp.name}: plan",
+                                    caption=plan_summary(result)))
+    if result.chosen is not None:
+        line = " ".join(f"--set {x}" for x in result.chosen.changes
+                        + ((f"{vary}={result.chosen.value}",) if vary else ()))
+        console.print(f"use it: jaxmem run {experiment} {line}".rstrip(), highlight=False,
+                      markup=False, soft_wrap=True)
 
 
 @cli.command("targets")

@@ -375,10 +375,13 @@ STATE_PER_PARAM: dict[str, Callable[[Any], float]] = {
 }
 
 
-def _mesh(setup: Setup) -> types.SimpleNamespace:
+def mesh_shape(setup: Setup) -> dict[str, int]:
     """The mesh's axis sizes without asking for devices (the target's device count)."""
-    return types.SimpleNamespace(shape=sharding.axis_sizes(setup.config.mesh,
-                                                           setup.target.device_count()))
+    return sharding.axis_sizes(setup.config.mesh, setup.target.device_count())
+
+
+def _mesh(setup: Setup) -> types.SimpleNamespace:
+    return types.SimpleNamespace(shape=mesh_shape(setup))
 
 
 def estimate(config: Config | Setup, name: str = "") -> Estimate:

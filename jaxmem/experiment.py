@@ -38,8 +38,9 @@ from typing import Any
 from jaxmem import _convert, _yaml
 from jaxmem.config import Config
 from jaxmem.errors import ConfigError
+from jaxmem.search_space import SearchSpace
 
-TOP_LEVEL_KEYS = ("name", "description", "sweep")
+TOP_LEVEL_KEYS = ("name", "description", "sweep", "plan")
 #: limits on what an experiment file may ask for (bad input beyond them)
 MAX_FILE_BYTES = 2**20
 MAX_POINTS = 10_000
@@ -73,12 +74,14 @@ class Experiment:
       config: the base configuration.
       sweep: config path as written (``remat``, ``model.num_layers``) -> values, in order.
       description: free text.
+      plan: what ``jaxmem plan`` may change (the ``plan:`` section; defaults otherwise).
     """
 
     name: str
     config: Config = Config()
     sweep: Mapping[str, tuple[Any, ...]] = dataclasses.field(default_factory=dict)
     description: str = ""
+    plan: SearchSpace = SearchSpace()
 
     @classmethod
     def from_yaml(cls, path: str | os.PathLike, overrides: Sequence[str] = ()) -> Experiment:
@@ -142,6 +145,9 @@ class Experiment:
             raise ConfigError("sweep", "expected a mapping of config paths to lists",
                               value=sweep_raw)
         _check_sweep_shape(sweep_raw)
+        plan_raw = raw.pop("plan", None)
+        plan = SearchSpace() if plan_raw is None else _convert.from_dict(SearchSpace, plan_raw,
+                                                                         "plan")
         config_keys = [f.name for f in dataclasses.fields(Config)]
         for key in raw:
             if key not in config_keys:
@@ -172,7 +178,7 @@ class Experiment:
         check_name(name)
         config = _convert.from_dict(Config, raw)
         exp = cls(name=str(name), config=config, sweep=_check_sweep(sweep, raw),
-                  description=str(description))
+                  description=str(description), plan=plan)
         exp.grid()  # validates every point now, before anything runs
         return exp
 
@@ -181,6 +187,8 @@ class Experiment:
         out = {"name": self.name, "description": self.description}
         out.update(_convert.to_dict(self.config))
         out["sweep"] = {k: list(v) for k, v in self.sweep.items()}
+        if self.plan != SearchSpace():
+            out["plan"] = _convert.to_dict(self.plan)
         return out
 
     def grid(self) -> list[GridPoint]:

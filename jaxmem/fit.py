@@ -89,7 +89,7 @@ class FitResult:
                 "probes": [dataclasses.asdict(p) for p in self.probes]}
 
 
-class _Space:
+class Space:
     """The admissible values of one integer field of a configuration."""
 
     def __init__(self, config: Config, field: str):
@@ -183,7 +183,7 @@ def fit(config: Config, field: str = "data.batch_size", budget_bytes: int | None
     Raises:
       ConfigError: the field is not an integer field, or no budget is known.
     """
-    space = _Space(config, field)
+    space = Space(config, field)
     if budget_bytes is None:
         budget_bytes = resolve(config).memory.bytes
         if budget_bytes is None:
@@ -198,7 +198,7 @@ def fit(config: Config, field: str = "data.batch_size", budget_bytes: int | None
             probes[value] = dataclasses.replace(probe, value=value, fits=fits_)
         return probes[value].fits
 
-    prior = _estimate_boundary(space, budget_bytes)
+    prior = estimate_boundary(space, budget_bytes)
     start = prior if prior is not None else (space.start if space.admissible(space.start)
                                              else space.next_above(space.start))
     if start is None:
@@ -237,7 +237,7 @@ def fit(config: Config, field: str = "data.batch_size", budget_bytes: int | None
                      interval)
 
 
-def _corrected(space: _Space, budget: int, probe: Probe) -> int | None:
+def _corrected(space: Space, budget: int, probe: Probe) -> int | None:
     """The estimate's boundary again, its error at the first compiled value divided out: the
     estimate is off by a similar factor at nearby values, so this lands within a value or two."""
     measured = probe.bytes if probe.bytes is not None else probe.needed
@@ -247,10 +247,10 @@ def _corrected(space: _Space, budget: int, probe: Probe) -> int | None:
         predicted = estimate(space.config(probe.value)).total_bytes
     except Exception:  # noqa: BLE001 - no estimate: no correction
         return None
-    return _estimate_boundary(space, int(budget * predicted / measured))
+    return estimate_boundary(space, int(budget * predicted / measured))
 
 
-def _secant(space: _Space, budget: int, a: Probe, b: Probe) -> int | None:
+def _secant(space: Space, budget: int, a: Probe, b: Probe) -> int | None:
     """The admissible value where the line through two compiled values meets the budget."""
     ma = a.bytes if a.bytes is not None else a.needed
     mb = b.bytes if b.bytes is not None else b.needed
@@ -262,7 +262,7 @@ def _secant(space: _Space, budget: int, a: Probe, b: Probe) -> int | None:
     return space.next_below(int(target) + 1)
 
 
-def _estimate_boundary(space: _Space, budget: int) -> int | None:
+def estimate_boundary(space: Space, budget: int) -> int | None:
     """The largest admissible value the estimate says fits (None: no estimate)."""
 
     def est(value: int) -> int | None:
@@ -292,7 +292,7 @@ def _estimate_boundary(space: _Space, budget: int) -> int | None:
         lo = up
 
 
-def _search_up(space: _Space, fits: Callable[[int], bool], start: int) -> int:
+def _search_up(space: Space, fits: Callable[[int], bool], start: int) -> int:
     """The largest fitting value from ``start`` (which fits) up: the next values one by one
     first (the estimate is usually close), then galloping, then bisection."""
     lo = start
@@ -309,7 +309,7 @@ def _search_up(space: _Space, fits: Callable[[int], bool], start: int) -> int:
     return _bisect(space, fits, lo, above)
 
 
-def _bisect(space: _Space, ok: Callable[[int], bool], lo: int, hi: int) -> int:
+def _bisect(space: Space, ok: Callable[[int], bool], lo: int, hi: int) -> int:
     """The largest admissible value in ``[lo, hi)`` that is ``ok``, given ``ok(lo)`` and not
     ``ok(hi)``, by bisection over admissible values."""
     while True:
@@ -322,7 +322,7 @@ def _bisect(space: _Space, ok: Callable[[int], bool], lo: int, hi: int) -> int:
             hi = mid
 
 
-def _search_down(space: _Space, fits: Callable[[int], bool], start: int) -> int | None:
+def _search_down(space: Space, fits: Callable[[int], bool], start: int) -> int | None:
     """The largest fitting value below ``start`` (which does not fit)."""
     hi = start
     step = 1

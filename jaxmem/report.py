@@ -241,6 +241,18 @@ def estimate_table(rows: Sequence[tuple[str, Any]], title: str | None = None) ->
     return t
 
 
+def plan_table(rows: Sequence[dict[str, str]], title: str | None = None,
+               caption: str = "") -> Table:
+    """``jaxmem plan``: the best candidates and the baseline (``jaxmem.plan.plan_rows``)."""
+    t = Table(title=title and escape(title), caption_justify="left", caption=escape(caption))
+    for header in (rows[0] if rows else {}):
+        t.add_column(header, no_wrap=header != "changes",
+                     justify="left" if header in ("#", "changes") else "right")
+    for row in rows:
+        t.add_row(*(escape(v) for v in row.values()))
+    return t
+
+
 def targets_table(listings: Sequence[Any]) -> Table:
     """``jaxmem targets``: name, devices, memory per device, whether usable here."""
     t = Table(title="targets (target.name)", caption_justify="left",

@@ -82,6 +82,8 @@ class Target:
       cpu_devices: CPU devices this process must have before JAX starts (``cpu:N``), or 0.
       count: how many devices, without asking a backend (None: ask, ``local``).
       kind: the platform of its devices (``cpu``, ``tpu``, ``gpu``; None: ask, ``local``).
+      chip: the device model (``v5e``, ``h100``, ``cpu``; None: ask, ``local``).
+      per_node: devices joined by the fast interconnect (a GPU node; None: all of them).
     """
 
     name: str
@@ -93,6 +95,8 @@ class Target:
     cpu_devices: int = 0
     count: int | None = None
     kind: str | None = None
+    chip: str | None = None
+    per_node: int | None = None
 
     def device_count(self) -> int:
         """Devices of the target (``local``: starts this process's backend)."""
@@ -164,7 +168,7 @@ def _cpu(m: re.Match[str]) -> Target:
     return Target(m.string, f"{n} CPU devices of this process",
                   functools.partial(cpu_devices, n),
                   memory=lambda _=None: Memory(None, "host memory, shared by the devices"),
-                  family="cpu", cpu_devices=n, count=n, kind="cpu")
+                  family="cpu", cpu_devices=n, count=n, kind="cpu", chip="cpu")
 
 
 def starts_no_accelerator(target: Target) -> bool:
@@ -292,7 +296,7 @@ def _tpu(m: re.Match[str]) -> Target:
     return Target(m.string, f"compile-only TPU {topology} (libtpu)",
                   lambda: list(_tpu_devices(topology)), runnable=False,
                   memory=lambda _=None: _tpu_memory(topology), family="tpu",
-                  count=math.prod(extents), kind="tpu")
+                  count=math.prod(extents), kind="tpu", chip=m["version"])
 
 
 # --------------------------------------------------------------------------------- gpu
@@ -325,7 +329,8 @@ def _gpu(m: re.Match[str]) -> Target:
 
     return Target(m.string, f"compile-only {where} x {gpu.description} (CUDA plugin)",
                   lambda: list(_gpu.gpu_devices(kind, topology)), runnable=False,
-                  memory=memory, family="gpu", count=per_node * nodes, kind="gpu")
+                  memory=memory, family="gpu", count=per_node * nodes, kind="gpu", chip=kind,
+                  per_node=per_node)
 
 
 FAMILIES: dict[str, Family] = {

@@ -48,6 +48,8 @@ class Tensor:
       block_input: the block's input (always kept by a checkpointed block).
       batch_cast: the batch cast to the compute dtype (no buffer of its own when the batch
         already has that dtype: the argument is used).
+      flops: forward FLOPs of the operation that makes it, counted for matmuls and
+        convolutions only (2 per multiply-add); elementwise work is left out.
     """
 
     name: str
@@ -60,6 +62,7 @@ class Tensor:
     tag: str | None = None
     block_input: bool = False
     batch_cast: bool = False
+    flops: int = 0
 
     def __post_init__(self) -> None:
         if len(self.shape) != len(self.axes):
@@ -90,6 +93,10 @@ class Block:
     def by_name(self) -> dict[str, Tensor]:
         return {t.name: t for t in self.values}
 
+    def flops(self) -> int:
+        """Forward FLOPs of one such block."""
+        return sum(t.flops for t in self.values)
+
 
 @dataclasses.dataclass(frozen=True)
 class Anatomy:
@@ -106,6 +113,9 @@ class Anatomy:
       example: ``(shape, dtype)`` of each batch field for one example.
       rows_per_example: rows one example puts through a matmul (a sequence's tokens, an
         image's pixels, 1 for a vector).
+      outside_flops: forward FLOPs of the layers outside the blocks (the LM head).
+      outside_recompute_flops: of those, what the backward computes again (a chunked loss
+        recomputes its logits).
     """
 
     params: tuple[tuple[str, tuple[int, ...]], ...]
@@ -115,6 +125,12 @@ class Anatomy:
     scanned: bool = False
     example: tuple[tuple[tuple[int, ...], str], ...] = ()
     rows_per_example: int = 1
+    outside_flops: int = 0
+    outside_recompute_flops: int = 0
+
+    def forward_flops(self) -> int:
+        """FLOPs of one forward pass (matmuls and convolutions)."""
+        return sum(b.count * b.flops() for b in self.blocks) + self.outside_flops
 
 
 def saved(block: Block, saveable: Callable[[Tensor], bool]) -> list[Tensor]:
@@ -142,6 +158,25 @@ def saved(block: Block, saveable: Callable[[Tensor], bool]) -> list[Tensor]:
         if t.needed or t.block_input:
             visit(t)
     return [t for t in block.values if t.name in keep]
+
+
+def recomputation(block: Block, kept: list[Tensor]) -> list[Tensor]:
+    """Every value a block's backward computes again given what it ``kept``: the needed
+    values not kept, and what they are made from, down to kept values."""
+    values, names = block.by_name(), {t.name for t in kept}
+    out: dict[str, Tensor] = {}
+
+    def visit(t: Tensor) -> None:
+        if t.name in names or t.name in out:
+            return
+        out[t.name] = t
+        for name in t.inputs:
+            visit(values[name])
+
+    for t in block.values:
+        if t.needed:
+            visit(t)
+    return [t for t in block.values if t.name in out]
 
 
 def recomputed(block: Block, kept: list[Tensor]) -> list[Tensor]:

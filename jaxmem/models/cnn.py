@@ -73,7 +73,8 @@ class CNNConfig(ModelConfig):
             for j, (c_in, c_out, k) in enumerate(convs):
                 params += [(f"blocks/{i}/convs/{j}/bias", (c_out,)),
                            (f"blocks/{i}/convs/{j}/kernel", (k, k, c_in, c_out))]
-                values += [Tensor(f"conv{j}", (B, S, S, c_out), image, inputs=(values[-1].name,)),
+                values += [Tensor(f"conv{j}", (B, S, S, c_out), image, inputs=(values[-1].name,),
+                                  flops=2 * B * S * S * c_out * k * k * c_in),
                            Tensor(f"biased{j}", (B, S, S, c_out), image, inputs=(f"conv{j}",),
                                   needed=j + 1 < len(convs))]
             values.append(Tensor("relu_input", (B, S, S, b), image, inputs=(values[-1].name,),
@@ -93,6 +94,7 @@ class CNNConfig(ModelConfig):
             loss_workspace=(Tensor("d_features", (B, S, S, widths[-1]), image),),
             rows_per_example=self.image_size ** 2,
             example=(((self.image_size,) * 2 + (self.in_channels,), "float32"), ((), "int32")),
+            outside_flops=2 * B * widths[-1] * C,
         )
 
     def build(self, opts: BuildOptions) -> Workload:

@@ -42,6 +42,7 @@ class EncoderConfig(TransformerConfig):
             scanned=self.stack == "scan",
             rows_per_example=self.seq_len,
             example=(((self.seq_len,), "int32"), ((), "int32")),
+            outside_flops=2 * B * self.d_model * C,
         )
 
     def build(self, opts: BuildOptions) -> Workload:

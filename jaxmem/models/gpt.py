@@ -87,6 +87,8 @@ class GPTConfig(TransformerConfig):
             scanned=self.stack == "scan",
             rows_per_example=L,
             example=(((L,), "int32"), ((L,), "int32")),
+            outside_flops=2 * B * L * self.d_model * V,  # the LM head
+            outside_recompute_flops=0 if self.loss_chunks == 1 else 2 * B * L * self.d_model * V,
         )
 
     def build(self, opts: BuildOptions) -> Workload:

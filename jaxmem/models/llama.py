@@ -144,7 +144,8 @@ class LlamaConfig(GPTConfig):
         stats = ("batch", "length", None)
 
         def proj(name: str, width: int, needed: bool) -> list[Tensor]:
-            return [Tensor(f"{name}_dot", (B, L, width), heads, inputs=("h1",), dot="dot"),
+            return [Tensor(f"{name}_dot", (B, L, width), heads, inputs=("h1",), dot="dot",
+                           flops=2 * B * L * D * width),
                     Tensor(name, (B, L, width), heads, inputs=(f"{name}_dot",), needed=needed,
                            tag=name)]
 
@@ -154,19 +155,21 @@ class LlamaConfig(GPTConfig):
             Tensor("h1", BLD, act, inputs=("x", "ln1_stats"), needed=True),
             *proj("query", D, False), *proj("key", KV, True), *proj("value", KV, True),
             *attention_values(self, B, causal),
-            Tensor("out_dot", BLD, act, inputs=("attn_context",), dot="dot"),
+            Tensor("out_dot", BLD, act, inputs=("attn_context",), dot="dot",
+                   flops=2 * B * L * D * D),
             Tensor("attn_out", BLD, act, inputs=("out_dot",), tag="attn_out"),
             Tensor("x2", BLD, act, inputs=("x", "attn_out"), needed=True),
             Tensor("ln2_stats", (B, L, 1), stats, "float32", ("x2",), needed=True),
             Tensor("h2", BLD, act, inputs=("x2", "ln2_stats"), needed=True),
-            Tensor("gate_dot", BLF, mlp, inputs=("h2",), dot="dot"),
+            Tensor("gate_dot", BLF, mlp, inputs=("h2",), dot="dot", flops=2 * B * L * D * F),
             Tensor("mlp_pre_act", BLF, mlp, inputs=("gate_dot",), needed=True,
                    tag="mlp_pre_act"),
-            Tensor("up_dot", BLF, mlp, inputs=("h2",), dot="dot"),
+            Tensor("up_dot", BLF, mlp, inputs=("h2",), dot="dot", flops=2 * B * L * D * F),
             Tensor("mlp_up", BLF, mlp, inputs=("up_dot",), needed=True, tag="mlp_up"),
             Tensor("mlp_post_act", BLF, mlp, inputs=("mlp_pre_act", "mlp_up"), needed=True,
                    tag="mlp_post_act"),
-            Tensor("down_dot", BLD, act, inputs=("mlp_post_act",), dot="dot"),
+            Tensor("down_dot", BLD, act, inputs=("mlp_post_act",), dot="dot",
+                   flops=2 * B * L * F * D),
             Tensor("mlp_out", BLD, act, inputs=("down_dot",), tag="mlp_out"),
         ]
         grads = [Tensor("d_stream", BLD, act), Tensor("d_gate", BLF, mlp),

@@ -57,7 +57,7 @@ class MLPConfig(ModelConfig):
             hidden = ("batch", "mlp")
             blocks.append(Block(f"dense {a}->{b}", (
                 Tensor("x", (B, a), ("batch", None), block_input=True, batch_cast=i == 0),
-                Tensor("dot", (B, b), hidden, inputs=("x",), dot="dot"),
+                Tensor("dot", (B, b), hidden, inputs=("x",), dot="dot", flops=2 * B * a * b),
                 Tensor("pre_act", (B, b), hidden, inputs=("dot",)),
                 Tensor("relu_input", (B, b), hidden, inputs=("pre_act",), needed=True),
             ), grad_workspace=(Tensor("d_hidden", (B, b), hidden),)))
@@ -70,6 +70,7 @@ class MLPConfig(ModelConfig):
             loss_workspace=(Tensor("d_outputs", (B, out), ("batch", None), "float32"),),
             example=(((self.in_features,), "float32"),
                      ((), "int32") if self.loss == "cross_entropy" else ((out,), "float32")),
+            outside_flops=2 * B * widths[-1] * out,
         )
 
     def build(self, opts: BuildOptions) -> Workload:

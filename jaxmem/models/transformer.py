@@ -283,24 +283,28 @@ def attention_values(c: TransformerConfig, B: int, causal: bool) -> list[Tensor]
     BLD, heads = (B, L, D), ("batch", "length", "heads")
     if c.attention == "blockwise":  # query chunks checkpointed: keeps q, k, v; no L x L
         return [Tensor("attn_context", BLD, heads, inputs=("query", "key", "value"),
-                       needed=True, tag="attn_context")]
+                       needed=True, tag="attn_context", flops=4 * B * L * L * D)]
     if c.attention == "linear":  # float32 random features (and prefix sums when causal)
         M, K = c.linear_features, D // H
         feats = ("batch", "length", "heads", None)
-        out = [Tensor("phi_q", (B, L, H, M), feats, "float32", ("query",), needed=True),
-               Tensor("phi_k", (B, L, H, M), feats, "float32", ("key",), needed=True)]
+        out = [Tensor("phi_q", (B, L, H, M), feats, "float32", ("query",), needed=True,
+                      flops=2 * B * L * H * M * K),
+               Tensor("phi_k", (B, L, H, M), feats, "float32", ("key",), needed=True,
+                      flops=2 * B * L * H * M * K)]
         if causal:
             out.append(Tensor("kv_sums", (B, L, H, M, K), (*feats, None), "float32",
                               ("phi_k", "value"), needed=True))
         return [*out, Tensor("attn_context", BLD, heads, inputs=tuple(t.name for t in out),
-                             needed=True, tag="attn_context")]
+                             needed=True, tag="attn_context", flops=4 * B * L * H * M * K)]
     LL = ("batch", "heads", "length", None)
+    core = 2 * B * L * L * D  # scores, and again the context: every query against every key
     return [
         Tensor("q_scaled", BLD, heads, inputs=("query",), needed=True),
-        Tensor("scores", (B, H, L, L), LL, inputs=("q_scaled", "key"), dot="batched"),
+        Tensor("scores", (B, H, L, L), LL, inputs=("q_scaled", "key"), dot="batched",
+               flops=core),
         Tensor("probs", (B, H, L, L), LL, inputs=("scores",), needed=True),
         Tensor("attn_context", BLD, heads, inputs=("probs", "value"), needed=True,
-               dot="batched", tag="attn_context"),
+               dot="batched", tag="attn_context", flops=core),
     ]
 
 
@@ -313,7 +317,8 @@ def block_anatomy(c: TransformerConfig, opts: BuildOptions, B: int, causal: bool
     stats = ("batch", "length", None)
 
     def proj(name: str) -> list[Tensor]:
-        return [Tensor(f"{name}_dot", BLD, heads, inputs=("h1",), dot="dot"),
+        return [Tensor(f"{name}_dot", BLD, heads, inputs=("h1",), dot="dot",
+                       flops=2 * B * L * D * D),
                 Tensor(name, BLD, heads, inputs=(f"{name}_dot",), needed=name != "query",
                        tag=name)]
 
@@ -323,16 +328,18 @@ def block_anatomy(c: TransformerConfig, opts: BuildOptions, B: int, causal: bool
         Tensor("h1", BLD, act, inputs=("x", "ln1_stats"), needed=True),
         *proj("query"), *proj("key"), *proj("value"),
         *attention_values(c, B, causal),
-        Tensor("out_dot", BLD, act, inputs=("attn_context",), dot="dot"),
+        Tensor("out_dot", BLD, act, inputs=("attn_context",), dot="dot",
+               flops=2 * B * L * D * D),
         Tensor("attn_out", BLD, act, inputs=("out_dot",), tag="attn_out"),
         Tensor("x2", BLD, act, inputs=("x", "attn_out"), needed=True),
         Tensor("ln2_stats", (B, L, 2), stats, "float32", ("x2",), needed=True),
         Tensor("h2", BLD, act, inputs=("x2", "ln2_stats"), needed=True),
-        Tensor("up_dot", BLF, mlp, inputs=("h2",), dot="dot"),
+        Tensor("up_dot", BLF, mlp, inputs=("h2",), dot="dot", flops=2 * B * L * D * F),
         Tensor("mlp_pre_act", BLF, mlp, inputs=("up_dot",), needed=True, tag="mlp_pre_act"),
         Tensor("mlp_post_act", BLF, mlp, inputs=("mlp_pre_act",), needed=True,
                tag="mlp_post_act"),
-        Tensor("down_dot", BLD, act, inputs=("mlp_post_act",), dot="dot"),
+        Tensor("down_dot", BLD, act, inputs=("mlp_post_act",), dot="dot",
+               flops=2 * B * L * F * D),
         Tensor("mlp_out", BLD, act, inputs=("down_dot",), tag="mlp_out"),
     ]
     if c.attention == "blockwise":  # its checkpointed chunks keep the unscaled query

@@ -1,0 +1,312 @@
+"""The cheapest configuration that fits, verified by compile: :func:`plan`.
+
+``jaxmem plan EXPERIMENT --budget 16GiB`` combines the choices of the experiment's search space
+(``jaxmem.search_space``: remat policy x precision x sharding preset and mesh x microbatches x
+optimizer state dtype x offload), estimates each candidate's memory (``jaxmem.estimate``,
+milliseconds each) and cost (``jaxmem.cost``: FLOPs with recomputation, collectives, host
+transfers), ranks those the estimate says fit by the objective, and compiles the best to verify
+it; if the compiler says it does not fit, the next, up to ``verify`` compiles.
+
+* ``throughput`` (default): least estimated seconds per example;
+* ``memory``: least estimated bytes per device.
+
+With ``vary`` (e.g. ``data.batch_size``), each candidate is taken at the largest value of that
+field the estimate says fits, the ranking uses that value, and the chosen candidate's value is
+found by compile (``jaxmem.fit``), as is the naive baseline's (float32, no remat, data
+parallel, no accumulation), so the table compares verified batches.
+
+Example:
+  >>> from jaxmem.config import Config
+  >>> from jaxmem.plan import plan
+  >>> from jaxmem.search_space import SearchSpace
+  >>> p = plan(Config(), budget_bytes=2**30, space=SearchSpace(verify=0))
+  >>> p.chosen is not None and p.chosen.fits_estimate
+  True
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable
+from typing import Any
+
+from jaxmem import _convert
+from jaxmem.config import Config
+from jaxmem.cost import Cost, step_cost
+from jaxmem.errors import ConfigError, Unsupported
+from jaxmem.estimate import estimate
+from jaxmem.fit import FitResult, Probe, Space, compiled_bytes, estimate_boundary, fit
+from jaxmem.search_space import SearchSpace, set_line
+from jaxmem.setup import resolve
+
+OBJECTIVES: dict[str, Callable[[Candidate], float]] = {
+    "throughput": lambda c: c.cost.per_sample,
+    "memory": lambda c: c.estimate_bytes,
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Candidate:
+    """One configuration the planner considered.
+
+    Attributes:
+      pairs: the ``(config path, value)`` choices that make it.
+      changes: the ``--set`` strings that differ from the experiment's configuration.
+      config: the configuration.
+      estimate_bytes: its estimated bytes per device.
+      cost: its estimated cost.
+      fits_estimate: the estimate is within the budget.
+      compiled_bytes: the compiled figure ``fits`` uses (None: not compiled).
+      fits: the compiler's verdict (None: not compiled).
+      value: the varied field's value (``vary``), else None.
+    """
+
+    pairs: tuple[tuple[str, Any], ...]
+    changes: tuple[str, ...]
+    config: Config
+    estimate_bytes: int
+    cost: Cost
+    fits_estimate: bool
+    compiled_bytes: int | None = None
+    fits: bool | None = None
+    value: int | None = None
+
+    @property
+    def sets(self) -> tuple[str, ...]:
+        """Every ``--set`` string of the candidate."""
+        return set_line(self.pairs)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"sets": list(self.sets), "changes": list(self.changes),
+                "estimate_bytes": self.estimate_bytes, "compiled_bytes": self.compiled_bytes,
+                "fits": self.fits if self.fits is not None else self.fits_estimate,
+                "verified": self.fits is not None, "value": self.value,
+                "cost": self.cost.per_sample, "cost_detail": self.cost.to_dict()}
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """The answer of :func:`plan`.
+
+    Attributes:
+      budget_bytes: the memory per device candidates must fit.
+      objective: what the ranking minimises.
+      searched: candidates estimated.
+      skipped: candidates the configuration or mesh refused, by reason.
+      ranked: estimated candidates, those that fit first, best first.
+      chosen: the best candidate the verification left (None: nothing fits).
+      baseline: the naive configuration (float32, no remat, data parallel, no accumulation).
+      compiles: compiles used to verify.
+      seconds: wall time of the search and verification.
+      vary: the varied field (None: the configuration's own values).
+      fits: the compile-verified fit of the chosen and the baseline (``vary``).
+    """
+
+    budget_bytes: int
+    objective: str
+    searched: int
+    skipped: dict[str, int]
+    ranked: tuple[Candidate, ...]
+    chosen: Candidate | None
+    baseline: Candidate | None
+    compiles: int
+    seconds: float
+    vary: str | None = None
+    fits: dict[str, FitResult] = dataclasses.field(default_factory=dict)
+
+    def relative(self, c: Candidate) -> tuple[float | None, float | None]:
+        """``(FLOPs per sample, cost per sample)`` of ``c`` relative to the baseline."""
+        if self.baseline is None:
+            return None, None
+        b = self.baseline.cost
+        return c.cost.flops_per_sample / b.flops_per_sample, c.cost.per_sample / b.per_sample
+
+
+def _naive(devices: int) -> tuple[tuple[str, Any], ...]:
+    return (("remat.policy", "none"), ("precision.policy", "fp32"), ("sharding.preset", "dp"),
+            ("mesh.data", devices), ("mesh.fsdp", 1), ("mesh.tensor", 1),
+            ("data.microbatches", 1), ("optimizer.state_dtype", "auto"),
+            ("optimizer.offload", False))
+
+
+class _Maker:
+    """Builds and estimates candidates of one base configuration."""
+
+    def __init__(self, config: Config, budget: int, vary: str | None):
+        self.raw = _convert.to_dict(config)
+        self.budget = budget
+        self.vary = vary
+        base = self.raw
+        self.current = {p: _get(base, p) for p, _ in _naive(1)}
+
+    def make(self, pairs: tuple[tuple[str, Any], ...]) -> Candidate:
+        raw = self.raw
+        for path, value in pairs:
+            raw = _convert.set_path(Config, raw, path, value)
+        config = _convert.from_dict(Config, raw)
+        value = None
+        if self.vary is not None:
+            space = Space(config, self.vary)
+            value = estimate_boundary(space, self.budget)
+            if value is None:
+                raise Unsupported("no estimate for this configuration")
+            config = space.config(value)
+        est = estimate(config)
+        changes = set_line(tuple((p, v) for p, v in pairs if self.current.get(p) != v))
+        return Candidate(pairs, changes, config, est.total_bytes, step_cost(config, est),
+                         est.total_bytes <= self.budget, value=value)
+
+
+def _get(raw: dict[str, Any], path: str) -> Any:
+    node: Any = raw
+    for part in path.split("."):
+        node = node.get(part) if isinstance(node, dict) else None
+    return node
+
+
+def plan(config: Config, budget_bytes: int | None = None, *, space: SearchSpace | None = None,
+         objective: str = "throughput", vary: str | None = None,
+         measure: Callable[[Config], Probe] = compiled_bytes) -> Plan:
+    """The best configuration of ``space`` around ``config`` that fits ``budget_bytes``.
+
+    Args:
+      config: the experiment's configuration (model, batch, optimizer, target).
+      budget_bytes: memory per device (default: the target's usable memory).
+      space: the choices to combine (default: :class:`SearchSpace`).
+      objective: ``throughput`` or ``memory``.
+      vary: an integer field to maximise per candidate (``data.batch_size``).
+      measure: how a candidate is checked (compiles by default; tests pass their own).
+
+    Raises:
+      ConfigError: a bad objective or field, or no budget known.
+    """
+    start = time.perf_counter()
+    space = space or SearchSpace()
+    if objective not in OBJECTIVES:
+        raise ConfigError("--objective", "unknown objective", value=objective,
+                          choices=sorted(OBJECTIVES))
+    setup = resolve(config)
+    if budget_bytes is None:
+        budget_bytes = setup.memory.bytes
+        if budget_bytes is None:
+            raise ConfigError("--budget", "the target does not report its memory; give a "
+                              "budget (e.g. --budget 16GiB)", value=None)
+    if vary is not None:
+        Space(config, vary)  # ConfigError for a field that cannot be varied
+    devices = setup.target.device_count()
+    maker = _Maker(config, budget_bytes, vary)
+    host = setup.target.platform() in ("tpu", "gpu")
+    candidates, skipped = [], {}
+    for pairs in space.choices(devices, host):
+        try:
+            candidates.append(maker.make(pairs))
+        except (ConfigError, Unsupported) as e:
+            reason = str(e).split(",")[0][:80]
+            skipped[reason] = skipped.get(reason, 0) + 1
+    key = OBJECTIVES[objective]
+    if vary is not None and objective == "throughput":
+        rank = lambda c: (not c.fits_estimate, key(c), -(c.value or 0))  # noqa: E731
+    else:
+        rank = lambda c: (not c.fits_estimate, key(c) if c.fits_estimate  # noqa: E731
+                          else c.estimate_bytes)
+    ranked = sorted(candidates, key=rank)
+    try:
+        baseline = maker.make(_naive(devices))
+    except (ConfigError, Unsupported):
+        baseline = None
+    compiles = 0
+    chosen = None
+    fits: dict[str, FitResult] = {}
+    if vary is None:
+        for i, c in enumerate(ranked):
+            if not c.fits_estimate:
+                break
+            if not space.verify:  # the estimate's choice, unverified
+                chosen = c
+                break
+            if compiles >= space.verify:
+                break
+            probe = measure(c.config)
+            compiles += 1
+            fits_ = probe.fits and probe.bytes is not None and probe.bytes <= budget_bytes
+            ranked[i] = dataclasses.replace(c, compiled_bytes=probe.bytes, fits=fits_)
+            if fits_:
+                chosen = ranked[i]
+                break
+    else:
+        chosen = ranked[0] if ranked and ranked[0].fits_estimate else None
+        if chosen is not None and space.verify:
+            for name, cand in (("chosen", chosen), ("baseline", baseline)):
+                if cand is None:
+                    continue
+                result = fit(cand.config, vary, budget_bytes, measure=measure)
+                fits[name] = result
+                compiles += result.compiles
+                verified = dataclasses.replace(
+                    cand, value=result.value, compiled_bytes=result.bytes_at(result.value),
+                    fits=result.value is not None)
+                if result.value is not None:
+                    verified = dataclasses.replace(
+                        verified, config=Space(cand.config, vary).config(result.value))
+                    verified = dataclasses.replace(verified, cost=step_cost(verified.config))
+                if name == "chosen":
+                    chosen = verified
+                    ranked[0] = verified
+                else:
+                    baseline = verified
+    return Plan(budget_bytes, objective, len(candidates), skipped, tuple(ranked), chosen,
+                baseline, compiles, time.perf_counter() - start, vary, fits)
+
+
+def plan_rows(p: Plan, top: int = 10) -> list[dict[str, Any]]:
+    """The rows of the plan's table: the best ``top`` candidates and the baseline."""
+    from jaxmem.units import fmt_bytes
+
+    def row(label: str, c: Candidate) -> dict[str, Any]:
+        flops, cost = p.relative(c)
+        return {
+            "#": label,
+            "changes": " ".join(c.changes) or "(as configured)",
+            **({p.vary.split(".")[-1]: "-" if c.value is None else str(c.value)}
+               if p.vary else {}),
+            "estimate": fmt_bytes(c.estimate_bytes),
+            "compiled": "-" if c.compiled_bytes is None else fmt_bytes(c.compiled_bytes),
+            "fits": ("yes" if c.fits else "NO") if c.fits is not None else (
+                "est." if c.fits_estimate else "no (est.)"),
+            "FLOPs/sample": "-" if flops is None else f"x{flops:.2f}",
+            "cost/sample": "-" if cost is None else f"x{cost:.2f}",
+        }
+
+    rows = [row(str(i), c) for i, c in enumerate(p.ranked[:top])]
+    if p.baseline is not None:
+        rows.append(row("base", p.baseline))
+    return rows
+
+
+def plan_summary(p: Plan) -> str:
+    """What the search did, the verdict, and the cost model's formula, in a few lines."""
+    from jaxmem.units import fmt_bytes
+
+    refused = sum(p.skipped.values())
+    lines = [f"{p.searched} candidates estimated ({refused} refused by the configuration or "
+             f"mesh) in {p.seconds:.1f} s with {p.compiles} compiles; budget "
+             f"{fmt_bytes(p.budget_bytes)} per device; ranked by {p.objective}"]
+    if p.chosen is None:
+        lines.append("nothing fits: " + ("no candidate's estimate is within the budget"
+                     if not any(c.fits_estimate for c in p.ranked)
+                     else "the compiler refused every candidate it was asked to verify"))
+    elif p.chosen.fits is None:
+        lines.append("row 0 is the estimate's choice, not verified by compile (verify: 0)")
+    else:
+        lines.append(f"row 0 verified by compile: {fmt_bytes(p.chosen.compiled_bytes or 0)}")
+    for name, r in p.fits.items():
+        lines.append(f"{name}: {r.field} = {r.value} fits by compile, {r.next_value} does not "
+                     f"({r.compiles} compiles)")
+    if "chosen" in p.fits and "baseline" in p.fits and p.fits["baseline"].value:
+        ratio = (p.fits["chosen"].value or 0) / p.fits["baseline"].value
+        lines.append(f"{p.vary}: x{ratio:.2f} the baseline's")
+    lines.append("x: relative to 'base' (float32, no remat, data parallel, no accumulation); "
+                 "cost = compute + collectives + host transfers + optimizer update + weight "
+                 "reads, estimated seconds per example (jaxmem.cost)")
+    return "\n".join(lines)
