@@ -144,7 +144,7 @@ class _Maker:
         raw = self.raw
         for path, value in pairs:
             raw = _convert.set_path(Config, raw, path, value)
-        config = _convert.from_dict(Config, raw)
+        config = self._admissible(raw) if self.vary else _convert.from_dict(Config, raw)
         value = None
         if self.vary is not None:
             space = Space(config, self.vary)
@@ -156,6 +156,19 @@ class _Maker:
         changes = set_line(tuple((p, v) for p, v in pairs if self.current.get(p) != v))
         return Candidate(pairs, changes, config, est.total_bytes, step_cost(config, est),
                          est.total_bytes <= self.budget, value=value)
+
+
+    def _admissible(self, raw: dict[str, Any]) -> Config:
+        """The configuration with the varied field at its first value from the experiment's
+        up that the candidate accepts (a mesh may need a multiple of its devices)."""
+        start = _get(raw, self.vary)
+        for value in range(start, 64 * start + 1):
+            try:
+                return _convert.from_dict(Config, _convert.set_path(Config, raw, self.vary,
+                                                                    value))
+            except ConfigError:
+                continue
+        return _convert.from_dict(Config, raw)  # the ConfigError of the value as written
 
 
 def _get(raw: dict[str, Any], path: str) -> Any:
@@ -186,14 +199,14 @@ def plan(config: Config, budget_bytes: int | None = None, *, space: SearchSpace 
     if objective not in OBJECTIVES:
         raise ConfigError("--objective", "unknown objective", value=objective,
                           choices=sorted(OBJECTIVES))
+    if vary is not None:
+        Space(config, vary)  # ConfigError for a field that cannot be varied
     setup = resolve(config)
     if budget_bytes is None:
         budget_bytes = setup.memory.bytes
         if budget_bytes is None:
             raise ConfigError("--budget", "the target does not report its memory; give a "
                               "budget (e.g. --budget 16GiB)", value=None)
-    if vary is not None:
-        Space(config, vary)  # ConfigError for a field that cannot be varied
     devices = setup.target.device_count()
     maker = _Maker(config, budget_bytes, vary)
     host = setup.target.platform() in ("tpu", "gpu")

@@ -61,7 +61,11 @@ class SearchSpace:
             if not getattr(self, name):
                 raise ConfigError(name, "needs at least one choice", value=[])
         for p in self.remat:
-            remat.get(p)  # ConfigError naming the valid policies
+            try:
+                remat.get(p)
+            except ConfigError:
+                raise ConfigError("remat", "unknown remat policy", value=p,
+                                  choices=remat.choices()) from None
         for p in self.precision:
             check_choice("precision", p, precision.POLICIES, what="precision policy")
         for p in self.sharding:
