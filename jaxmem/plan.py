@@ -10,6 +10,9 @@ it; if the compiler says it does not fit, the next, up to ``verify`` compiles.
 * ``throughput`` (default): least estimated seconds per example;
 * ``memory``: least estimated bytes per device.
 
+Candidates within 2% of the best (:data:`TIE`) count as tied, and the one that changes fewer
+of the experiment's settings ranks first.
+
 With ``vary`` (e.g. ``data.batch_size``), each candidate is taken at the largest value of that
 field the estimate says fits, the ranking uses that value, and the chosen candidate's value is
 found by compile (``jaxmem.fit``), as is the naive baseline's (float32, no remat, data
@@ -179,7 +182,7 @@ def _get(raw: dict[str, Any], path: str) -> Any:
 
 
 def plan(config: Config, budget_bytes: int | None = None, *, space: SearchSpace | None = None,
-         objective: str = "throughput", vary: str | None = None,
+         objective: str = "throughput", vary: str | None = None, scale: float = 1.0,
          measure: Callable[[Config], Probe] = compiled_bytes) -> Plan:
     """The best configuration of ``space`` around ``config`` that fits ``budget_bytes``.
 
@@ -189,6 +192,9 @@ def plan(config: Config, budget_bytes: int | None = None, *, space: SearchSpace 
       space: the choices to combine (default: :class:`SearchSpace`).
       objective: ``throughput`` or ``memory``.
       vary: an integer field to maximise per candidate (``data.batch_size``).
+      scale: the estimate's known error factor here (compiled / estimated bytes of a
+        nearby configuration): a candidate is verified only if its estimate times this fits;
+        a compile that does not fit raises it to that compile's own factor.
       measure: how a candidate is checked (compiles by default; tests pass their own).
 
     Raises:
@@ -223,7 +229,8 @@ def plan(config: Config, budget_bytes: int | None = None, *, space: SearchSpace 
     else:
         rank = lambda c: (not c.fits_estimate, key(c) if c.fits_estimate  # noqa: E731
                           else c.estimate_bytes)
-    ranked = sorted(candidates, key=rank)
+    ranked = _fewest_changes_first(sorted(candidates, key=rank), key) if vary is None else \
+        sorted(candidates, key=rank)
     try:
         baseline = maker.make(_naive(devices))
     except (ConfigError, Unsupported):
@@ -235,6 +242,8 @@ def plan(config: Config, budget_bytes: int | None = None, *, space: SearchSpace 
         for i, c in enumerate(ranked):
             if not c.fits_estimate:
                 break
+            if c.estimate_bytes * scale > budget_bytes:
+                continue  # the estimate, corrected by what compiles said, does not fit
             if not space.verify:  # the estimate's choice, unverified
                 chosen = c
                 break
@@ -247,6 +256,9 @@ def plan(config: Config, budget_bytes: int | None = None, *, space: SearchSpace 
             if fits_:
                 chosen = ranked[i]
                 break
+            measured = probe.bytes if probe.bytes is not None else probe.needed
+            if measured:  # the estimate was low here: hold the next ones to its error
+                scale = max(scale, measured / c.estimate_bytes)
     else:
         chosen = ranked[0] if ranked and ranked[0].fits_estimate else None
         if chosen is not None and space.verify:
@@ -270,6 +282,21 @@ def plan(config: Config, budget_bytes: int | None = None, *, space: SearchSpace 
                     baseline = verified
     return Plan(budget_bytes, objective, len(candidates), skipped, tuple(ranked), chosen,
                 baseline, compiles, time.perf_counter() - start, vary, fits)
+
+
+#: candidates within this fraction of the best objective count as tied: the one that changes
+#: fewer settings of the experiment ranks first
+TIE = 0.02
+
+
+def _fewest_changes_first(ranked: list[Candidate], key: Callable[[Candidate], float]
+                          ) -> list[Candidate]:
+    if not ranked or not ranked[0].fits_estimate:
+        return ranked
+    best = key(ranked[0])
+    tied = [c for c in ranked if c.fits_estimate and key(c) <= best * (1 + TIE)]
+    rest = [c for c in ranked if not (c.fits_estimate and key(c) <= best * (1 + TIE))]
+    return sorted(tied, key=lambda c: (len(c.changes), key(c))) + rest
 
 
 def plan_rows(p: Plan, top: int = 10) -> list[dict[str, Any]]:

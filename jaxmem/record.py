@@ -88,6 +88,14 @@ FIELDS: dict[str, str] = {
     **{f"estimate.{k}_bytes": f"per device: the estimate's {k.replace('_', ' ')} term" for k in (
         "parameters", "optimizer_state", "batch", "saved_activations", "parameter_copies",
         "gathered_parameters", "gradients", "peak_transients")},
+    "doctor.needs_bytes": "a row that does not fit: what its step needs per device (the "
+                          "compiler's figure, or the bytes its out-of-memory refusal names)",
+    "doctor.has_bytes": "a row that does not fit: the memory of one device of the target",
+    "doctor.sets": "the planner's cheapest change that fits, as --set strings",
+    "doctor.estimate_bytes": "the estimate of the changed configuration, per device",
+    "doctor.compiled_bytes": "its compiled figure, where the doctor verified it",
+    "doctor.verified": "the change was compiled and fits",
+    "doctor.why": "how the suggestion was checked, or why there is none",
     "compiled.argument_bytes": "per device: step inputs (params, optimizer state, batch)",
     "compiled.output_bytes": "per device: step outputs",
     "compiled.alias_bytes": "per device: outputs written into donated inputs",
@@ -171,6 +179,7 @@ class Record:
     estimate: dict[str, Any] = dataclasses.field(default_factory=dict)
     compiled: dict[str, Any] = dataclasses.field(default_factory=dict)
     runtime: dict[str, Any] = dataclasses.field(default_factory=dict)
+    doctor: dict[str, Any] = dataclasses.field(default_factory=dict)
     notes: list[str] = dataclasses.field(default_factory=list)
     key: str = ""
     schema_version: int = SCHEMA_VERSION
@@ -196,6 +205,7 @@ class Record:
             "estimate": dict(self.estimate),
             "compiled": dict(self.compiled),
             "runtime": dict(self.runtime),
+            "doctor": dict(self.doctor),
             "config": self.config,
         }
 

@@ -21,6 +21,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from jaxmem.analytic import Residual
+from jaxmem.doctor import doctor_line
 from jaxmem.measure import fits_explanation
 from jaxmem.record import Record
 from jaxmem.units import fmt_bytes, fmt_count, fmt_delta, fmt_seconds
@@ -151,7 +152,8 @@ def _caption(records: Sequence[Record]) -> str:
     ok = [r for r in records if r.ok]
     errors = [f"{r.status} in row {r.index}: {r.error}" for r in records if not r.ok]
     if not ok:
-        return "\n".join(errors)
+        return "\n".join([*errors, *(f"row {r.index}: {doctor_line(r.doctor)}"
+                                     for r in records if r.doctor)])
     devices = list(dict.fromkeys(f"{r.env.get('device_kind')} x{r.env.get('device_count')}"
                                  for r in ok))
     lines = [f"on {', '.join(devices)}; '/dev': one device (the most loaded), '/all': the "
@@ -172,6 +174,7 @@ def _caption(records: Sequence[Record]) -> str:
     lines += [f"device memory: {s}; 'host RSS' is the worker process's peak host memory"
               for s in stats if s and s != "available"]
     lines += errors
+    lines += [f"row {r.index}: {doctor_line(r.doctor)}" for r in records if r.doctor]
     return "\n".join(lines)
 
 

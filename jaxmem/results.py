@@ -111,7 +111,7 @@ def write(out_dir: str | os.PathLike, records: Sequence[Record]) -> list[Path]:
 
 # ----------------------------------------------------------------------------------- reading
 
-_SECTIONS = ("config", "env", "analytic", "estimate", "compiled", "runtime")
+_SECTIONS = ("config", "env", "analytic", "estimate", "compiled", "runtime", "doctor")
 
 
 def _no_constants(name: str) -> Any:
@@ -141,7 +141,7 @@ def _check_row(row: Any) -> str | None:
     for section in _SECTIONS:
         if not isinstance(row.get(section, {}), dict):
             return f"{section} is not an object"
-    for section in ("env", "analytic", "estimate", "compiled", "runtime"):
+    for section in ("env", "analytic", "estimate", "compiled", "runtime", "doctor"):
         for k, v in row.get(section, {}).items():
             if isinstance(v, dict):
                 return f"{section}.{k} is an object"

@@ -23,6 +23,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from jaxmem import _convert, cache, distributed, results, targets
 from jaxmem.config import MODES
 from jaxmem.distributed import Cluster
+from jaxmem.doctor import Doctor, does_not_fit
 from jaxmem.errors import ConfigError, check_choice
 from jaxmem.experiment import Experiment, GridPoint
 from jaxmem.measure import make_record, measure_point
@@ -93,8 +94,14 @@ def run(
                                                                 experiment=experiment.name)
         bar = stack.enter_context(_progress(progress, len(points)))
         task = bar.add_task("", total=len(points), completed=len(finished))
+        doctor = Doctor()
+        position = {p.index: i for i, p in enumerate(points)}
 
         def keep(record: Record) -> None:
+            if does_not_fit(record) and distributed.is_process_zero(cluster):
+                i = position[record.index]
+                record = dataclasses.replace(record, doctor=_diagnose(
+                    doctor, record, setups[i], modes[i]))
             finished[record.index] = record
             if writer is not None:
                 writer.append(record)
@@ -123,6 +130,16 @@ def run(
         if writer is not None:
             writer.finish(keys)
     return [finished[p.index] for p in points]
+
+
+def _diagnose(doctor: Doctor, record: Record, setup: Setup, mode: str) -> dict:
+    """The row's ``doctor`` section; compiles to verify only where compiling here starts no
+    accelerator (compile mode on CPU and compile-only targets)."""
+    here = targets.starts_no_accelerator(setup.target)
+    has = record.env.get("device_memory_bytes")
+    if has is None and here:
+        has = setup.memory.bytes
+    return doctor(record, setup.config, has, may_compile=here and mode == "compile")
 
 
 def prepare(points: Sequence[GridPoint], mode: str | None = None, *,

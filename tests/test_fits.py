@@ -46,6 +46,15 @@ def test_a_step_libtpu_refuses_is_an_oom_row():
     # what libtpu said, to its 0.01 GiB: more than the chip, and what the chip has
     assert c["oom_available_bytes"] == pytest.approx(15.75 * 2**30, abs=0.01 * 2**30)
     assert c["oom_required_bytes"] > c["oom_available_bytes"]
+    # the doctor: what it needs, what the chip has, and a change that fits, by compile
+    d = r.doctor
+    assert d["needs_bytes"] == c["oom_required_bytes"]
+    assert d["has_bytes"] == pytest.approx(c["oom_available_bytes"], abs=0.01 * 2**30)
+    assert d["sets"] and d["verified"] and d["compiled_bytes"] <= d["has_bytes"]
+    fixed = jaxmem.run(jaxmem.Experiment.from_dict(
+        {"target": "tpu:v5e:2x2", "model": big, "data": {"batch_size": 32},
+         "precision": "bf16-mixed"}, d["sets"]))[0]
+    assert fixed.ok and fixed.compiled["fits"] is True and not fixed.doctor
 
 
 def test_the_table_says_what_fits_compares(tmp_path, cli_runner):
