@@ -25,16 +25,19 @@ from jaxmem.config import (
     RematConfig,
     TargetConfig,
 )
+from jaxmem.cost import Cost, step_cost
 from jaxmem.errors import ConfigError
 from jaxmem.estimate import Estimate, estimate
 from jaxmem.experiment import Experiment, GridPoint
 from jaxmem.explain import Explanation, explain, explain_program
 from jaxmem.fit import FitResult, fit
 from jaxmem.models import BuildOptions, Workload
+from jaxmem.plan import Plan, plan
 from jaxmem.program import Program
 from jaxmem.record import Record
 from jaxmem.results import read as read_results
 from jaxmem.runner import run
+from jaxmem.search_space import SearchSpace
 from jaxmem.setup import Setup, resolve
 
 try:
@@ -45,6 +48,7 @@ except PackageNotFoundError:  # running from a source tree without installing
 __all__ = [
     "BuildOptions",
     "Config",
+    "Cost",
     "ConfigError",
     "DataConfig",
     "Experiment",
@@ -57,9 +61,11 @@ __all__ = [
     "MeshConfig",
     "ModelConfig",
     "OptimizerConfig",
+    "Plan",
     "PrecisionConfig",
     "Program",
     "Record",
+    "SearchSpace",
     "RematConfig",
     "Setup",
     "TargetConfig",
@@ -72,12 +78,14 @@ __all__ = [
     "explain_program",
     "fit",
     "optim",
+    "plan",
     "precision",
     "read_results",
     "remat",
     "resolve",
     "run",
     "sharding",
+    "step_cost",
     "targets",
     "__version__",
 ]

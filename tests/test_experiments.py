@@ -12,7 +12,8 @@ from jaxmem.report import render_text
 FILES = sorted((Path(__file__).resolve().parents[1] / "experiments").glob("*.yaml"))
 # run elsewhere: the quickstart by the session fixture, GPT-2 small by the benchmark, the
 # GPT-2-sized sharding files shrunk below (plan_v5e whole: `make bench-plan`, ~1 min)
-COVERED = {"quickstart", "gpt2_small", "sharding", "plan_v5e"}
+COVERED = {"quickstart", "gpt2_small", "sharding", "plan_v5e", "llama", "plan_llama8b_v5p",
+           "plan_llama8b_h100x8"}  # the llama files shrunk below (h100: make test-gpu-targets)
 #: sweeps that change only what compile mode does not measure (allocator settings: run mode)
 SAME_MEMORY = {"allocator"}
 MEMORY_FIGURES = ("compiled.total_bytes", "compiled.host_temp_bytes", "analytic.residual_bytes",
@@ -37,6 +38,27 @@ def test_sharding_experiments_run_shrunk(name):
         assert all(p < per_device[0] / 3 for p in per_device[1:])
     else:
         assert records[0].compiled["fits"] is True
+
+
+#: Llama 3's heads and key/value heads, a small width, depth and vocabulary
+LLAMA_SHRINK = ["model.num_layers=2", "model.seq_len=128", "model.d_model=512",
+                "model.mlp_dim=1024", "model.vocab_size=4096"]
+
+
+@pytest.mark.parametrize("name, overrides", [
+    ("llama", []),
+    pytest.param("plan_llama8b_v5p", ["target=tpu:v5p:2x2x1", "data.batch_size=4"],
+                 marks=pytest.mark.tpu_target),
+])
+def test_llama_experiments_run_shrunk(name, overrides):
+    path = next(f for f in FILES if f.stem == name)
+    records = jaxmem.run(jaxmem.Experiment.from_yaml(path, LLAMA_SHRINK + overrides))
+    assert all(r.ok for r in records), [(r.name, r.error) for r in records if not r.ok]
+    if name == "llama":  # remat none, minimal, full: less kept each time
+        saved = [r.analytic["residual_bytes"] for r in records]
+        assert saved == sorted(saved, reverse=True) and len(set(saved)) == 3
+    else:
+        assert records[0].compiled["num_devices"] == 4 and records[0].compiled["fits"] is True
 
 
 @pytest.mark.parametrize("path", FILES, ids=lambda p: p.stem)

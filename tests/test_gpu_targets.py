@@ -116,3 +116,17 @@ def test_explain_on_a_virtual_h100(quickstart):
         assert sum(b.bytes for b in e.buffers) == e.peak_bytes == max(e.timeline)
         assert e.compiled["argument_bytes"] <= e.peak_bytes <= e.compiled["total_bytes"]
     assert full.by_category["saved activation"] < none.by_category["saved activation"] / 2
+
+
+@needs_plugin
+def test_the_llama_h100_plan_compiles_shrunk():
+    """experiments/plan_llama8b_h100x8.yaml with Llama 3 8B's heads and key/value heads but a
+    small width and depth: FSDP over eight virtual H100s compiles and fits."""
+    exp = jaxmem.Experiment.from_yaml("experiments/plan_llama8b_h100x8.yaml", [
+        "model.num_layers=2", "model.seq_len=256", "model.d_model=512", "model.mlp_dim=1024",
+        "model.vocab_size=4096"])
+    (r,) = jaxmem.run(exp)
+    assert r.ok, r.error
+    assert r.compiled["num_devices"] == 8 and r.compiled["fits"] is True
+    assert r.analytic["param_bytes_per_device"] * 8 == pytest.approx(
+        r.analytic["param_bytes"], rel=0.01)

@@ -140,7 +140,7 @@ def test_config_errors(bad, message):
 def test_tensor_parallelism_must_split_the_key_value_heads():
     config = _config(model=TINY, target="cpu:8", sharding="tp", mesh={"data": 2, "tensor": 4})
     with pytest.raises(ConfigError, match="model.num_kv_heads: must be divisible by the 4"):
-        jaxmem.resolve(config).mesh
+        _ = jaxmem.resolve(config).mesh
 
 
 def test_llama_config_is_a_registered_kind():

@@ -39,7 +39,8 @@ TINY_MODELS = {
     "cnn-separable": CNNConfig(image_size=16, in_channels=3, channels=(8, 16), num_classes=4,
                                depthwise_separable=True),
 }
-OUTPUT_SHAPES = {"gpt": (4, 16, 64), "llama": (4, 16, 64), "encoder": (4, 3), "mlp": (4, 5), "cnn": (4, 4)}
+OUTPUT_SHAPES = {"gpt": (4, 16, 64), "llama": (4, 16, 64), "encoder": (4, 3), "mlp": (4, 5),
+                 "cnn": (4, 4)}
 
 
 @pytest.mark.parametrize("name", list(TINY_MODELS))
