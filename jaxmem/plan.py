@@ -160,7 +160,6 @@ class _Maker:
         return Candidate(pairs, changes, config, est.total_bytes, step_cost(config, est),
                          est.total_bytes <= self.budget, value=value)
 
-
     def _admissible(self, raw: dict[str, Any]) -> Config:
         """The configuration with the varied field at its first value from the experiment's
         up that the candidate accepts (a mesh may need a multiple of its devices)."""
@@ -215,73 +214,83 @@ def plan(config: Config, budget_bytes: int | None = None, *, space: SearchSpace 
                               "budget (e.g. --budget 16GiB)", value=None)
     devices = setup.target.device_count()
     maker = _Maker(config, budget_bytes, vary)
-    host = setup.target.platform() in ("tpu", "gpu")
     candidates, skipped = [], {}
-    for pairs in space.choices(devices, host):
+    for pairs in space.choices(devices, host_memory=setup.target.platform() in ("tpu", "gpu")):
         try:
             candidates.append(maker.make(pairs))
         except (ConfigError, Unsupported) as e:
             reason = str(e).split(",")[0][:80]
             skipped[reason] = skipped.get(reason, 0) + 1
-    key = OBJECTIVES[objective]
-    if vary is not None and objective == "throughput":
-        rank = lambda c: (not c.fits_estimate, key(c), -(c.value or 0))  # noqa: E731
-    else:
-        rank = lambda c: (not c.fits_estimate, key(c) if c.fits_estimate  # noqa: E731
-                          else c.estimate_bytes)
-    ranked = _fewest_changes_first(sorted(candidates, key=rank), key) if vary is None else \
-        sorted(candidates, key=rank)
+    ranked = _rank(candidates, OBJECTIVES[objective], vary)
     try:
         baseline = maker.make(_naive(devices))
     except (ConfigError, Unsupported):
         baseline = None
-    compiles = 0
-    chosen = None
     fits: dict[str, FitResult] = {}
     if vary is None:
-        for i, c in enumerate(ranked):
-            if not c.fits_estimate:
-                break
-            if c.estimate_bytes * scale > budget_bytes:
-                continue  # the estimate, corrected by what compiles said, does not fit
-            if not space.verify:  # the estimate's choice, unverified
-                chosen = c
-                break
-            if compiles >= space.verify:
-                break
-            probe = measure(c.config)
-            compiles += 1
-            fits_ = probe.fits and probe.bytes is not None and probe.bytes <= budget_bytes
-            ranked[i] = dataclasses.replace(c, compiled_bytes=probe.bytes, fits=fits_)
-            if fits_:
-                chosen = ranked[i]
-                break
-            measured = probe.bytes if probe.bytes is not None else probe.needed
-            if measured:  # the estimate was low here: hold the next ones to its error
-                scale = max(scale, measured / c.estimate_bytes)
+        chosen, compiles = _verify_best(ranked, space.verify, budget_bytes, scale, measure)
     else:
         chosen = ranked[0] if ranked and ranked[0].fits_estimate else None
         if chosen is not None and space.verify:
-            for name, cand in (("chosen", chosen), ("baseline", baseline)):
-                if cand is None:
-                    continue
-                result = fit(cand.config, vary, budget_bytes, measure=measure)
-                fits[name] = result
-                compiles += result.compiles
-                verified = dataclasses.replace(
-                    cand, value=result.value, compiled_bytes=result.bytes_at(result.value),
-                    fits=result.value is not None)
-                if result.value is not None:
-                    verified = dataclasses.replace(
-                        verified, config=Space(cand.config, vary).config(result.value))
-                    verified = dataclasses.replace(verified, cost=step_cost(verified.config))
-                if name == "chosen":
-                    chosen = verified
-                    ranked[0] = verified
-                else:
-                    baseline = verified
+            chosen = ranked[0] = _fit(chosen, vary, budget_bytes, measure, fits, "chosen")
+            if baseline is not None:
+                baseline = _fit(baseline, vary, budget_bytes, measure, fits, "baseline")
+        compiles = sum(r.compiles for r in fits.values())
     return Plan(budget_bytes, objective, len(candidates), skipped, tuple(ranked), chosen,
                 baseline, compiles, time.perf_counter() - start, vary, fits)
+
+
+def _rank(candidates: list[Candidate], key: Callable[[Candidate], float], vary: str | None
+          ) -> list[Candidate]:
+    """Those the estimate says fit first, by the objective (with ``vary``: ties to the larger
+    value); the rest by estimated bytes."""
+    def order(c: Candidate) -> tuple[Any, ...]:
+        if not c.fits_estimate:
+            return (True, c.estimate_bytes, 0)
+        return (False, key(c), -(c.value or 0))
+
+    ranked = sorted(candidates, key=order)
+    return ranked if vary is not None else _fewest_changes_first(ranked, key)
+
+
+def _verify_best(ranked: list[Candidate], verify: int, budget: int, scale: float,
+                 measure: Callable[[Config], Probe]) -> tuple[Candidate | None, int]:
+    """Compiles the best candidates in order until one fits (at most ``verify``), replacing
+    each compiled one in ``ranked``; ``(chosen, compiles)``. With ``verify`` 0 the estimate's
+    choice stands, unverified."""
+    compiles = 0
+    for i, c in enumerate(ranked):
+        if not c.fits_estimate:
+            break
+        if c.estimate_bytes * scale > budget:
+            continue  # the estimate, corrected by what compiles said, does not fit
+        if not verify:
+            return c, 0
+        if compiles >= verify:
+            break
+        probe = measure(c.config)
+        compiles += 1
+        fits = probe.fits and probe.bytes is not None and probe.bytes <= budget
+        ranked[i] = dataclasses.replace(c, compiled_bytes=probe.bytes, fits=fits)
+        if fits:
+            return ranked[i], compiles
+        measured = probe.bytes if probe.bytes is not None else probe.needed
+        if measured:  # the estimate was low here: hold the next ones to its error
+            scale = max(scale, measured / c.estimate_bytes)
+    return None, compiles
+
+
+def _fit(c: Candidate, vary: str, budget: int, measure: Callable[[Config], Probe],
+         fits: dict[str, FitResult], name: str) -> Candidate:
+    """``c`` at the largest value of ``vary`` that fits by compile (``jaxmem.fit``), the
+    result kept in ``fits[name]``."""
+    result = fits[name] = fit(c.config, vary, budget, measure=measure)
+    if result.value is None:
+        return dataclasses.replace(c, value=None, fits=False)
+    config = Space(c.config, vary).config(result.value)
+    return dataclasses.replace(c, value=result.value, config=config, fits=True,
+                               compiled_bytes=result.bytes_at(result.value),
+                               cost=step_cost(config))
 
 
 #: candidates within this fraction of the best objective count as tied: the one that changes
