@@ -230,11 +230,9 @@ def plan(config: Config, budget_bytes: int | None = None, *, space: SearchSpace 
     if vary is None:
         chosen, compiles = _verify_best(ranked, space.verify, budget_bytes, scale, measure)
     else:
-        chosen = ranked[0] if ranked and ranked[0].fits_estimate else None
-        if chosen is not None and space.verify:
-            chosen = ranked[0] = _fit(chosen, vary, budget_bytes, measure, fits, "chosen")
-            if baseline is not None:
-                baseline = _fit(baseline, vary, budget_bytes, measure, fits, "baseline")
+        chosen = _fit_best(ranked, space.verify, vary, budget_bytes, measure, fits)
+        if chosen is not None and chosen.fits and baseline is not None:
+            baseline = _fit(baseline, vary, budget_bytes, measure, fits, "baseline")
         compiles = sum(r.compiles for r in fits.values())
     return Plan(budget_bytes, objective, len(candidates), skipped, tuple(ranked), chosen,
                 baseline, compiles, time.perf_counter() - start, vary, fits)
@@ -278,6 +276,28 @@ def _verify_best(ranked: list[Candidate], verify: int, budget: int, scale: float
         if measured:  # the estimate was low here: hold the next ones to its error
             scale = max(scale, measured / c.estimate_bytes)
     return None, compiles
+
+
+def _fit_best(ranked: list[Candidate], verify: int, vary: str, budget: int,
+              measure: Callable[[Config], Probe], fits: dict[str, FitResult]
+              ) -> Candidate | None:
+    """The best candidates in order at their largest value by compile (``jaxmem.fit``) until
+    one has a value that fits (at most ``verify`` of them), each replaced in ``ranked``; with
+    ``verify`` 0 the estimate's choice, unverified."""
+    tried = 0
+    for i, c in enumerate(ranked):
+        if not c.fits_estimate:
+            return None
+        if not verify:
+            return c
+        if tried >= verify:
+            return None
+        tried += 1
+        ranked[i] = _fit(c, vary, budget, measure, fits, "chosen")
+        if ranked[i].fits:
+            return ranked[i]
+        fits[f"refused {tried}"] = fits.pop("chosen")
+    return None
 
 
 def _fit(c: Candidate, vary: str, budget: int, measure: Callable[[Config], Probe],
@@ -350,7 +370,9 @@ def plan_summary(p: Plan) -> str:
     else:
         lines.append(f"row 0 verified by compile: {fmt_bytes(p.chosen.compiled_bytes or 0)}")
     for name, r in p.fits.items():
-        lines.append(f"{name}: {r.field} = {r.value} fits by compile, {r.next_value} does not "
+        lines.append(f"{name}: no {r.field} fits by compile ({r.compiles} compiles)"
+                     if r.value is None else
+                     f"{name}: {r.field} = {r.value} fits by compile, {r.next_value} does not "
                      f"({r.compiles} compiles)")
     if "chosen" in p.fits and "baseline" in p.fits and p.fits["baseline"].value:
         ratio = (p.fits["chosen"].value or 0) / p.fits["baseline"].value
