@@ -18,7 +18,7 @@ from typing import Any
 import click
 from rich.console import Console
 
-from jaxmem import report, results, targets
+from jaxmem import _platform, report, results, targets
 from jaxmem.build import build_program
 from jaxmem.cache import default_dir as default_cache_dir
 from jaxmem.config import MODES
@@ -84,6 +84,7 @@ def _interrupted(out: Path) -> None:
 @click.version_option(version("jaxmem"), prog_name="jaxmem")
 def cli() -> None:
     """Measure and plan JAX/XLA training memory before you rent the hardware."""
+    _platform.apply()  # no TPU chips here: keep libtpu from starting (and printing errors)
 
 
 def _default_workers() -> int:

@@ -175,3 +175,22 @@ def test_console_script_exit_codes(tmp_path):
     assert bad.returncode == 2
     assert bad.stderr.strip().splitlines() == [
         f"jaxmem: error: {tmp_path / 'missing.yaml'}: no such experiment file"]
+
+
+def test_commands_print_nothing_of_libtpu_without_jax_platforms(tmp_path):
+    """With libtpu installed and JAX_PLATFORMS unset, a command on a machine without TPU
+    chips prints only its own lines (the TPU is left out, jaxmem._platform)."""
+    import os
+    import subprocess
+    import sys
+
+    from jaxmem import _platform
+
+    if _platform.tpu_chips_present():
+        pytest.skip("a TPU VM: JAX's default platform is the TPU")
+    env = {k: v for k, v in os.environ.items() if k not in ("JAX_PLATFORMS", "XLA_FLAGS")}
+    done = subprocess.run([sys.executable, "-m", "jaxmem.cli", "targets"], env=env,
+                          capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == "", done.stderr
+    assert "tpu:v5e" in done.stdout
