@@ -87,6 +87,24 @@ def cli() -> None:
     _platform.apply()  # no TPU chips here: keep libtpu from starting (and printing errors)
 
 
+def _table_options(fn):
+    """``--wide`` and ``--columns``: how the results table meets the terminal."""
+    fn = click.option("--columns", default=None, metavar="H1,H2,...",
+                      help="Only these columns, in this order (headers as printed, e.g. "
+                           "total/dev,temp/dev,fits).")(fn)
+    return click.option("--wide", is_flag=True,
+                        help="Every column, however wide (by default columns are left out, "
+                             "least important first, to fit the terminal).")(fn)
+
+
+def _print_results(records: list, title: str, wide: bool, columns: str | None) -> None:
+    try:
+        report.print_table(records, title=title, wide=wide,
+                           columns=[c.strip() for c in columns.split(",")] if columns else None)
+    except ConfigError as e:
+        _fail(str(e), 2)
+
+
 def _default_workers() -> int:
     env = os.environ.get("JAXMEM_WORKERS")
     return int(env) if env and env.isdigit() else usable_cores()
@@ -122,11 +140,12 @@ def _default_workers() -> int:
               help="Process 0's address (implies --distributed).")
 @click.option("--num-processes", type=int, default=None, help="Processes in the system.")
 @click.option("--process-id", type=int, default=None, help="This process's index.")
+@_table_options
 def run_cmd(experiment: Path, overrides: tuple[str, ...], out: Path | None, mode: str | None,
             workers: int | None, resume: bool, force: bool, cache: bool,
             cache_dir: Path | None, progress: bool, distributed: bool,
             coordinator: str | None, num_processes: int | None,
-            process_id: int | None) -> None:
+            process_id: int | None, wide: bool, columns: str | None) -> None:
     """Measure every configuration of EXPERIMENT (a YAML file) and print the table."""
     cluster = None
     try:
@@ -172,13 +191,13 @@ def run_cmd(experiment: Path, overrides: tuple[str, ...], out: Path | None, mode
         click.echo(f"{exp.name}: {len(records)} configurations measured; process 0 writes "
                    "the results")
         return
-    report.print_table(records, title=f"{exp.name}: {len(records)} configurations")
+    _print_results(records, f"{exp.name}: {len(records)} configurations", wide, columns)
     failed = [r for r in records if not r.ok]
-    Console(stderr=True).print(
-        f"results: {out / results.JSONL}, {out / results.CSV}"
-        + (f"; [red]{len(failed)} configuration(s) failed[/red]" if failed else ""),
-        highlight=False,
-    )
+    # one path per line, never wrapped by the console
+    click.echo(f"results: {out / results.JSONL}\n         {out / results.CSV}", err=True)
+    if failed:
+        Console(stderr=True).print(f"[red]{len(failed)} configuration(s) failed[/red]",
+                                   highlight=False)
 
 
 @cli.command("residuals")
@@ -398,7 +417,8 @@ def targets_cmd() -> None:
 
 @cli.command("show")
 @click.argument("results_path", metavar="RESULTS", type=click.Path(path_type=Path))
-def show_cmd(results_path: Path) -> None:
+@_table_options
+def show_cmd(results_path: Path, wide: bool, columns: str | None) -> None:
     """Print the table of an earlier run (a results folder or results.jsonl)."""
     try:
         records = results.read(results_path)
@@ -406,7 +426,7 @@ def show_cmd(results_path: Path) -> None:
         _fail(f"{results_path}: cannot read results ({e.strerror or type(e).__name__})", 2)
     except ValueError as e:
         _fail(f"{results_path}: not results that jaxmem run wrote: {e}", 2)
-    report.print_table(records, title=str(results_path))
+    _print_results(records, str(results_path), wide, columns)
 
 
 def main() -> None:

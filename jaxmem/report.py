@@ -12,16 +12,19 @@ Example:
 from __future__ import annotations
 
 import io
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from rich.console import Console
 from rich.markup import escape
+from rich.measure import Measurement
 from rich.table import Table
 
 from jaxmem.analytic import Residual
 from jaxmem.doctor import doctor_line
+from jaxmem.errors import ConfigError
 from jaxmem.measure import fits_explanation
 from jaxmem.record import Record
 from jaxmem.units import fmt_bytes, fmt_count, fmt_delta, fmt_seconds
@@ -43,6 +46,8 @@ class Column:
     when: Callable[[Record], bool] | None = None
     #: a relative error (a fraction) shown after the value, e.g. the estimate's
     error: str | None = None
+    #: which columns a narrow terminal keeps: lower first (``fit_width`` drops the highest)
+    priority: int = 5
 
     def shown(self, records: Sequence[Record]) -> bool:
         if self.when is not None:
@@ -62,35 +67,38 @@ def fmt_headroom(value: float | None) -> str:
 #: Headers say what a figure covers: ``/dev`` one device (the most loaded), ``/all`` the whole
 #: model or the whole global batch (all devices together).
 COMPILE_COLUMNS = (
-    Column("params", "analytic.param_count", fmt_count),
-    Column("params/all", "analytic.param_bytes", fmt_bytes, delta=True),
+    Column("params", "analytic.param_count", fmt_count, priority=6),
+    Column("params/all", "analytic.param_bytes", fmt_bytes, delta=True, priority=7),
     Column("params/dev", "analytic.param_bytes_per_device", fmt_bytes, delta=True,
-           unless_equal="analytic.param_bytes"),
+           unless_equal="analytic.param_bytes", priority=4),
     Column("opt/dev", "analytic.opt_state_bytes_per_device", fmt_bytes, delta=True,
-           unless_equal="analytic.opt_state_bytes"),
-    Column("state/all", "analytic.rest_bytes", fmt_bytes, optional=True),
-    Column("KV cache/all", "analytic.kv_cache_bytes", fmt_bytes, delta=True, optional=True),
-    Column("argument/dev", "compiled.argument_bytes", fmt_bytes),
-    Column("temp/dev", "compiled.temp_bytes", fmt_bytes, delta=True),
-    Column("total/dev", "compiled.total_bytes", fmt_bytes, delta=True),
+           unless_equal="analytic.opt_state_bytes", priority=5),
+    Column("state/all", "analytic.rest_bytes", fmt_bytes, optional=True, priority=8),
+    Column("KV cache/all", "analytic.kv_cache_bytes", fmt_bytes, delta=True, optional=True,
+           priority=2),
+    Column("argument/dev", "compiled.argument_bytes", fmt_bytes, priority=4),
+    Column("temp/dev", "compiled.temp_bytes", fmt_bytes, delta=True, priority=2),
+    Column("total/dev", "compiled.total_bytes", fmt_bytes, delta=True, priority=0),
     Column("estimate/dev", "estimate.total_bytes", fmt_bytes, optional=True,
-           error="estimate.error"),
+           error="estimate.error", priority=6),
     Column("peak/dev", "compiled.peak_bytes", fmt_bytes, delta=True,
-           when=lambda r: r.get("compiled.fits_basis") == "peak_bytes"),
-    Column("fits", "compiled.headroom_bytes", fmt_headroom, optional=True),
-    Column("host arg/dev", "compiled.host_argument_bytes", fmt_bytes, optional=True),
-    Column("host temp/dev", "compiled.host_temp_bytes", fmt_bytes, optional=True),
-    Column("collectives", "compiled.collective_count", fmt_count, optional=True),
-    Column("coll/dev", "compiled.collective_bytes", fmt_bytes, optional=True),
-    Column("saved/all", "analytic.residual_bytes", fmt_bytes, delta=True),
-    Column("FLOPs/dev", "compiled.flops", fmt_count),
-    Column("compile", "compiled.compile_seconds", fmt_seconds),
+           when=lambda r: r.get("compiled.fits_basis") == "peak_bytes", priority=1),
+    Column("fits", "compiled.headroom_bytes", fmt_headroom, optional=True, priority=1),
+    Column("host arg/dev", "compiled.host_argument_bytes", fmt_bytes, optional=True,
+           priority=5),
+    Column("host temp/dev", "compiled.host_temp_bytes", fmt_bytes, optional=True, priority=5),
+    Column("collectives", "compiled.collective_count", fmt_count, optional=True, priority=8),
+    Column("coll/dev", "compiled.collective_bytes", fmt_bytes, optional=True, priority=6),
+    Column("saved/all", "analytic.residual_bytes", fmt_bytes, delta=True, priority=3),
+    Column("FLOPs/dev", "compiled.flops", fmt_count, priority=7),
+    Column("compile", "compiled.compile_seconds", fmt_seconds, priority=9),
 )
 RUN_COLUMNS = (
-    Column("step", "runtime.step_time_s", fmt_seconds, delta=True),
-    Column("device peak", "runtime.device_peak_bytes", fmt_bytes, delta=True),
-    Column("host RSS", "runtime.host_peak_rss_bytes", fmt_bytes),
+    Column("step", "runtime.step_time_s", fmt_seconds, delta=True, priority=1),
+    Column("device peak", "runtime.device_peak_bytes", fmt_bytes, delta=True, priority=0),
+    Column("host RSS", "runtime.host_peak_rss_bytes", fmt_bytes, priority=7),
 )
+ALL_COLUMNS = COMPILE_COLUMNS + RUN_COLUMNS
 
 
 #: figures XLA counts once per loop body: lower bounds for scanned stacks
@@ -101,9 +109,17 @@ def _baseline(records: Sequence[Record]) -> Record | None:
     return next((r for r in records if r.ok), None)
 
 
-def table(records: Sequence[Record], title: str | None = None,
-          hide: Sequence[str] = ()) -> Table:
-    """A rich Table of ``records`` (``hide``: fields whose columns to leave out)."""
+def columns_for(records: Sequence[Record], hide: Sequence[str] = (),
+                only: Sequence[str] | None = None) -> list[Column]:
+    """The columns ``records`` have something to show in (``only``: these headers, in this
+    order; ``hide``: fields to leave out)."""
+    if only is not None:
+        by_header = {c.header: c for c in ALL_COLUMNS}
+        unknown = [h for h in only if h not in by_header]
+        if unknown:
+            raise ConfigError("--columns", "unknown column", value=unknown[0],
+                              choices=list(by_header))
+        return [by_header[h] for h in only]
     columns = [c for c in COMPILE_COLUMNS if c.field not in hide]
     if any(r.mode == "run" for r in records):
         columns += RUN_COLUMNS
@@ -112,9 +128,38 @@ def table(records: Sequence[Record], title: str | None = None,
     columns = [c for c in columns if c.shown(records)]
     if any(c.field == "analytic.param_bytes_per_device" for c in columns):
         columns = [c for c in columns if c.field != "analytic.param_bytes"]  # room
+    return columns
+
+
+def fit_width(records: Sequence[Record], width: int, title: str | None = None,
+              columns: Sequence[Column] | None = None) -> Table:
+    """The table of ``records`` in at most ``width`` characters: columns dropped from the
+    least important (:attr:`Column.priority`) until every cell shows whole; the caption
+    names the columns left out."""
+    columns = list(columns_for(records) if columns is None else columns)
+    console = Console(width=10_000, file=io.StringIO())
+    dropped: list[Column] = []
+    while True:
+        t = table(records, title, columns=columns, dropped=dropped)
+        if not columns or Measurement.get(console, console.options, t).maximum <= width:
+            return t
+        worst = max(columns, key=lambda c: (c.priority, columns.index(c)))
+        columns.remove(worst)
+        dropped.append(worst)
+
+
+def table(records: Sequence[Record], title: str | None = None,
+          hide: Sequence[str] = (), *, columns: Sequence[Column] | None = None,
+          dropped: Sequence[Column] = ()) -> Table:
+    """A rich Table of ``records`` (``hide``: fields whose columns to leave out; ``columns``:
+    exactly these; ``dropped``: columns left out for width, named in the caption)."""
+    columns = list(columns_for(records, hide) if columns is None else columns)
     base = _baseline(records)
-    t = Table(title=title and escape(title), caption=escape(_caption(records)),
-              caption_justify="left")
+    caption = _caption(records)
+    if dropped:
+        caption += ("\nleft out to fit the terminal (--wide shows all, --columns chooses): "
+                    + ", ".join(c.header for c in dropped))
+    t = Table(title=title and escape(title), caption=escape(caption), caption_justify="left")
     t.add_column("#", justify="right", no_wrap=True)
     t.add_column("configuration", no_wrap=True)
     for c in columns:
@@ -179,9 +224,18 @@ def _caption(records: Sequence[Record]) -> str:
 
 
 def print_table(records: Sequence[Record], title: str | None = None,
-                console: Console | None = None) -> None:
-    """Prints :func:`table` to ``console`` (stdout; 240 columns wide when not a terminal)."""
-    (console or wide_console()).print(table(records, title))
+                console: Console | None = None, *, wide: bool = False,
+                columns: Sequence[str] | None = None) -> None:
+    """Prints the table to ``console`` (stdout; its width from the terminal or ``COLUMNS``,
+    240 when writing to a file): columns dropped by priority to fit, unless ``wide``;
+    ``columns``: these headers only."""
+    console = console or wide_console()
+    chosen = columns_for(records, only=columns) if columns is not None else None
+    if wide:
+        console = Console(width=max(console.width, 10_000), soft_wrap=True)
+        console.print(table(records, title, columns=chosen))
+        return
+    console.print(fit_width(records, console.width, title, chosen))
 
 
 def render_text(records: Sequence[Record], title: str | None = None,
@@ -271,6 +325,9 @@ def targets_table(listings: Sequence[Any]) -> Table:
 
 
 def wide_console() -> Console:
-    """stdout; 240 columns wide when not a terminal, so tables do not wrap in files."""
+    """stdout, as wide as the terminal, or ``COLUMNS`` when set; 240 columns wide when not a
+    terminal, so tables do not wrap in files."""
     console = Console()
-    return console if console.is_terminal else Console(width=max(console.width, 240))
+    if console.is_terminal or os.environ.get("COLUMNS", "").isdigit():
+        return console
+    return Console(width=max(console.width, 240))

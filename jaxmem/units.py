@@ -47,9 +47,12 @@ def fmt_seconds(s: float | None) -> str:
 
 
 def fmt_delta(value: float | None, base: float | None) -> str:
-    """Relative change against ``base`` as a signed percentage; empty when undefined."""
+    """Relative change against ``base`` as a signed percentage (``x256`` from 10 times up);
+    empty when undefined."""
     if value is None or base is None or base == 0:
         return ""
+    if value / base >= 10:  # a ratio reads better than +25500%
+        return f"x{value / base:.0f}" if value / base >= 100 else f"x{value / base:.1f}"
     pct = 100.0 * (value - base) / base
     if abs(pct) < 0.05:
         return "="

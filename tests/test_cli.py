@@ -194,3 +194,31 @@ def test_commands_print_nothing_of_libtpu_without_jax_platforms(tmp_path):
     assert done.returncode == 0, done.stderr
     assert done.stderr == "", done.stderr
     assert "tpu:v5e" in done.stdout
+
+
+def test_tables_fit_the_terminal_and_say_what_they_left_out(quickstart_records, tmp_path,
+                                                             cli_runner):
+    out = tmp_path / "q"
+    with results.Writer(out) as writer:
+        for record in quickstart_records.values():
+            writer.append(record)
+    narrow = cli_runner.invoke(cli, ["show", str(out)], env={"COLUMNS": "80"})
+    assert narrow.exit_code == 0, narrow.output
+    lines = narrow.stdout.splitlines()
+    assert max(len(line) for line in lines) <= 80
+    assert "…" not in narrow.stdout  # no number cut
+    assert "total/dev" in narrow.stdout and "left out to fit the terminal" in narrow.stdout
+    wide = cli_runner.invoke(cli, ["show", str(out), "--wide"], env={"COLUMNS": "80"})
+    assert "FLOPs/dev" in wide.stdout and "left out" not in wide.stdout
+    chosen = cli_runner.invoke(cli, ["show", str(out), "--columns", "temp/dev,fits"])
+    header = next(line for line in chosen.stdout.splitlines() if "temp/dev" in line)
+    assert "total/dev" not in header
+    bad = cli_runner.invoke(cli, ["show", str(out), "--columns", "speed"])
+    assert bad.exit_code == 2 and "--columns: unknown column" in bad.output
+
+
+def test_large_ratios_read_as_multiples():
+    from jaxmem.units import fmt_delta
+
+    assert fmt_delta(256, 1) == "x256" and fmt_delta(25, 2) == "x12.5"
+    assert fmt_delta(5, 1) == "+400%" and fmt_delta(1, 4) == "-75%"
