@@ -4,6 +4,9 @@ numerics. Runs before jax is imported anywhere."""
 import os
 
 os.environ["JAX_PLATFORMS"] = "cpu"
+# pytest-xdist hands its workers the terminal's COLUMNS; tables would follow it (a test that
+# wants a width passes COLUMNS itself)
+os.environ.pop("COLUMNS", None)
 _flag = "--xla_force_host_platform_device_count=8"
 if _flag not in os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {_flag}".strip()

@@ -57,7 +57,7 @@ def run_in_subprocess(config: Config, env: dict[str, str] | None = None) -> dict
       Crashed: the worker died without answering (the row names the signal).
       RuntimeError: the worker failed (its one-line error).
     """
-    with tempfile.TemporaryDirectory(prefix="jaxmem-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="jaxmem-run-") as tmp:
         request, result = os.path.join(tmp, "config.json"), os.path.join(tmp, "result.json")
         with open(request, "w", encoding="utf-8") as f:
             json.dump(_convert.to_dict(config), f)

@@ -185,7 +185,8 @@ def test_killing_the_parent_in_run_mode_ends_its_worker_and_its_folder(tmp_path)
     import tempfile
 
     path = experiment(tmp_path, [{"how": "slow"}])
-    before = {p.name for p in Path(tempfile.gettempdir()).glob("jaxmem-*")}
+    # the run-mode worker's folder (explain's, made by tests in parallel, are not its own)
+    before = {p.name for p in Path(tempfile.gettempdir()).glob("jaxmem-run-*")}
     proc = jaxmem_cli(tmp_path, "run", str(path), "--out", "out", "--mode", "run",
                       "--no-progress")
     deadline = time.monotonic() + 60
@@ -197,5 +198,5 @@ def test_killing_the_parent_in_run_mode_ends_its_worker_and_its_folder(tmp_path)
     proc.communicate()
     time.sleep(1.5)
     assert not workers_of(proc.pid)
-    after = {p.name for p in Path(tempfile.gettempdir()).glob("jaxmem-*")}
+    after = {p.name for p in Path(tempfile.gettempdir()).glob("jaxmem-run-*")}
     assert after <= before
