@@ -105,6 +105,14 @@ def _print_results(records: list, title: str, wide: bool, columns: str | None) -
         _fail(str(e), 2)
 
 
+def _budget(text: str | None) -> int | None:
+    """``--budget`` in bytes (exit 2 for a size that is not one)."""
+    try:
+        return None if text is None else parse_bytes(text)
+    except ValueError as e:
+        _fail(f"--budget: {e}", 2)
+
+
 def _default_workers() -> int:
     env = os.environ.get("JAXMEM_WORKERS")
     return int(env) if env and env.isdigit() else usable_cores()
@@ -323,10 +331,7 @@ def estimate_cmd(experiment: Path, overrides: tuple[str, ...], as_json: bool) ->
 def fit_cmd(experiment: Path, field: str, budget: str | None, overrides: tuple[str, ...],
             as_json: bool) -> None:
     """Find the largest value of an integer field that fits, verified by compile."""
-    try:
-        budget_bytes = None if budget is None else parse_bytes(budget)
-    except ValueError as e:
-        _fail(f"--budget: {e}", 2)
+    budget_bytes = _budget(budget)
     try:
         exp = Experiment.from_yaml(experiment, overrides)
         points = exp.grid()
@@ -379,10 +384,7 @@ def plan_cmd(experiment: Path, budget: str | None, target: str | None, objective
              vary: str | None, verify: int | None, top: int, overrides: tuple[str, ...],
              as_json: bool) -> None:
     """Find the cheapest configuration that fits, verified by compile."""
-    try:
-        budget_bytes = None if budget is None else parse_bytes(budget)
-    except ValueError as e:
-        _fail(f"--budget: {e}", 2)
+    budget_bytes = _budget(budget)
     sets = (*overrides, *((f"target={target}",) if target else ()))
     try:
         exp = Experiment.from_yaml(experiment, sets)

@@ -42,7 +42,8 @@ from jaxmem.models.stack import Stack
 from jaxmem.models.transformer import (
     ACTIVATION,
     PARAM_AXES,
-    attention_values,
+    attention_half,
+    block_gradients,
     mlp_width,
     trunk_outside,
 )
@@ -138,29 +139,10 @@ class LlamaConfig(GPTConfig):
 
     def block_anatomy(self, opts: BuildOptions, batch: int, causal: bool) -> anatomy.Block:
         B, L, D, F = batch, self.seq_len, self.d_model, mlp_width(self, opts)
-        KV = D // self.num_heads * self.kv_heads()
         BLD, BLF = (B, L, D), (B, L, F)
-        act, heads, mlp = ACTIVATION, ("batch", "length", "heads"), ("batch", "length", "mlp")
-        stats = ("batch", "length", None)
-
-        def proj(name: str, width: int, needed: bool) -> list[Tensor]:
-            return [Tensor(f"{name}_dot", (B, L, width), heads, inputs=("h1",), dot="dot",
-                           flops=2 * B * L * D * width),
-                    Tensor(name, (B, L, width), heads, inputs=(f"{name}_dot",), needed=needed,
-                           tag=name)]
-
+        act, mlp = ACTIVATION, ("batch", "length", "mlp")
         values = [
-            Tensor("x", BLD, act, tag="block_input", block_input=True),
-            Tensor("ln1_stats", (B, L, 1), stats, "float32", ("x",), needed=True),
-            Tensor("h1", BLD, act, inputs=("x", "ln1_stats"), needed=True),
-            *proj("query", D, False), *proj("key", KV, True), *proj("value", KV, True),
-            *attention_values(self, B, causal),
-            Tensor("out_dot", BLD, act, inputs=("attn_context",), dot="dot",
-                   flops=2 * B * L * D * D),
-            Tensor("attn_out", BLD, act, inputs=("out_dot",), tag="attn_out"),
-            Tensor("x2", BLD, act, inputs=("x", "attn_out"), needed=True),
-            Tensor("ln2_stats", (B, L, 1), stats, "float32", ("x2",), needed=True),
-            Tensor("h2", BLD, act, inputs=("x2", "ln2_stats"), needed=True),
+            *attention_half(self, B, causal, stats=1),  # RMSNorm: one statistic per row
             Tensor("gate_dot", BLF, mlp, inputs=("h2",), dot="dot", flops=2 * B * L * D * F),
             Tensor("mlp_pre_act", BLF, mlp, inputs=("gate_dot",), needed=True,
                    tag="mlp_pre_act"),
@@ -172,14 +154,9 @@ class LlamaConfig(GPTConfig):
                    flops=2 * B * L * F * D),
             Tensor("mlp_out", BLD, act, inputs=("down_dot",), tag="mlp_out"),
         ]
-        grads = [Tensor("d_stream", BLD, act), Tensor("d_gate", BLF, mlp),
-                 Tensor("d_up", BLF, mlp)]
-        if self.attention not in ("blockwise", "linear"):
-            grads.append(Tensor("d_scores", (B, self.num_heads, L, L),
-                                ("batch", "heads", "length", None)))
-        shared = (Tensor("silu_sigmoid", BLF, mlp),)
-        return anatomy.Block("llama block", tuple(values), self.num_layers, tuple(grads),
-                             shared)
+        shared = (Tensor("silu_sigmoid", BLF, mlp),)  # the SwiGLU's, as the GELU's (loop stack)
+        return anatomy.Block("llama block", tuple(values), self.num_layers,
+                             tuple(block_gradients(self, B, 2, F)), shared)
 
     def trunk_outside(self, batch: int) -> list[Tensor]:
         return trunk_outside(self, batch, stats=1)

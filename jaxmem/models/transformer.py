@@ -308,32 +308,61 @@ def attention_values(c: TransformerConfig, B: int, causal: bool) -> list[Tensor]
     ]
 
 
-def block_anatomy(c: TransformerConfig, opts: BuildOptions, B: int, causal: bool
-                  ) -> anatomy.Block:
-    """One transformer block's forward values for a (micro)batch of ``B`` sequences."""
-    L, D, F = c.seq_len, c.d_model, mlp_width(c, opts)
-    BLD, BLF = (B, L, D), (B, L, F)
-    act, heads, mlp = ACTIVATION, ("batch", "length", "heads"), ("batch", "length", "mlp")
-    stats = ("batch", "length", None)
+def attention_half(c: TransformerConfig, B: int, causal: bool, stats: int = 2) -> list[Tensor]:
+    """A pre-norm block's values from its input to the MLP's normalised input ``h2``: the
+    first norm (``stats`` float32 statistics per row), the q/k/v projections (keys and values
+    with ``c.kv_heads()`` heads), the attention core, its output projection, the residual and
+    the second norm. Shared by the ``gpt``/``encoder`` and ``llama`` blocks."""
+    L, D = c.seq_len, c.d_model
+    BLD, act, heads = (B, L, D), ACTIVATION, ("batch", "length", "heads")
+    rows = ("batch", "length", None)
+    # blockwise attention's checkpointed chunks keep the unscaled query too
+    keeps_query = c.attention == "blockwise"
 
-    def proj(name: str) -> list[Tensor]:
-        return [Tensor(f"{name}_dot", BLD, heads, inputs=("h1",), dot="dot",
-                       flops=2 * B * L * D * D),
-                Tensor(name, BLD, heads, inputs=(f"{name}_dot",), needed=name != "query",
-                       tag=name)]
+    def proj(name: str, width: int) -> list[Tensor]:
+        return [Tensor(f"{name}_dot", (B, L, width), heads, inputs=("h1",), dot="dot",
+                       flops=2 * B * L * D * width),
+                Tensor(name, (B, L, width), heads, inputs=(f"{name}_dot",),
+                       needed=name != "query" or keeps_query, tag=name)]
 
-    values = [
+    kv = D // c.num_heads * c.kv_heads()
+    return [
         Tensor("x", BLD, act, tag="block_input", block_input=True),
-        Tensor("ln1_stats", (B, L, 2), stats, "float32", ("x",), needed=True),
+        Tensor("ln1_stats", (B, L, stats), rows, "float32", ("x",), needed=True),
         Tensor("h1", BLD, act, inputs=("x", "ln1_stats"), needed=True),
-        *proj("query"), *proj("key"), *proj("value"),
+        *proj("query", D), *proj("key", kv), *proj("value", kv),
         *attention_values(c, B, causal),
         Tensor("out_dot", BLD, act, inputs=("attn_context",), dot="dot",
                flops=2 * B * L * D * D),
         Tensor("attn_out", BLD, act, inputs=("out_dot",), tag="attn_out"),
         Tensor("x2", BLD, act, inputs=("x", "attn_out"), needed=True),
-        Tensor("ln2_stats", (B, L, 2), stats, "float32", ("x2",), needed=True),
+        Tensor("ln2_stats", (B, L, stats), rows, "float32", ("x2",), needed=True),
         Tensor("h2", BLD, act, inputs=("x2", "ln2_stats"), needed=True),
+    ]
+
+
+def block_gradients(c: TransformerConfig, B: int, hidden: int, F: int) -> list[Tensor]:
+    """The activation gradients a block's backward holds at once: the residual stream's,
+    ``hidden`` MLP-wide ones (width ``F``) and, for attention with a score matrix, the
+    scores'."""
+    L = c.seq_len
+    mlp = ("batch", "length", "mlp")
+    grads = [Tensor("d_stream", (B, L, c.d_model), ACTIVATION),
+             *(Tensor(f"d_hidden{i}", (B, L, F), mlp) for i in range(hidden))]
+    if c.attention not in ("blockwise", "linear"):
+        grads.append(Tensor("d_scores", (B, c.num_heads, L, L),
+                            ("batch", "heads", "length", None)))
+    return grads
+
+
+def block_anatomy(c: TransformerConfig, opts: BuildOptions, B: int, causal: bool
+                  ) -> anatomy.Block:
+    """One transformer block's forward values for a (micro)batch of ``B`` sequences."""
+    L, D, F = c.seq_len, c.d_model, mlp_width(c, opts)
+    BLD, BLF = (B, L, D), (B, L, F)
+    act, mlp = ACTIVATION, ("batch", "length", "mlp")
+    values = [
+        *attention_half(c, B, causal),
         Tensor("up_dot", BLF, mlp, inputs=("h2",), dot="dot", flops=2 * B * L * D * F),
         Tensor("mlp_pre_act", BLF, mlp, inputs=("up_dot",), needed=True, tag="mlp_pre_act"),
         Tensor("mlp_post_act", BLF, mlp, inputs=("mlp_pre_act",), needed=True,
@@ -342,17 +371,11 @@ def block_anatomy(c: TransformerConfig, opts: BuildOptions, B: int, causal: bool
                flops=2 * B * L * F * D),
         Tensor("mlp_out", BLD, act, inputs=("down_dot",), tag="mlp_out"),
     ]
-    if c.attention == "blockwise":  # its checkpointed chunks keep the unscaled query
-        values = [dataclasses.replace(t, needed=True) if t.name == "query" else t
-                  for t in values]
-    grads = [Tensor("d_stream", BLD, act), Tensor("d_hidden", BLF, mlp)]
-    if c.attention not in ("blockwise", "linear"):
-        grads.append(Tensor("d_scores", (B, c.num_heads, L, L),
-                            ("batch", "heads", "length", None)))
     # the GELU's derivative factors (tanh, and its argument's square), which the backward
     # shares with the forward when both are one computation (a Python-loop stack)
     shared = tuple(Tensor(n, BLF, mlp) for n in ("gelu_tanh", "gelu_square"))
-    return anatomy.Block("transformer block", tuple(values), c.num_layers, tuple(grads), shared)
+    return anatomy.Block("transformer block", tuple(values), c.num_layers,
+                         tuple(block_gradients(c, B, 1, F)), shared)
 
 
 def trunk_outside(c: TransformerConfig, B: int, stats: int = 2) -> list[Tensor]:
