@@ -326,10 +326,13 @@ def estimate_cmd(experiment: Path, overrides: tuple[str, ...], as_json: bool) ->
               help="Memory per device to fit in (14GiB, 512MiB; default: the target's).")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
               help="Override a config field, as for run.")
+@click.option("--check-below/--no-check-below", default=True, show_default=True,
+              help="Compile the value just below the answer too, to say whether the fitting "
+                   "values are an interval (--no-check-below saves that compile).")
 @click.option("--json", "as_json", is_flag=True,
               help="One JSON object per configuration on stdout.")
 def fit_cmd(experiment: Path, field: str, budget: str | None, overrides: tuple[str, ...],
-            as_json: bool) -> None:
+            check_below: bool, as_json: bool) -> None:
     """Find the largest value of an integer field that fits, verified by compile."""
     budget_bytes = _budget(budget)
     try:
@@ -341,7 +344,7 @@ def fit_cmd(experiment: Path, field: str, budget: str | None, overrides: tuple[s
     console = report.wide_console()
     for point, setup in zip(points, setups, strict=True):
         try:
-            result = fit(setup.config, field, budget_bytes)
+            result = fit(setup.config, field, budget_bytes, check_below=check_below)
         except ConfigError as e:
             _fail(str(e), 2)
         except Exception as err:  # noqa: BLE001 - a configuration that fails is its line

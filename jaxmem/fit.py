@@ -4,10 +4,10 @@
 batch (or sequence, or any integer field) whose step fits": the estimate (``jaxmem.estimate``,
 milliseconds) predicts the boundary, compiles probe around it, and the answer is checked by
 compile on both sides: the value fits, the next admissible value does not. Memory need not be
-monotone in the field (XLA's choices change with shapes), so the neighbours are compiled too:
-the value after the first that does not fit (if it fits again, the search goes on above it)
-and the value just below the answer (if it does not fit, the result says so: the fitting
-values are not an interval).
+monotone in the field (XLA's choices change with shapes), so the value after the first that
+does not fit is compiled too (if it fits again, the search goes on above it), and the value
+just below the answer (if it, or any smaller value compiled on the way, does not fit, the
+result says so: the fitting values are not an interval; ``check_below=False`` skips it).
 
 "Fits" is the compiled figure ``fits`` uses on the target (``compiled.total_bytes``; on TPU
 libtpu's ``peak_bytes``) within the budget; a compile the compiler refuses for memory
@@ -170,6 +170,7 @@ def compiled_bytes(config: Config) -> Probe:
 
 
 def fit(config: Config, field: str = "data.batch_size", budget_bytes: int | None = None, *,
+        check_below: bool = True,
         measure: Callable[[Config], Probe] = compiled_bytes) -> FitResult:
     """The largest admissible value of the integer ``field`` whose step fits ``budget_bytes``
     (default: the target's usable memory of one device), verified by compile.
@@ -178,6 +179,9 @@ def fit(config: Config, field: str = "data.batch_size", budget_bytes: int | None
       config: the configuration to vary.
       field: a dotted integer field (``data.batch_size``, ``model.seq_len``, ...).
       budget_bytes: the memory per device to fit in.
+      check_below: compile the admissible value just below the answer too (a smaller value
+        that does not fit makes the fitting values not an interval; the answer stands either
+        way). False saves that compile: then only values the search compiled say so.
       measure: how a value is checked (compiles by default; tests pass their own).
 
     Raises:
@@ -229,8 +233,11 @@ def fit(config: Config, field: str = "data.batch_size", budget_bytes: int | None
     next_value = space.next_above(best) if best is not None else None
     if next_value is not None:
         fits(next_value)
-    below = space.next_below(best) if best is not None else None
-    if below is not None and not fits(below):  # a smaller value that does not fit
+    below = space.next_below(best) if best is not None and check_below else None
+    if below is not None:
+        fits(below)
+    # a smaller value that does not fit (among those compiled): not an interval
+    if best is not None and any(p.value < best and not p.fits for p in probes.values()):
         interval = False
     ordered = tuple(probes.values())
     return FitResult(space.field, best, next_value, len(ordered), budget_bytes, prior, ordered,

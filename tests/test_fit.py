@@ -53,6 +53,19 @@ def test_non_monotone_memory_is_found_and_said():
     assert not result.interval
 
 
+def test_the_check_below_can_be_skipped():
+    """Only 3 does not fit below the answer 4: without the check below the answer, one
+    compile fewer, the answer is the same and only what was compiled speaks of intervals."""
+    table = {1: 50, 2: 80, 3: 120, 4: 90, 5: 110, 6: 130}
+    measure, calls = _synthetic(lambda b: table.get(b, 200) * MiB)
+    checked = fit(_config(), budget_bytes=100 * MiB, measure=measure)
+    n = len(calls)
+    calls.clear()
+    skipped = fit(_config(), budget_bytes=100 * MiB, check_below=False, measure=measure)
+    assert checked.value == skipped.value == 4 and not checked.interval
+    assert len(calls) <= n and skipped.interval == (3 not in calls)
+
+
 def test_only_admissible_values_are_tried():
     """Microbatches and the mesh's batch axes must divide the batch."""
     measure, calls = _synthetic(lambda b: b * MiB)
