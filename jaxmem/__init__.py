@@ -31,6 +31,7 @@ from jaxmem.estimate import Estimate, estimate
 from jaxmem.experiment import Experiment, GridPoint
 from jaxmem.explain import Explanation, explain, explain_program
 from jaxmem.fit import FitResult, fit
+from jaxmem.frame import load
 from jaxmem.models import BuildOptions, Workload
 from jaxmem.plan import Plan, plan
 from jaxmem.program import Program
@@ -77,6 +78,7 @@ __all__ = [
     "explain",
     "explain_program",
     "fit",
+    "load",
     "optim",
     "plan",
     "precision",
