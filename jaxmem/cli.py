@@ -21,6 +21,7 @@ from rich.console import Console
 from jaxmem import _platform, report, results, targets
 from jaxmem.build import build_program
 from jaxmem.cache import default_dir as default_cache_dir
+from jaxmem.charts import plot
 from jaxmem.config import MODES
 from jaxmem.distributed import Cluster, is_process_zero
 from jaxmem.errors import ConfigError, check_choice
@@ -412,6 +413,29 @@ def plan_cmd(experiment: Path, budget: str | None, target: str | None, objective
                         + ((f"{vary}={result.chosen.value}",) if vary else ()))
         console.print(f"use it: jaxmem run {experiment} {line}".rstrip(), highlight=False,
                       markup=False, soft_wrap=True)
+
+
+@cli.command("plot")
+@click.argument("results_path", metavar="RESULTS", type=click.Path(path_type=Path))
+@click.option("--x", "x", required=True, metavar="FIELD",
+              help="Field on the horizontal axis (config.data.batch_size, ...).")
+@click.option("--y", "y", default="compiled.total_bytes", show_default=True, metavar="FIELD",
+              help="Field on the vertical axis.")
+@click.option("--by", default=None, metavar="FIELD",
+              help="One line (or bar colour) per value of this field (config.remat.policy).")
+@click.option("-o", "--out", "out", type=click.Path(path_type=Path), default=None,
+              help="The PNG to write (default: <y>_vs_<x>.png in the results folder).")
+def plot_cmd(results_path: Path, x: str, y: str, by: str | None, out: Path | None) -> None:
+    """Draw one field of an earlier run against another, as a PNG."""
+    try:
+        path = plot(results_path, x, y, by=by, out=out)
+    except ConfigError as e:
+        _fail(str(e), 2)
+    except (OSError, ValueError) as e:
+        _fail(f"{results_path}: cannot read results ({e})", 2)
+    except ImportError as e:
+        _fail(str(e), 2)
+    click.echo(str(path))
 
 
 @cli.command("targets")

@@ -31,3 +31,19 @@ def test_without_pandas_the_error_says_what_to_install(monkeypatch, quickstart_r
     monkeypatch.setitem(sys.modules, "pandas", None)
     with pytest.raises(ImportError, match=r"jaxmem\[report\]"):
         jaxmem.load(list(quickstart_records.values()))
+
+
+def test_plot_draws_a_png_and_refuses_unknown_fields(quickstart_records, tmp_path, cli_runner):
+    from jaxmem.cli import cli
+
+    with results.Writer(tmp_path / "q") as writer:
+        for record in quickstart_records.values():
+            writer.append(record)
+    done = cli_runner.invoke(cli, ["plot", str(tmp_path / "q"), "--x",
+                                   "config.precision.policy", "--y", "compiled.temp_bytes",
+                                   "--by", "config.remat.policy"])
+    assert done.exit_code == 0, done.output
+    png = tmp_path / "q" / "compiled_temp_bytes_vs_config_precision_policy.png"
+    assert done.stdout.strip() == str(png) and png.read_bytes()[:4] == b"\x89PNG"
+    bad = cli_runner.invoke(cli, ["plot", str(tmp_path / "q"), "--x", "config.nope"])
+    assert bad.exit_code == 2 and "--x: not a field of these results" in bad.output
