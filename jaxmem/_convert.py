@@ -258,6 +258,14 @@ def _strip_optional(tp: Any) -> Any:
     return tp
 
 
+def get_path(raw: Mapping[str, Any], path: str) -> Any:
+    """The value at a canonical dotted ``path`` of YAML-shaped data (None where absent)."""
+    node: Any = raw
+    for part in path.split("."):
+        node = node.get(part) if isinstance(node, Mapping) else None
+    return node
+
+
 def set_path(cls: type, raw: dict[str, Any], path: str, value: Any) -> dict[str, Any]:
     """A copy of ``raw`` with the field at ``path`` (a canonical path) set to ``value``."""
     out = dict(raw)

@@ -114,6 +114,16 @@ def _budget(text: str | None) -> int | None:
         _fail(f"--budget: {e}", 2)
 
 
+def _failure_line(name: str, err: Exception, as_json: bool, console: Console) -> None:
+    """A configuration that failed: its line (a JSON object with ``--json``)."""
+    failure = classify(err)
+    if as_json:
+        click.echo(json.dumps({"name": name, "status": failure.status, "error": failure.error}))
+    else:
+        console.print(f"{name}: {failure.status}: {failure.error}", highlight=False,
+                      markup=False)
+
+
 def _default_workers() -> int:
     env = os.environ.get("JAXMEM_WORKERS")
     return int(env) if env and env.isdigit() else usable_cores()
@@ -261,13 +271,7 @@ def explain_cmd(experiment: Path, overrides: tuple[str, ...], top: int, as_json:
         try:
             e = explain_program(build_program(setup), point.name)
         except Exception as err:  # noqa: BLE001 - a configuration that fails is its line
-            failure = classify(err)
-            if as_json:
-                click.echo(json.dumps({"name": point.name, "status": failure.status,
-                                       "error": failure.error}))
-            else:
-                console.print(f"{point.name}: {failure.status}: {failure.error}",
-                              highlight=False, markup=False)
+            _failure_line(point.name, err, as_json, console)
             continue
         png = None
         if plot:
@@ -349,13 +353,7 @@ def fit_cmd(experiment: Path, field: str, budget: str | None, overrides: tuple[s
         except ConfigError as e:
             _fail(str(e), 2)
         except Exception as err:  # noqa: BLE001 - a configuration that fails is its line
-            failure = classify(err)
-            if as_json:
-                click.echo(json.dumps({"name": point.name, "status": failure.status,
-                                       "error": failure.error}))
-            else:
-                console.print(f"{point.name}: {failure.status}: {failure.error}",
-                              highlight=False, markup=False)
+            _failure_line(point.name, err, as_json, console)
             continue
         if as_json:
             click.echo(json.dumps({"name": point.name, "status": "ok", **result.to_dict()}))

@@ -95,7 +95,7 @@ class Space:
     def __init__(self, config: Config, field: str):
         self.raw = _convert.to_dict(config)
         self.field = _convert.canonical_path(Config, self.raw, field)
-        current = _get(self.raw, self.field)
+        current = _convert.get_path(self.raw, self.field)
         if not isinstance(current, int) or isinstance(current, bool):
             raise ConfigError(self.field, "is not an integer field, so it cannot be varied",
                               value=current)
@@ -141,13 +141,6 @@ class Space:
                 return v
             v -= 1
         return None
-
-
-def _get(raw: dict[str, Any], path: str) -> Any:
-    node: Any = raw
-    for part in path.split("."):
-        node = node.get(part) if isinstance(node, dict) else None
-    return node
 
 
 def compiled_bytes(config: Config) -> Probe:

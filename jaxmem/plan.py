@@ -42,6 +42,7 @@ from jaxmem.estimate import estimate
 from jaxmem.fit import FitResult, Probe, Space, compiled_bytes, estimate_boundary, fit
 from jaxmem.search_space import SearchSpace, set_line
 from jaxmem.setup import resolve
+from jaxmem.units import fmt_bytes
 
 OBJECTIVES: dict[str, Callable[[Candidate], float]] = {
     "throughput": lambda c: c.cost.per_sample,
@@ -141,7 +142,7 @@ class _Maker:
         self.budget = budget
         self.vary = vary
         base = self.raw
-        self.current = {p: _get(base, p) for p, _ in _naive(1)}
+        self.current = {p: _convert.get_path(base, p) for p, _ in _naive(1)}
 
     def make(self, pairs: tuple[tuple[str, Any], ...]) -> Candidate:
         raw = self.raw
@@ -163,7 +164,7 @@ class _Maker:
     def _admissible(self, raw: dict[str, Any]) -> Config:
         """The configuration with the varied field at its first value from the experiment's
         up that the candidate accepts (a mesh may need a multiple of its devices)."""
-        start = _get(raw, self.vary)
+        start = _convert.get_path(raw, self.vary)
         for value in range(start, 64 * start + 1):
             try:
                 return _convert.from_dict(Config, _convert.set_path(Config, raw, self.vary,
@@ -171,13 +172,6 @@ class _Maker:
             except ConfigError:
                 continue
         return _convert.from_dict(Config, raw)  # the ConfigError of the value as written
-
-
-def _get(raw: dict[str, Any], path: str) -> Any:
-    node: Any = raw
-    for part in path.split("."):
-        node = node.get(part) if isinstance(node, dict) else None
-    return node
 
 
 def plan(config: Config, budget_bytes: int | None = None, *, space: SearchSpace | None = None,
@@ -330,8 +324,6 @@ def _fewest_changes_first(ranked: list[Candidate], key: Callable[[Candidate], fl
 
 def plan_rows(p: Plan, top: int = 10) -> list[dict[str, Any]]:
     """The rows of the plan's table: the best ``top`` candidates and the baseline."""
-    from jaxmem.units import fmt_bytes
-
     def row(label: str, c: Candidate) -> dict[str, Any]:
         flops, cost = p.relative(c)
         return {
@@ -355,8 +347,6 @@ def plan_rows(p: Plan, top: int = 10) -> list[dict[str, Any]]:
 
 def plan_summary(p: Plan) -> str:
     """What the search did, the verdict, and the cost model's formula, in a few lines."""
-    from jaxmem.units import fmt_bytes
-
     refused = sum(p.skipped.values())
     lines = [f"{p.searched} candidates estimated ({refused} refused by the configuration or "
              f"mesh) in {p.seconds:.1f} s with {p.compiles} compiles; budget "

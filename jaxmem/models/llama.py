@@ -42,6 +42,7 @@ from jaxmem.models.stack import Stack
 from jaxmem.models.transformer import (
     ACTIVATION,
     PARAM_AXES,
+    Block,
     attention_half,
     block_gradients,
     mlp_width,
@@ -126,7 +127,7 @@ class LlamaConfig(GPTConfig):
             self.kv_heads()
         shapes = {"attn/query/kernel": (D, D), "attn/key/kernel": (D, KV),
                   "attn/value/kernel": (D, KV), "attn/out/kernel": (D, D),
-                  "attn_norm/scale": (D,), "mlp_norm/scale": (D,), "mlp/gate/kernel": (D, F),
+                  "ln1/scale": (D,), "ln2/scale": (D,), "mlp/gate/kernel": (D, F),
                   "mlp/up/kernel": (D, F), "mlp/down/kernel": (F, D)}
         if self.stack == "scan":
             blocks = [(f"{self.BLOCKS_PATH}/{n}", (self.num_layers, *s))
@@ -178,30 +179,21 @@ class SwiGLU(nnx.Module):
         return checkpoint_name(self.down(h_BxLxF), "mlp_out")
 
 
-class LlamaBlock(nnx.Module):
-    """Pre-norm block: ``x + attn(rms(x))`` then ``x + swiglu(rms(x))``."""
+class LlamaBlock(Block):
+    """The GPT's pre-norm block (``x + attn(norm(x))`` then ``x + mlp(norm(x))``, the same
+    ``__call__`` and ``decode``) with RMSNorms, grouped-query rotary attention without biases
+    and a SwiGLU MLP."""
 
     def __init__(self, c: LlamaConfig, opts: BuildOptions, *, rngs: nnx.Rngs):
         dtype = opts.dtype
-        self.attn_norm = RMSNorm(c.d_model, dtype=dtype, epsilon=c.norm_eps)
+        self.ln1 = RMSNorm(c.d_model, dtype=dtype, epsilon=c.norm_eps)
         self.attn = Attention(c.d_model, c.num_heads, causal=True, dtype=dtype,
                               implementation=c.attention, chunk=c.attention_chunk,
                               window=c.window, features=c.linear_features,
                               num_kv_heads=c.kv_heads(), rope_theta=c.rope_theta,
                               use_bias=False, rngs=rngs)
-        self.mlp_norm = RMSNorm(c.d_model, dtype=dtype, epsilon=c.norm_eps)
+        self.ln2 = RMSNorm(c.d_model, dtype=dtype, epsilon=c.norm_eps)
         self.mlp = SwiGLU(c.d_model, mlp_width(c, opts), dtype=dtype, rngs=rngs)
-
-    def decode(self, x_Bx1xD: jax.Array, cache: KVCache, pos: jax.Array
-               ) -> tuple[jax.Array, KVCache]:
-        a_Bx1xD, cache = self.attn.decode(self.attn_norm(x_Bx1xD), cache, pos)
-        x_Bx1xD = x_Bx1xD + a_Bx1xD
-        return x_Bx1xD + self.mlp(self.mlp_norm(x_Bx1xD)), cache
-
-    def __call__(self, x_BxLxD: jax.Array) -> jax.Array:
-        x_BxLxD = checkpoint_name(constrain(x_BxLxD, ACTIVATION), "block_input")
-        x_BxLxD = x_BxLxD + self.attn(self.attn_norm(x_BxLxD))
-        return constrain(x_BxLxD + self.mlp(self.mlp_norm(x_BxLxD)), ACTIVATION)
 
 
 class LlamaTrunk(nnx.Module):
