@@ -32,6 +32,7 @@ from jaxmem.experiment import Experiment, GridPoint
 from jaxmem.explain import Explanation, explain, explain_program
 from jaxmem.fit import FitResult, fit
 from jaxmem.frame import load
+from jaxmem.html_report import write as write_report
 from jaxmem.models import BuildOptions, Workload
 from jaxmem.plan import Plan, plan
 from jaxmem.program import Program
@@ -89,5 +90,6 @@ __all__ = [
     "sharding",
     "step_cost",
     "targets",
+    "write_report",
     "__version__",
 ]

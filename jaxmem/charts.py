@@ -29,7 +29,7 @@ from jaxmem.record import Record
 _UNITS = ((2**30, "GiB"), (2**20, "MiB"), (2**10, "KiB"), (1, "bytes"))
 
 
-def _scale(values: Sequence[float]) -> tuple[float, str]:
+def scale(values: Sequence[float]) -> tuple[float, str]:
     top = max((abs(v) for v in values), default=0)
     return next(((d, u) for d, u in _UNITS if top >= d), (1, "bytes"))
 
@@ -55,7 +55,7 @@ def plot(source: str | os.PathLike | Sequence[Record], x: str, y: str, *, by: st
     ok = df[df["status"] == "ok"] if "status" in df else df
     failed = len(df) - len(ok)
     values = ok[y].astype(float)
-    divisor, unit = _scale(values) if y.endswith("_bytes") else (1, "")
+    divisor, unit = scale(values) if y.endswith("_bytes") else (1, "")
     fig, ax = plt.subplots(figsize=(7, 4.2))
     groups = list(ok.groupby(by, sort=False)) if by else [(None, ok)]
     numeric = ok[x].dtype.kind in "iuf"

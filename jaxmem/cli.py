@@ -32,6 +32,7 @@ from jaxmem.explain_view import plot as explain_plot
 from jaxmem.explain_view import write_text as explain_text
 from jaxmem.failures import classify, one_line_error
 from jaxmem.fit import fit, fit_text
+from jaxmem.html_report import write as write_report
 from jaxmem.plan import OBJECTIVES, plan, plan_rows, plan_summary
 from jaxmem.pool import usable_cores
 from jaxmem.residuals import residual_report
@@ -242,6 +243,10 @@ def residuals_cmd(experiment: Path, overrides: tuple[str, ...]) -> None:
                                             note=note))
 
 
+#: buffers kept in the explanation JSON beside each timeline PNG (totals count them all)
+EXPLAIN_KEPT = 50
+
+
 @cli.command("explain")
 @click.argument("experiment", type=click.Path(path_type=Path))
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
@@ -251,9 +256,11 @@ def residuals_cmd(experiment: Path, overrides: tuple[str, ...]) -> None:
 @click.option("--json", "as_json", is_flag=True,
               help="One JSON object per configuration on stdout.")
 @click.option("--out", type=click.Path(path_type=Path), default=None,
-              help="Folder for the timeline PNGs (default: runs/<experiment>/explain).")
+              help="Folder for the timeline PNGs and JSON that `jaxmem report` shows "
+                   "(default: runs/<experiment>/explain).")
 @click.option("--plot/--no-plot", default=True, show_default=True,
-              help="Write each configuration's timeline as a PNG.")
+              help="Write each configuration's timeline as a PNG and its explanation as JSON "
+                   "(the largest buffers) into --out.")
 def explain_cmd(experiment: Path, overrides: tuple[str, ...], top: int, as_json: bool,
                 out: Path | None, plot: bool) -> None:
     """Show what is live at each configuration's peak, per device, and where it comes from."""
@@ -277,6 +284,8 @@ def explain_cmd(experiment: Path, overrides: tuple[str, ...], top: int, as_json:
         if plot:
             folder.mkdir(parents=True, exist_ok=True)
             png = explain_plot(e, folder / f"{point.name}.png")
+            results.replace_text(folder / f"{point.name}.json", json.dumps(
+                {"status": "ok", **e.to_dict(EXPLAIN_KEPT), "timeline_png": png.name}))
         if as_json:
             click.echo(json.dumps({"status": "ok", **e.to_dict(top),
                                    "timeline_png": str(png) if png else None}))
@@ -431,6 +440,25 @@ def plot_cmd(results_path: Path, x: str, y: str, by: str | None, out: Path | Non
         _fail(str(e), 2)
     except (OSError, ValueError) as e:
         _fail(f"{results_path}: cannot read results ({e})", 2)
+    except ImportError as e:
+        _fail(str(e), 2)
+    click.echo(str(path))
+
+
+@cli.command("report")
+@click.argument("results_path", metavar="RESULTS", type=click.Path(path_type=Path))
+@click.option("-o", "--out", "out", type=click.Path(path_type=Path), default=None,
+              help="The HTML file to write (default: report.html in the results folder).")
+@click.option("--explain", "explain_dir", type=click.Path(path_type=Path), default=None,
+              help="Folder of `jaxmem explain` output to include (default: RESULTS/explain).")
+def report_cmd(results_path: Path, out: Path | None, explain_dir: Path | None) -> None:
+    """Write an earlier run as one self-contained HTML page (charts, table, notes)."""
+    try:
+        path = write_report(results_path, out, explain_dir=explain_dir)
+    except ValueError as e:
+        _fail(f"{results_path}: not results that jaxmem run wrote: {e}", 2)
+    except OSError as e:
+        _fail(f"{e.filename or results_path}: cannot read or write ({e.strerror or e})", 2)
     except ImportError as e:
         _fail(str(e), 2)
     click.echo(str(path))

@@ -105,7 +105,7 @@ ALL_COLUMNS = COMPILE_COLUMNS + RUN_COLUMNS
 _LOOP_COUNTED = ("compiled.flops", "compiled.collective_count", "compiled.collective_bytes")
 
 
-def _baseline(records: Sequence[Record]) -> Record | None:
+def baseline(records: Sequence[Record]) -> Record | None:
     return next((r for r in records if r.ok), None)
 
 
@@ -154,46 +154,53 @@ def table(records: Sequence[Record], title: str | None = None,
     """A rich Table of ``records`` (``hide``: fields whose columns to leave out; ``columns``:
     exactly these; ``dropped``: columns left out for width, named in the caption)."""
     columns = list(columns_for(records, hide) if columns is None else columns)
-    base = _baseline(records)
-    caption = _caption(records)
+    base = baseline(records)
+    caption_text = caption(records)
     if dropped:
-        caption += ("\nleft out to fit the terminal (--wide shows all, --columns chooses): "
-                    + ", ".join(c.header for c in dropped))
-    t = Table(title=title and escape(title), caption=escape(caption), caption_justify="left")
+        caption_text += ("\nleft out to fit the terminal (--wide shows all, --columns "
+                         "chooses): " + ", ".join(c.header for c in dropped))
+    t = Table(title=title and escape(title), caption=escape(caption_text), caption_justify="left")
     t.add_column("#", justify="right", no_wrap=True)
     t.add_column("configuration", no_wrap=True)
     for c in columns:
         t.add_column(c.header, justify="right", no_wrap=True)
     for r in records:
+        cells = row_cells(r, columns, base)
         if not r.ok:
-            t.add_row(str(r.index), escape(r.name), f"[red]{r.status}[/red]",
-                      *["-"] * (len(columns) - 1))
+            t.add_row(str(r.index), escape(r.name), f"[red]{escape(cells[0])}[/red]",
+                      *cells[1:])
             continue
-        cells = []
-        for c in columns:
-            value = r.get(c.field)
-            if value is not None and (isinstance(value, bool)
-                                      or not isinstance(value, (int, float))):
-                cells.append(escape(str(value))[:24])  # not a number: shown as it is
-                continue
-            text = c.fmt(value)
-            if (c.field in _LOOP_COUNTED and value is not None
-                    and r.get("compiled.cost_has_loops")):
-                text = ">=" + text
-            err = r.get(c.error) if c.error else None
-            if isinstance(err, (int, float)):
-                text += f" ({err:+.0%})"
-            base_value = base.get(c.field) if base is not None else None
-            if c.delta and isinstance(base_value, (int, float)) and r is not base:
-                d = fmt_delta(value, base_value)
-                if d:
-                    text += f" ({d})"
-            cells.append(text)
-        t.add_row(str(r.index), escape(r.name), *cells)
+        t.add_row(str(r.index), escape(r.name), *(escape(c) for c in cells))
     return t
 
 
-def _caption(records: Sequence[Record]) -> str:
+def row_cells(r: Record, columns: Sequence[Column], base: Record | None) -> list[str]:
+    """The text of ``r``'s cells under ``columns`` (a failed row: its status, then dashes),
+    deltas against ``base``."""
+    if not r.ok:
+        return [r.status, *["-"] * (len(columns) - 1)]
+    cells = []
+    for c in columns:
+        value = r.get(c.field)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+            cells.append(str(value)[:24])  # not a number: shown as it is
+            continue
+        text = c.fmt(value)
+        if c.field in _LOOP_COUNTED and value is not None and r.get("compiled.cost_has_loops"):
+            text = ">=" + text
+        err = r.get(c.error) if c.error else None
+        if isinstance(err, (int, float)):
+            text += f" ({err:+.0%})"
+        base_value = base.get(c.field) if base is not None else None
+        if c.delta and isinstance(base_value, (int, float)) and r is not base:
+            d = fmt_delta(value, base_value)
+            if d:
+                text += f" ({d})"
+        cells.append(text)
+    return cells
+
+
+def caption(records: Sequence[Record]) -> str:
     ok = [r for r in records if r.ok]
     errors = [f"{r.status} in row {r.index}: {r.error}" for r in records if not r.ok]
     if not ok:

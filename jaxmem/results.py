@@ -85,7 +85,9 @@ def _write_temp(path: Path, text: str) -> str:
     return str(tmp)
 
 
-def _replace(path: Path, text: str) -> None:
+def replace_text(path: Path, text: str) -> None:
+    """Writes ``text`` to ``path`` whole: a temporary file beside it, renamed into place (a
+    reader never sees half a file)."""
     os.replace(_write_temp(path, text), path)
 
 
@@ -277,7 +279,7 @@ class Writer:
         os.write(self._fd, _line(record).encode("utf-8"))
         os.fsync(self._fd)
         self.rows.append(record)
-        _replace(self.out / CSV, _csv_text(self.rows))
+        replace_text(self.out / CSV, _csv_text(self.rows))
 
     def finish(self, keys: Sequence[str]) -> None:
         """Puts the rows in ``keys``' order (a sweep's grid order; rows finish in any order
@@ -289,10 +291,10 @@ class Writer:
         by_key = dict(zip((r.key for r in self.rows), lines, strict=True))
         order = [k for k in dict.fromkeys(keys) if k in by_key]
         order += [k for k in by_key if k not in set(order)]
-        _replace(jsonl, "".join(by_key[k] for k in order))
+        replace_text(jsonl, "".join(by_key[k] for k in order))
         rows = {r.key: r for r in self.rows}
         self.rows = [rows[k] for k in order]
-        _replace(self.out / CSV, _csv_text(self.rows))
+        replace_text(self.out / CSV, _csv_text(self.rows))
 
     def close(self) -> None:
         """Regenerates the CSV from every row on disk (the JSONL is the record, even when an
@@ -302,7 +304,7 @@ class Writer:
             self._fd = None
             rows = read(self.out / JSONL)
             if rows:
-                _replace(self.out / CSV, _csv_text(rows))
+                replace_text(self.out / CSV, _csv_text(rows))
         if self._lock_fd is not None:
             os.close(self._lock_fd)  # releases the flock
             self._lock_fd = None
