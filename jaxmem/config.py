@@ -287,6 +287,8 @@ class InferenceConfig:
 
 MODES = ("compile", "run")
 ALLOCATORS = ("default", "platform", "bfc", "cuda_async")
+#: run mode profiles: an XProf trace, a pprof device memory profile, or both
+PROFILES = ("trace", "memory", "both")
 MAX_TIMEOUT_S = 7 * 24 * 3600.0
 
 
@@ -304,6 +306,10 @@ class MeasureConfig:
       preallocate, mem_fraction, allocator: JAX's GPU/TPU allocator settings for the run-mode
         subprocess (``XLA_PYTHON_CLIENT_PREALLOCATE``, ``..._MEM_FRACTION``, ``..._ALLOCATOR``);
         None leaves the environment's value.
+      profile: run mode: ``trace`` (a ``jax.profiler`` trace of ``profile_steps`` more steps,
+        for XProf / TensorBoard), ``memory`` (a pprof device memory profile after a step, while
+        its inputs and outputs are live), ``both``, or None.
+      profile_steps: steps traced after the timed ones (their times are not in the median).
     """
 
     PRIMARY: ClassVar[str] = "mode"
@@ -314,6 +320,8 @@ class MeasureConfig:
     preallocate: bool | None = None
     mem_fraction: float | None = None
     allocator: str | None = None
+    profile: str | None = None
+    profile_steps: int = 1
 
     def allocator_env(self) -> dict[str, str]:
         """The environment variables these settings ask for (unset ones left out)."""
@@ -331,6 +339,10 @@ class MeasureConfig:
             raise ConfigError("mem_fraction", "must be in (0, 1]", value=self.mem_fraction)
         if self.allocator is not None:
             check_choice("allocator", self.allocator, ALLOCATORS, what="allocator")
+        if self.profile is not None:
+            check_choice("profile", self.profile, PROFILES, what="profile")
+        if self.profile_steps < 1:
+            raise ConfigError("profile_steps", "must be >= 1", value=self.profile_steps)
         if self.warmup_steps < 0:
             raise ConfigError("warmup_steps", "must be >= 0", value=self.warmup_steps)
         check_positive("steps", self.steps)

@@ -28,10 +28,12 @@ from jaxmem.errors import Unsupported
 from jaxmem.failures import Crashed, TimedOut, classify, describe_exit
 
 
-def read_config(path: str) -> Config:
-    """The configuration a parent wrote for this worker."""
+def read_request(path: str) -> tuple[Config, str | None]:
+    """The configuration a parent wrote for this worker, and the folder for what the run
+    leaves behind (profiles, checkpoints), if it gave one."""
     with open(path, encoding="utf-8") as f:
-        return _convert.from_dict(Config, json.load(f))
+        request = json.load(f)
+    return _convert.from_dict(Config, request["config"]), request.get("artifacts")
 
 
 def write_result(path: str | os.PathLike, sections: dict[str, Any] | None = None,
@@ -48,8 +50,10 @@ def write_result(path: str | os.PathLike, sections: dict[str, Any] | None = None
         json.dump(payload, f)
 
 
-def run_in_subprocess(config: Config, env: dict[str, str] | None = None) -> dict[str, Any]:
-    """Runs the worker on ``config``; returns its record sections.
+def run_in_subprocess(config: Config, env: dict[str, str] | None = None,
+                      artifacts: str | os.PathLike | None = None) -> dict[str, Any]:
+    """Runs the worker on ``config``; returns its record sections. ``artifacts``: the folder
+    the run writes its profiles and checkpoints into (created by the worker when it does).
 
     Raises:
       Unsupported: the backend cannot do what the configuration asks.
@@ -60,7 +64,8 @@ def run_in_subprocess(config: Config, env: dict[str, str] | None = None) -> dict
     with tempfile.TemporaryDirectory(prefix="jaxmem-run-") as tmp:
         request, result = os.path.join(tmp, "config.json"), os.path.join(tmp, "result.json")
         with open(request, "w", encoding="utf-8") as f:
-            json.dump(_convert.to_dict(config), f)
+            json.dump({"config": _convert.to_dict(config),
+                       "artifacts": None if artifacts is None else os.fspath(artifacts)}, f)
         try:
             proc = subprocess.run(
                 _spawn.command(tmp, request, result),

@@ -10,6 +10,7 @@ configuration alone. Any failure becomes the row's status, never an exception.
 from __future__ import annotations
 
 import dataclasses
+import os
 from typing import TYPE_CHECKING, Any
 
 from jaxmem import _convert, analytic, collectives, isolate
@@ -106,14 +107,16 @@ def _estimate_section(setup: Setup, report: MemoryReport) -> dict[str, Any]:
         return {}  # failing to trace): the compiled row stands on its own
 
 
-def measure_setup(setup: Setup, mode: str, env: dict[str, str] | None = None
+def measure_setup(setup: Setup, mode: str, env: dict[str, str] | None = None,
+                  artifacts: str | os.PathLike | None = None
                   ) -> tuple[str, str | None, dict[str, Any]]:
     """``(status, error, record sections)`` of one configuration: compiled in this process,
-    or run in a worker process (``jaxmem.isolate``). Never raises for a failure of the
-    configuration itself: it becomes the status."""
+    or run in a worker process (``jaxmem.isolate``; ``artifacts``: the folder for its profiles
+    and checkpoints). Never raises for a failure of the configuration itself: it becomes the
+    status."""
     try:
         if mode == "run":
-            sections = isolate.run_in_subprocess(setup.config, env)
+            sections = isolate.run_in_subprocess(setup.config, env, artifacts)
         else:
             with cache_events() as hits:
                 _, sections = measure_compile(build_program(setup))
@@ -140,10 +143,12 @@ def make_record(experiment: str, point: GridPoint, mode: str, status: str, error
 
 
 def measure_point(experiment: str, point: GridPoint, setup: Setup, mode: str,
-                  cluster: Cluster | None = None) -> Record:
+                  cluster: Cluster | None = None,
+                  artifacts: str | os.PathLike | None = None) -> Record:
     """One grid point measured in ``mode``, in this process (compile) or a worker (run).
 
     With a ``cluster``, run mode's workers join their own distributed system (next ports).
+    ``artifacts``: the folder for this point's profiles and checkpoints (run mode).
     """
     env = cluster.for_point(point.index).to_env() if (cluster and mode == "run") else None
-    return make_record(experiment, point, mode, *measure_setup(setup, mode, env))
+    return make_record(experiment, point, mode, *measure_setup(setup, mode, env, artifacts))

@@ -154,6 +154,11 @@ FIELDS: dict[str, str] = {
     "runtime.device_bytes_in_use": "max over devices of bytes_in_use after the steps",
     "runtime.device_bytes_limit": "min over devices of bytes_limit",
     "runtime.host_peak_rss_bytes": "peak resident memory of the worker process (host memory)",
+    "runtime.profile_trace_dir": "measure.profile trace/both: the jax.profiler trace of the "
+                                 "profiled steps (xprof --logdir DIR, or TensorBoard)",
+    "runtime.profile_memory_path": "measure.profile memory/both: pprof device memory profile "
+                                   "after a step, its inputs and outputs live (pprof -http=:)",
+    "runtime.profile_steps": "steps traced after the timed ones (not in step_time_s)",
     "runtime.device_peak_bytes_per_process": "multi-process: each process's device peak",
     "runtime.step_time_s_per_process": "multi-process: each process's median step time",
     "runtime.host_peak_rss_bytes_per_process": "multi-process: each process's worker peak RSS",

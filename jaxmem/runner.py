@@ -14,7 +14,10 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
+import re
+import tempfile
 from collections.abc import Sequence
+from pathlib import Path
 
 import jax
 from rich.console import Console
@@ -123,13 +126,31 @@ def run(
             cache.enable(cache_dir)
         for i in [i for i in todo if i not in set(pooled)]:
             bar.update(task, description=f"{points[i].name} ({modes[i]})")
-            record = measure_point(experiment.name, points[i], setups[i], modes[i], cluster)
+            record = measure_point(experiment.name, points[i], setups[i], modes[i], cluster,
+                                   artifacts_dir(out, points[i]) if modes[i] == "run" else None)
             if modes[i] == "compile" and jax.distributed.is_initialized():
                 distributed.gather_compiled(record)
             keep(record)
         if writer is not None:
             writer.finish(keys)
     return [finished[p.index] for p in points]
+
+
+def artifacts_dir(out: str | os.PathLike | None, point: GridPoint) -> Path:
+    """Where a run-mode point leaves its profiles and checkpoints: ``<out>/artifacts/<index>-
+    <name>`` (the name made safe for a path), or a new temporary folder without ``out``.
+
+    Example:
+      >>> from jaxmem.experiment import GridPoint
+      >>> artifacts_dir("runs/x", GridPoint(3, "remat=full,mesh[data=2]", None)).as_posix()
+      'runs/x/artifacts/003-remat=full_mesh_data=2_'
+    """
+    if out is None:
+        return Path(tempfile.mkdtemp(prefix="jaxmem-artifacts-"))
+    return Path(out) / "artifacts" / f"{point.index:03d}-{_UNSAFE.sub('_', point.name)[:80]}"
+
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9._=+-]+")
 
 
 def _diagnose(doctor: Doctor, record: Record, setup: Setup, mode: str) -> dict:

@@ -13,6 +13,7 @@ import os
 import resource
 import statistics
 import sys
+import tempfile
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -21,6 +22,7 @@ import jax
 from jaxmem import distributed
 from jaxmem.build import build_program
 from jaxmem.measure import measure_compile
+from jaxmem.profiling import profile
 
 if TYPE_CHECKING:
     from jaxmem.setup import Setup
@@ -46,9 +48,9 @@ def peak_rss_bytes() -> int:
     return int(rss if sys.platform == "darwin" else rss * 1024)
 
 
-def run(setup: Setup) -> dict[str, Any]:
+def run(setup: Setup, artifacts: str | os.PathLike | None = None) -> dict[str, Any]:
     """Measures the setup with real arrays in this process; returns the record sections (the
-    compiled ones too)."""
+    compiled ones too). ``artifacts``: the folder for its profiles (``measure.profile``)."""
     config = setup.config
     program = build_program(setup)
     compiled, sections = measure_compile(program)
@@ -83,6 +85,11 @@ def run(setup: Setup) -> dict[str, Any]:
         "mem_fraction": os.environ.get("XLA_PYTHON_CLIENT_MEM_FRACTION"),
         "allocator": os.environ.get("XLA_PYTHON_CLIENT_ALLOCATOR"),
     }
+    if m.profile is not None:  # after the figures above, so profiling changes none of them
+        if artifacts is None:
+            artifacts = tempfile.mkdtemp(prefix="jaxmem-profile-")
+        args, paths = profile(step, args, m.profile, m.profile_steps, artifacts)
+        runtime.update(paths, profile_steps=m.profile_steps)
     if jax.process_count() > 1:  # each process measured its own devices
         per = distributed.gather({"peak": runtime.get("device_peak_bytes"),
                                   "step": runtime["step_time_s"],

@@ -124,11 +124,11 @@ class Setup:
         """Bad input that only shows beyond the configuration, raised as ConfigError before
         anything compiles: a factory that cannot be called as configured, freeze patterns
         matching no parameter, checkpoint names the model does not tag, allocator settings
-        outside their mode, a compile-only target in run mode, and (compile mode) a mesh the
-        target's devices cannot hold (``devices``: whether to ask for them here; by default
-        in compile mode only). With ``user_code`` False a custom model's code is not run here
-        (its factory is imported and its signature checked); what needs it is checked where it
-        runs, and a failure there is that row.
+        or a profile outside their mode, a compile-only target in run mode, and (compile
+        mode) a mesh the target's devices cannot hold (``devices``: whether to ask for them
+        here; by default in compile mode only). With ``user_code`` False a custom model's code
+        is not run here (its factory is imported and its signature checked); what needs it is
+        checked where it runs, and a failure there is that row.
 
         Run mode leaves the devices alone: asking for them would start the accelerator in
         this process, which would then hold memory that the worker's measurement should own.
@@ -139,6 +139,9 @@ class Setup:
         c = self.config
         allocator = c.measure.allocator_env()
         if mode == "compile":
+            if c.measure.profile is not None:
+                raise ConfigError("measure.profile", "profiles a run, so it needs --mode run "
+                                  "(or measure.mode: run)", value=c.measure.profile)
             if self.target.family == "gpu":  # the share of a GPU's memory that fits checks
                 allocator.pop("XLA_PYTHON_CLIENT_MEM_FRACTION", None)
             if allocator:

@@ -30,12 +30,13 @@ def run_one(config_path: str, result_path: str) -> int:
     from jaxmem.setup import resolve
 
     try:
-        setup = resolve(isolate.read_config(config_path))
+        config, artifacts = isolate.read_request(config_path)
+        setup = resolve(config)
         targets.ensure_cpu_devices([setup.target])  # before anything starts JAX's backends
         cluster = Cluster.from_env()
         if cluster is not None:
             cluster.initialize()
-        sections = runtime.run(setup)
+        sections = runtime.run(setup, artifacts)
     except Unsupported as e:
         isolate.write_result(result_path, error=e)
         return 1

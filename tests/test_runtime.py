@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import gzip
 import os
 import sys
 from pathlib import Path
+
+import pytest
 
 import jaxmem
 from jaxmem import results
@@ -84,3 +87,28 @@ def test_run_mode_leaves_the_parent_without_a_backend(tmp_path):
     assert out.returncode == 0, out.stderr
     # the worker checked the mesh on its own devices: a row, not a crash
     assert out.stdout.split() == ["error", "True", "initialised", "False"]
+
+
+def test_run_mode_profiles_a_trace_and_a_device_memory_profile(tmp_path):
+    exp = jaxmem.Experiment.from_dict({
+        **TINY_GPT, "sweep": {},
+        "measure": {**TINY_GPT["measure"], "profile": "both", "profile_steps": 2}})
+    (r,) = jaxmem.run(exp, out=tmp_path / "out")
+    assert r.status == "ok", r.error
+    trace, memory = Path(r.runtime["profile_trace_dir"]), Path(r.runtime["profile_memory_path"])
+    assert trace.parent == memory.parent == tmp_path / "out" / "artifacts" / "000-base"
+    # the layout xprof / TensorBoard's profile plugin read: plugins/profile/<run>/<host>.xplane.pb
+    (xplane,) = trace.glob("plugins/profile/*/*.xplane.pb")
+    assert xplane.stat().st_size > 1000
+    # pprof: a gzipped profile whose stacks lead to the code that made the step's arrays
+    text = gzip.decompress(memory.read_bytes())
+    assert b"jaxmem/program.py" in text and b"space" in text
+    assert r.runtime["profile_steps"] == 2 and len(r.runtime["step_times_s"]) == 3
+
+
+def test_profile_outside_run_mode_is_bad_input(tmp_path):
+    exp = jaxmem.Experiment.from_dict({**TINY_GPT, "sweep": {},
+                                       "measure": {"profile": "trace"}})
+    with pytest.raises(jaxmem.ConfigError, match="measure.profile: profiles a run"):
+        jaxmem.run(exp, out=tmp_path / "out")
+    assert not (tmp_path / "out").exists()
