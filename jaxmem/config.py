@@ -352,6 +352,37 @@ class MeasureConfig:
                               value=self.timeout_s)
 
 
+RESTORES = ("sharded", "unsharded")
+
+
+@dataclasses.dataclass(frozen=True)
+class CheckpointConfig:
+    """Run mode, training: save the state with orbax after the timed steps, then restore it
+    (``jaxmem.checkpoint``), timing both and sampling memory during the restore.
+
+    Attributes:
+      enabled: save and restore (shorthand: ``checkpoint: true``).
+      restore: ``sharded`` (abstract targets carrying the shardings to restore into: each
+        device reads only its own shards) or ``unsharded`` (whole arrays read into host memory,
+        then placed: what a restore without target shardings does).
+      sharding: the sharding preset to restore into (None: the one it was saved with).
+      mesh: the mesh to restore into (None: the one it was saved with), e.g. saved FSDP over
+        8 devices, restored ``{data: 2, tensor: 4}`` with ``sharding: tp``.
+    """
+
+    PRIMARY: ClassVar[str] = "enabled"
+    enabled: bool = False
+    restore: str = "sharded"
+    sharding: str | None = None
+    mesh: MeshConfig | None = None
+
+    def __post_init__(self) -> None:
+        _convert.check_types(self)
+        check_choice("restore", self.restore, RESTORES, what="restore")
+        if self.sharding is not None:
+            check_choice("sharding", self.sharding, tuple(sharding.PRESETS), what="preset")
+
+
 @dataclasses.dataclass(frozen=True)
 class Config:
     """Everything that defines one measured configuration.
@@ -373,11 +404,13 @@ class Config:
     target: TargetConfig = TargetConfig()
     inference: InferenceConfig = InferenceConfig()
     measure: MeasureConfig = MeasureConfig()
+    checkpoint: CheckpointConfig = CheckpointConfig()
 
     def __post_init__(self) -> None:
         _convert.check_types(self)
         check_choice("task", self.task, TASKS, what="task")
         self._check_task()
+        self._check_checkpoint()
         self._check_remat()
         self._check_freeze()
         ways = self.mesh.batch_ways()
@@ -432,6 +465,32 @@ class Config:
         """Every parameter path pattern to freeze: ``freeze.patterns`` and the presets."""
         f = self.freeze
         return (*f.patterns, *self.model.freeze_patterns(f.blocks, f.embeddings))
+
+    def restore_config(self) -> Config:
+        """This configuration with the sharding and mesh ``checkpoint`` restores into."""
+        c = self.checkpoint
+        return dataclasses.replace(
+            self, checkpoint=CheckpointConfig(),
+            sharding=(self.sharding if c.sharding is None
+                      else dataclasses.replace(self.sharding, preset=c.sharding)),
+            mesh=self.mesh if c.mesh is None else c.mesh)
+
+    def _check_checkpoint(self) -> None:
+        c = self.checkpoint
+        if c == CheckpointConfig():
+            return
+        if not c.enabled:
+            raise ConfigError("checkpoint.enabled", "is false, so the other checkpoint "
+                              "settings do nothing; set checkpoint.enabled=true", value=False)
+        if self.task != "train":
+            raise ConfigError("checkpoint", "saves the training state: needs task train",
+                              value=self.task)
+        try:
+            self.restore_config()
+        except ConfigError as e:
+            raise ConfigError("checkpoint", f"cannot restore into that sharding or mesh: {e}",
+                              value={"sharding": c.sharding,
+                                     "mesh": c.mesh and c.mesh.axes()}) from None
 
     def _check_task(self) -> None:
         """Settings that only make sense for some tasks, and tasks the model cannot do."""

@@ -13,6 +13,7 @@ Example:
 
 from __future__ import annotations
 
+import chex
 import jax
 import jax.numpy as jnp
 
@@ -24,6 +25,8 @@ def cross_entropy(logits_BxC: jax.Array, labels_B: jax.Array) -> jax.Array:
 
 
 def _ce_fwd(logits, labels):
+    chex.assert_shape(labels, logits.shape[:-1])  # one integer label per row of logits
+    chex.assert_type(labels, int)
     logits32 = logits.astype(jnp.float32)
     lse = jax.nn.logsumexp(logits32, axis=-1)
     picked = jnp.take_along_axis(logits32, labels[..., None], axis=-1)[..., 0]

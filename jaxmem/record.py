@@ -159,6 +159,22 @@ FIELDS: dict[str, str] = {
     "runtime.profile_memory_path": "measure.profile memory/both: pprof device memory profile "
                                    "after a step, its inputs and outputs live (pprof -http=:)",
     "runtime.profile_steps": "steps traced after the timed ones (not in step_time_s)",
+    "runtime.checkpoint_path": "checkpoint: the orbax checkpoint of the training state",
+    "runtime.checkpoint_save_s": "checkpoint: seconds to save the state (until committed)",
+    "runtime.checkpoint_restore_s": "checkpoint: seconds to restore it onto the devices",
+    "runtime.checkpoint_bytes_on_disk": "checkpoint: bytes of its files",
+    "runtime.checkpoint_state_bytes": "checkpoint: bytes of the state saved, whole model",
+    "runtime.checkpoint_restore": "checkpoint: sharded (abstract targets with shardings) or "
+                                  "unsharded (whole arrays through host memory)",
+    "runtime.checkpoint_restored_into": "checkpoint: the sharding preset and mesh restored into",
+    "runtime.checkpoint_restore_host_peak_bytes": "checkpoint: resident host memory the "
+                                                  "restore added at its peak (sampled every "
+                                                  "2 ms; Linux)",
+    "runtime.checkpoint_restore_device_peak_bytes": "checkpoint: max over devices of "
+                                                    "bytes_in_use during the restore (None "
+                                                    "where memory_stats() is unavailable)",
+    "runtime.checkpoint_restored_equal": "checkpoint: the restored state's per-leaf sums equal "
+                                         "the saved state's",
     "runtime.device_peak_bytes_per_process": "multi-process: each process's device peak",
     "runtime.step_time_s_per_process": "multi-process: each process's median step time",
     "runtime.host_peak_rss_bytes_per_process": "multi-process: each process's worker peak RSS",

@@ -97,6 +97,15 @@ RUN_COLUMNS = (
     Column("step", "runtime.step_time_s", fmt_seconds, delta=True, priority=1),
     Column("device peak", "runtime.device_peak_bytes", fmt_bytes, delta=True, priority=0),
     Column("host RSS", "runtime.host_peak_rss_bytes", fmt_bytes, priority=7),
+    Column("ckpt save", "runtime.checkpoint_save_s", fmt_seconds, optional=True, priority=6),
+    Column("ckpt restore", "runtime.checkpoint_restore_s", fmt_seconds, delta=True,
+           optional=True, priority=4),
+    Column("restore host+", "runtime.checkpoint_restore_host_peak_bytes", fmt_bytes,
+           delta=True, optional=True, priority=3),
+    Column("restore dev peak", "runtime.checkpoint_restore_device_peak_bytes", fmt_bytes,
+           delta=True, optional=True, priority=3),
+    Column("ckpt on disk", "runtime.checkpoint_bytes_on_disk", fmt_bytes, optional=True,
+           priority=7),
 )
 ALL_COLUMNS = COMPILE_COLUMNS + RUN_COLUMNS
 

@@ -17,12 +17,15 @@ import tempfile
 import time
 from typing import TYPE_CHECKING, Any
 
+import chex
 import jax
 
 from jaxmem import distributed
 from jaxmem.build import build_program
+from jaxmem.checkpoint import save_and_restore
 from jaxmem.measure import measure_compile
 from jaxmem.profiling import profile
+from jaxmem.setup import resolve
 
 if TYPE_CHECKING:
     from jaxmem.setup import Setup
@@ -55,6 +58,8 @@ def run(setup: Setup, artifacts: str | os.PathLike | None = None) -> dict[str, A
     program = build_program(setup)
     compiled, sections = measure_compile(program)
     args = program.make_args(jax.random.key(config.data.seed))
+    # the arrays run are the shapes and dtypes that were compiled (and the compiled figures)
+    chex.assert_trees_all_equal_shapes_and_dtypes(args, program.abstract_args)
     n = program.carried_args
 
     def step(args: tuple) -> tuple[tuple, jax.Array]:
@@ -90,6 +95,12 @@ def run(setup: Setup, artifacts: str | os.PathLike | None = None) -> dict[str, A
             artifacts = tempfile.mkdtemp(prefix="jaxmem-profile-")
         args, paths = profile(step, args, m.profile, m.profile_steps, artifacts)
         runtime.update(paths, profile_steps=m.profile_steps)
+    if config.checkpoint.enabled:
+        if artifacts is None:
+            artifacts = tempfile.mkdtemp(prefix="jaxmem-checkpoint-")
+        target = build_program(resolve(config.restore_config()))
+        state, args, result = args[:n], None, None
+        runtime.update(save_and_restore(program, target, state, artifacts))
     if jax.process_count() > 1:  # each process measured its own devices
         per = distributed.gather({"peak": runtime.get("device_peak_bytes"),
                                   "step": runtime["step_time_s"],

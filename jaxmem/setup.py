@@ -123,9 +123,9 @@ class Setup:
               user_code: bool = True) -> None:
         """Bad input that only shows beyond the configuration, raised as ConfigError before
         anything compiles: a factory that cannot be called as configured, freeze patterns
-        matching no parameter, checkpoint names the model does not tag, allocator settings
-        or a profile outside their mode, a compile-only target in run mode, and (compile
-        mode) a mesh the target's devices cannot hold (``devices``: whether to ask for them
+        matching no parameter, checkpoint names the model does not tag, allocator settings,
+        a profile or a checkpoint outside their mode, a compile-only target in run mode, and
+        (compile mode) a mesh the target's devices cannot hold (``devices``: whether to ask for them
         here; by default in compile mode only). With ``user_code`` False a custom model's code
         is not run here (its factory is imported and its signature checked); what needs it is
         checked where it runs, and a failure there is that row.
@@ -142,6 +142,9 @@ class Setup:
             if c.measure.profile is not None:
                 raise ConfigError("measure.profile", "profiles a run, so it needs --mode run "
                                   "(or measure.mode: run)", value=c.measure.profile)
+            if c.checkpoint.enabled:
+                raise ConfigError("checkpoint.enabled", "saves and restores a run's state, so "
+                                  "it needs --mode run (or measure.mode: run)", value=True)
             if self.target.family == "gpu":  # the share of a GPU's memory that fits checks
                 allocator.pop("XLA_PYTHON_CLIENT_MEM_FRACTION", None)
             if allocator:

@@ -20,6 +20,7 @@ import functools
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+import chex
 import jax
 import optax
 from flax import nnx
@@ -90,6 +91,9 @@ def make_train_step(
                                                   scale, constrain_batch)
         else:
             loss, new_rest, g = grads.value_and_grad(objective, params, rest, batch, scale)
+        chex.assert_shape(loss, ())  # the model's loss is one number
+        # gradients in the parameters' shapes and storage dtype (the precision policy's cast)
+        chex.assert_trees_all_equal_shapes_and_dtypes(g, params)
         updates, new_tx_state = tx.update(g, tx_state, params)
         new_params = optax.apply_updates(params, updates)
         if loss_scale is None:

@@ -13,7 +13,8 @@ FILES = sorted((Path(__file__).resolve().parents[1] / "experiments").glob("*.yam
 # run elsewhere: the quickstart by the session fixture, GPT-2 small by the benchmark, the
 # GPT-2-sized sharding files shrunk below (plan_v5e whole: `make bench-plan`, ~1 min)
 COVERED = {"quickstart", "gpt2_small", "sharding", "plan_v5e", "llama", "plan_llama8b_v5p",
-           "plan_llama8b_h100x8"}  # the llama files shrunk below (h100: make test-gpu-targets)
+           "plan_llama8b_h100x8",  # the llama files shrunk below (h100: make test-gpu-targets)
+           "checkpoint"}  # shrunk below
 #: sweeps that change only what compile mode does not measure (allocator settings: run mode)
 SAME_MEMORY = {"allocator"}
 MEMORY_FIGURES = ("compiled.total_bytes", "compiled.host_temp_bytes", "analytic.residual_bytes",
@@ -38,6 +39,26 @@ def test_sharding_experiments_run_shrunk(name):
         assert all(p < per_device[0] / 3 for p in per_device[1:])
     else:
         assert records[0].compiled["fits"] is True
+
+
+def test_checkpoint_experiment_runs_shrunk(tmp_path):
+    """FSDP over 8 saved, restored into FSDP and into TP 2x4, sharded and through the host."""
+    path = next(f for f in FILES if f.stem == "checkpoint")
+    records = jaxmem.run(jaxmem.Experiment.from_yaml(path, SHRINK), out=tmp_path)
+    assert all(r.ok for r in records), [(r.name, r.error) for r in records if not r.ok]
+    assert [r.runtime["checkpoint_restored_into"] for r in records] == [
+        "fsdp over data=1 fsdp=8 tensor=1"] * 2 + ["tp over data=2 fsdp=1 tensor=4"] * 2
+    assert [r.runtime["checkpoint_restore"] for r in records] == ["sharded", "unsharded"] * 2
+    for r in records:
+        rt = r.runtime
+        assert rt["checkpoint_restored_equal"] is True
+        # parameters and both Adam moments in float32, and the step counter
+        assert rt["checkpoint_state_bytes"] == pytest.approx(3 * r.analytic["param_bytes"],
+                                                             abs=64)
+        assert 0.5 < rt["checkpoint_bytes_on_disk"] / rt["checkpoint_state_bytes"] < 1.5
+        assert rt["checkpoint_save_s"] > 0 and rt["checkpoint_restore_s"] > 0
+        assert rt["checkpoint_restore_device_peak_bytes"] is None  # XLA:CPU: no memory_stats
+        assert Path(rt["checkpoint_path"]).is_relative_to(tmp_path / "artifacts")
 
 
 #: Llama 3's heads and key/value heads, a small width, depth and vocabulary

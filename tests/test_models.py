@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -219,3 +221,23 @@ def test_gpt_keeps_the_textbook_activations_per_layer(stack, precision):
     if precision == "bf16-mixed":  # q, k, v, out (4h^2) and the MLP (2rh^2), LN scales (2h)
         expected += ((4 + 2 * r) * h * h + 2 * h) * value
     assert saved[3] - saved[2] == expected
+
+
+def test_labels_that_do_not_match_the_logits_are_an_error_row_naming_the_shapes(
+        tmp_path, monkeypatch):
+    """chex at the loss's boundary: labels declared (B, 1) for (B, C) logits."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.syspath_prepend(str(Path(__file__).parent.parent))
+    (tmp_path / "column_labels.py").write_text(
+        "import dataclasses, jax, jax.numpy as jnp\n"
+        "import examples.custom_model as m\n"
+        "def workload(batch_size):\n"
+        "    w = m.workload(batch_size, width=8, depth=1)\n"
+        "    y = jax.ShapeDtypeStruct((batch_size, 1), jnp.int32)\n"
+        "    return dataclasses.replace(w, batch={**w.batch, 'y': y})\n"
+    )
+    (row,) = jaxmem.run(jaxmem.Experiment.from_dict(
+        {"model": {"kind": "custom", "factory": "column_labels:workload"},
+         "data": {"batch_size": 4}}))
+    assert row.status == "error" and "has shape (4, 1) but expected (4)" in row.error, row.error

@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 from typing import TYPE_CHECKING, ClassVar
 
+import chex
 import jax
 import jax.numpy as jnp
 from flax import nnx
@@ -143,6 +144,8 @@ class GPT(nnx.Module):
         return self.head.kernel[...].astype(self.head.dtype or self.head.kernel.dtype)
 
     def __call__(self, tokens_BxL: jax.Array) -> jax.Array:
+        chex.assert_rank(tokens_BxL, 2)
+        chex.assert_type(tokens_BxL, int)
         x_BxLxD = self.trunk(tokens_BxL)
         if self.head is None:
             logits_BxLxV = self.trunk.embed.attend(x_BxLxD)
