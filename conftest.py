@@ -14,3 +14,23 @@ if _flag not in os.environ.get("XLA_FLAGS", ""):
 import jax  # noqa: E402
 
 jax.config.update("jax_numpy_rank_promotion", "raise")
+
+
+# --------------------------------------------- notebook wall times, in the run's summary
+
+_NOTEBOOK_SECONDS: dict[str, float] = {}
+
+
+def pytest_runtest_logreport(report):
+    """Collects ``notebook_seconds`` (``record_property``), also from xdist workers."""
+    if report.when == "call":
+        for name, value in report.user_properties:
+            if name == "notebook_seconds":
+                _NOTEBOOK_SECONDS[report.nodeid.rsplit("[", 1)[-1].rstrip("]")] = value
+
+
+def pytest_terminal_summary(terminalreporter):
+    if _NOTEBOOK_SECONDS:
+        terminalreporter.write_sep("-", "notebook wall times")
+        for name, seconds in sorted(_NOTEBOOK_SECONDS.items()):
+            terminalreporter.write_line(f"{name:28s} {seconds:6.1f} s")

@@ -202,12 +202,16 @@ class ShardingConfig:
       param_axes: logical axes for parameters the model does not name, each
         ``[glob over the parameter path, axis, axis, ...]``; a name no rule maps (``_``) keeps
         that dimension whole.
+      constrain_activations: constrain the models' activations to the rules' sharding (the
+        default); false leaves their layout to XLA's sharding propagation, to measure what
+        the constraints are worth.
     """
 
     PRIMARY: ClassVar[str] = "preset"
     preset: str = "dp"
     rules: tuple[tuple[str, ...], ...] = ()
     param_axes: tuple[tuple[str, ...], ...] = ()
+    constrain_activations: bool = True
 
     def __post_init__(self) -> None:
         _convert.check_types(self)
@@ -230,7 +234,8 @@ class ShardingConfig:
     def resolve(self) -> sharding.Rules:
         """The preset's rules with the overrides applied (``jaxmem.setup`` calls this once
         per configuration)."""
-        return sharding.preset_rules(self.preset, [(r[0], r[1:]) for r in self.rules])
+        rules = sharding.preset_rules(self.preset, [(r[0], r[1:]) for r in self.rules])
+        return dataclasses.replace(rules, activations=self.constrain_activations)
 
 
 @dataclasses.dataclass(frozen=True)

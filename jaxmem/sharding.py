@@ -129,10 +129,13 @@ class Rules:
         logical name that are not already used by an earlier dimension of the same array.
       zero: mesh axes that additionally split every parameter and its optimizer state on its
         largest dimension still unsplit (ZeRO-3 / FSDP), whatever its logical name.
+      activations: whether models' activations are constrained to their logical axes'
+        sharding (:func:`constrain`); False leaves their layout to XLA's propagation.
     """
 
     axes: tuple[tuple[str, tuple[str, ...]], ...]
     zero: tuple[str, ...] = ()
+    activations: bool = True
 
     def __post_init__(self) -> None:
         for name, mesh_axes in self.axes:
@@ -350,9 +353,10 @@ def use_rules(mesh: Mesh, rules: Rules) -> Iterator[None]:
 
 def constrain(x: jax.Array, logical: Axes) -> jax.Array:
     """``x`` constrained to the sharding its logical axes get under the active rules; ``x``
-    unchanged outside :func:`use_rules` (models stay usable without a mesh)."""
+    unchanged outside :func:`use_rules` (models stay usable without a mesh) or under rules
+    with ``activations=False``."""
     active = _ACTIVE.get()
-    if active is None:
+    if active is None or not active[1].activations:
         return x
     mesh, r = active
     spec = activation_spec(logical, x.shape, mesh, r)

@@ -5,6 +5,8 @@
 #     text_representation:
 #       extension: .py
 #       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -77,8 +79,9 @@ print("aliased:", donated.alias_bytes, "bytes")
 # ## The quickstart sweep
 #
 # `experiments/quickstart.yaml` is a 3.5M-parameter GPT trained with AdamW, swept over
-# **remat** (`none`, `dots`: keep only matrix-multiply outputs, `full`: keep only each block's
-# input) and **precision** (`fp32`; `bf16-mixed`: float32 master weights, bfloat16 compute).
+# **remat** (`none`; `dots`: keep only matrix-multiply outputs; `minimal`: keep only the
+# attention projections named by checkpoint names; `full`: keep only each block's input) and
+# **precision** (`fp32`; `bf16-mixed`: float32 master weights, bfloat16 compute).
 
 # %%
 exp = jaxmem.Experiment.from_yaml(ROOT / "experiments" / "quickstart.yaml")
@@ -112,6 +115,8 @@ for name, r in by_name.items():
 # ## Next
 #
 # * `jaxmem run experiments/quickstart.yaml --set data.batch_size=32` and watch temp scale.
+# * `jaxmem report runs/quickstart` writes the results as one HTML page to share (charts,
+#   table, notes); `jaxmem.load("runs/quickstart")` gives them as a pandas DataFrame.
 # * `--mode run` measures real step times in a fresh process per configuration (and, on a GPU
 #   or TPU, the device's `peak_bytes_in_use`).
 # * Measure your own model: `experiments/custom_model.yaml` points at

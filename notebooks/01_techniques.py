@@ -5,6 +5,8 @@
 #     text_representation:
 #       extension: .py
 #       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -77,6 +79,19 @@ print(f"bf16-mixed keeps {ratio:.2f}x the activation bytes of fp32")
 # %%
 accumulation = sweep("accumulation", data={"batch_size": 32},
                      sweep={"data.microbatches": [1, 4]})
+one, four = accumulation["data.microbatches=1"], accumulation["data.microbatches=4"]
+print(f"temp: {one.compiled['temp_bytes'] / 2**20:.1f} MiB -> "
+      f"{four.compiled['temp_bytes'] / 2**20:.1f} MiB")
+print(f"FLOPs as XLA counts them: {one.compiled['flops'] / 1e9:.1f}G -> "
+      f"{four.compiled['flops'] / 1e9:.1f}G, but the 4 microbatches run in a loop whose body "
+      f"XLA counts once: x4 = {4 * four.compiled['flops'] / 1e9:.1f}G, the same work")
+
+# %% [markdown]
+# Read the FLOPs column with care: the `>=` marks a lower bound. XLA's cost analysis counts
+# the body of a loop once, and accumulation *is* a loop over microbatches, so the row with 4
+# microbatches shows about a quarter of the FLOPs. The line above multiplies it back: the
+# work is the same, only the activations of one microbatch at a time are live. What
+# accumulation costs is time (smaller matrix multiplies use the device less well), not FLOPs.
 
 # %% [markdown]
 # ## 4. Chunked cross-entropy: the logits that never exist
@@ -97,11 +112,23 @@ print("full logits:", 8 * 256 * 32768 * 4 / 2**20, "MiB")
 # ## 5. The optimizer's share, and freezing
 #
 # AdamW keeps two moments per parameter (twice the parameters' bytes), SGD none, Adafactor a
-# row and a column per matrix. Freezing parameters removes their moments and gradients.
+# row and a column per matrix.
 
 # %%
 optimizers = sweep("optimizers", remat="full",
                    sweep={"optimizer": ["adamw", "sgd", "adafactor"]})
+
+# %% [markdown]
+# Freezing parameters (fine-tuning only part of a model) removes their gradients and their
+# optimizer moments. Here the embeddings, then the first two of the four blocks as well
+# (freezing blocks by index needs the Python-loop stack).
+
+# %%
+frozen = sweep("freezing", remat="full", model=dict(GPT, stack="loop"),
+               sweep={"freeze": [{}, {"embeddings": True}, {"blocks": 2, "embeddings": True}]})
+for name, r in frozen.items():
+    print(f"{name:35s} optimizer state {r.analytic['opt_state_bytes'] / 2**20:5.2f} MiB, "
+          f"compiled total {r.compiled['total_bytes'] / 2**20:6.1f} MiB")
 
 # %% [markdown]
 # ## 6. Serving: weights and the KV cache

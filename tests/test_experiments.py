@@ -13,6 +13,7 @@ FILES = sorted((Path(__file__).resolve().parents[1] / "experiments").glob("*.yam
 # run elsewhere: the quickstart by the session fixture, GPT-2 small by the benchmark, the
 # GPT-2-sized sharding files shrunk below (plan_v5e whole: `make bench-plan`, ~1 min)
 COVERED = {"quickstart", "gpt2_small", "sharding", "plan_v5e", "llama", "plan_llama8b_v5p",
+           "fsdp_trap",  # 2 x 45 s at 256 chips: recorded in benchmarks/results/fsdp_trap
            "plan_llama8b_h100x8",  # the llama files shrunk below (h100: make test-gpu-targets)
            "checkpoint"}  # shrunk below
 #: sweeps that change only what compile mode does not measure (allocator settings: run mode)

@@ -128,6 +128,16 @@ def test_activations_are_constrained_only_under_rules():
     assert "sharding_constraint" in str(jax.make_jaxpr(ruled)(x))
 
 
+def test_constrain_activations_false_leaves_the_step_to_propagation():
+    """``sharding.constrain_activations: false``: no activation is constrained in the step
+    (with the default, every block's are)."""
+    def constraints(**sharding_section):
+        program = build_program(config({"preset": "fsdp", **sharding_section}, {"fsdp": -1}))
+        return str(program.step.trace(*program.abstract_args).jaxpr).count("sharding_constraint")
+
+    assert constraints() > 10 and constraints(constrain_activations=False) == 0
+
+
 @pytest.mark.parametrize(("logical", "shape", "preset", "mesh", "spec"), [
     (("embed", "mlp"), (128, 512), "dp", {"data": -1}, P(None, None)),
     (("embed", "mlp"), (128, 512), "fsdp", {"fsdp": -1}, P(None, "fsdp")),  # largest dim
