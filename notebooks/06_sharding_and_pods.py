@@ -98,9 +98,9 @@ for r in records:
 # batch. jaxmem's models constrain each activation to the batch sharding
 # (`jax.lax.with_sharding_constraint`); with `sharding.constrain_activations: false` the
 # layouts are left to XLA's sharding propagation, which only sees the parameters' sharding.
-# `experiments/fsdp_trap.yaml` compiles GPT-2 small (124M parameters, batch 1 per chip)
-# over a virtual TPU v5e 16x16 slice both ways. That takes about two 45-second compiles, so
-# unless `JAXMEM_NOTEBOOK_FULL=1` this cell reads the rows recorded by
+# `experiments/fsdp_trap.yaml` compiles GPT-2 small (batch 1 per chip) over a virtual TPU
+# v5e 16x16 slice both ways. Compiles for 256 chips take minutes on a laptop, so unless
+# `JAXMEM_NOTEBOOK_FULL=1` this cell reads the rows recorded by
 # `jaxmem run experiments/fsdp_trap.yaml --out benchmarks/results/fsdp_trap`.
 
 # %%
@@ -111,7 +111,7 @@ else:
     trap = jaxmem.read_results(ROOT / "benchmarks" / "results" / "fsdp_trap")
     env = trap[0].env
     print(f"recorded rows: jax {env['jax_version']}, {env['device_kind']} x"
-          f"{env['device_count']}")
+          f"{env['device_count']}, {trap[0].analytic['param_count'] / 1e6:.0f}M parameters")
 for r in trap:
     if r.ok:
         print(f"{r.name:38s} peak {r.compiled['peak_bytes'] / 2**30:5.2f} GiB per chip: fits")
