@@ -111,8 +111,8 @@ for policy, total in by_hand.items():
 # %% [markdown]
 # ## 4. The same count by `jaxmem.estimate`, and XLA's plan
 #
-# `jaxmem.estimate` does this count from shape formulas for any configuration, in about a
-# millisecond, with terms a pencil usually forgets: the transient buffers at the peak (the
+# `jaxmem.estimate` does this count from shape formulas for any configuration, in
+# milliseconds (printed below), with terms a pencil usually forgets: the transient buffers at the peak (the
 # logits' gradient, the largest layer gradient being formed) and how the backend computes
 # lower precisions. The compiled figure is XLA's own buffer plan (`memory_analysis()`:
 # arguments + outputs + temporaries - what is updated in place), from a compile on abstract
@@ -127,7 +127,8 @@ for policy, est in estimates.items():
     compiled = records[f"remat={policy}"].compiled["total_bytes"]
     print(f"\nremat={policy}: by hand {mib(by_hand[policy])}, estimate {mib(est.total_bytes)}, "
           f"compiled {mib(compiled)} (by hand {by_hand[policy] / compiled - 1:+.0%}, "
-          f"estimate {est.total_bytes / compiled - 1:+.0%})")
+          f"estimate {est.total_bytes / compiled - 1:+.0%}; the estimate took "
+          f"{est.seconds * 1e3:.1f} ms)")
     for t in est.terms:
         print(f"   {t.name:20s} {mib(t.bytes)}  {t.detail}")
 
