@@ -300,19 +300,21 @@ def write(source: str | os.PathLike | Sequence[Record], out: str | os.PathLike |
           *, explain_dir: str | os.PathLike | None = None) -> Path:
     """Writes the report on a results folder (or ``results.jsonl``, or records) to ``out``
     (default: ``report.html`` in the results folder, or the working directory); returns it.
-    Explanations come from ``explain_dir`` (default: the folder's ``explain/``, where
-    ``jaxmem explain`` writes them). The file is written whole or not at all.
+    Explanations come from ``explain_dir`` (default: the results folder's ``explain/``, where
+    ``jaxmem explain`` writes them; none for records in memory). The file is written whole or
+    not at all.
 
     Raises:
       OSError, ValueError: as :func:`jaxmem.results.read`.
     """
     if isinstance(source, Sequence) and not isinstance(source, str):
-        records, folder, title = list(source), Path.cwd(), "records in memory"
+        records, folder, title = list(source), None, "records in memory"
     else:
         records = results.read(source)
         folder = Path(source) if Path(source).is_dir() else Path(source).parent
         title = str(source)
-    explain = Path(explain_dir) if explain_dir is not None else folder / "explain"
-    path = Path(out) if out is not None else folder / "report.html"
+    explain = (Path(explain_dir) if explain_dir is not None
+               else folder / "explain" if folder is not None else None)
+    path = Path(out) if out is not None else (folder or Path.cwd()) / "report.html"
     results.replace_text(path, page(records, title, explain))
     return path
