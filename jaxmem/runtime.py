@@ -53,7 +53,8 @@ def peak_rss_bytes() -> int:
 
 def run(setup: Setup, artifacts: str | os.PathLike | None = None) -> dict[str, Any]:
     """Measures the setup with real arrays in this process; returns the record sections (the
-    compiled ones too). ``artifacts``: the folder for its profiles (``measure.profile``)."""
+    compiled ones too). ``artifacts``: the folder for its profiles (``measure.profile``) and
+    checkpoint (``checkpoint``); a new temporary folder when they are asked for without one."""
     config = setup.config
     program = build_program(setup)
     compiled, sections = measure_compile(program)
@@ -90,14 +91,12 @@ def run(setup: Setup, artifacts: str | os.PathLike | None = None) -> dict[str, A
         "mem_fraction": os.environ.get("XLA_PYTHON_CLIENT_MEM_FRACTION"),
         "allocator": os.environ.get("XLA_PYTHON_CLIENT_ALLOCATOR"),
     }
+    if artifacts is None and (m.profile is not None or config.checkpoint.enabled):
+        artifacts = tempfile.mkdtemp(prefix="jaxmem-run-")
     if m.profile is not None:  # after the figures above, so profiling changes none of them
-        if artifacts is None:
-            artifacts = tempfile.mkdtemp(prefix="jaxmem-profile-")
         args, paths = profile(step, args, m.profile, m.profile_steps, artifacts)
         runtime.update(paths, profile_steps=m.profile_steps)
     if config.checkpoint.enabled:
-        if artifacts is None:
-            artifacts = tempfile.mkdtemp(prefix="jaxmem-checkpoint-")
         target = build_program(resolve(config.restore_config()))
         state, args, result = args[:n], None, None
         runtime.update(save_and_restore(program, target, state, artifacts))
