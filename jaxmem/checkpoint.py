@@ -34,6 +34,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxmem import distributed
+
 if TYPE_CHECKING:
     from jaxmem.program import Program
 
@@ -59,8 +61,9 @@ def _in_use(devices: list[jax.Device]) -> int | None:
 
 class Sampler:
     """Samples resident host memory and the devices' ``bytes_in_use`` (max over ``devices``)
-    every :data:`SAMPLE_S` seconds while in its ``with`` block; ``host_peak`` and
-    ``device_peak`` are the highest values above the level at entry (None: not available)."""
+    every :data:`SAMPLE_S` seconds while in its ``with`` block: ``host_peak`` is the highest
+    resident memory above the level at entry, ``device_peak`` the highest ``bytes_in_use``
+    (None: not available)."""
 
     def __init__(self, devices: list[jax.Device]):
         self.devices = devices
@@ -117,8 +120,9 @@ def save(state: Any, folder: str | os.PathLike) -> tuple[Path, float]:
     import orbax.checkpoint as ocp
 
     path = Path(folder).absolute() / "checkpoint"
-    if path.exists():
+    if jax.process_index() == 0 and path.exists():
         shutil.rmtree(path)
+    distributed.sync("jaxmem-checkpoint")
     path.parent.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     with ocp.StandardCheckpointer() as checkpointer:

@@ -4,9 +4,9 @@
   ``jax.profiler.trace``: a folder that ``xprof --logdir DIR`` (or TensorBoard with the
   profile plugin) opens, with the steps' device and host timelines, XLA's ops and, on
   GPU/TPU, the memory viewer.
-* ``memory``: ``jax.profiler.save_device_memory_profile`` after a step, while its inputs and
-  outputs are alive: the moment the most arrays are live between steps (parameters, optimizer
-  state, batch, the step's outputs), each with the Python stack that made it. ``go tool pprof
+* ``memory``: ``jax.profiler.save_device_memory_profile`` after a step, before its result is
+  dropped: the arrays live between steps (the new training state, which took the donated old
+  one's place, the batch and the loss), each with the Python stack that made it. ``go tool pprof
   -http=: FILE`` (or ``pprof``) opens it. XLA's temporaries inside the step are not arrays, so
   they are not in it: ``runtime.device_peak_bytes`` minus this profile's total is what the step
   itself adds.

@@ -157,7 +157,7 @@ FIELDS: dict[str, str] = {
     "runtime.profile_trace_dir": "measure.profile trace/both: the jax.profiler trace of the "
                                  "profiled steps (xprof --logdir DIR, or TensorBoard)",
     "runtime.profile_memory_path": "measure.profile memory/both: pprof device memory profile "
-                                   "after a step, its inputs and outputs live (pprof -http=:)",
+                                   "after a step: the new state, batch and loss (pprof -http=:)",
     "runtime.profile_steps": "steps traced after the timed ones (not in step_time_s)",
     "runtime.checkpoint_path": "checkpoint: the orbax checkpoint of the training state",
     "runtime.checkpoint_save_s": "checkpoint: seconds to save the state (until committed)",

@@ -15,7 +15,6 @@ import contextlib
 import dataclasses
 import os
 import re
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -136,18 +135,20 @@ def run(
     return [finished[p.index] for p in points]
 
 
-def artifacts_dir(out: str | os.PathLike | None, point: GridPoint) -> Path:
+def artifacts_dir(out: str | os.PathLike | None, point: GridPoint) -> Path | None:
     """Where a run-mode point leaves its profiles and checkpoints: ``<out>/artifacts/<index>-
-    <name>`` (the name made safe for a path), or a new temporary folder without ``out``.
+    <name>`` (the name made safe for a path, absolute); None without ``out`` (the worker makes
+    a temporary folder only if the point asks for a profile or a checkpoint).
 
     Example:
       >>> from jaxmem.experiment import GridPoint
-      >>> artifacts_dir("runs/x", GridPoint(3, "remat=full,mesh[data=2]", None)).as_posix()
-      'runs/x/artifacts/003-remat=full_mesh_data=2_'
+      >>> artifacts_dir("runs/x", GridPoint(3, "remat=full,mesh[data=2]", None)).parts[-3:]
+      ('x', 'artifacts', '003-remat=full_mesh_data=2_')
     """
     if out is None:
-        return Path(tempfile.mkdtemp(prefix="jaxmem-artifacts-"))
-    return Path(out) / "artifacts" / f"{point.index:03d}-{_UNSAFE.sub('_', point.name)[:80]}"
+        return None
+    name = f"{point.index:03d}-{_UNSAFE.sub('_', point.name)[:80]}"
+    return Path(out).absolute() / "artifacts" / name
 
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._=+-]+")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import resource
+import shutil
 import statistics
 import sys
 import tempfile
@@ -58,6 +59,10 @@ def run(setup: Setup, artifacts: str | os.PathLike | None = None) -> dict[str, A
     config = setup.config
     program = build_program(setup)
     compiled, sections = measure_compile(program)
+    # the restore's targets, abstract and cheap: built before the steps so that a layout it
+    # cannot restore into fails the row before anything is timed
+    target = (build_program(resolve(config.restore_config()))
+              if config.checkpoint.enabled else None)
     args = program.make_args(jax.random.key(config.data.seed))
     # the arrays run are the shapes and dtypes that were compiled (and the compiled figures)
     chex.assert_trees_all_equal_shapes_and_dtypes(args, program.abstract_args)
@@ -91,13 +96,18 @@ def run(setup: Setup, artifacts: str | os.PathLike | None = None) -> dict[str, A
         "mem_fraction": os.environ.get("XLA_PYTHON_CLIENT_MEM_FRACTION"),
         "allocator": os.environ.get("XLA_PYTHON_CLIENT_ALLOCATOR"),
     }
-    if artifacts is None and (m.profile is not None or config.checkpoint.enabled):
-        artifacts = tempfile.mkdtemp(prefix="jaxmem-run-")
+    if m.profile is not None or target is not None:
+        if artifacts is None:
+            artifacts = tempfile.mkdtemp(prefix="jaxmem-run-")
+        elif jax.process_index() == 0 and os.path.isdir(artifacts):
+            shutil.rmtree(artifacts)  # an earlier run's profiles and checkpoint of this point
+        distributed.sync("jaxmem-artifacts")
     if m.profile is not None:  # after the figures above, so profiling changes none of them
         args, paths = profile(step, args, m.profile, m.profile_steps, artifacts)
-        runtime.update(paths, profile_steps=m.profile_steps)
-    if config.checkpoint.enabled:
-        target = build_program(resolve(config.restore_config()))
+        runtime.update(paths)
+        if "profile_trace_dir" in paths:
+            runtime["profile_steps"] = m.profile_steps
+    if target is not None:
         state, args, result = args[:n], None, None
         runtime.update(save_and_restore(program, target, state, artifacts))
     if jax.process_count() > 1:  # each process measured its own devices

@@ -84,13 +84,15 @@ print(f"temp: {one.compiled['temp_bytes'] / 2**20:.1f} MiB -> "
       f"{four.compiled['temp_bytes'] / 2**20:.1f} MiB")
 print(f"FLOPs as XLA counts them: {one.compiled['flops'] / 1e9:.1f}G -> "
       f"{four.compiled['flops'] / 1e9:.1f}G, but the 4 microbatches run in a loop whose body "
-      f"XLA counts once: x4 = {4 * four.compiled['flops'] / 1e9:.1f}G, the same work")
+      f"XLA counts once: x4 = {4 * four.compiled['flops'] / 1e9:.1f}G, "
+      f"{4 * four.compiled['flops'] / one.compiled['flops']:.2f}x the single batch's "
+      "(x4 also counts the optimizer update four times)")
 
 # %% [markdown]
 # Read the FLOPs column with care: the `>=` marks a lower bound. XLA's cost analysis counts
 # the body of a loop once, and accumulation *is* a loop over microbatches, so the row with 4
-# microbatches shows about a quarter of the FLOPs. The line above multiplies it back: the
-# work is the same, only the activations of one microbatch at a time are live. What
+# microbatches shows about a quarter of the FLOPs. The line above multiplies it back: about
+# the same work, only the activations of one microbatch at a time are live. What
 # accumulation costs is time (smaller matrix multiplies use the device less well), not FLOPs.
 
 # %% [markdown]

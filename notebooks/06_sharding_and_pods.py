@@ -122,8 +122,9 @@ for r in trap:
         print(f"{'':38s} libtpu: {r.error.split(': ', 2)[-1]}")
 
 # %% [markdown]
-# Without the constraints the compiler keeps activations of the whole batch on every chip
-# (the refusal's temporaries, above), and the step cannot run however many chips are added.
+# Without the constraints the compiler plans far more temporaries per chip than the step
+# needs (the refusal, above), so the step does not fit on this slice at all, while with them
+# it fits with room to spare.
 # In your own model, constrain the activations at block boundaries to the batch sharding
 # (`jax.lax.with_sharding_constraint`, or flax's logical partitioning rules), and compile for
 # the pod before renting it: the refusal above came from a laptop.
@@ -131,7 +132,7 @@ for r in trap:
 # %% [markdown]
 # ## Planning a virtual TPU slice
 #
-# The first step of this notebook compiled for a TPU v5e slice of 2x4 chips, with libtpu's compile-only
+# The FSDP step of the first table, compiled for a TPU v5e slice of 2x4 chips, with libtpu's compile-only
 # topology (`pip install 'jaxmem[tpu-targets]'`): nothing runs, but the compiler plans the
 # memory of each chip, and refuses a step that does not fit its HBM, as it would on the
 # hardware.
