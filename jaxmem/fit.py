@@ -5,9 +5,10 @@ batch (or sequence, or any integer field) whose step fits": the estimate (``jaxm
 milliseconds) predicts the boundary, compiles probe around it, and the answer is checked by
 compile on both sides: the value fits, the next admissible value does not. Memory need not be
 monotone in the field (XLA's choices change with shapes), so the value after the first that
-does not fit is compiled too (if it fits again, the search goes on above it), and the value
-just below the answer (if it, or any smaller value compiled on the way, does not fit, the
-result says so: the fitting values are not an interval; ``check_below=False`` skips it).
+does not fit is compiled too (if it fits again, the search goes on above it). A smaller value
+compiled on the way that does not fit makes the result say so (the fitting values are not an
+interval); ``check_below=True`` also compiles the value just below the answer to check that
+side (it cannot change the answer, so it is off by default).
 
 "Fits" is the compiled figure ``fits`` uses on the target (``compiled.total_bytes``; on TPU
 libtpu's ``peak_bytes``) within the budget; a compile the compiler refuses for memory
@@ -65,7 +66,11 @@ class FitResult:
       estimate_value: where the estimate put the boundary (the first compile; the second is
         where the estimate puts it once its error at the first is divided out).
       probes: every compile, in order.
-      interval: False when a value above a non-fitting one was found to fit.
+      interval: False when a value above a non-fitting one was found to fit (among the
+        values compiled).
+      below_checked: the admissible value just below the answer was compiled (by the search
+        or by ``check_below``); when it was not, ``interval`` speaks only of larger values
+        and of those the search compiled.
     """
 
     field: str
@@ -76,6 +81,7 @@ class FitResult:
     estimate_value: int | None
     probes: tuple[Probe, ...]
     interval: bool = True
+    below_checked: bool = True
 
     def bytes_at(self, value: int | None) -> int | None:
         return next((p.bytes for p in self.probes if p.value == value), None)
@@ -86,6 +92,7 @@ class FitResult:
         return {"field": self.field, "value": self.value, "next_value": self.next_value,
                 "compiles": self.compiles, "budget_bytes": self.budget_bytes,
                 "estimate_value": self.estimate_value, "interval": self.interval,
+                "below_checked": self.below_checked,
                 "probes": [dataclasses.asdict(p) for p in self.probes]}
 
 
@@ -101,6 +108,7 @@ class Space:
                               value=current)
         self.start = current
         self._configs: dict[int, Config | None] = {}
+        self._estimates: dict[int, Any] = {}
 
     def config(self, value: int) -> Config | None:
         """The configuration with the field at ``value``; None if it does not accept it."""
@@ -112,19 +120,24 @@ class Space:
                 self._configs[value] = None
         return self._configs[value]
 
+    def estimate(self, value: int) -> Any:
+        """The estimate at ``value``: an :class:`~jaxmem.estimate.Estimate`, None when the
+        configuration has none (a forward task), or the ConfigError that refuses the value
+        (e.g. a batch the mesh cannot split)."""
+        if value not in self._estimates:
+            config = self.config(value)
+            try:
+                self._estimates[value] = None if config is None else estimate(config)
+            except ConfigError as e:
+                self._estimates[value] = e
+            except Exception:  # noqa: BLE001 - no estimate (forward task): still admissible
+                self._estimates[value] = None
+        return self._estimates[value]
+
     def admissible(self, value: int) -> bool:
-        if not 1 <= value <= MAX_VALUE:
+        if not 1 <= value <= MAX_VALUE or self.config(value) is None:
             return False
-        config = self.config(value)
-        if config is None:
-            return False
-        try:
-            estimate(config)
-        except ConfigError:  # e.g. a batch the mesh cannot split
-            return False
-        except Exception:  # noqa: BLE001 - no estimate (forward task): still admissible
-            pass
-        return True
+        return not isinstance(self.estimate(value), ConfigError)
 
     def next_above(self, value: int) -> int | None:
         v = value + 1
@@ -163,7 +176,7 @@ def compiled_bytes(config: Config) -> Probe:
 
 
 def fit(config: Config, field: str = "data.batch_size", budget_bytes: int | None = None, *,
-        check_below: bool = True,
+        check_below: bool = False,
         measure: Callable[[Config], Probe] = compiled_bytes) -> FitResult:
     """The largest admissible value of the integer ``field`` whose step fits ``budget_bytes``
     (default: the target's usable memory of one device), verified by compile.
@@ -174,7 +187,8 @@ def fit(config: Config, field: str = "data.batch_size", budget_bytes: int | None
       budget_bytes: the memory per device to fit in.
       check_below: compile the admissible value just below the answer too (a smaller value
         that does not fit makes the fitting values not an interval; the answer stands either
-        way). False saves that compile: then only values the search compiled say so.
+        way). Off by default: it does not change the answer, so only the values the search
+        compiled speak of intervals (``below_checked`` says whether the one below was).
       measure: how a value is checked (compiles by default; tests pass their own).
 
     Raises:
@@ -233,21 +247,41 @@ def fit(config: Config, field: str = "data.batch_size", budget_bytes: int | None
     if best is not None and any(p.value < best and not p.fits for p in probes.values()):
         interval = False
     ordered = tuple(probes.values())
+    checked = best is None or space.next_below(best) is None or space.next_below(best) in probes
     return FitResult(space.field, best, next_value, len(ordered), budget_bytes, prior, ordered,
-                     interval)
+                     interval, checked)
+
+
+#: estimate terms that are the step's arguments, computed exactly from the shapes and
+#: shardings the step is compiled with; the rest (activations, gradients, transients) is
+#: what the estimate can be off on
+EXACT_TERMS = ("parameters", "optimizer state", "batch")
+
+
+def _split(space: Space, value: int) -> tuple[int, int] | None:
+    """``(exact, rest)`` bytes of the estimate at ``value`` (None: no estimate)."""
+    e = space.estimate(value)
+    if e is None or isinstance(e, ConfigError):
+        return None
+    exact = sum(t.bytes for t in e.terms if t.counted and t.name in EXACT_TERMS)
+    return exact, e.total_bytes - exact
 
 
 def _corrected(space: Space, budget: int, probe: Probe) -> int | None:
-    """The estimate's boundary again, its error at the first compiled value divided out: the
-    estimate is off by a similar factor at nearby values, so this lands within a value or two."""
+    """The estimate's boundary again, with its error at the first compiled value divided out
+    of the part it can be off on: the arguments are exact, so only the rest (activations,
+    gradients, transients) is scaled by what the compile showed. The estimate is off by a
+    similar factor at nearby values, so this lands within a value or two."""
     measured = probe.bytes if probe.bytes is not None else probe.needed
-    if not measured:
+    split = _split(space, probe.value)
+    if not measured or split is None:
         return None
-    try:
-        predicted = estimate(space.config(probe.value)).total_bytes
-    except Exception:  # noqa: BLE001 - no estimate: no correction
-        return None
-    return estimate_boundary(space, int(budget * predicted / measured))
+    exact, rest = split
+    if rest <= 0 or measured <= exact:
+        scale = measured / max(exact + rest, 1)
+        return _boundary(space, lambda s: (s[0] + s[1]) * scale, budget)
+    k = (measured - exact) / rest
+    return _boundary(space, lambda s: s[0] + k * s[1], budget)
 
 
 def _secant(space: Space, budget: int, a: Probe, b: Probe) -> int | None:
@@ -264,19 +298,21 @@ def _secant(space: Space, budget: int, a: Probe, b: Probe) -> int | None:
 
 def estimate_boundary(space: Space, budget: int) -> int | None:
     """The largest admissible value the estimate says fits (None: no estimate)."""
+    return _boundary(space, lambda s: s[0] + s[1], budget)
 
-    def est(value: int) -> int | None:
-        try:
-            return estimate(space.config(value)).total_bytes
-        except Exception:  # noqa: BLE001 - no estimate for this configuration
-            return None
+
+def _boundary(space: Space, predict: Callable[[tuple[int, int]], float],
+              budget: int) -> int | None:
+    """The largest admissible value whose predicted bytes (``predict`` of the estimate's
+    ``(exact, rest)`` split) are within ``budget``: galloping from the field's current
+    value, then bisection (None: no estimate)."""
 
     def under(value: int) -> bool:
-        e = est(value)
-        return e is not None and e <= budget
+        s = _split(space, value)
+        return s is not None and predict(s) <= budget
 
     lo = space.start if space.admissible(space.start) else space.next_above(space.start)
-    if lo is None or est(lo) is None:
+    if lo is None or _split(space, lo) is None:
         return None
     while not under(lo):  # walk down by halves to a value the estimate says fits
         smaller = space.next_above(lo // 2 - 1) if lo > 1 else None
@@ -362,4 +398,7 @@ def fit_text(name: str, result: FitResult) -> str:
     if not result.interval:
         lines.append("  memory is not monotone here: a larger value fits again after one that "
                      "does not (the fitting values are not an interval)")
+    elif result.value is not None and not result.below_checked:
+        lines.append(f"  the value below {result.value} was not compiled (--check-below "
+                     "checks that the fitting values below are an interval)")
     return "\n".join(lines)

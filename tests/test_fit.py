@@ -48,22 +48,24 @@ def test_non_monotone_memory_is_found_and_said():
     """Like GPT-2 small under full remat on CPU: B=3 needs more than B=4."""
     table = {1: 50, 2: 80, 3: 120, 4: 90, 5: 110, 6: 130}
     measure, _ = _synthetic(lambda b: table.get(b, 200) * MiB)
-    result = fit(_config(), budget_bytes=100 * MiB, measure=measure)
+    result = fit(_config(), budget_bytes=100 * MiB, check_below=True, measure=measure)
     assert result.value == 4 and result.next_value == 5
-    assert not result.interval
+    assert not result.interval and result.below_checked
 
 
-def test_the_check_below_can_be_skipped():
-    """Only 3 does not fit below the answer 4: without the check below the answer, one
-    compile fewer, the answer is the same and only what was compiled speaks of intervals."""
+def test_the_check_below_is_optional():
+    """Only 3 does not fit below the answer 4: without the check below the answer (the
+    default), one compile fewer, the answer is the same and only what was compiled speaks of
+    intervals; the result says whether the value below was compiled."""
     table = {1: 50, 2: 80, 3: 120, 4: 90, 5: 110, 6: 130}
     measure, calls = _synthetic(lambda b: table.get(b, 200) * MiB)
-    checked = fit(_config(), budget_bytes=100 * MiB, measure=measure)
+    checked = fit(_config(), budget_bytes=100 * MiB, check_below=True, measure=measure)
     n = len(calls)
     calls.clear()
-    skipped = fit(_config(), budget_bytes=100 * MiB, check_below=False, measure=measure)
+    skipped = fit(_config(), budget_bytes=100 * MiB, measure=measure)
     assert checked.value == skipped.value == 4 and not checked.interval
     assert len(calls) <= n and skipped.interval == (3 not in calls)
+    assert skipped.below_checked == (3 in calls)
 
 
 def test_only_admissible_values_are_tried():
