@@ -16,7 +16,10 @@ the target's backend, as named terms:
   of microbatches, else the largest one);
 * the peak's transients: the loss gradient (``B x L x V`` logits), or the widest block's
   recomputation and activation gradients, whichever is larger (the peak is the larger of those
-  two moments of the step).
+  two moments of the step);
+* on a backend that combines gradient all-reduces (XLA:CPU), a third moment where parameters
+  are replicated over data-parallel devices: after the backward, every gradient alive with the
+  all-reduce's output.
 
 ``total_bytes`` is comparable with the compiled figure ``fits`` uses (``compiled.total_bytes``;
 on TPU libtpu's ``peak_bytes``). ``benchmarks/estimate_accuracy.py`` measures how close, on
@@ -454,9 +457,9 @@ def estimate(config: Config | Setup, name: str = "") -> Estimate:
     stored = np.dtype(setup.precision.compute_dtype)  # copies are made in this dtype
     copies = 0 if stored == size.param else params * stored.itemsize // size.param.itemsize
     saved_all = blocks.saved + outside
-    # two moments of the step; the peak is the larger. (A third, where the backward ends with
-    # every gradient alive, made the accuracy grid's dev seeds worse: XLA applies most
-    # updates as their gradients are made.)
+    # two moments of the step; the peak is the larger. (One where the backward ends with
+    # every gradient alive made the accuracy grid's dev seeds worse without data parallelism:
+    # XLA applies most updates as their gradients are made; with it, see below.)
     moments = {
         "where the backward starts (the loss gradient)": (saved_all, copies, gathered,
                                                           grads_live, loss),
