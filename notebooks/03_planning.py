@@ -53,11 +53,12 @@ print(f"batch 8, float32, no remat: compiled {fmt_bytes(compiled.total_bytes)}, 
 #
 # ## 1. The largest batch that fits
 #
-# `fit` asks the estimate where the boundary is, compiles there, divides the estimate's error
-# at that point out, and then checks both sides: the answer fits, the next admissible value
-# does not. Memory is not always monotone in the batch (XLA picks different algorithms for
-# different shapes), so it also compiles the neighbours and says if the fitting batches are not
-# an interval.
+# `fit` asks the estimate where the boundary is, compiles there, scales the estimate's
+# activations and gradients by the error that compile showed, and then checks both sides: the
+# answer fits, the next admissible value does not. Memory is not always monotone in the batch
+# (XLA picks different algorithms for different shapes), so it also compiles the value past the
+# next one (if it fits again the search goes on) and says when the fitting batches it compiled
+# are not an interval.
 
 # %%
 result = jaxmem.fit(config, "data.batch_size", BUDGET)
