@@ -77,6 +77,11 @@ class Term:
     counted: bool = True
 
 
+#: the terms that are the step's arguments, exact: the same shapes and shardings the step is
+#: compiled with (the rest, activations, gradients and transients, is what can be off)
+ARGUMENT_TERMS = ("parameters", "optimizer state", "batch")
+
+
 @dataclasses.dataclass(frozen=True)
 class Estimate:
     """An analytic per-device estimate of one configuration's step.

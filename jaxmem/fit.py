@@ -32,7 +32,7 @@ from jaxmem.build import build_program
 from jaxmem.compiled import MemoryReport, compile_timed
 from jaxmem.config import Config
 from jaxmem.errors import ConfigError
-from jaxmem.estimate import estimate
+from jaxmem.estimate import ARGUMENT_TERMS, estimate
 from jaxmem.failures import classify
 from jaxmem.measure import fits_figure
 from jaxmem.setup import resolve
@@ -240,22 +240,15 @@ def fit(config: Config, field: str = "data.batch_size", budget_bytes: int | None
     next_value = space.next_above(best) if best is not None else None
     if next_value is not None:
         fits(next_value)
-    below = space.next_below(best) if best is not None and check_below else None
-    if below is not None:
+    below = space.next_below(best) if best is not None else None
+    if below is not None and check_below:
         fits(below)
     # a smaller value that does not fit (among those compiled): not an interval
     if best is not None and any(p.value < best and not p.fits for p in probes.values()):
         interval = False
     ordered = tuple(probes.values())
-    checked = best is None or space.next_below(best) is None or space.next_below(best) in probes
     return FitResult(space.field, best, next_value, len(ordered), budget_bytes, prior, ordered,
-                     interval, checked)
-
-
-#: estimate terms that are the step's arguments, computed exactly from the shapes and
-#: shardings the step is compiled with; the rest (activations, gradients, transients) is
-#: what the estimate can be off on
-EXACT_TERMS = ("parameters", "optimizer state", "batch")
+                     interval, below is None or below in probes)
 
 
 def _split(space: Space, value: int) -> tuple[int, int] | None:
@@ -263,7 +256,7 @@ def _split(space: Space, value: int) -> tuple[int, int] | None:
     e = space.estimate(value)
     if e is None or isinstance(e, ConfigError):
         return None
-    exact = sum(t.bytes for t in e.terms if t.counted and t.name in EXACT_TERMS)
+    exact = sum(t.bytes for t in e.terms if t.counted and t.name in ARGUMENT_TERMS)
     return exact, e.total_bytes - exact
 
 
