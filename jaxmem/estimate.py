@@ -141,6 +141,10 @@ class Backend:
       fuses_loss_gradient: computes the loss gradient in one fusion, so only its output is
         materialised (XLA:TPU; XLA:CPU keeps the float32 softmax too). XLA:GPU is left
         unfused, the larger figure, until measured on a GPU.
+      frees_outside_first: frees the values kept outside the blocks (the logits, the final
+        norm's) before the blocks' backward starts, as their last use allows (XLA:TPU; XLA:CPU
+        was measured to keep them through it on the quickstart). XLA:GPU is left keeping
+        them, the larger figure, until measured on a GPU.
       combines_all_reduces: all-reduces the gradients of replicated parameters over the
         batch axes in a few combined all-reduces after the backward, so every gradient is
         alive at once, with the reduction's output beside it (XLA:CPU; measured: twice the
@@ -152,6 +156,7 @@ class Backend:
     tiles: bool = False
     shares_loop_backward: bool = False
     fuses_loss_gradient: bool = False
+    frees_outside_first: bool = False
     combines_all_reduces: bool = False
 
 
@@ -159,7 +164,7 @@ BACKENDS: dict[str, Backend] = {
     "cpu": Backend(float32_compute=True, loop_remat=False, shares_loop_backward=True,
                    combines_all_reduces=True),
     "gpu": Backend(),
-    "tpu": Backend(tiles=True, fuses_loss_gradient=True),
+    "tpu": Backend(tiles=True, fuses_loss_gradient=True, frees_outside_first=True),
 }
 
 
@@ -455,21 +460,27 @@ def estimate(config: Config | Setup, name: str = "") -> Estimate:
                           batch_is_compute=size.compute == np.dtype("float32"),
                           shares=not anatomy.scanned and backend.shares_loop_backward)
     outside = size.tensors(anatomy.outside)
-    # a fused loss gradient materialises only its output (the first value)
-    loss_values = anatomy.loss_workspace[:1 if backend.fuses_loss_gradient else None]
+    # a fused loss gradient materialises only its output (the first value), and that over
+    # the kept value it is computed from when it says so (the logits)
+    loss_values = anatomy.loss_workspace
+    if backend.fuses_loss_gradient:
+        kept = {t.name for t in anatomy.outside}
+        loss_values = [t for t in loss_values[:1] if t.in_place_of not in kept]
     loss = size.tensors(loss_values)
     grads_live, grads_why = _live_gradients(c, trainable, largest, stacked)
     stored = np.dtype(setup.precision.compute_dtype)  # copies are made in this dtype
     copies = 0 if stored == size.param else params * stored.itemsize // size.param.itemsize
     saved_all = blocks.saved + outside
-    # two moments of the step; the peak is the larger. (One where the backward ends with
-    # every gradient alive made the accuracy grid's dev seeds worse without data parallelism:
-    # XLA applies most updates as their gradients are made; with it, see below.)
+    # two moments of the step; the peak is the larger. (A
+    # moment where the backward ends with every gradient alive made the accuracy grid's dev
+    # seeds worse without data parallelism: XLA applies most updates as their gradients are
+    # made; with it, see below.)
     moments = {
         "where the backward starts (the loss gradient)": (saved_all, copies, gathered,
                                                           grads_live, loss),
         f"in the backward of a {blocks.widest} (its recomputation and activation "
-        "gradients)": (saved_all, copies, gathered, grads_live, blocks.recompute),
+        "gradients)": (blocks.saved if backend.frees_outside_first else saved_all, copies,
+                       gathered, grads_live, blocks.recompute),
     }
     reduced = math.prod(n for a, n in mesh.shape.items()
                         if a in sharding.BATCH_AXES and a not in setup.rules.zero)

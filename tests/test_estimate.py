@@ -16,7 +16,7 @@ from jaxmem.cli import cli
 from jaxmem.compiled import compiled_memory
 from jaxmem.config import Config
 from jaxmem.errors import Unsupported
-from jaxmem.estimate import estimate
+from jaxmem.estimate import ARGUMENT_TERMS, estimate
 from jaxmem.sharding import path_of
 
 QUICKSTART = Path(__file__).resolve().parents[1] / "experiments" / "quickstart.yaml"
@@ -205,3 +205,32 @@ def test_run_rows_carry_the_estimate(workdir, cli_runner):
     est = row["estimate"]
     assert est["error"] == pytest.approx(est["total_bytes"] / row["compiled"]["total_bytes"] - 1)
     assert "estimate/dev" in result.output
+
+
+def test_a_fused_loss_gradient_is_written_over_the_logits():
+    """On TPU the loss gradient is one fusion over the kept logits: a larger vocabulary adds
+    the logits once (and the embedding's gradient), not a second ``B x L x V`` buffer as on
+    CPU. Shapes are multiples of the TPU tiles, so no padding enters."""
+    def loss_moment(target, vocab):
+        e = estimate(_config(model={**GPT, "vocab_size": vocab, "seq_len": 128},
+                             target=target, remat="full", data={"batch_size": 8}))
+        assert "loss gradient" in dict((t.name, t.detail) for t in e.terms)["peak transients"]
+        return e.total_bytes - sum(e.term(t) for t in ARGUMENT_TERMS)
+
+    grown = loss_moment("tpu:v5e:1x1", 16384) - loss_moment("tpu:v5e:1x1", 8192)
+    logits, embedding_grad = 8 * 128 * 8192 * 4, 8192 * 64 * 4
+    assert grown == logits + embedding_grad
+    assert loss_moment("cpu:1", 16384) - loss_moment("cpu:1", 8192) > 2 * logits
+
+
+def test_the_blocks_backward_does_not_hold_the_logits():
+    """XLA:TPU frees the logits and the final norm's values before the blocks' backward: where
+    that moment is the peak (long sequences, a small vocabulary), the vocabulary does not move
+    the saved activations."""
+    def saved(vocab):
+        e = estimate(_config(model={**GPT, "vocab_size": vocab, "seq_len": 512},
+                             target="tpu:v5e:1x1", remat="none", data={"batch_size": 4}))
+        assert "backward of a" in dict((t.name, t.detail) for t in e.terms)["peak transients"]
+        return e.term("saved activations")
+
+    assert saved(256) == saved(512)

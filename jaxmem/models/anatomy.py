@@ -48,6 +48,8 @@ class Tensor:
       block_input: the block's input (always kept by a checkpointed block).
       batch_cast: the batch cast to the compute dtype (no buffer of its own when the batch
         already has that dtype: the argument is used).
+      in_place_of: for a loss gradient, the kept value a fused loss gradient is written over
+        (the logits: one fusion reads them and writes their gradient into their buffer).
       flops: forward FLOPs of the operation that makes it, counted for matmuls and
         convolutions only (2 per multiply-add); elementwise work is left out.
     """
@@ -62,6 +64,7 @@ class Tensor:
     tag: str | None = None
     block_input: bool = False
     batch_cast: bool = False
+    in_place_of: str = ""
     flops: int = 0
 
     def __post_init__(self) -> None:

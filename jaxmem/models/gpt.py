@@ -73,7 +73,7 @@ class GPTConfig(TransformerConfig):
             outside = [Tensor("logits", (B, L, V), logits, needed=True),
                        Tensor("log_normaliser", (B, L), ("batch", "length"), "float32",
                               needed=True)]
-            loss = [Tensor("d_logits", (B, L, V), logits),
+            loss = [Tensor("d_logits", (B, L, V), logits, in_place_of="logits"),
                     Tensor("probs", (B, L, V), logits, "float32")]
         else:  # one chunk's logits at a time, recomputed in the backward
             n = B * L // self.loss_chunks
