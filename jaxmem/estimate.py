@@ -141,6 +141,9 @@ class Backend:
       fuses_loss_gradient: computes the loss gradient in one fusion, so only its output is
         materialised (XLA:TPU; XLA:CPU keeps the float32 softmax too). XLA:GPU is left
         unfused, the larger figure, until measured on a GPU.
+      accumulates_in_place: adds each microbatch's gradient to the accumulator as it is made,
+        so no microbatch's whole gradients are alive at once besides it (XLA:TPU; XLA:CPU
+        was measured to hold both).
       frees_outside_first: frees the values kept outside the blocks (the logits, the final
         norm's) before the blocks' backward starts, as their last use allows (XLA:TPU; XLA:CPU
         was measured to keep them through it on the quickstart). XLA:GPU is left keeping
@@ -156,6 +159,7 @@ class Backend:
     tiles: bool = False
     shares_loop_backward: bool = False
     fuses_loss_gradient: bool = False
+    accumulates_in_place: bool = False
     frees_outside_first: bool = False
     combines_all_reduces: bool = False
 
@@ -164,7 +168,8 @@ BACKENDS: dict[str, Backend] = {
     "cpu": Backend(float32_compute=True, loop_remat=False, shares_loop_backward=True,
                    combines_all_reduces=True),
     "gpu": Backend(),
-    "tpu": Backend(tiles=True, fuses_loss_gradient=True, frees_outside_first=True),
+    "tpu": Backend(tiles=True, fuses_loss_gradient=True, accumulates_in_place=True,
+                   frees_outside_first=True),
 }
 
 
@@ -461,13 +466,16 @@ def estimate(config: Config | Setup, name: str = "") -> Estimate:
                           shares=not anatomy.scanned and backend.shares_loop_backward)
     outside = size.tensors(anatomy.outside)
     # a fused loss gradient materialises only its output (the first value), and that over
-    # the kept value it is computed from when it says so (the logits)
+    # the kept value it is computed from when it says so (the logits); under a 16-bit compute
+    # dtype the float32 values the loss computes on are materialised as well
     loss_values = anatomy.loss_workspace
     if backend.fuses_loss_gradient:
         kept = {t.name for t in anatomy.outside}
-        loss_values = [t for t in loss_values[:1] if t.in_place_of not in kept]
+        upcast = [t for t in loss_values[1:]
+                  if size.compute.itemsize < 4 and size.dtype(t.dtype) == np.dtype("float32")]
+        loss_values = [t for t in loss_values[:1] if t.in_place_of not in kept] + upcast
     loss = size.tensors(loss_values)
-    grads_live, grads_why = _live_gradients(c, trainable, largest, stacked)
+    grads = _live_gradients(c, backend, trainable, largest, stacked)
     stored = np.dtype(setup.precision.compute_dtype)  # copies are made in this dtype
     copies = 0 if stored == size.param else params * stored.itemsize // size.param.itemsize
     saved_all = blocks.saved + outside
@@ -475,19 +483,23 @@ def estimate(config: Config | Setup, name: str = "") -> Estimate:
     # moment where the backward ends with every gradient alive made the accuracy grid's dev
     # seeds worse without data parallelism: XLA applies most updates as their gradients are
     # made; with it, see below.)
+    at_loss = "where the backward starts (the loss gradient)"
+    in_block = (f"in the backward of a {blocks.widest} (its recomputation and activation "
+                "gradients)")
     moments = {
-        "where the backward starts (the loss gradient)": (saved_all, copies, gathered,
-                                                          grads_live, loss),
-        f"in the backward of a {blocks.widest} (its recomputation and activation "
-        "gradients)": (blocks.saved if backend.frees_outside_first else saved_all, copies,
-                       gathered, grads_live, blocks.recompute),
+        at_loss: (saved_all, copies, gathered, grads["loss"][0], loss),
+        in_block: (blocks.saved if backend.frees_outside_first else saved_all, copies,
+                   gathered, grads["block"][0], blocks.recompute),
     }
+    grads_why = {at_loss: grads["loss"][1], in_block: grads["block"][1]}
     reduced = math.prod(n for a, n in mesh.shape.items()
                         if a in sharding.BATCH_AXES and a not in setup.rules.zero)
     if backend.combines_all_reduces and reduced > 1 and trainable:
         copies_of = 2 if c.data.microbatches == 1 else 3
-        moments[f"where the gradients are all-reduced over the {reduced} data-parallel "
-                "devices"] = (0, 0, 0, copies_of * trainable, 0)
+        reducing = f"where the gradients are all-reduced over the {reduced} data-parallel devices"
+        moments[reducing] = (0, 0, 0, copies_of * trainable, 0)
+        grads_why[reducing] = (f"every gradient and the all-reduce's output ({copies_of} x "
+                               "the trainable parameters)")
     where = max(moments, key=lambda k: sum(moments[k]))
     saved_b, copies_b, gathered_b, grads_b, transient_b = moments[where]
     terms = [
@@ -503,7 +515,7 @@ def estimate(config: Config | Setup, name: str = "") -> Estimate:
              "kept for the backward"),
         Term("gathered parameters", gathered_b, "whole parameters all-gathered from their "
              "ZeRO shards in the forward, kept for the backward"),
-        Term("gradients", grads_b, grads_why),
+        Term("gradients", grads_b, grads_why[where]),
         Term("peak transients", transient_b, where),
     ]
     if c.optimizer.offload:
@@ -548,14 +560,27 @@ def traced_anatomy(setup: Setup, micro: int) -> Anatomy:
     )
 
 
-def _live_gradients(c: Config, trainable: int, largest: int, stacked: int) -> tuple[int, str]:
-    """Gradients alive while activations are still kept (the first two moments)."""
+def _live_gradients(c: Config, backend: Backend, trainable: int, largest: int, stacked: int
+                    ) -> dict[str, tuple[int, str]]:
+    """Gradients alive while activations are still kept, ``(bytes, why)`` where the backward
+    starts (``loss``) and in a block's backward (``block``)."""
     if c.data.microbatches > 1:
+        if backend.accumulates_in_place:
+            made = (stacked, "a scanned stack's gradients") if stacked else (
+                largest, "the largest gradient")
+            return {"loss": (trainable, "the microbatch accumulator (this microbatch's "
+                             "gradients are not made yet)"),
+                    "block": (trainable + made[0], f"the microbatch accumulator and {made[1]}, "
+                              "added to it as they are made")}
         if stacked:
-            return trainable + stacked, ("the microbatch accumulator and a scanned stack's "
-                                         "gradients")
-        return 2 * trainable, ("the microbatch accumulator and one microbatch's gradients "
-                               "(every trainable parameter, twice)")
+            both = (trainable + stacked, "the microbatch accumulator and a scanned stack's "
+                    "gradients")
+        else:
+            both = (2 * trainable, "the microbatch accumulator and one microbatch's gradients "
+                    "(every trainable parameter, twice)")
+        return {"loss": both, "block": both}
     if stacked:
-        return stacked, "a scanned stack's gradients, accumulated through its backward loop"
-    return largest, "the largest gradient (each is applied to its parameter as it is made)"
+        one = (stacked, "a scanned stack's gradients, accumulated through its backward loop")
+    else:
+        one = (largest, "the largest gradient (each is applied to its parameter as it is made)")
+    return {"loss": one, "block": one}

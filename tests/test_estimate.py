@@ -234,3 +234,19 @@ def test_the_blocks_backward_does_not_hold_the_logits():
         return e.term("saved activations")
 
     assert saved(256) == saved(512)
+
+
+def test_tpu_microbatches_accumulate_in_place_and_the_loss_upcasts():
+    """On TPU each microbatch's gradients are added to the accumulator as they are made: where
+    the backward starts only the accumulator is alive. Under bf16 compute the loss works on a
+    float32 copy of the logits (one ``B x L x V`` float32 buffer beside the kept ones)."""
+    model = {**GPT, "vocab_size": 16384, "seq_len": 128}
+    e = estimate(_config(model=model, target="tpu:v5e:1x1", precision="bf16-mixed",
+                         data={"batch_size": 16, "microbatches": 4}))
+    details = dict((t.name, t.detail) for t in e.terms)
+    assert "loss gradient" in details["peak transients"]
+    assert e.term("gradients") == e.term("parameters")  # fp32 accumulator, all trainable
+    assert e.term("peak transients") == 4 * 128 * 16384 * 4  # float32 logits of a microbatch
+    cpu = estimate(_config(model=model, target="cpu:1", precision="bf16-mixed",
+                           data={"batch_size": 16, "microbatches": 4}))
+    assert cpu.term("gradients") == 2 * cpu.term("parameters")
