@@ -141,6 +141,9 @@ class Backend:
       fuses_loss_gradient: computes the loss gradient in one fusion, so only its output is
         materialised (XLA:TPU; XLA:CPU keeps the float32 softmax too). XLA:GPU is left
         unfused, the larger figure, until measured on a GPU.
+      fuses_matmul_operands: computes a matmul operand made by elementwise operations inside
+        the matmul's fusion, so recomputing it materialises nothing (``Tensor.matmul_operand``;
+        XLA:TPU).
       accumulates_in_place: adds each microbatch's gradient to the accumulator as it is made,
         so no microbatch's whole gradients are alive at once besides it (XLA:TPU; XLA:CPU
         was measured to hold both).
@@ -159,6 +162,7 @@ class Backend:
     tiles: bool = False
     shares_loop_backward: bool = False
     fuses_loss_gradient: bool = False
+    fuses_matmul_operands: bool = False
     accumulates_in_place: bool = False
     frees_outside_first: bool = False
     combines_all_reduces: bool = False
@@ -168,8 +172,8 @@ BACKENDS: dict[str, Backend] = {
     "cpu": Backend(float32_compute=True, loop_remat=False, shares_loop_backward=True,
                    combines_all_reduces=True),
     "gpu": Backend(),
-    "tpu": Backend(tiles=True, fuses_loss_gradient=True, accumulates_in_place=True,
-                   frees_outside_first=True),
+    "tpu": Backend(tiles=True, fuses_loss_gradient=True, fuses_matmul_operands=True,
+                   accumulates_in_place=True, frees_outside_first=True),
 }
 
 
@@ -306,8 +310,16 @@ def _cost(kept: list[Tensor], size: _Sizer, batch_is_compute: bool) -> int:
     return size.tensors([t for t in kept if not (t.batch_cast and batch_is_compute)])
 
 
+def _unfused(kept: list[Tensor]) -> list[Tensor]:
+    """What a compiler that fuses elementwise producers into matmuls keeps of ``kept``: a
+    matmul operand whose inputs are all kept is computed again inside its matmuls instead."""
+    names = {t.name for t in kept}
+    return [t for t in kept if not (t.matmul_operand and set(t.inputs) <= names)]
+
+
 def _block_terms(blocks: Sequence[Block], setup: Setup, policy: RematPolicy, size: _Sizer,
-                 batch_is_compute: bool, shares: bool = False) -> _Blocks:
+                 batch_is_compute: bool, shares: bool = False, fuses_operands: bool = False
+                 ) -> _Blocks:
     c = setup.config
     every = c.remat.every
     none = SAVEABLE["none"](policy)
@@ -318,6 +330,8 @@ def _block_terms(blocks: Sequence[Block], setup: Setup, policy: RematPolicy, siz
     for block in blocks:
         kept_policy = saved(block, device)
         kept_none = saved(block, none)
+        if fuses_operands:
+            kept_policy, kept_none = _unfused(kept_policy), _unfused(kept_none)
 
         with_policy = sum(1 for i in range(index, index + block.count) if i % every == 0)
         with_none = block.count - with_policy
@@ -334,6 +348,8 @@ def _block_terms(blocks: Sequence[Block], setup: Setup, policy: RematPolicy, siz
         if host is not None and with_policy:
             offloaded += with_policy * size.tensors(saved(block, host))
         redo = recomputed(block, kept_policy) if with_policy else []
+        if fuses_operands:
+            redo = [t for t in redo if not t.matmul_operand]
         ws = size.tensors(redo) + size.tensors(block.grad_workspace)
         if ws > workspace:
             workspace, widest = ws, block.name
@@ -463,7 +479,8 @@ def estimate(config: Config | Setup, name: str = "") -> Estimate:
         undone = f" ({platform} undoes remat {setup.remat.name} of loop blocks)"
     blocks = _block_terms(anatomy.blocks, setup, policy, size,
                           batch_is_compute=size.compute == np.dtype("float32"),
-                          shares=not anatomy.scanned and backend.shares_loop_backward)
+                          shares=not anatomy.scanned and backend.shares_loop_backward,
+                          fuses_operands=backend.fuses_matmul_operands)
     outside = size.tensors(anatomy.outside)
     # a fused loss gradient materialises only its output (the first value), and that over
     # the kept value it is computed from when it says so (the logits); under a 16-bit compute

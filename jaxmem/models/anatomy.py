@@ -48,6 +48,9 @@ class Tensor:
       block_input: the block's input (always kept by a checkpointed block).
       batch_cast: the batch cast to the compute dtype (no buffer of its own when the batch
         already has that dtype: the argument is used).
+      matmul_operand: made by elementwise operations and used only as a matmul operand
+        (forward and backward): a compiler that fuses such producers into the matmul (XLA:TPU)
+        does not materialise it when recomputing it.
       in_place_of: for a loss gradient, the kept value a fused loss gradient is written over
         (the logits: one fusion reads them and writes their gradient into their buffer).
       flops: forward FLOPs of the operation that makes it, counted for matmuls and
@@ -64,6 +67,7 @@ class Tensor:
     tag: str | None = None
     block_input: bool = False
     batch_cast: bool = False
+    matmul_operand: bool = False
     in_place_of: str = ""
     flops: int = 0
 

@@ -150,7 +150,7 @@ class LlamaConfig(GPTConfig):
             Tensor("up_dot", BLF, mlp, inputs=("h2",), dot="dot", flops=2 * B * L * D * F),
             Tensor("mlp_up", BLF, mlp, inputs=("up_dot",), needed=True, tag="mlp_up"),
             Tensor("mlp_post_act", BLF, mlp, inputs=("mlp_pre_act", "mlp_up"), needed=True,
-                   tag="mlp_post_act"),
+                   tag="mlp_post_act", matmul_operand=True),
             Tensor("down_dot", BLD, act, inputs=("mlp_post_act",), dot="dot",
                    flops=2 * B * L * F * D),
             Tensor("mlp_out", BLD, act, inputs=("down_dot",), tag="mlp_out"),

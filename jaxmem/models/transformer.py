@@ -299,7 +299,7 @@ def attention_values(c: TransformerConfig, B: int, causal: bool) -> list[Tensor]
     LL = ("batch", "heads", "length", None)
     core = 2 * B * L * L * D  # scores, and again the context: every query against every key
     return [
-        Tensor("q_scaled", BLD, heads, inputs=("query",), needed=True),
+        Tensor("q_scaled", BLD, heads, inputs=("query",), needed=True, matmul_operand=True),
         Tensor("scores", (B, H, L, L), LL, inputs=("q_scaled", "key"), dot="batched",
                flops=core),
         Tensor("probs", (B, H, L, L), LL, inputs=("scores",), needed=True),
@@ -329,7 +329,7 @@ def attention_half(c: TransformerConfig, B: int, causal: bool, stats: int = 2) -
     return [
         Tensor("x", BLD, act, tag="block_input", block_input=True),
         Tensor("ln1_stats", (B, L, stats), rows, "float32", ("x",), needed=True),
-        Tensor("h1", BLD, act, inputs=("x", "ln1_stats"), needed=True),
+        Tensor("h1", BLD, act, inputs=("x", "ln1_stats"), needed=True, matmul_operand=True),
         *proj("query", D), *proj("key", kv), *proj("value", kv),
         *attention_values(c, B, causal),
         Tensor("out_dot", BLD, act, inputs=("attn_context",), dot="dot",
@@ -337,7 +337,7 @@ def attention_half(c: TransformerConfig, B: int, causal: bool, stats: int = 2) -
         Tensor("attn_out", BLD, act, inputs=("out_dot",), tag="attn_out"),
         Tensor("x2", BLD, act, inputs=("x", "attn_out"), needed=True),
         Tensor("ln2_stats", (B, L, stats), rows, "float32", ("x2",), needed=True),
-        Tensor("h2", BLD, act, inputs=("x2", "ln2_stats"), needed=True),
+        Tensor("h2", BLD, act, inputs=("x2", "ln2_stats"), needed=True, matmul_operand=True),
     ]
 
 
@@ -366,7 +366,7 @@ def block_anatomy(c: TransformerConfig, opts: BuildOptions, B: int, causal: bool
         Tensor("up_dot", BLF, mlp, inputs=("h2",), dot="dot", flops=2 * B * L * D * F),
         Tensor("mlp_pre_act", BLF, mlp, inputs=("up_dot",), needed=True, tag="mlp_pre_act"),
         Tensor("mlp_post_act", BLF, mlp, inputs=("mlp_pre_act",), needed=True,
-               tag="mlp_post_act"),
+               tag="mlp_post_act", matmul_operand=True),
         Tensor("down_dot", BLD, act, inputs=("mlp_post_act",), dot="dot",
                flops=2 * B * L * F * D),
         Tensor("mlp_out", BLD, act, inputs=("down_dot",), tag="mlp_out"),
