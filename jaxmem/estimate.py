@@ -144,6 +144,9 @@ class Backend:
       fuses_matmul_operands: computes a matmul operand made by elementwise operations inside
         the matmul's fusion, so recomputing it materialises nothing (``Tensor.matmul_operand``;
         XLA:TPU).
+      fuses_gradient_update: computes the optimizer update of a parameter outside a scanned
+        stack in the fusion of the matmul that makes its gradient, so without microbatches
+        no such gradient is materialised (XLA:TPU).
       accumulates_in_place: adds each microbatch's gradient to the accumulator as it is made,
         so no microbatch's whole gradients are alive at once besides it (XLA:TPU; XLA:CPU
         was measured to hold both).
@@ -163,6 +166,7 @@ class Backend:
     shares_loop_backward: bool = False
     fuses_loss_gradient: bool = False
     fuses_matmul_operands: bool = False
+    fuses_gradient_update: bool = False
     accumulates_in_place: bool = False
     frees_outside_first: bool = False
     combines_all_reduces: bool = False
@@ -173,7 +177,8 @@ BACKENDS: dict[str, Backend] = {
                    combines_all_reduces=True),
     "gpu": Backend(),
     "tpu": Backend(tiles=True, fuses_loss_gradient=True, fuses_matmul_operands=True,
-                   accumulates_in_place=True, frees_outside_first=True),
+                   fuses_gradient_update=True, accumulates_in_place=True,
+                   frees_outside_first=True),
 }
 
 
@@ -598,6 +603,9 @@ def _live_gradients(c: Config, backend: Backend, trainable: int, largest: int, s
         return {"loss": both, "block": both}
     if stacked:
         one = (stacked, "a scanned stack's gradients, accumulated through its backward loop")
+    elif backend.fuses_gradient_update:
+        one = (0, "none materialised (each update is computed in the matmul making its "
+               "gradient)")
     else:
         one = (largest, "the largest gradient (each is applied to its parameter as it is made)")
     return {"loss": one, "block": one}
