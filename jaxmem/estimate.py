@@ -147,6 +147,9 @@ class Backend:
       fuses_gradient_update: computes the optimizer update of a parameter outside a scanned
         stack in the fusion of the matmul that makes its gradient, so without microbatches
         no such gradient is materialised (XLA:TPU).
+      bf16_matmul_operands: computes float32 matmuls from bfloat16 operands (the default
+        precision), so a kept float32 value used only by matmuls is kept in bfloat16
+        (``Tensor.matmul_only``; XLA:TPU).
       accumulates_in_place: adds each microbatch's gradient to the accumulator as it is made,
         so no microbatch's whole gradients are alive at once besides it (XLA:TPU; XLA:CPU
         was measured to hold both).
@@ -167,6 +170,7 @@ class Backend:
     fuses_loss_gradient: bool = False
     fuses_matmul_operands: bool = False
     fuses_gradient_update: bool = False
+    bf16_matmul_operands: bool = False
     accumulates_in_place: bool = False
     frees_outside_first: bool = False
     combines_all_reduces: bool = False
@@ -177,8 +181,8 @@ BACKENDS: dict[str, Backend] = {
                    combines_all_reduces=True),
     "gpu": Backend(),
     "tpu": Backend(tiles=True, fuses_loss_gradient=True, fuses_matmul_operands=True,
-                   fuses_gradient_update=True, accumulates_in_place=True,
-                   frees_outside_first=True),
+                   fuses_gradient_update=True, bf16_matmul_operands=True,
+                   accumulates_in_place=True, frees_outside_first=True),
 }
 
 
@@ -311,8 +315,15 @@ class _Blocks:
 
 def _cost(kept: list[Tensor], size: _Sizer, batch_is_compute: bool) -> int:
     """Bytes of kept values; the batch cast to the compute dtype is the argument itself when
-    the batch already has that dtype."""
-    return size.tensors([t for t in kept if not (t.batch_cast and batch_is_compute)])
+    the batch already has that dtype; a float32 matmul-only value is kept in bfloat16 where
+    the backend computes float32 matmuls from bfloat16 operands."""
+    kept = [t for t in kept if not (t.batch_cast and batch_is_compute)]
+    if not (size.backend.bf16_matmul_operands and size.compute == np.dtype("float32")):
+        return size.tensors(kept)
+    narrow = [dataclasses.replace(t, dtype="bfloat16") for t in kept
+              if (t.matmul_only or t.matmul_operand) and t.dtype == COMPUTE]
+    return size.tensors([t for t in kept if not (
+        (t.matmul_only or t.matmul_operand) and t.dtype == COMPUTE)]) + size.tensors(narrow)
 
 
 def _unfused(kept: list[Tensor]) -> list[Tensor]:

@@ -266,7 +266,10 @@ def test_tpu_computes_elementwise_matmul_operands_inside_the_matmuls():
         assert "loss gradient" in dict((t.name, t.detail) for t in e.terms)["peak transients"]
         return e.term("saved activations")
 
-    assert saved("cpu:1") - saved("tpu:v5e:1x1") == layers * (2 * B * L * D + B * L * F) * 4
+    fused = (2 * B * L * D + B * L * F) * 4
+    # and the matmul-only values kept (scaled query, keys, values, context) are bfloat16
+    narrowed = 4 * B * L * D * (4 - 2)
+    assert saved("cpu:1") - saved("tpu:v5e:1x1") == layers * (fused + narrowed)
 
 
 @pytest.mark.parametrize("stack,micro", [("loop", 1), ("scan", 1), ("loop", 2)])
@@ -277,3 +280,20 @@ def test_tpu_fuses_updates_into_the_gradient_matmuls(stack, micro):
     e = estimate(_config(model={**GPT, "stack": stack}, target="tpu:v5e:1x1",
                          data={"batch_size": 4, "microbatches": micro}))
     assert (e.term("gradients") == 0) == (stack == "loop" and micro == 1)
+
+
+def test_tpu_keeps_float32_matmul_operands_in_bfloat16():
+    """At float32 XLA:TPU multiplies bfloat16 operands (the default precision), so a kept
+    value used only by matmuls (keys, values) is kept in bfloat16; the query, scaled before
+    its matmul, stays float32."""
+    B, L, D, layers = 8, 128, 256, 2
+    model = {**GPT, "vocab_size": 32768, "seq_len": L, "d_model": D, "num_layers": layers,
+             "stack": "scan"}
+
+    def saved(target):
+        e = estimate(_config(model=model, target=target, remat="save:query+key+value",
+                             data={"batch_size": B}))
+        assert "loss gradient" in dict((t.name, t.detail) for t in e.terms)["peak transients"]
+        return e.term("saved activations")
+
+    assert saved("cpu:1") - saved("tpu:v5e:1x1") == layers * 2 * B * L * D * (4 - 2)

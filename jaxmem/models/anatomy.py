@@ -51,6 +51,9 @@ class Tensor:
       matmul_operand: made by elementwise operations and used only as a matmul operand
         (forward and backward): a compiler that fuses such producers into the matmul (XLA:TPU)
         does not materialise it when recomputing it.
+      matmul_only: every use, forward and backward, is as a matmul operand (true as well of a
+        ``matmul_operand``): a compiler that computes float32 matmuls from bfloat16 operands
+        (XLA:TPU at the default precision) keeps it in bfloat16.
       in_place_of: for a loss gradient, the kept value a fused loss gradient is written over
         (the logits: one fusion reads them and writes their gradient into their buffer).
       flops: forward FLOPs of the operation that makes it, counted for matmuls and
@@ -68,6 +71,7 @@ class Tensor:
     block_input: bool = False
     batch_cast: bool = False
     matmul_operand: bool = False
+    matmul_only: bool = False
     in_place_of: str = ""
     flops: int = 0
 

@@ -304,7 +304,7 @@ def attention_values(c: TransformerConfig, B: int, causal: bool) -> list[Tensor]
                flops=core),
         Tensor("probs", (B, H, L, L), LL, inputs=("scores",), needed=True),
         Tensor("attn_context", BLD, heads, inputs=("probs", "value"), needed=True,
-               dot="batched", tag="attn_context", flops=core),
+               dot="batched", tag="attn_context", flops=core, matmul_only=True),
     ]
 
 
@@ -323,7 +323,8 @@ def attention_half(c: TransformerConfig, B: int, causal: bool, stats: int = 2) -
         return [Tensor(f"{name}_dot", (B, L, width), heads, inputs=("h1",), dot="dot",
                        flops=2 * B * L * D * width),
                 Tensor(name, (B, L, width), heads, inputs=(f"{name}_dot",),
-                       needed=name != "query" or keeps_query, tag=name)]
+                       needed=name != "query" or keeps_query, tag=name,
+                       matmul_only=name != "query")]
 
     kv = D // c.num_heads * c.kv_heads()
     return [
