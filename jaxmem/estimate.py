@@ -24,7 +24,9 @@ the target's backend, as named terms:
 ``total_bytes`` is comparable with the compiled figure ``fits`` uses (``compiled.total_bytes``;
 on TPU libtpu's ``peak_bytes``). ``benchmarks/estimate_accuracy.py`` measures how close, on
 random configurations; backend profiles (:data:`BACKENDS`) hold what a compiler is measured to
-change.
+change (XLA:TPU, for one, fuses elementwise producers into matmuls and updates into gradient
+matmuls, and keeps float32 matmul operands in bfloat16; the ``Tensor`` flags say which values
+such rules apply to).
 
 Example:
   >>> from jaxmem import estimate
