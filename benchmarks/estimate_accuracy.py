@@ -121,7 +121,7 @@ def draw_planning(rng: random.Random, target: str) -> dict:
         per_device = rng.choice((256, 1024, 2048))
     else:
         n = rng.randint(2, 4)
-        model = {"kind": "cnn", "image_size": rng.choice((64, 128, 224)),
+        model = {"kind": "cnn", "image_size": rng.choice((128, 224)),
                  "channels": [rng.choice((64, 128, 256)) for _ in range(n)],
                  "depthwise_separable": rng.random() < 0.3}
         per_device = rng.choice((16, 32, 64))
