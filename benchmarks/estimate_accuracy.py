@@ -3,7 +3,9 @@
 Draws ``--n`` training configurations from a seeded generator (model kind gpt / encoder / mlp /
 cnn; layers, width, heads, sequence, batch, vocabulary; every remat policy; fp32 / bf16-mixed;
 microbatches; freezing; dp / fsdp / tp meshes on ``cpu:8``) and ``--tpu`` more on a virtual
-TPU slice, compiles each on abstract shapes, and compares the estimate's total with the figure
+TPU slice (``--tpu-shapes planning``, the default: at the sizes a TPU run is planned at, dp /
+fsdp / fsdp+tp over its chips; ``small``: the CPU draw's shapes), compiles each on abstract
+shapes, and compares the estimate's total with the figure
 ``fits`` uses: ``compiled.total_bytes`` on CPU and GPU, libtpu's ``compiled.peak_bytes`` on TPU
 (libtpu's total leaves its temporaries out). Prints the error distribution, the share within
 +-10 %, the median estimate latency, and the worst configurations with the terms that explain
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import random
 import statistics
@@ -92,19 +95,28 @@ def draw(rng: random.Random, target: str | None = None) -> dict:
     return raw
 
 
-#: meshes over a 4-chip slice for the planning-size draw
-SLICE_MESHES = (None, ("dp", {"data": 4}), ("fsdp", {"fsdp": 4}),
-                ("fsdp+tp", {"fsdp": 2, "tensor": 2}))
+
+
+def _slice_meshes(target: str) -> tuple:
+    """Meshes over all chips of a TPU target (``tpu:v5e:2x2`` has 4): none, dp, fsdp and,
+    with at least 4 chips, fsdp x 2-way tensor parallelism."""
+    chips = math.prod(int(n) for n in target.rsplit(":", 1)[1].split("x"))
+    meshes = [None, ("dp", {"data": chips}), ("fsdp", {"fsdp": chips})]
+    if chips >= 4:
+        meshes.append(("fsdp+tp", {"fsdp": chips // 2, "tensor": 2}))
+    return tuple(meshes)
 
 
 def draw_planning(rng: random.Random, target: str) -> dict:
-    """One random training configuration at the sizes a TPU run is planned at (hundreds of
-    MiB to GiB per chip): below ~300 MiB libtpu keeps a step's temporaries in the chip's
-    on-chip memory, and its reported peak departs from the HBM buffers by up to ~150 MiB
-    (RESULTS.md), so a 10 % comparison there measures that, not the estimate."""
+    """One random training configuration at the sizes a TPU run is planned at (mostly
+    hundreds of MiB to GiB per chip; small CNNs and sharded steps can fall below): under
+    ~300 MiB libtpu keeps a step's temporaries in the chip's on-chip memory and its reported
+    peak departs from the HBM buffers by up to ~150 MiB (RESULTS.md), so a 10 % comparison
+    there measures that, not the estimate. Nothing is filtered by size."""
     kind = rng.choice(("gpt", "gpt", "encoder", "mlp", "cnn"))
     transformer = kind in ("gpt", "encoder")
-    mesh_choice = rng.choice(SLICE_MESHES if transformer else SLICE_MESHES[:3])
+    meshes = _slice_meshes(target)
+    mesh_choice = rng.choice(meshes if transformer else meshes[:3])
     tensor = mesh_choice[1].get("tensor", 1) if mesh_choice else 1
     if transformer:
         heads = rng.choice(tuple(h for h in (8, 12, 16) if h % tensor == 0))

@@ -13,10 +13,11 @@ the target's backend, as named terms:
 * parameter copies in the compute dtype (mixed precision) and, under FSDP, the weights
   all-gathered in the forward, both kept for the backward;
 * the gradients that are alive together (a scanned stack's stacked gradients, the accumulator
-  of microbatches, else the largest one);
-* the peak's transients: the loss gradient (``B x L x V`` logits), or the widest block's
-  recomputation and activation gradients, whichever is larger (the peak is the larger of those
-  two moments of the step);
+  of microbatches, else the largest one, or none where updates are fused into the gradients'
+  matmuls);
+* the peak's transients: the loss gradient (``B x L x V`` logits, or none beyond the kept
+  logits where it is written over them), or the widest block's recomputation and activation
+  gradients, whichever is larger (the peak is the larger of those two moments of the step);
 * on a backend that combines gradient all-reduces (XLA:CPU), a third moment where parameters
   are replicated over data-parallel devices: after the backward, every gradient alive with the
   all-reduce's output.
@@ -144,14 +145,18 @@ class Backend:
         materialised (XLA:TPU; XLA:CPU keeps the float32 softmax too). XLA:GPU is left
         unfused, the larger figure, until measured on a GPU.
       fuses_matmul_operands: computes a matmul operand made by elementwise operations inside
-        the matmul's fusion, so recomputing it materialises nothing (``Tensor.matmul_operand``;
-        XLA:TPU).
-      fuses_gradient_update: computes the optimizer update of a parameter outside a scanned
-        stack in the fusion of the matmul that makes its gradient, so without microbatches
-        no such gradient is materialised (XLA:TPU).
-      bf16_matmul_operands: computes float32 matmuls from bfloat16 operands (the default
+        the matmul's fusion: it is not kept when its inputs are (the backward's matmuls compute
+        it again), and recomputing it materialises nothing (``Tensor.matmul_operand``; block
+        values only; XLA:TPU).
+      fuses_gradient_update: computes the optimizer update in the fusion that makes the
+        gradient, so a model without a scanned stack or microbatches materialises no gradient
+        at its peak (XLA:TPU; measured on Python-loop transformers and MLPs, tied embeddings,
+        dp and fsdp meshes among them; not under loss scaling or offloaded optimizer state,
+        where an update waits for all gradients or leaves the device).
+      narrows_matmul_operands: computes float32 matmuls from bfloat16 operands (the default
         precision), so a kept float32 value used only by matmuls is kept in bfloat16
-        (``Tensor.matmul_only``; XLA:TPU).
+        (``Tensor.matmul_only`` or ``matmul_operand``; block values kept for the backward
+        only; XLA:TPU).
       accumulates_in_place: adds each microbatch's gradient to the accumulator as it is made,
         so no microbatch's whole gradients are alive at once besides it (XLA:TPU; XLA:CPU
         was measured to hold both).
@@ -172,7 +177,7 @@ class Backend:
     fuses_loss_gradient: bool = False
     fuses_matmul_operands: bool = False
     fuses_gradient_update: bool = False
-    bf16_matmul_operands: bool = False
+    narrows_matmul_operands: bool = False
     accumulates_in_place: bool = False
     frees_outside_first: bool = False
     combines_all_reduces: bool = False
@@ -183,7 +188,7 @@ BACKENDS: dict[str, Backend] = {
                    combines_all_reduces=True),
     "gpu": Backend(),
     "tpu": Backend(tiles=True, fuses_loss_gradient=True, fuses_matmul_operands=True,
-                   fuses_gradient_update=True, bf16_matmul_operands=True,
+                   fuses_gradient_update=True, narrows_matmul_operands=True,
                    accumulates_in_place=True, frees_outside_first=True),
 }
 
@@ -320,12 +325,11 @@ def _cost(kept: list[Tensor], size: _Sizer, batch_is_compute: bool) -> int:
     the batch already has that dtype; a float32 matmul-only value is kept in bfloat16 where
     the backend computes float32 matmuls from bfloat16 operands."""
     kept = [t for t in kept if not (t.batch_cast and batch_is_compute)]
-    if not (size.backend.bf16_matmul_operands and size.compute == np.dtype("float32")):
-        return size.tensors(kept)
-    narrow = [dataclasses.replace(t, dtype="bfloat16") for t in kept
-              if (t.matmul_only or t.matmul_operand) and t.dtype == COMPUTE]
-    return size.tensors([t for t in kept if not (
-        (t.matmul_only or t.matmul_operand) and t.dtype == COMPUTE)]) + size.tensors(narrow)
+    if size.backend.narrows_matmul_operands and size.compute == np.dtype("float32"):
+        kept = [dataclasses.replace(t, dtype="bfloat16")
+                if (t.matmul_only or t.matmul_operand) and t.dtype == COMPUTE else t
+                for t in kept]
+    return size.tensors(kept)
 
 
 def _unfused(kept: list[Tensor]) -> list[Tensor]:
@@ -336,10 +340,10 @@ def _unfused(kept: list[Tensor]) -> list[Tensor]:
 
 
 def _block_terms(blocks: Sequence[Block], setup: Setup, policy: RematPolicy, size: _Sizer,
-                 batch_is_compute: bool, shares: bool = False, fuses_operands: bool = False
-                 ) -> _Blocks:
+                 batch_is_compute: bool, shares: bool = False) -> _Blocks:
     c = setup.config
     every = c.remat.every
+    fuses_operands = size.backend.fuses_matmul_operands
     none = SAVEABLE["none"](policy)
     device, host = saveable(policy), OFFLOADED.get(_policy_key(policy))
     total = offloaded = workspace = 0
@@ -497,27 +501,20 @@ def estimate(config: Config | Setup, name: str = "") -> Estimate:
         undone = f" ({platform} undoes remat {setup.remat.name} of loop blocks)"
     blocks = _block_terms(anatomy.blocks, setup, policy, size,
                           batch_is_compute=size.compute == np.dtype("float32"),
-                          shares=not anatomy.scanned and backend.shares_loop_backward,
-                          fuses_operands=backend.fuses_matmul_operands)
+                          shares=not anatomy.scanned and backend.shares_loop_backward)
     outside = size.tensors(anatomy.outside)
-    # a fused loss gradient materialises only its output (the first value), and that over
-    # the kept value it is computed from when it says so (the logits); under a 16-bit compute
-    # dtype the float32 values the loss computes on are materialised as well
-    loss_values = anatomy.loss_workspace
-    if backend.fuses_loss_gradient:
-        kept = {t.name for t in anatomy.outside}
-        upcast = [t for t in loss_values[1:]
-                  if size.compute.itemsize < 4 and size.dtype(t.dtype) == np.dtype("float32")]
-        loss_values = [t for t in loss_values[:1] if t.in_place_of not in kept] + upcast
-    loss = size.tensors(loss_values)
-    grads = _live_gradients(c, backend, trainable, largest, stacked)
+    loss = size.tensors(_loss_values(anatomy, size))
+    # an update waits for every gradient under loss scaling (the finite check) and leaves
+    # the device with offloaded optimizer state: no fusion into the gradients' matmuls
+    fused_updates = (backend.fuses_gradient_update and not setup.precision.loss_scaling
+                     and not c.optimizer.offload)
+    grads = _live_gradients(c, backend, trainable, largest, stacked, fused_updates)
     stored = np.dtype(setup.precision.compute_dtype)  # copies are made in this dtype
     copies = 0 if stored == size.param else params * stored.itemsize // size.param.itemsize
     saved_all = blocks.saved + outside
-    # two moments of the step; the peak is the larger. (A
-    # moment where the backward ends with every gradient alive made the accuracy grid's dev
-    # seeds worse without data parallelism: XLA applies most updates as their gradients are
-    # made; with it, see below.)
+    # two moments of the step; the peak is the larger. (A moment where the backward ends with
+    # every gradient alive made the accuracy grid's dev seeds worse without data parallelism:
+    # XLA applies most updates as their gradients are made; with it, see below.)
     at_loss = "where the backward starts (the loss gradient)"
     in_block = (f"in the backward of a {blocks.widest} (its recomputation and activation "
                 "gradients)")
@@ -564,6 +561,21 @@ def estimate(config: Config | Setup, name: str = "") -> Estimate:
                     time.perf_counter() - start)
 
 
+def _loss_values(anatomy: Anatomy, size: _Sizer) -> list[Tensor]:
+    """What the loss gradient materialises where the backward starts. A fused loss gradient
+    (XLA:TPU) makes only its output (the first value), and that over the kept value it is
+    computed from when it says so (the logits); then, under a 16-bit compute dtype, the
+    float32 values it computes on (the logits' float32 copy) are materialised beside them."""
+    values = anatomy.loss_workspace
+    if not size.backend.fuses_loss_gradient or not values:
+        return list(values)
+    kept = {t.name for t in anatomy.outside}
+    if values[0].in_place_of not in kept:
+        return [values[0]]
+    return [t for t in values[1:]
+            if size.compute.itemsize < 4 and size.dtype(t.dtype) == np.dtype("float32")]
+
+
 def traced_anatomy(setup: Setup, micro: int) -> Anatomy:
     """The anatomy of a model without shape formulas (custom models), from its abstract
     parameters and the jaxpr of its loss: what the forward keeps for the backward (the remat
@@ -595,8 +607,8 @@ def traced_anatomy(setup: Setup, micro: int) -> Anatomy:
     )
 
 
-def _live_gradients(c: Config, backend: Backend, trainable: int, largest: int, stacked: int
-                    ) -> dict[str, tuple[int, str]]:
+def _live_gradients(c: Config, backend: Backend, trainable: int, largest: int, stacked: int,
+                    fused_updates: bool) -> dict[str, tuple[int, str]]:
     """Gradients alive while activations are still kept, ``(bytes, why)`` where the backward
     starts (``loss``) and in a block's backward (``block``)."""
     if c.data.microbatches > 1:
@@ -616,7 +628,7 @@ def _live_gradients(c: Config, backend: Backend, trainable: int, largest: int, s
         return {"loss": both, "block": both}
     if stacked:
         one = (stacked, "a scanned stack's gradients, accumulated through its backward loop")
-    elif backend.fuses_gradient_update:
+    elif fused_updates:
         one = (0, "none materialised (each update is computed in the matmul making its "
                "gradient)")
     else:

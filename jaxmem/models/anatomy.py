@@ -50,10 +50,10 @@ class Tensor:
         already has that dtype: the argument is used).
       matmul_operand: made by elementwise operations and used only as a matmul operand
         (forward and backward): a compiler that fuses such producers into the matmul (XLA:TPU)
-        does not materialise it when recomputing it.
-      matmul_only: every use, forward and backward, is as a matmul operand (true as well of a
-        ``matmul_operand``): a compiler that computes float32 matmuls from bfloat16 operands
-        (XLA:TPU at the default precision) keeps it in bfloat16.
+        does not keep it when its inputs are kept, nor materialise it when recomputing it.
+      matmul_only: every use, forward and backward, is as a matmul operand (implied by
+        ``matmul_operand``, which need not set it): a compiler that computes float32 matmuls
+        from bfloat16 operands (XLA:TPU at the default precision) keeps it in bfloat16.
       in_place_of: for a loss gradient, the kept value a fused loss gradient is written over
         (the logits: one fusion reads them and writes their gradient into their buffer).
       flops: forward FLOPs of the operation that makes it, counted for matmuls and

@@ -324,7 +324,8 @@ def attention_half(c: TransformerConfig, B: int, causal: bool, stats: int = 2) -
                        flops=2 * B * L * D * width),
                 Tensor(name, (B, L, width), heads, inputs=(f"{name}_dot",),
                        needed=name != "query" or keeps_query, tag=name,
-                       matmul_only=name != "query")]
+                       # linear attention squares and sums keys and values
+                       matmul_only=name != "query" and c.attention != "linear")]
 
     kv = D // c.num_heads * c.kv_heads()
     return [
