@@ -502,7 +502,10 @@ def estimate(config: Config | Setup, name: str = "") -> Estimate:
     blocks = _block_terms(anatomy.blocks, setup, policy, size,
                           batch_is_compute=size.compute == np.dtype("float32"),
                           shares=not anatomy.scanned and backend.shares_loop_backward)
-    outside = size.tensors(anatomy.outside)
+    kept_outside = list(anatomy.outside)
+    if backend.fuses_matmul_operands:
+        kept_outside = _unfused(kept_outside)
+    outside = _cost(kept_outside, size, batch_is_compute=False)
     loss = size.tensors(_loss_values(anatomy, size))
     # an update waits for every gradient under loss scaling (the finite check) and leaves
     # the device with offloaded optimizer state: no fusion into the gradients' matmuls

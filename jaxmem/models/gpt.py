@@ -83,7 +83,7 @@ class GPTConfig(TransformerConfig):
         return Anatomy(
             params=tuple(self.trunk_params(opts) + head),
             blocks=(self.block_anatomy(opts, B, causal=True),),
-            outside=(*self.trunk_outside(B), *outside),
+            outside=(*self.trunk_outside(B, lm_head=True), *outside),
             loss_workspace=tuple(loss),
             scanned=self.stack == "scan",
             rows_per_example=L,

@@ -159,8 +159,8 @@ class LlamaConfig(GPTConfig):
         return anatomy.Block("llama block", tuple(values), self.num_layers,
                              tuple(block_gradients(self, B, 2, F)), shared)
 
-    def trunk_outside(self, batch: int) -> list[Tensor]:
-        return trunk_outside(self, batch, stats=1)
+    def trunk_outside(self, batch: int, lm_head: bool = False) -> list[Tensor]:
+        return trunk_outside(self, batch, stats=1, lm_head=lm_head)
 
 
 class SwiGLU(nnx.Module):

@@ -165,9 +165,10 @@ class TransformerConfig(ModelConfig):
         """One block's forward values for a (micro)batch of ``batch`` sequences."""
         return block_anatomy(self, opts, batch, causal)
 
-    def trunk_outside(self, batch: int) -> list[Tensor]:
-        """What the trunk keeps outside its blocks."""
-        return trunk_outside(self, batch)
+    def trunk_outside(self, batch: int, lm_head: bool = False) -> list[Tensor]:
+        """What the trunk keeps outside its blocks (``lm_head``: its output goes only to an
+        LM head's matmul)."""
+        return trunk_outside(self, batch, lm_head=lm_head)
 
 
 class MLP(nnx.Module):
@@ -380,11 +381,13 @@ def block_anatomy(c: TransformerConfig, opts: BuildOptions, B: int, causal: bool
                          tuple(block_gradients(c, B, 1, F)), shared)
 
 
-def trunk_outside(c: TransformerConfig, B: int, stats: int = 2) -> list[Tensor]:
+def trunk_outside(c: TransformerConfig, B: int, stats: int = 2, lm_head: bool = False
+                  ) -> list[Tensor]:
     """What the trunk keeps outside its blocks: the final norm's input, its ``stats`` float32
-    statistics per row and its output."""
+    statistics per row and its output (with ``lm_head``, read only by the LM head's matmul)."""
     BLD, act = (B, c.seq_len, c.d_model), ACTIVATION
     return [Tensor("final_norm_input", BLD, act, needed=True),
             Tensor("final_norm_stats", (B, c.seq_len, stats), ("batch", "length", None),
                    "float32", needed=True),
-            Tensor("final_norm_output", BLD, act, needed=True)]
+            Tensor("final_norm_output", BLD, act, inputs=("final_norm_input", "final_norm_stats"),
+                   needed=True, matmul_operand=lm_head)]
