@@ -146,8 +146,8 @@ class Backend:
         unfused, the larger figure, until measured on a GPU.
       fuses_matmul_operands: computes a matmul operand made by elementwise operations inside
         the matmul's fusion: it is not kept when its inputs are (the backward's matmuls compute
-        it again), and recomputing it materialises nothing (``Tensor.matmul_operand``; block
-        values only; XLA:TPU).
+        it again), and recomputing it materialises nothing (``Tensor.matmul_operand``;
+        XLA:TPU).
       fuses_gradient_update: computes the optimizer update in the fusion that makes the
         gradient, so a model without a scanned stack or microbatches materialises no gradient
         at its peak (XLA:TPU; measured on Python-loop transformers and MLPs, tied embeddings,
@@ -155,8 +155,8 @@ class Backend:
         where an update waits for all gradients or leaves the device).
       narrows_matmul_operands: computes float32 matmuls from bfloat16 operands (the default
         precision), so a kept float32 value used only by matmuls is kept in bfloat16
-        (``Tensor.matmul_only`` or ``matmul_operand``; block values kept for the backward
-        only; XLA:TPU).
+        (``Tensor.matmul_only`` or ``matmul_operand``; values kept for the backward only, not
+        recomputed ones; XLA:TPU).
       accumulates_in_place: adds each microbatch's gradient to the accumulator as it is made,
         so no microbatch's whole gradients are alive at once besides it (XLA:TPU; XLA:CPU
         was measured to hold both).
@@ -332,9 +332,12 @@ def _cost(kept: list[Tensor], size: _Sizer, batch_is_compute: bool) -> int:
     return size.tensors(kept)
 
 
-def _unfused(kept: list[Tensor]) -> list[Tensor]:
-    """What a compiler that fuses elementwise producers into matmuls keeps of ``kept``: a
-    matmul operand whose inputs are all kept is computed again inside its matmuls instead."""
+def _unfused(kept: list[Tensor], backend: Backend) -> list[Tensor]:
+    """What ``backend`` keeps of ``kept``: where it fuses elementwise producers into
+    matmuls, a matmul operand whose inputs are all kept is computed again inside its matmuls
+    instead."""
+    if not backend.fuses_matmul_operands:
+        return list(kept)
     names = {t.name for t in kept}
     return [t for t in kept if not (t.matmul_operand and set(t.inputs) <= names)]
 
@@ -343,17 +346,14 @@ def _block_terms(blocks: Sequence[Block], setup: Setup, policy: RematPolicy, siz
                  batch_is_compute: bool, shares: bool = False) -> _Blocks:
     c = setup.config
     every = c.remat.every
-    fuses_operands = size.backend.fuses_matmul_operands
     none = SAVEABLE["none"](policy)
     device, host = saveable(policy), OFFLOADED.get(_policy_key(policy))
     total = offloaded = workspace = 0
     widest = ""
     index = 0
     for block in blocks:
-        kept_policy = saved(block, device)
-        kept_none = saved(block, none)
-        if fuses_operands:
-            kept_policy, kept_none = _unfused(kept_policy), _unfused(kept_none)
+        kept_policy = _unfused(saved(block, device), size.backend)
+        kept_none = _unfused(saved(block, none), size.backend)
 
         with_policy = sum(1 for i in range(index, index + block.count) if i % every == 0)
         with_none = block.count - with_policy
@@ -370,7 +370,7 @@ def _block_terms(blocks: Sequence[Block], setup: Setup, policy: RematPolicy, siz
         if host is not None and with_policy:
             offloaded += with_policy * size.tensors(saved(block, host))
         redo = recomputed(block, kept_policy) if with_policy else []
-        if fuses_operands:
+        if size.backend.fuses_matmul_operands:  # computed inside the matmuls reading them
             redo = [t for t in redo if not t.matmul_operand]
         ws = size.tensors(redo) + size.tensors(block.grad_workspace)
         if ws > workspace:
@@ -502,10 +502,7 @@ def estimate(config: Config | Setup, name: str = "") -> Estimate:
     blocks = _block_terms(anatomy.blocks, setup, policy, size,
                           batch_is_compute=size.compute == np.dtype("float32"),
                           shares=not anatomy.scanned and backend.shares_loop_backward)
-    kept_outside = list(anatomy.outside)
-    if backend.fuses_matmul_operands:
-        kept_outside = _unfused(kept_outside)
-    outside = _cost(kept_outside, size, batch_is_compute=False)
+    outside = _cost(_unfused(list(anatomy.outside), backend), size, batch_is_compute=False)
     loss = size.tensors(_loss_values(anatomy, size))
     # an update waits for every gradient under loss scaling (the finite check) and leaves
     # the device with offloaded optimizer state: no fusion into the gradients' matmuls
