@@ -181,6 +181,7 @@ class Backend:
     accumulates_in_place: bool = False
     frees_outside_first: bool = False
     combines_all_reduces: bool = False
+    frees_saved_in_backward: bool = False
 
 
 BACKENDS: dict[str, Backend] = {
@@ -189,7 +190,8 @@ BACKENDS: dict[str, Backend] = {
     "gpu": Backend(),
     "tpu": Backend(tiles=True, fuses_loss_gradient=True, fuses_matmul_operands=True,
                    fuses_gradient_update=True, narrows_matmul_operands=True,
-                   accumulates_in_place=True, frees_outside_first=True),
+                   accumulates_in_place=True, frees_outside_first=True,
+                   frees_saved_in_backward=True),
 }
 
 
@@ -219,6 +221,12 @@ def _tpu_padded(shape: Sequence[int], itemsize: int) -> int:
     return best
 
 
+def _sublane_padded(shape: Sequence[int], itemsize: int) -> int:
+    """Elements of ``shape`` with its last dimension padded to the sublanes."""
+    sublanes = 8 * max(1, 4 // itemsize)
+    return math.prod(shape[:-1]) * (-(-shape[-1] // sublanes) * sublanes)
+
+
 @dataclasses.dataclass(frozen=True)
 class _Sizer:
     """Bytes of a value on one device: its shard's shape under the mesh and rules, its dtype
@@ -238,13 +246,16 @@ class _Sizer:
         return tuple(s // math.prod(self.mesh.shape[a] for a in d) for s, d in zip(
             shape, dims, strict=True))
 
-    def nbytes(self, shape: Sequence[int], dtype: np.dtype) -> int:
+    def nbytes(self, shape: Sequence[int], dtype: np.dtype, minor: bool = False) -> int:
         if self.backend.tiles and 0 not in shape:
+            if minor and len(shape) > 1:  # the last dimension on the lanes
+                lanes = -(-shape[-1] // _TPU_LANES) * _TPU_LANES
+                return lanes * _sublane_padded(shape[:-1], dtype.itemsize) * dtype.itemsize
             return _tpu_padded(shape, dtype.itemsize) * dtype.itemsize
         return math.prod(shape) * dtype.itemsize
 
     def tensor(self, t: Tensor) -> int:
-        return self.nbytes(self.shard(t.shape, t.axes), self.dtype(t.dtype))
+        return self.nbytes(self.shard(t.shape, t.axes), self.dtype(t.dtype), t.channels_minor)
 
     def tensors(self, ts: Sequence[Tensor]) -> int:
         return sum(self.tensor(t) for t in ts)
@@ -261,7 +272,7 @@ def _constant(value: bool) -> Callable[[RematPolicy], Callable[[Tensor], bool]]:
 
 
 def _dots(batched: bool) -> Callable[[RematPolicy], Callable[[Tensor], bool]]:
-    kinds = ("dot", "batched") if batched else ("dot",)
+    kinds = ("dot", "batched", "conv") if batched else ("dot",)
     return lambda _: (lambda t: t.dot in kinds)
 
 
@@ -318,18 +329,41 @@ class _Blocks:
     offloaded: int  # moved to host memory by an offloading policy
     recompute: int  # the largest block's recomputed values plus its activation gradients
     widest: str  # which block that is
+    before: int  # saved by that block and the blocks before it (the later ones' backward is done)
+
+
+def _narrowed(values: Sequence[Tensor], size: _Sizer) -> list[Tensor]:
+    """``values`` as the backend stores them: a float32 matmul-only value in bfloat16 where
+    it computes float32 matmuls from bfloat16 operands."""
+    if not (size.backend.narrows_matmul_operands and size.compute == np.dtype("float32")):
+        return list(values)
+    return [dataclasses.replace(t, dtype="bfloat16")
+            if (t.matmul_only or t.matmul_operand) and t.dtype == COMPUTE else t
+            for t in values]
 
 
 def _cost(kept: list[Tensor], size: _Sizer, batch_is_compute: bool) -> int:
     """Bytes of kept values; the batch cast to the compute dtype is the argument itself when
-    the batch already has that dtype; a float32 matmul-only value is kept in bfloat16 where
-    the backend computes float32 matmuls from bfloat16 operands."""
-    kept = [t for t in kept if not (t.batch_cast and batch_is_compute)]
-    if size.backend.narrows_matmul_operands and size.compute == np.dtype("float32"):
-        kept = [dataclasses.replace(t, dtype="bfloat16")
-                if (t.matmul_only or t.matmul_operand) and t.dtype == COMPUTE else t
-                for t in kept]
-    return size.tensors(kept)
+    the batch already has that dtype; narrowed where the backend narrows matmul operands."""
+    return size.tensors(_narrowed([t for t in kept if not (t.batch_cast and batch_is_compute)],
+                                  size))
+
+
+def _fused_recompute(redo: list[Tensor], kept: set[str]) -> tuple[list[Tensor], set[str]]:
+    """What a backend fusing elementwise producers into their consumers materialises of the
+    recomputed values ``redo``: no matmul operand (computed inside its matmuls); a value with
+    ``recomputed_as`` in that dtype, or nothing when its inputs are kept (the backward's
+    fusion reads them). Also returns the names of what such a value stands for (it, and the
+    kept inputs read in its place), which a gradient ``in_place_of`` it is written over."""
+    out, read = [], set()
+    for t in redo:
+        if t.matmul_operand:
+            continue
+        if t.recomputed_as and set(t.inputs) <= kept:
+            read |= {t.name}
+            continue
+        out.append(dataclasses.replace(t, dtype=t.recomputed_as) if t.recomputed_as else t)
+    return out, read
 
 
 def _unfused(kept: list[Tensor], backend: Backend) -> list[Tensor]:
@@ -348,9 +382,10 @@ def _block_terms(blocks: Sequence[Block], setup: Setup, policy: RematPolicy, siz
     every = c.remat.every
     none = SAVEABLE["none"](policy)
     device, host = saveable(policy), OFFLOADED.get(_policy_key(policy))
-    total = offloaded = workspace = 0
+    total = offloaded = workspace = before = 0
     widest = ""
     index = 0
+    frees = size.backend.frees_saved_in_backward
     for block in blocks:
         kept_policy = _unfused(saved(block, device), size.backend)
         kept_none = _unfused(saved(block, none), size.backend)
@@ -370,13 +405,21 @@ def _block_terms(blocks: Sequence[Block], setup: Setup, policy: RematPolicy, siz
         if host is not None and with_policy:
             offloaded += with_policy * size.tensors(saved(block, host))
         redo = recomputed(block, kept_policy) if with_policy else []
-        if size.backend.fuses_matmul_operands:  # computed inside the matmuls reading them
-            redo = [t for t in redo if not t.matmul_operand]
-        ws = size.tensors(redo) + size.tensors(block.grad_workspace)
-        if ws > workspace:
-            workspace, widest = ws, block.name
+        kept = {t.name for t in (kept_policy if with_policy else kept_none)}
+        workspace_values = block.grad_workspace
+        if size.backend.fuses_matmul_operands:
+            redo, read_kept = _fused_recompute(redo, kept)
+            kept |= read_kept
+            if block.fused_workspace is not None:
+                workspace_values = _narrowed(block.fused_workspace, size)
+        ws = size.tensors(redo) + size.tensors(
+            [t for t in workspace_values if t.in_place_of not in kept])
+        # where the backend frees a block's saved values once its backward is done, a
+        # block's backward holds the saved values of the blocks up to it, not after it
+        if (ws + total if frees else ws) > (workspace + before if frees else workspace):
+            workspace, widest, before = ws, block.name, total
         index += block.count
-    return _Blocks(total, offloaded, workspace, widest)
+    return _Blocks(total, offloaded, workspace, widest, before if frees else total)
 
 
 #: XLA's SPMD partitioner all-gathers a ZeRO-sharded weight for a matmul when the weight is
@@ -520,7 +563,7 @@ def estimate(config: Config | Setup, name: str = "") -> Estimate:
                 "gradients)")
     moments = {
         at_loss: (saved_all, copies, gathered, grads["loss"][0], loss),
-        in_block: (blocks.saved if backend.frees_outside_first else saved_all, copies,
+        in_block: (blocks.before + (0 if backend.frees_outside_first else outside), copies,
                    gathered, grads["block"][0], blocks.recompute),
     }
     grads_why = {at_loss: grads["loss"][1], in_block: grads["block"][1]}

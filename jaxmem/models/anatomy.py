@@ -43,7 +43,8 @@ class Tensor:
       inputs: names of the values it is computed from (within the block).
       needed: the backward pass uses it (it is kept when nothing is recomputed).
       dot: ``dot`` for a matmul output, ``batched`` for one with batch dimensions
-        (attention scores), empty otherwise.
+        (attention scores), ``conv`` for a convolution's (``dots_saveable`` saves it,
+        ``dots_with_no_batch_dims_saveable`` does not, as in JAX), empty otherwise.
       tag: the ``checkpoint_name`` the model gives it, if any.
       block_input: the block's input (always kept by a checkpointed block).
       batch_cast: the batch cast to the compute dtype (no buffer of its own when the batch
@@ -56,6 +57,11 @@ class Tensor:
         from bfloat16 operands (XLA:TPU at the default precision) keeps it in bfloat16.
       in_place_of: for a loss gradient, the kept value a fused loss gradient is written over
         (the logits: one fusion reads them and writes their gradient into their buffer).
+      channels_minor: a convolution's operand or output, which XLA:TPU lays out with its
+        last (channel) dimension minor: padded to 128 lanes, whatever pads least elsewhere.
+      recomputed_as: the dtype of what a backend that fuses elementwise producers into their
+        consumers materialises when it recomputes this value for the backward (``bool``: a
+        ReLU's input, of which the backward reads only the sign); empty: the value itself.
       flops: forward FLOPs of the operation that makes it, counted for matmuls and
         convolutions only (2 per multiply-add); elementwise work is left out.
     """
@@ -73,6 +79,8 @@ class Tensor:
     matmul_operand: bool = False
     matmul_only: bool = False
     in_place_of: str = ""
+    channels_minor: bool = False
+    recomputed_as: str = ""
     flops: int = 0
 
     def __post_init__(self) -> None:
@@ -93,6 +101,9 @@ class Block:
       shared: backward values a compiler computes in the forward and keeps, when a block's
         forward and backward are one computation (blocks of a Python-loop stack): XLA
         shares the recomputation with the forward's own.
+      fused_workspace: ``grad_workspace`` where the backend fuses elementwise producers into the
+        matmuls and convolutions reading them (XLA:TPU); None: ``grad_workspace``. A value
+        ``in_place_of`` a saved one is written over it.
     """
 
     name: str
@@ -100,6 +111,7 @@ class Block:
     count: int = 1
     grad_workspace: tuple[Tensor, ...] = ()
     shared: tuple[Tensor, ...] = ()
+    fused_workspace: tuple[Tensor, ...] | None = None
 
     def by_name(self) -> dict[str, Tensor]:
         return {t.name: t for t in self.values}

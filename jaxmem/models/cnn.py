@@ -7,6 +7,7 @@ global average pool and a linear layer. Shape suffixes: B batch, S spatial side,
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any, ClassVar
 
 import jax
@@ -69,26 +70,48 @@ class CNNConfig(ModelConfig):
             convs = [(a, a, 1), (a, b, 1)] if self.depthwise_separable else [(a, b, 3)]
             if self.depthwise_separable:  # depthwise 3x3 (one input channel per group)
                 convs[0] = (1, a, 3)
-            values = [Tensor("x", (B, S, S, a), image, block_input=True, batch_cast=i == 0)]
+            # convolutions' operands and outputs have their channels minor on TPU; the
+            # images and their depthwise convolution (3 channels) are laid out otherwise
+            values = [Tensor("x", (B, S, S, a), image, block_input=True, batch_cast=i == 0,
+                             channels_minor=i > 0)]
+            minor = {c: i > 0 or c != a for c in (a, b)}
             for j, (c_in, c_out, k) in enumerate(convs):
+                last = j + 1 == len(convs)
                 params += [(f"blocks/{i}/convs/{j}/bias", (c_out,)),
                            (f"blocks/{i}/convs/{j}/kernel", (k, k, c_in, c_out))]
-                values += [Tensor(f"conv{j}", (B, S, S, c_out), image, inputs=(values[-1].name,),
-                                  flops=2 * B * S * S * c_out * k * k * c_in),
-                           Tensor(f"biased{j}", (B, S, S, c_out), image, inputs=(f"conv{j}",),
-                                  needed=j + 1 < len(convs))]
+                values.append(Tensor(f"conv{j}", (B, S, S, c_out), image,
+                                     inputs=(values[-1].name,), dot="conv",
+                                     channels_minor=minor[c_out],
+                                     flops=2 * B * S * S * c_out * k * k * c_in))
+                if not last:  # the next convolution's operand
+                    values.append(Tensor(f"biased{j}", (B, S, S, c_out), image,
+                                         inputs=(f"conv{j}",), needed=True,
+                                         channels_minor=minor[c_out]))
+            # the ReLU's input (bias added): its backward reads only the sign
             values.append(Tensor("relu_input", (B, S, S, b), image, inputs=(values[-1].name,),
-                                 needed=True))
+                                 needed=True, channels_minor=True, recomputed_as="bool"))
+            # the images get no gradient: the first block's backward makes no input gradient
+            d_input = (Tensor("d_input", (B, S, S, a), image, channels_minor=True),) if i else ()
+            d_out = Tensor("d_out", (B, S // 2, S // 2, b), image, channels_minor=True)
+            # fused (TPU): pooling's and the ReLU's backward are one fusion writing the
+            # convolution's output gradient (over the ReLU's input where that is kept), read
+            # by the kernel's and the input's gradient convolutions; the gradient flowing in
+            # is dead once it is made, the one flowing out is made from it
+            d_conv = Tensor("d_conv", (B, S, S, b), image, channels_minor=True,
+                            matmul_only=True, in_place_of="relu_input")
+            flowing = max((d_out, *d_input), key=lambda t: math.prod(t.shape))
             blocks.append(Block(f"conv block {a}->{b} at {S}x{S}", tuple(values),
                                 grad_workspace=(Tensor("d_conv", (B, S, S, b), image),
                                                 Tensor("d_relu", (B, S, S, b), image),
-                                                Tensor("d_input", (B, S, S, a), image))))
+                                                *d_input),
+                                fused_workspace=(d_conv, flowing)))
             S //= 2
         C = self.num_classes
         params += [("head/bias", (C,)), ("head/kernel", (widths[-1], C))]
         return Anatomy(
             params=tuple(params), blocks=tuple(blocks),
-            outside=(Tensor("features", (B, S, S, widths[-1]), image, needed=True),
+            outside=(Tensor("features", (B, S, S, widths[-1]), image, needed=True,
+                            channels_minor=True),
                      Tensor("pooled", (B, widths[-1]), ("batch", None), needed=True),
                      Tensor("logits", (B, C), ("batch", None), needed=True)),
             loss_workspace=(Tensor("d_features", (B, S, S, widths[-1]), image),),

@@ -157,7 +157,8 @@ class LlamaConfig(GPTConfig):
         ]
         shared = (Tensor("silu_sigmoid", BLF, mlp),)  # the SwiGLU's, as the GELU's (loop stack)
         return anatomy.Block("llama block", tuple(values), self.num_layers,
-                             tuple(block_gradients(self, B, 2, F)), shared)
+                             grad_workspace=tuple(block_gradients(self, B, 2, F)),
+                             shared=shared)
 
     def trunk_outside(self, batch: int, lm_head: bool = False) -> list[Tensor]:
         return trunk_outside(self, batch, stats=1, lm_head=lm_head)
