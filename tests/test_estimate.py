@@ -339,3 +339,70 @@ def test_tpu_updates_wait_for_every_gradient_under_loss_scaling():
                                 data={"batch_size": 4})).term("gradients")
 
     assert grads("bf16-mixed") == 0 < grads("fp16-mixed")
+
+
+CNN = {"kind": "cnn", "image_size": 64, "channels": [64, 128]}
+
+
+def test_dots_saves_convolutions_and_dots_no_batch_does_not():
+    """JAX's ``dots_saveable`` saves convolution outputs; ``dots_with_no_batch_dims_saveable``
+    only saves dot_generals without batch dimensions."""
+    def saved(remat):
+        return estimate(_config(model=CNN, target="tpu:v5e:1x1", remat=remat,
+                                data={"batch_size": 8})).term("saved activations")
+
+    assert saved("dots") > saved("dots_no_batch") == saved("full")
+
+
+def test_the_first_conv_block_makes_no_input_gradient():
+    """The images get no gradient: the first block's backward holds no gradient of its
+    input, the later blocks' do."""
+    config = _config(model=CNN)
+    setup_blocks = config.model.anatomy(jaxmem.setup.resolve(config).build_options, 8).blocks
+    names = [[t.name for t in b.grad_workspace] for b in setup_blocks]
+    assert "d_input" not in names[0] and "d_input" in names[1]
+
+
+def test_tpu_pads_conv_channels_to_the_lanes():
+    """XLA:TPU lays a convolution's values out with the channels minor: 64 channels take the
+    bytes of 128. Doubling the first block's 64 channels to 128 leaves its saved output's
+    bytes unchanged on TPU, and doubles them on CPU."""
+    def saved(target, channels):
+        model = {**CNN, "image_size": 128, "channels": [channels]}  # 128 x 128 fills the lanes
+        return estimate(_config(model=model, target=target, remat="none",
+                                data={"batch_size": 8})).term("saved activations")
+
+    assert saved("tpu:v5e:1x1", 64) == saved("tpu:v5e:1x1", 128)
+    assert saved("cpu:1", 128) > 1.9 * saved("cpu:1", 64)
+
+
+def test_tpu_block_backward_holds_the_blocks_up_to_it():
+    """XLA:TPU frees a block's saved values once its backward is done: where the first (widest)
+    conv block's backward is the peak, the later blocks' saved values are not part of it;
+    XLA:CPU's figure counts every block's."""
+    config = dict(model={**CNN, "channels": [128, 128, 128]}, remat="full",
+                  data={"batch_size": 16})
+    tpu = estimate(_config(**config, target="tpu:v5e:1x1"))
+    assert "backward of a conv block 3->128 at 64x64" in dict(
+        (t.name, t.detail) for t in tpu.terms)["peak transients"]
+    # full remat on TPU: the first block keeps the images (the batch itself), nothing else
+    # before its backward; the later blocks' inputs are freed by then
+    assert tpu.term("saved activations") == 0
+
+
+def test_tpu_conv_backward_is_fused():
+    """On TPU a conv block's pooling and ReLU backward are one fusion. Recomputing (full
+    remat) it materialises the ReLU's mask (1 byte per value), the convolution's gradient
+    (bfloat16 at float32: read only by convolutions) and the gradient flowing in (at half
+    the side); with the ReLU's input kept (no remat) the gradient is written over it."""
+    B, S, C = 16, 64, 128
+    model = {**CNN, "channels": [C]}
+
+    def transients(remat):
+        e = estimate(_config(model=model, target="tpu:v5e:1x1", remat=remat,
+                             data={"batch_size": B}))
+        return e.term("peak transients")
+
+    d_out = B * (S // 2) ** 2 * C * 4
+    assert transients("full") == B * S * S * C * (1 + 2) + d_out
+    assert transients("none") == d_out
