@@ -182,6 +182,7 @@ class Backend:
     frees_outside_first: bool = False
     combines_all_reduces: bool = False
     frees_saved_in_backward: bool = False
+    recomputes_by_stage: bool = False
 
 
 BACKENDS: dict[str, Backend] = {
@@ -191,7 +192,7 @@ BACKENDS: dict[str, Backend] = {
     "tpu": Backend(tiles=True, fuses_loss_gradient=True, fuses_matmul_operands=True,
                    fuses_gradient_update=True, narrows_matmul_operands=True,
                    accumulates_in_place=True, frees_outside_first=True,
-                   frees_saved_in_backward=True),
+                   frees_saved_in_backward=True, recomputes_by_stage=True),
 }
 
 
@@ -349,6 +350,11 @@ def _cost(kept: list[Tensor], size: _Sizer, batch_is_compute: bool) -> int:
                                   size))
 
 
+def _at(stage: str, values: Sequence[Tensor]) -> list[Tensor]:
+    """The values a block's backward holds in ``stage`` (all of them for no stage)."""
+    return [t for t in values if t.stage in (stage, "")] if stage else list(values)
+
+
 def _fused_recompute(redo: list[Tensor], kept: set[str]) -> tuple[list[Tensor], set[str]]:
     """What a backend fusing elementwise producers into their consumers materialises of the
     recomputed values ``redo``: no matmul operand (computed inside its matmuls); a value with
@@ -412,8 +418,14 @@ def _block_terms(blocks: Sequence[Block], setup: Setup, policy: RematPolicy, siz
             kept |= read_kept
             if block.fused_workspace is not None:
                 workspace_values = _narrowed(block.fused_workspace, size)
-        ws = size.tensors(redo) + size.tensors(
-            [t for t in workspace_values if t.in_place_of not in kept])
+        grads = [t for t in workspace_values if t.in_place_of not in kept]
+        # a stage's activation gradients are dead before the next stage's backward makes
+        # its own; a backend recomputing by stage holds one stage's recomputation too
+        stages = {t.stage for t in (*redo, *grads)} - {""} or {""}
+        if size.backend.recomputes_by_stage:
+            ws = max(size.tensors(_at(s, redo)) + size.tensors(_at(s, grads)) for s in stages)
+        else:
+            ws = size.tensors(redo) + max(size.tensors(_at(s, grads)) for s in stages)
         # where the backend frees a block's saved values once its backward is done, a
         # block's backward holds the saved values of the blocks up to it, not after it
         if (ws + total if frees else ws) > (workspace + before if frees else workspace):

@@ -25,7 +25,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 #: dtype roles: the compute dtype, the parameters' storage dtype, or a fixed dtype
 COMPUTE, PARAM = "compute", "param"
@@ -62,6 +62,9 @@ class Tensor:
       recomputed_as: the dtype of what a backend that fuses elementwise producers into their
         consumers materialises when it recomputes this value for the backward (``bool``: a
         ReLU's input, of which the backward reads only the sign); empty: the value itself.
+      stage: the part of its block whose backward uses it (``attention``, ``mlp``): a
+        backend that recomputes each stage just before that stage's backward (XLA:TPU)
+        holds one stage's recomputed values and gradients at a time; empty: every stage.
       flops: forward FLOPs of the operation that makes it, counted for matmuls and
         convolutions only (2 per multiply-add); elementwise work is left out.
     """
@@ -81,6 +84,7 @@ class Tensor:
     in_place_of: str = ""
     channels_minor: bool = False
     recomputed_as: str = ""
+    stage: str = ""
     flops: int = 0
 
     def __post_init__(self) -> None:
@@ -154,6 +158,11 @@ class Anatomy:
     def forward_flops(self) -> int:
         """FLOPs of one forward pass (matmuls and convolutions)."""
         return sum(b.count * b.flops() for b in self.blocks) + self.outside_flops
+
+
+def in_stage(stage: str, values: Iterable[Tensor]) -> list[Tensor]:
+    """``values`` marked as used by the backward of their block's ``stage``."""
+    return [dataclasses.replace(t, stage=stage) for t in values]
 
 
 def saved(block: Block, saveable: Callable[[Tensor], bool]) -> list[Tensor]:

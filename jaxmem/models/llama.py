@@ -142,8 +142,7 @@ class LlamaConfig(GPTConfig):
         B, L, D, F = batch, self.seq_len, self.d_model, mlp_width(self, opts)
         BLD, BLF = (B, L, D), (B, L, F)
         act, mlp = ACTIVATION, ("batch", "length", "mlp")
-        values = [
-            *attention_half(self, B, causal, stats=1),  # RMSNorm: one statistic per row
+        mlp_values = [
             Tensor("gate_dot", BLF, mlp, inputs=("h2",), dot="dot", flops=2 * B * L * D * F),
             Tensor("mlp_pre_act", BLF, mlp, inputs=("gate_dot",), needed=True,
                    tag="mlp_pre_act"),
@@ -155,6 +154,8 @@ class LlamaConfig(GPTConfig):
                    flops=2 * B * L * F * D),
             Tensor("mlp_out", BLD, act, inputs=("down_dot",), tag="mlp_out"),
         ]
+        values = [*attention_half(self, B, causal, stats=1),  # RMSNorm: one statistic per row
+                  *anatomy.in_stage("mlp", mlp_values)]
         shared = (Tensor("silu_sigmoid", BLF, mlp),)  # the SwiGLU's, as the GELU's (loop stack)
         return anatomy.Block("llama block", tuple(values), self.num_layers,
                              grad_workspace=tuple(block_gradients(self, B, 2, F)),

@@ -329,7 +329,7 @@ def attention_half(c: TransformerConfig, B: int, causal: bool, stats: int = 2) -
                        matmul_only=name != "query" and c.attention != "linear")]
 
     kv = D // c.num_heads * c.kv_heads()
-    return [
+    attention = [
         Tensor("x", BLD, act, tag="block_input", block_input=True),
         Tensor("ln1_stats", (B, L, stats), rows, "float32", ("x",), needed=True),
         Tensor("h1", BLD, act, inputs=("x", "ln1_stats"), needed=True, matmul_operand=True),
@@ -338,10 +338,13 @@ def attention_half(c: TransformerConfig, B: int, causal: bool, stats: int = 2) -
         Tensor("out_dot", BLD, act, inputs=("attn_context",), dot="dot",
                flops=2 * B * L * D * D),
         Tensor("attn_out", BLD, act, inputs=("out_dot",), tag="attn_out"),
+    ]
+    mlp_input = [  # the MLP's backward goes through the second norm, before the attention's
         Tensor("x2", BLD, act, inputs=("x", "attn_out"), needed=True),
         Tensor("ln2_stats", (B, L, stats), rows, "float32", ("x2",), needed=True),
         Tensor("h2", BLD, act, inputs=("x2", "ln2_stats"), needed=True, matmul_operand=True),
     ]
+    return [*anatomy.in_stage("attention", attention), *anatomy.in_stage("mlp", mlp_input)]
 
 
 def block_gradients(c: TransformerConfig, B: int, hidden: int, F: int) -> list[Tensor]:
@@ -351,10 +354,10 @@ def block_gradients(c: TransformerConfig, B: int, hidden: int, F: int) -> list[T
     L = c.seq_len
     mlp = ("batch", "length", "mlp")
     grads = [Tensor("d_stream", (B, L, c.d_model), ACTIVATION),
-             *(Tensor(f"d_hidden{i}", (B, L, F), mlp) for i in range(hidden))]
+             *(Tensor(f"d_hidden{i}", (B, L, F), mlp, stage="mlp") for i in range(hidden))]
     if c.attention not in ("blockwise", "linear"):
         grads.append(Tensor("d_scores", (B, c.num_heads, L, L),
-                            ("batch", "heads", "length", None)))
+                            ("batch", "heads", "length", None), stage="attention"))
     return grads
 
 
@@ -364,8 +367,7 @@ def block_anatomy(c: TransformerConfig, opts: BuildOptions, B: int, causal: bool
     L, D, F = c.seq_len, c.d_model, mlp_width(c, opts)
     BLD, BLF = (B, L, D), (B, L, F)
     act, mlp = ACTIVATION, ("batch", "length", "mlp")
-    values = [
-        *attention_half(c, B, causal),
+    mlp_values = [
         Tensor("up_dot", BLF, mlp, inputs=("h2",), dot="dot", flops=2 * B * L * D * F),
         Tensor("mlp_pre_act", BLF, mlp, inputs=("up_dot",), needed=True, tag="mlp_pre_act"),
         Tensor("mlp_post_act", BLF, mlp, inputs=("mlp_pre_act",), needed=True,
@@ -374,6 +376,7 @@ def block_anatomy(c: TransformerConfig, opts: BuildOptions, B: int, causal: bool
                flops=2 * B * L * F * D),
         Tensor("mlp_out", BLD, act, inputs=("down_dot",), tag="mlp_out"),
     ]
+    values = [*attention_half(c, B, causal), *anatomy.in_stage("mlp", mlp_values)]
     # the GELU's derivative factors (tanh, and its argument's square), which the backward
     # shares with the forward when both are one computation (a Python-loop stack)
     shared = tuple(Tensor(n, BLF, mlp) for n in ("gelu_tanh", "gelu_square"))
