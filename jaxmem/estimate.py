@@ -46,7 +46,7 @@ import math
 import time
 import types
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import numpy as np
@@ -168,6 +168,17 @@ class Backend:
         batch axes in a few combined all-reduces after the backward, so every gradient is
         alive at once, with the reduction's output beside it (XLA:CPU; measured: twice the
         trainable parameters whatever the batch, three times with microbatches).
+      frees_saved_in_backward: frees a block's saved values once its backward is done, so a
+        block's backward holds the saved values of the blocks up to it only (XLA:TPU: a
+        CNN's first, widest block is differentiated with the later blocks' values gone;
+        XLA:CPU measured to keep them: CPU dev rows 74 % -> 69 % with it).
+      recomputes_by_stage: recomputes each stage of a block (``Tensor.stage``: attention,
+        MLP) just before that stage's backward, so a block's backward holds one stage's
+        recomputation at a time (XLA:TPU; XLA:CPU recomputes a scanned block whole). Any
+        backend holds one stage's activation gradients at a time.
+      holds_outside_gradient: holds the largest gradient of a parameter outside a scanned
+        stack (the embedding table's) through the stack's backward loop (XLA:CPU, measured
+        on scanned GPTs and encoders; not on XLA:TPU).
     """
 
     float32_compute: bool = False
@@ -183,11 +194,12 @@ class Backend:
     combines_all_reduces: bool = False
     frees_saved_in_backward: bool = False
     recomputes_by_stage: bool = False
+    holds_outside_gradient: bool = False
 
 
 BACKENDS: dict[str, Backend] = {
     "cpu": Backend(float32_compute=True, loop_remat=False, shares_loop_backward=True,
-                   combines_all_reduces=True),
+                   combines_all_reduces=True, holds_outside_gradient=True),
     "gpu": Backend(),
     "tpu": Backend(tiles=True, fuses_loss_gradient=True, fuses_matmul_operands=True,
                    fuses_gradient_update=True, narrows_matmul_operands=True,
@@ -440,15 +452,23 @@ def _block_terms(blocks: Sequence[Block], setup: Setup, policy: RematPolicy, siz
 GATHER_RATIO = 16
 
 
-def _param_terms(anatomy: Anatomy, setup: Setup, size: _Sizer, rows: int
-                 ) -> tuple[int, int, int, int, int]:
-    """``(parameter bytes, trainable parameter bytes, largest trainable parameter, stacked
-    block parameter bytes, gathered bytes)`` per device in the storage dtype; gathered: what
-    the ZeRO axes' all-gathers add on each device (the whole parameter in the compute dtype
-    less its shard), kept from the forward to the backward."""
+class _Params(NamedTuple):
+    """What the parameters take per device, in their storage dtype."""
+
+    total: int
+    trainable: int
+    largest: int  # the largest trainable parameter
+    stacked: int  # trainable parameters of a scanned stack
+    largest_outside: int  # the largest trainable parameter outside a scanned stack
+    gathered: int  # what the ZeRO all-gathers add (kept from the forward to the backward)
+
+
+def _param_terms(anatomy: Anatomy, setup: Setup, size: _Sizer, rows: int) -> _Params:
+    """The parameters' bytes per device; gathered: the whole parameter in the compute dtype
+    less its shard, for each ZeRO-sharded weight the partitioner gathers."""
     mesh, rules = size.mesh, setup.rules
     frozen = setup.freeze_patterns
-    total = trainable = largest = stacked = gathered = 0
+    total = trainable = largest = stacked = outside = gathered = 0
     zero = set(rules.zero)
     for path, shape in anatomy.params:
         axes = sharding.lookup_axes(path, len(shape), setup.param_axes, {})
@@ -473,7 +493,9 @@ def _param_terms(anatomy: Anatomy, setup: Setup, size: _Sizer, rows: int
         largest = max(largest, n)
         if in_stack:
             stacked += n
-    return total, trainable, largest, stacked, gathered
+        else:
+            outside = max(outside, n)
+    return _Params(total, trainable, largest, stacked, outside, gathered)
 
 
 def _spec_axes(entry: Any) -> tuple[str, ...]:
@@ -542,7 +564,8 @@ def estimate(config: Config | Setup, name: str = "") -> Estimate:
         compute = np.dtype("float32")
     size = _Sizer(mesh, setup.rules, compute, np.dtype(setup.precision.param_dtype), backend)
     rows = micro // ways * anatomy.rows_per_example
-    params, trainable, largest, stacked, gathered = _param_terms(anatomy, setup, size, rows)
+    p = _param_terms(anatomy, setup, size, rows)
+    params, trainable, gathered = p.total, p.trainable, p.gathered
     state = STATE_PER_PARAM[c.optimizer.name](c.optimizer)
     state_dtype = c.optimizer.state_dtype
     state_scale = 1.0 if state_dtype == "auto" else (
@@ -563,7 +586,7 @@ def estimate(config: Config | Setup, name: str = "") -> Estimate:
     # the device with offloaded optimizer state: no fusion into the gradients' matmuls
     fused_updates = (backend.fuses_gradient_update and not setup.precision.loss_scaling
                      and not c.optimizer.offload)
-    grads = _live_gradients(c, backend, trainable, largest, stacked, fused_updates)
+    grads = _live_gradients(c, backend, p, fused_updates)
     stored = np.dtype(setup.precision.compute_dtype)  # copies are made in this dtype
     copies = 0 if stored == size.param else params * stored.itemsize // size.param.itemsize
     saved_all = blocks.saved + outside
@@ -662,10 +685,11 @@ def traced_anatomy(setup: Setup, micro: int) -> Anatomy:
     )
 
 
-def _live_gradients(c: Config, backend: Backend, trainable: int, largest: int, stacked: int,
-                    fused_updates: bool) -> dict[str, tuple[int, str]]:
+def _live_gradients(c: Config, backend: Backend, p: _Params, fused_updates: bool
+                    ) -> dict[str, tuple[int, str]]:
     """Gradients alive while activations are still kept, ``(bytes, why)`` where the backward
     starts (``loss``) and in a block's backward (``block``)."""
+    trainable, largest, stacked = p.trainable, p.largest, p.stacked
     if c.data.microbatches > 1:
         if backend.accumulates_in_place:
             made = (stacked, "a scanned stack's gradients") if stacked else (
@@ -681,7 +705,10 @@ def _live_gradients(c: Config, backend: Backend, trainable: int, largest: int, s
             both = (2 * trainable, "the microbatch accumulator and one microbatch's gradients "
                     "(every trainable parameter, twice)")
         return {"loss": both, "block": both}
-    if stacked:
+    if stacked and backend.holds_outside_gradient:
+        one = (stacked + p.largest_outside, "a scanned stack's gradients, accumulated through "
+               "its backward loop, and the largest gradient outside it (the embedding table's)")
+    elif stacked:
         one = (stacked, "a scanned stack's gradients, accumulated through its backward loop")
     elif fused_updates:
         one = (0, "none materialised (each update is computed in the matmul making its "

@@ -440,3 +440,15 @@ def test_tpu_recomputes_a_block_stage_by_stage():
 
     assert transients("tpu:v5e:1x1", 2) == transients("tpu:v5e:1x1", 8)
     assert transients("cpu:1", 2) < transients("cpu:1", 8)
+
+
+def test_cpu_holds_the_table_gradient_through_a_scanned_stack(monkeypatch):
+    """XLA:CPU holds the embedding table's gradient through a scanned stack's backward loop,
+    beside the stack's accumulated gradients: the table's bytes more than without the rule."""
+    V, D = 4096, 64
+    config = _config(model={**GPT, "vocab_size": V, "d_model": D, "stack": "scan"},
+                     target="cpu:1", data={"batch_size": 2})
+    held = estimate(config).term("gradients")
+    monkeypatch.setitem(estimate_module.BACKENDS, "cpu", dataclasses.replace(
+        estimate_module.BACKENDS["cpu"], holds_outside_gradient=False))
+    assert held - estimate(config).term("gradients") == V * D * 4
