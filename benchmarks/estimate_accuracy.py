@@ -11,7 +11,11 @@ shapes, and compares the estimate's total with the figure
 +-10 %, the median estimate latency, and the worst configurations with the terms that explain
 the gap (from ``jaxmem.explain`` of those configurations: the category whose bytes differ most).
 
-    JAX_PLATFORMS=cpu python benchmarks/estimate_accuracy.py --seed 1 --n 100 --tpu 20
+    JAX_PLATFORMS=cpu python benchmarks/estimate_accuracy.py --seed 1 --tpu 20 --out rows.jsonl
+
+The compiled figures do not depend on the estimate: ``--rescore rows.jsonl`` estimates a
+previous run's configurations again with the current code and compares them with its compiled
+figures, in seconds (the same jax / libtpu versions assumed).
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import random
 import statistics
 import sys
 import time
+from pathlib import Path
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
@@ -31,7 +36,7 @@ import jax  # noqa: E402
 
 jax.config.update("jax_num_cpu_devices", 8)
 
-from jaxmem import _convert  # noqa: E402
+from jaxmem import _convert, results  # noqa: E402
 from jaxmem.build import build_program  # noqa: E402
 from jaxmem.compiled import MemoryReport, compile_timed  # noqa: E402
 from jaxmem.config import Config  # noqa: E402
@@ -197,6 +202,36 @@ def _short(raw: dict) -> str:
         rest, separators=(",", ":"))
 
 
+def rescore(row: dict) -> dict:
+    """``row`` (a previous run's) with the estimate made again by this code; the compiled
+    figures, which the estimate does not change, are kept."""
+    start = time.perf_counter()
+    est = estimate(_convert.from_dict(Config, row["config"]))
+    latency = time.perf_counter() - start
+    return {**row, "estimate": est.to_dict()["terms"], "estimate_bytes": est.total_bytes,
+            "error": est.total_bytes / row["compiled_bytes"] - 1, "latency_s": latency}
+
+
+def summarize(rows: list[dict], worst: int) -> None:
+    """The error distribution per group, the latency, and the worst rows with why."""
+    for group in ("cpu", "tpu"):
+        errs = [r["error"] for r in rows if r["group"] == group]
+        if not errs:
+            continue
+        within = sum(abs(e) <= 0.10 for e in errs) / len(errs)
+        q = statistics.quantiles(errs, n=20) if len(errs) > 1 else errs * 19
+        print(f"{group}: {len(errs)} configurations, within +-10%: {within:.0%}; error median "
+              f"{statistics.median(errs):+.1%}, 5%..95% {q[0]:+.1%}..{q[-1]:+.1%}, "
+              f"min {min(errs):+.1%}, max {max(errs):+.1%}; mean |error| "
+              f"{statistics.fmean(abs(e) for e in errs):.1%}")
+    lat = sorted(r["latency_s"] for r in rows)
+    print(f"estimate latency: median {1e3 * statistics.median(lat):.1f} ms, max "
+          f"{1e3 * lat[-1]:.1f} ms (first call includes imports' warm-up)")
+    print(f"worst {worst}:")
+    for r in sorted(rows, key=lambda r: -abs(r["error"]))[:worst]:
+        print(f"  {r['error']:+7.1%} {_short(r['config'])}\n           why: {why(r)}", flush=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seed", type=int, default=1)
@@ -208,7 +243,25 @@ def main(argv: list[str] | None = None) -> int:
                     "per chip); small: the CPU draw's shapes")
     ap.add_argument("--worst", type=int, default=10)
     ap.add_argument("--out", default=None, help="write every row as JSON lines here")
+    ap.add_argument("--rescore", default=None, metavar="ROWS",
+                    help="estimate again the configurations of a previous run's --out file "
+                    "and compare with its compiled figures (nothing drawn or compiled but the "
+                    "worst rows' explain)")
     args = ap.parse_args(argv)
+    if args.rescore:
+        with open(args.rescore) as f:
+            rows = [rescore(json.loads(line)) for line in f if line.strip()]
+        print(f"{args.rescore}: {len(rows)} rows estimated again", flush=True)
+    else:
+        rows = collect(args)
+    if args.out:
+        results.replace_text(Path(args.out), "".join(json.dumps(r) + "\n" for r in rows))
+    summarize(rows, args.worst)
+    return 0
+
+
+def collect(args: argparse.Namespace) -> list[dict]:
+    """Draw the configurations, estimate and compile each."""
     rng = random.Random(args.seed)
     draws = [(draw(rng), "cpu") for _ in range(args.n)]
     tpu_draw = draw_planning if args.tpu_shapes == "planning" else draw
@@ -225,27 +278,7 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(row)
         print(f"  [{i}] {row['error']:+7.1%}  est {row['estimate_bytes'] / 2**20:9.1f} MiB  "
               f"compiled {row['compiled_bytes'] / 2**20:9.1f} MiB  {_short(raw)}", flush=True)
-    if args.out:
-        with open(args.out, "w") as f:
-            for row in rows:
-                f.write(json.dumps(row) + "\n")
-    for group in ("cpu", "tpu"):
-        errs = [r["error"] for r in rows if r["group"] == group]
-        if not errs:
-            continue
-        within = sum(abs(e) <= 0.10 for e in errs) / len(errs)
-        q = statistics.quantiles(errs, n=20) if len(errs) > 1 else errs * 19
-        print(f"{group}: {len(errs)} configurations, within +-10%: {within:.0%}; error median "
-              f"{statistics.median(errs):+.1%}, 5%..95% {q[0]:+.1%}..{q[-1]:+.1%}, "
-              f"min {min(errs):+.1%}, max {max(errs):+.1%}; mean |error| "
-              f"{statistics.fmean(abs(e) for e in errs):.1%}")
-    lat = sorted(r["latency_s"] for r in rows)
-    print(f"estimate latency: median {1e3 * statistics.median(lat):.1f} ms, max "
-          f"{1e3 * lat[-1]:.1f} ms (first call includes imports' warm-up)")
-    print(f"worst {args.worst}:")
-    for r in sorted(rows, key=lambda r: -abs(r["error"]))[:args.worst]:
-        print(f"  {r['error']:+7.1%} {_short(r['config'])}\n           why: {why(r)}", flush=True)
-    return 0
+    return rows
 
 
 if __name__ == "__main__":

@@ -452,3 +452,24 @@ def test_cpu_holds_the_table_gradient_through_a_scanned_stack(monkeypatch):
     monkeypatch.setitem(estimate_module.BACKENDS, "cpu", dataclasses.replace(
         estimate_module.BACKENDS["cpu"], holds_outside_gradient=False))
     assert held - estimate(config).term("gradients") == V * D * 4
+
+
+def test_the_accuracy_benchmark_rescores_its_rows(tmp_path, capsys):
+    """``benchmarks/estimate_accuracy.py --rescore`` estimates a previous run's rows again and
+    compares them with the compiled figures it kept: with the same code, the same errors."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "estimate_accuracy.py"
+    spec = importlib.util.spec_from_file_location("estimate_accuracy", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    rows = tmp_path / "rows.jsonl"
+    assert bench.main(["--seed", "3", "--n", "2", "--tpu", "0", "--worst", "0",
+                       "--out", str(rows)]) == 0
+    again = tmp_path / "again.jsonl"
+    assert bench.main(["--rescore", str(rows), "--worst", "0", "--out", str(again)]) == 0
+    first, second = ([json.loads(line) for line in p.read_text().splitlines()]
+                     for p in (rows, again))
+    assert [r["error"] for r in first] == [r["error"] for r in second]
+    assert [r["compiled_bytes"] for r in first] == [r["compiled_bytes"] for r in second]
+    assert "2 rows estimated again" in capsys.readouterr().out
