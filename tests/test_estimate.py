@@ -473,3 +473,16 @@ def test_the_accuracy_benchmark_rescores_its_rows(tmp_path, capsys):
     assert [r["error"] for r in first] == [r["error"] for r in second]
     assert [r["compiled_bytes"] for r in first] == [r["compiled_bytes"] for r in second]
     assert "2 rows estimated again" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("precision,operand_bytes", [("fp32", 4), ("bf16-mixed", 2)])
+def test_cpu_conv_backward_feeds_its_convolutions_the_layers_dtype(precision, operand_bytes):
+    """XLA:CPU computes a conv block's gradients in float32 and casts the ReLU's gradient to
+    the layers' dtype for the gradient convolutions: under bf16 compute that second buffer
+    is half the size."""
+    B, S, C = 8, 64, 64
+    e = estimate(_config(model={**CNN, "channels": [C]}, target="cpu:1", remat="none",
+                         precision=precision, data={"batch_size": B}))
+    assert "backward of a conv block" in dict((t.name, t.detail) for t in e.terms)[
+        "peak transients"]
+    assert e.term("peak transients") == B * S * S * C * (4 + operand_bytes)

@@ -100,10 +100,13 @@ class CNNConfig(ModelConfig):
             d_conv = Tensor("d_conv", (B, S, S, b), image, channels_minor=True,
                             matmul_only=True, in_place_of="relu_input")
             flowing = max((d_out, *d_input), key=lambda t: math.prod(t.shape))
+            # unfused: the ReLU's gradient beside the convolution's output gradient, as the
+            # gradient convolutions' operand in the layers' dtype (XLA:CPU computes in float32
+            # but casts it to bfloat16 for them under bf16 compute)
+            d_operand = Tensor("d_relu", (B, S, S, b), image, jnp.dtype(opts.dtype).name)
             blocks.append(Block(f"conv block {a}->{b} at {S}x{S}", tuple(values),
                                 grad_workspace=(Tensor("d_conv", (B, S, S, b), image),
-                                                Tensor("d_relu", (B, S, S, b), image),
-                                                *d_input),
+                                                d_operand, *d_input),
                                 fused_workspace=(d_conv, flowing)))
             S //= 2
         C = self.num_classes
