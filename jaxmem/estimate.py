@@ -17,7 +17,8 @@ the target's backend, as named terms:
   matmuls);
 * the peak's transients: the loss gradient (``B x L x V`` logits, or none beyond the kept
   logits where it is written over them), or the widest block's recomputation and activation
-  gradients, whichever is larger (the peak is the larger of those two moments of the step);
+  gradients (one stage of the block at a time: its MLP's, its attention's), whichever is
+  larger (the peak is the larger of those two moments of the step);
 * on a backend that combines gradient all-reduces (XLA:CPU), a third moment where parameters
   are replicated over data-parallel devices: after the backward, every gradient alive with the
   all-reduce's output.
