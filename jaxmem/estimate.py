@@ -372,14 +372,14 @@ def _fused_recompute(redo: list[Tensor], kept: set[str]) -> tuple[list[Tensor], 
     """What a backend fusing elementwise producers into their consumers materialises of the
     recomputed values ``redo``: no matmul operand (computed inside its matmuls); a value with
     ``recomputed_as`` in that dtype, or nothing when its inputs are kept (the backward's
-    fusion reads them). Also returns the names of what such a value stands for (it, and the
-    kept inputs read in its place), which a gradient ``in_place_of`` it is written over."""
+    fusion reads them). Also returns the names of the values so read from kept inputs: a
+    gradient ``in_place_of`` one of them is written over the kept input instead."""
     out, read = [], set()
     for t in redo:
         if t.matmul_operand:
             continue
         if t.recomputed_as and set(t.inputs) <= kept:
-            read |= {t.name}
+            read.add(t.name)
             continue
         out.append(dataclasses.replace(t, dtype=t.recomputed_as) if t.recomputed_as else t)
     return out, read
@@ -401,7 +401,7 @@ def _block_terms(blocks: Sequence[Block], setup: Setup, policy: RematPolicy, siz
     every = c.remat.every
     none = SAVEABLE["none"](policy)
     device, host = saveable(policy), OFFLOADED.get(_policy_key(policy))
-    total = offloaded = workspace = before = 0
+    total = offloaded = workspace = before = largest = 0
     widest = ""
     index = 0
     frees = size.backend.frees_saved_in_backward
@@ -441,8 +441,9 @@ def _block_terms(blocks: Sequence[Block], setup: Setup, policy: RematPolicy, siz
             ws = size.tensors(redo) + max(size.tensors(_at(s, grads)) for s in stages)
         # where the backend frees a block's saved values once its backward is done, a
         # block's backward holds the saved values of the blocks up to it, not after it
-        if (ws + total if frees else ws) > (workspace + before if frees else workspace):
-            workspace, widest, before = ws, block.name, total
+        held = ws + (total if frees else 0)
+        if held > largest:
+            largest, workspace, widest, before = held, ws, block.name, total
         index += block.count
     return _Blocks(total, offloaded, workspace, widest, before if frees else total)
 

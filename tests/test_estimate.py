@@ -365,8 +365,8 @@ def test_the_first_conv_block_makes_no_input_gradient():
     """The images get no gradient: the first block's backward holds no gradient of its
     input, the later blocks' do."""
     config = _config(model=CNN)
-    setup_blocks = config.model.anatomy(jaxmem.setup.resolve(config).build_options, 8).blocks
-    names = [[t.name for t in b.grad_workspace] for b in setup_blocks]
+    blocks = config.model.anatomy(jaxmem.setup.resolve(config).build_options, 8).blocks
+    names = [[t.name for t in b.grad_workspace] for b in blocks]
     assert "d_input" not in names[0] and "d_input" in names[1]
 
 
@@ -383,18 +383,21 @@ def test_tpu_pads_conv_channels_to_the_lanes():
     assert saved("cpu:1", 128) > 1.9 * saved("cpu:1", 64)
 
 
-def test_tpu_block_backward_holds_the_blocks_up_to_it():
+def test_tpu_block_backward_holds_the_blocks_up_to_it(monkeypatch):
     """XLA:TPU frees a block's saved values once its backward is done: where the first (widest)
-    conv block's backward is the peak, the later blocks' saved values are not part of it;
-    XLA:CPU's figure counts every block's."""
-    config = dict(model={**CNN, "channels": [128, 128, 128]}, remat="full",
-                  data={"batch_size": 16})
-    tpu = estimate(_config(**config, target="tpu:v5e:1x1"))
+    conv block's backward is the peak, the later blocks' saved values are not part of it."""
+    config = _config(model={**CNN, "channels": [128, 128, 128]}, remat="full",
+                     target="tpu:v5e:1x1", data={"batch_size": 16})
+    tpu = estimate(config)
     assert "backward of a conv block 3->128 at 64x64" in dict(
         (t.name, t.detail) for t in tpu.terms)["peak transients"]
-    # full remat on TPU: the first block keeps the images (the batch itself), nothing else
-    # before its backward; the later blocks' inputs are freed by then
+    # full remat: the first block keeps the images (the batch itself) and nothing else; the
+    # later blocks' inputs are freed by then
     assert tpu.term("saved activations") == 0
+    monkeypatch.setitem(estimate_module.BACKENDS, "tpu", dataclasses.replace(
+        estimate_module.BACKENDS["tpu"], frees_saved_in_backward=False))
+    B, C = 16, 128  # the later blocks' inputs: 32 x 32 and 16 x 16, 128 channels
+    assert estimate(config).term("saved activations") == B * (32 * 32 + 16 * 16) * C * 4
 
 
 def test_tpu_conv_backward_is_fused():

@@ -55,16 +55,18 @@ class Tensor:
       matmul_only: every use, forward and backward, is as a matmul operand (implied by
         ``matmul_operand``, which need not set it): a compiler that computes float32 matmuls
         from bfloat16 operands (XLA:TPU at the default precision) keeps it in bfloat16.
-      in_place_of: for a loss gradient, the kept value a fused loss gradient is written over
-        (the logits: one fusion reads them and writes their gradient into their buffer).
+      in_place_of: for a gradient, the kept value a fused gradient is written over (the
+        logits: one fusion reads them and writes their gradient into their buffer; a conv
+        block's ReLU input).
       channels_minor: a convolution's operand or output, which XLA:TPU lays out with its
         last (channel) dimension minor: padded to 128 lanes, whatever pads least elsewhere.
       recomputed_as: the dtype of what a backend that fuses elementwise producers into their
         consumers materialises when it recomputes this value for the backward (``bool``: a
         ReLU's input, of which the backward reads only the sign); empty: the value itself.
       stage: the part of its block whose backward uses it (``attention``, ``mlp``): a
-        backend that recomputes each stage just before that stage's backward (XLA:TPU)
-        holds one stage's recomputed values and gradients at a time; empty: every stage.
+        block's backward holds one stage's activation gradients at a time, and, on a backend
+        that recomputes each stage just before that stage's backward (XLA:TPU), one stage's
+        recomputed values; empty: every stage.
       flops: forward FLOPs of the operation that makes it, counted for matmuls and
         convolutions only (2 per multiply-add); elementwise work is left out.
     """

@@ -67,47 +67,9 @@ class CNNConfig(ModelConfig):
         image = ("batch", None, None, None)
         params, blocks = [], []
         for i, (a, b) in enumerate(zip(widths[:-1], widths[1:], strict=True)):
-            convs = [(a, a, 1), (a, b, 1)] if self.depthwise_separable else [(a, b, 3)]
-            if self.depthwise_separable:  # depthwise 3x3 (one input channel per group)
-                convs[0] = (1, a, 3)
-            # convolutions' operands and outputs have their channels minor on TPU; the
-            # images and their depthwise convolution (3 channels) are laid out otherwise
-            values = [Tensor("x", (B, S, S, a), image, block_input=True, batch_cast=i == 0,
-                             channels_minor=i > 0)]
-            minor = {c: i > 0 or c != a for c in (a, b)}
-            for j, (c_in, c_out, k) in enumerate(convs):
-                last = j + 1 == len(convs)
-                params += [(f"blocks/{i}/convs/{j}/bias", (c_out,)),
-                           (f"blocks/{i}/convs/{j}/kernel", (k, k, c_in, c_out))]
-                values.append(Tensor(f"conv{j}", (B, S, S, c_out), image,
-                                     inputs=(values[-1].name,), dot="conv",
-                                     channels_minor=minor[c_out],
-                                     flops=2 * B * S * S * c_out * k * k * c_in))
-                if not last:  # the next convolution's operand
-                    values.append(Tensor(f"biased{j}", (B, S, S, c_out), image,
-                                         inputs=(f"conv{j}",), needed=True,
-                                         channels_minor=minor[c_out]))
-            # the ReLU's input (bias added): its backward reads only the sign
-            values.append(Tensor("relu_input", (B, S, S, b), image, inputs=(values[-1].name,),
-                                 needed=True, channels_minor=True, recomputed_as="bool"))
-            # the images get no gradient: the first block's backward makes no input gradient
-            d_input = (Tensor("d_input", (B, S, S, a), image, channels_minor=True),) if i else ()
-            d_out = Tensor("d_out", (B, S // 2, S // 2, b), image, channels_minor=True)
-            # fused (TPU): pooling's and the ReLU's backward are one fusion writing the
-            # convolution's output gradient (over the ReLU's input where that is kept), read
-            # by the kernel's and the input's gradient convolutions; the gradient flowing in
-            # is dead once it is made, the one flowing out is made from it
-            d_conv = Tensor("d_conv", (B, S, S, b), image, channels_minor=True,
-                            matmul_only=True, in_place_of="relu_input")
-            flowing = max((d_out, *d_input), key=lambda t: math.prod(t.shape))
-            # unfused: the ReLU's gradient beside the convolution's output gradient, as the
-            # gradient convolutions' operand in the layers' dtype (XLA:CPU computes in float32
-            # but casts it to bfloat16 for them under bf16 compute)
-            d_operand = Tensor("d_relu", (B, S, S, b), image, jnp.dtype(opts.dtype).name)
-            blocks.append(Block(f"conv block {a}->{b} at {S}x{S}", tuple(values),
-                                grad_workspace=(Tensor("d_conv", (B, S, S, b), image),
-                                                d_operand, *d_input),
-                                fused_workspace=(d_conv, flowing)))
+            block_params, block = self._block_anatomy(opts, i, a, b, B, S)
+            params += block_params
+            blocks.append(block)
             S //= 2
         C = self.num_classes
         params += [("head/bias", (C,)), ("head/kernel", (widths[-1], C))]
@@ -122,6 +84,53 @@ class CNNConfig(ModelConfig):
             example=(((self.image_size,) * 2 + (self.in_channels,), "float32"), ((), "int32")),
             outside_flops=2 * B * widths[-1] * C,
         )
+
+    def _block_anatomy(self, opts: BuildOptions, i: int, a: int, b: int, B: int, S: int
+                       ) -> tuple[list[tuple[str, tuple[int, ...]]], Block]:
+        """Block ``i`` (``a`` -> ``b`` channels at ``S x S``): its parameters and values."""
+        image = ("batch", None, None, None)
+        convs = [(a, a, 1), (a, b, 1)] if self.depthwise_separable else [(a, b, 3)]
+        if self.depthwise_separable:  # depthwise 3x3 (one input channel per group)
+            convs[0] = (1, a, 3)
+
+        def minor(channels: int) -> bool:
+            """A convolution's values have their channels minor on TPU; the images and their
+            depthwise convolution (the first block's input channels) are laid out otherwise."""
+            return i > 0 or channels != a
+
+        params = []
+        values = [Tensor("x", (B, S, S, a), image, block_input=True, batch_cast=i == 0,
+                         channels_minor=minor(a))]
+        for j, (c_in, c_out, k) in enumerate(convs):
+            params += [(f"blocks/{i}/convs/{j}/bias", (c_out,)),
+                       (f"blocks/{i}/convs/{j}/kernel", (k, k, c_in, c_out))]
+            values.append(Tensor(f"conv{j}", (B, S, S, c_out), image, inputs=(values[-1].name,),
+                                 dot="conv", channels_minor=minor(c_out),
+                                 flops=2 * B * S * S * c_out * k * k * c_in))
+            if j + 1 < len(convs):  # the next convolution's operand (bias added)
+                values.append(Tensor(f"biased{j}", (B, S, S, c_out), image,
+                                     inputs=(f"conv{j}",), needed=True,
+                                     channels_minor=minor(c_out)))
+        # the ReLU's input (bias added): its backward reads only the sign
+        values.append(Tensor("relu_input", (B, S, S, b), image, inputs=(values[-1].name,),
+                             needed=True, channels_minor=True, recomputed_as="bool"))
+        # the images get no gradient: the first block's backward makes no input gradient
+        d_input = (Tensor("d_input", (B, S, S, a), image, channels_minor=True),) if i else ()
+        # unfused (XLA:CPU): the convolution's output gradient and the ReLU's beside it, the
+        # latter as the gradient convolutions' operand in the layers' dtype (XLA:CPU computes
+        # in float32 but casts it to bfloat16 for them under bf16 compute)
+        unfused = (Tensor("d_conv", (B, S, S, b), image),
+                   Tensor("d_relu", (B, S, S, b), image, jnp.dtype(opts.dtype).name), *d_input)
+        # fused (XLA:TPU): pooling's and the ReLU's backward are one fusion writing the
+        # convolution's output gradient (over the ReLU's input where that is kept), read by
+        # the kernel's and the input's gradient convolutions; the gradient flowing in is dead
+        # once it is made, the one flowing out is made from it
+        d_out = Tensor("d_out", (B, S // 2, S // 2, b), image, channels_minor=True)
+        fused = (Tensor("d_conv", (B, S, S, b), image, channels_minor=True, matmul_only=True,
+                        in_place_of="relu_input"),
+                 max((d_out, *d_input), key=lambda t: math.prod(t.shape)))
+        return params, Block(f"conv block {a}->{b} at {S}x{S}", tuple(values),
+                             grad_workspace=unfused, fused_workspace=fused)
 
     def build(self, opts: BuildOptions) -> Workload:
         """Random images, integer labels."""

@@ -348,9 +348,9 @@ def attention_half(c: TransformerConfig, B: int, causal: bool, stats: int = 2) -
 
 
 def block_gradients(c: TransformerConfig, B: int, hidden: int, F: int) -> list[Tensor]:
-    """The activation gradients a block's backward holds at once: the residual stream's,
-    ``hidden`` MLP-wide ones (width ``F``) and, for attention with a score matrix, the
-    scores'."""
+    """The activation gradients a block's backward holds: the residual stream's throughout,
+    ``hidden`` MLP-wide ones (width ``F``) in the MLP's stage and, for attention with a score
+    matrix, the scores' in the attention's."""
     L = c.seq_len
     mlp = ("batch", "length", "mlp")
     grads = [Tensor("d_stream", (B, L, c.d_model), ACTIVATION),
