@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,11 @@ ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("JAXMEM_WORKERS", "0")
 os.environ.setdefault("JAXMEM_CACHE", "0")
 EXPERIMENTS = ROOT / "experiments"
+# A shell that starts the suite in the background (`make test &`, some CI runners) hands it
+# SIGINT ignored, and every process it starts inherits that: the Ctrl-C tests' commands would
+# never see their SIGINT. Catching it here makes exec() give the children the default again.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(scope="session")
