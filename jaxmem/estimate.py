@@ -159,8 +159,10 @@ class Backend:
         (``Tensor.matmul_only`` or ``matmul_operand``; values kept for the backward only, not
         recomputed ones; XLA:TPU).
       accumulates_in_place: adds each microbatch's gradient to the accumulator as it is made,
-        so no microbatch's whole gradients are alive at once besides it (XLA:TPU; XLA:CPU
-        was measured to hold both).
+        so no microbatch's whole gradients are alive at once besides it; where it also
+        fuses updates into the gradients' matmuls, the addition is fused there too and no
+        gradient outside a scanned stack is materialised beside the accumulator (XLA:TPU;
+        XLA:CPU was measured to hold both).
       frees_outside_first: frees the values kept outside the blocks (the logits, the final
         norm's) before the blocks' backward starts, as their last use allows (XLA:TPU; XLA:CPU
         was measured to keep them through it on the quickstart). XLA:GPU is left keeping
@@ -180,6 +182,11 @@ class Backend:
       holds_outside_gradient: holds the largest gradient of a parameter outside a scanned
         stack (the embedding table's) through the stack's backward loop (XLA:CPU, measured
         on scanned GPTs and encoders; not on XLA:TPU).
+      slices_sharded_convs: computes a convolution of the images whose kernel's output
+        channels are ZeRO-sharded ``n`` ways as ``n`` output-channel slices, each laid out
+        with its channels on the lanes, so its block's backward holds :data:`CONV_SLICES` of
+        them besides the whole output (XLA:TPU under fsdp: ``B x H x W x C/n`` buffers padded
+        to 128 lanes; ``Tensor.kernel`` names the kernel).
     """
 
     float32_compute: bool = False
@@ -196,6 +203,7 @@ class Backend:
     frees_saved_in_backward: bool = False
     recomputes_by_stage: bool = False
     holds_outside_gradient: bool = False
+    slices_sharded_convs: bool = False
 
 
 BACKENDS: dict[str, Backend] = {
@@ -205,7 +213,8 @@ BACKENDS: dict[str, Backend] = {
     "tpu": Backend(tiles=True, fuses_loss_gradient=True, fuses_matmul_operands=True,
                    fuses_gradient_update=True, narrows_matmul_operands=True,
                    accumulates_in_place=True, frees_outside_first=True,
-                   frees_saved_in_backward=True, recomputes_by_stage=True),
+                   frees_saved_in_backward=True, recomputes_by_stage=True,
+                   slices_sharded_convs=True),
 }
 
 
@@ -395,8 +404,38 @@ def _unfused(kept: list[Tensor], backend: Backend) -> list[Tensor]:
     return [t for t in kept if not (t.matmul_operand and set(t.inputs) <= names)]
 
 
+#: output-channel slices of a convolution computed slice by slice that its block's backward
+#: holds at once (XLA:TPU, measured: a double-buffered pair and two more)
+CONV_SLICES = 4
+
+
+def _conv_slices(block: Block, kernels: dict[str, tuple[int, ...]], setup: Setup,
+                 size: _Sizer) -> int:
+    """Bytes of the output-channel slices a backend computing ZeRO-sharded convolutions of
+    the images slice by slice holds in ``block``'s backward (the largest convolution's)."""
+    if not size.backend.slices_sharded_convs:
+        return 0
+    images = {t.name for t in block.values if t.batch_cast}
+    zero = set(setup.rules.zero)
+    out = 0
+    for t in block.values:
+        if not (t.kernel in kernels and t.inputs and set(t.inputs) <= images):
+            continue
+        shape = kernels[t.kernel]
+        axes = sharding.lookup_axes(t.kernel, len(shape), setup.param_axes, {})
+        spec = (*sharding.param_spec(axes, shape, size.mesh, setup.rules), *(None,) * len(shape))
+        ways = math.prod(size.mesh.shape[a] for a in _spec_axes(spec[len(shape) - 1])
+                         if a in zero)
+        if ways > 1:
+            local = size.shard(t.shape, t.axes)
+            one = size.nbytes((*local[:-1], local[-1] // ways), size.dtype(t.dtype), minor=True)
+            out = max(out, CONV_SLICES * one)
+    return out
+
+
 def _block_terms(blocks: Sequence[Block], setup: Setup, policy: RematPolicy, size: _Sizer,
-                 batch_is_compute: bool, shares: bool = False) -> _Blocks:
+                 batch_is_compute: bool, shares: bool = False,
+                 kernels: dict[str, tuple[int, ...]] | None = None) -> _Blocks:
     c = setup.config
     every = c.remat.every
     none = SAVEABLE["none"](policy)
@@ -439,6 +478,7 @@ def _block_terms(blocks: Sequence[Block], setup: Setup, policy: RematPolicy, siz
             ws = max(size.tensors(_at(s, redo)) + size.tensors(_at(s, grads)) for s in stages)
         else:
             ws = size.tensors(redo) + max(size.tensors(_at(s, grads)) for s in stages)
+        ws += _conv_slices(block, kernels or {}, setup, size)
         # where the backend frees a block's saved values once its backward is done, a
         # block's backward holds the saved values of the blocks up to it, not after it
         held = ws + (total if frees else 0)
@@ -581,7 +621,8 @@ def estimate(config: Config | Setup, name: str = "") -> Estimate:
         undone = f" ({platform} undoes remat {setup.remat.name} of loop blocks)"
     blocks = _block_terms(anatomy.blocks, setup, policy, size,
                           batch_is_compute=size.compute == np.dtype("float32"),
-                          shares=not anatomy.scanned and backend.shares_loop_backward)
+                          shares=not anatomy.scanned and backend.shares_loop_backward,
+                          kernels=dict(anatomy.params))
     outside = _cost(_unfused(list(anatomy.outside), backend), size, batch_is_compute=False)
     loss = size.tensors(_loss_values(anatomy, size))
     # an update waits for every gradient under loss scaling (the finite check) and leaves
@@ -696,6 +737,8 @@ def _live_gradients(c: Config, backend: Backend, p: _Params, fused_updates: bool
         if backend.accumulates_in_place:
             made = (stacked, "a scanned stack's gradients") if stacked else (
                 largest, "the largest gradient")
+            if fused_updates and not stacked:
+                made = (0, "nothing more (each is added in the matmul making it)")
             return {"loss": (trainable, "the microbatch accumulator (this microbatch's "
                              "gradients are not made yet)"),
                     "block": (trainable + made[0], f"the microbatch accumulator and {made[1]}, "

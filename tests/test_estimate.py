@@ -489,3 +489,52 @@ def test_cpu_conv_backward_feeds_its_convolutions_the_layers_dtype(precision, op
     assert "backward of a conv block" in dict((t.name, t.detail) for t in e.terms)[
         "peak transients"]
     assert e.term("peak transients") == B * S * S * C * (4 + operand_bytes)
+
+
+@pytest.mark.parametrize("preset", ["fsdp", "dp"])
+def test_tpu_slices_a_zero_sharded_convolution_of_the_images(preset, monkeypatch):
+    """Under fsdp XLA:TPU computes the first convolution, its kernel's 64 output channels split
+    over 4 chips, as 4 slices of 16 channels, each padded to 128 lanes; the first block's
+    backward holds four of them besides the whole output. Under dp the kernel is whole: no
+    slices."""
+    B, S, C, n = 16, 64, 64, 4
+
+    def transients():
+        mesh = {"fsdp": n} if preset == "fsdp" else {"data": n}
+        return estimate(_config(model={**CNN, "image_size": S, "channels": [C]}, remat="full",
+                                target="tpu:v5e:2x2", sharding=preset, mesh=mesh,
+                                data={"batch_size": B})).term("peak transients")
+
+    sliced = transients()
+    monkeypatch.setitem(estimate_module.BACKENDS, "tpu", dataclasses.replace(
+        estimate_module.BACKENDS["tpu"], slices_sharded_convs=False))
+    one = B // n * S * S * 128 * 4  # 16 channels on 128 lanes, float32
+    assert sliced - transients() == (4 * one if preset == "fsdp" else 0)
+
+
+def test_a_depthwise_first_convolution_is_not_sliced():
+    """A depthwise-separable CNN's first convolution has 3 output channels, which 4 chips do
+    not divide (its kernel stays whole), and its pointwise one reads the depthwise output, not
+    the images: nothing is sliced."""
+    model = {**CNN, "image_size": 64, "channels": [64], "depthwise_separable": True}
+    tpu = {"target": "tpu:v5e:2x2", "data": {"batch_size": 16}, "remat": "full"}
+    fsdp = estimate(_config(model=model, sharding="fsdp", mesh={"fsdp": 4}, **tpu))
+    dp = estimate(_config(model=model, sharding="dp", mesh={"data": 4}, **tpu))
+    assert fsdp.term("peak transients") == dp.term("peak transients")
+
+
+def test_tpu_adds_microbatch_gradients_in_the_matmuls_making_them():
+    """Where XLA:TPU fuses updates into the gradient matmuls, it fuses the addition to the
+    microbatch accumulator there too: an MLP's block backward holds the accumulator and no
+    gradient besides it. Under loss scaling (the finite check waits for every gradient) the
+    largest gradient is made beside it."""
+    def grads(precision):
+        model = {"kind": "mlp", "in_features": 256, "hidden": [2048, 2048]}
+        e = estimate(_config(model=model, target="tpu:v5e:1x1", remat="full",
+                             precision=precision, data={"batch_size": 512, "microbatches": 2}))
+        return e.term("gradients"), e.term("parameters")
+
+    fused, params = grads("bf16-mixed")
+    assert fused == params  # the float32 accumulator of every trainable parameter
+    waited, _ = grads("fp16-mixed")
+    assert waited == params + 2048 * 2048 * 4  # and the largest gradient, a hidden kernel

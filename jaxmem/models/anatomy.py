@@ -69,6 +69,8 @@ class Tensor:
         recomputed values; empty: every stage.
       flops: forward FLOPs of the operation that makes it, counted for matmuls and
         convolutions only (2 per multiply-add); elementwise work is left out.
+      kernel: for a convolution's output, the path of its kernel parameter (``k x k x in x
+        out``): how that kernel is sharded decides how a compiler partitions the convolution.
     """
 
     name: str
@@ -88,6 +90,7 @@ class Tensor:
     recomputed_as: str = ""
     stage: str = ""
     flops: int = 0
+    kernel: str = ""
 
     def __post_init__(self) -> None:
         if len(self.shape) != len(self.axes):

@@ -106,7 +106,8 @@ class CNNConfig(ModelConfig):
                        (f"blocks/{i}/convs/{j}/kernel", (k, k, c_in, c_out))]
             values.append(Tensor(f"conv{j}", (B, S, S, c_out), image, inputs=(values[-1].name,),
                                  dot="conv", channels_minor=minor(c_out),
-                                 flops=2 * B * S * S * c_out * k * k * c_in))
+                                 flops=2 * B * S * S * c_out * k * k * c_in,
+                                 kernel=f"blocks/{i}/convs/{j}/kernel"))
             if j + 1 < len(convs):  # the next convolution's operand (bias added)
                 values.append(Tensor(f"biased{j}", (B, S, S, c_out), image,
                                      inputs=(f"conv{j}",), needed=True,
