@@ -254,7 +254,8 @@ def test_tpu_microbatches_accumulate_in_place_and_the_loss_upcasts():
     assert e.term("peak transients") == 4 * 128 * 16384 * 4  # float32 logits of a microbatch
     cpu = estimate(_config(model=model, target="cpu:1", precision="bf16-mixed",
                            data={"batch_size": 16, "microbatches": 4}))
-    assert cpu.term("gradients") == 2 * cpu.term("parameters")
+    # XLA:CPU: the accumulator, a microbatch's gradients and (bf16 compute) their float32 copy
+    assert cpu.term("gradients") == 3 * cpu.term("parameters")
 
 
 def test_tpu_computes_elementwise_matmul_operands_inside_the_matmuls():
@@ -538,3 +539,14 @@ def test_tpu_adds_microbatch_gradients_in_the_matmuls_making_them():
     assert fused == params  # the float32 accumulator of every trainable parameter
     waited, _ = grads("fp16-mixed")
     assert waited == params + 2048 * 2048 * 4  # and the largest gradient, a hidden kernel
+
+
+@pytest.mark.parametrize("precision, copies", [("fp32", 2), ("bf16-mixed", 3)])
+def test_cpu_holds_a_float32_copy_of_microbatch_gradients_under_bf16(precision, copies):
+    """XLA:CPU with microbatches holds the accumulator and one microbatch's gradients; under
+    bf16 compute also their float32 copy: one more buffer the size of the trainable
+    parameters (float32 in both)."""
+    model = {"kind": "mlp", "in_features": 256, "hidden": [2048, 2048]}
+    e = estimate(_config(model=model, target="cpu:1", remat="full", precision=precision,
+                         data={"batch_size": 8, "microbatches": 2}))
+    assert e.term("gradients") == copies * e.term("parameters")
