@@ -636,8 +636,10 @@ def estimate(config: Config | Setup, name: str = "") -> Estimate:
     fused_updates = (backend.fuses_gradient_update and not setup.precision.loss_scaling
                      and not c.optimizer.offload)
     grads = _live_gradients(c, backend, p, fused_updates)
-    widened = (backend.widens_microbatch_gradients and c.data.microbatches > 1
-               and np.dtype(setup.precision.compute_dtype).itemsize < 4) * trainable
+    # a microbatch's 16-bit gradients copied to float32 before they are added (XLA:CPU)
+    widens = (backend.widens_microbatch_gradients and c.data.microbatches > 1
+              and np.dtype(setup.precision.compute_dtype).itemsize < 4)
+    widened = trainable if widens else 0
     if widened:
         grads = {k: (n + widened, f"{why}, and their float32 copy") for k, (n, why) in
                  grads.items()}
