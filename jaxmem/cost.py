@@ -42,8 +42,9 @@ from typing import Any
 import jax
 import numpy as np
 
+from jaxmem.backends import BACKENDS, Backend
 from jaxmem.config import Config
-from jaxmem.estimate import BACKENDS, Backend, Estimate, estimate, mesh_shape
+from jaxmem.estimate import Estimate, estimate, mesh_shape
 from jaxmem.estimate import saveable as policy_saveable
 from jaxmem.models.anatomy import Anatomy, recomputation, saved
 from jaxmem.models.stack import nested_group_size

@@ -25,10 +25,10 @@ the target's backend, as named terms:
 
 ``total_bytes`` is comparable with the compiled figure ``fits`` uses (``compiled.total_bytes``;
 on TPU libtpu's ``peak_bytes``). ``benchmarks/estimate_accuracy.py`` measures how close, on
-random configurations; backend profiles (:data:`BACKENDS`) hold what a compiler is measured to
-change (XLA:TPU, for one, fuses elementwise producers into matmuls and updates into gradient
-matmuls, and keeps float32 matmul operands in bfloat16; the ``Tensor`` flags say which values
-such rules apply to).
+random configurations; backend profiles (:data:`jaxmem.backends.BACKENDS`) hold what a
+compiler is measured to change (XLA:TPU, for one, fuses elementwise producers into matmuls and
+updates into gradient matmuls, and keeps float32 matmul operands in bfloat16; the ``Tensor``
+flags say which values such rules apply to).
 
 Example:
   >>> from jaxmem import estimate
@@ -55,9 +55,19 @@ from flax import nnx
 
 from jaxmem import analytic, freeze, sharding
 from jaxmem import remat as remat_policies
+from jaxmem.backends import BACKENDS, Backend
 from jaxmem.config import Config
 from jaxmem.errors import ConfigError, Unsupported
-from jaxmem.models.anatomy import COMPUTE, PARAM, Anatomy, Block, Tensor, recomputed, saved
+from jaxmem.models.anatomy import (
+    COMPUTE,
+    PARAM,
+    Anatomy,
+    Block,
+    Tensor,
+    recomputation,
+    recomputed,
+    saved,
+)
 from jaxmem.models.stack import nested_group_size
 from jaxmem.remat import RematPolicy
 from jaxmem.setup import Setup, as_setup
@@ -126,102 +136,6 @@ class Estimate:
             out["error"] = self.total_bytes / compiled_total - 1
         out["seconds"] = self.seconds
         return out
-
-
-# ---------------------------------------------------------------------------- backends
-
-@dataclasses.dataclass(frozen=True)
-class Backend:
-    """What a compiler does that changes the bytes (measured on each, see RESULTS.md).
-
-    Attributes:
-      float32_compute: computes 16-bit floats in float32, so activations take float32 bytes
-        (XLA:CPU).
-      loop_remat: honours remat of blocks applied by a Python loop; XLA:CPU schedules their
-        recomputation early, so they keep what they would keep without remat.
-      tiles: pads arrays to (sublanes, 128 lanes) tiles over their two minor dimensions (TPU).
-      shares_loop_backward: computes part of a Python-loop block's backward in its forward and
-        keeps it (``Block.shared``; XLA:CPU).
-      fuses_loss_gradient: computes the loss gradient in one fusion, so only its output is
-        materialised (XLA:TPU; XLA:CPU keeps the float32 softmax too). XLA:GPU is left
-        unfused, the larger figure, until measured on a GPU.
-      fuses_matmul_operands: computes a matmul operand made by elementwise operations inside
-        the matmul's fusion: it is not kept when its inputs are (the backward's matmuls compute
-        it again), and recomputing it materialises nothing (``Tensor.matmul_operand``;
-        XLA:TPU).
-      fuses_gradient_update: computes the optimizer update in the fusion that makes the
-        gradient, so a model without a scanned stack or microbatches materialises no gradient
-        at its peak (XLA:TPU; measured on Python-loop transformers and MLPs, tied embeddings,
-        dp and fsdp meshes among them; not under loss scaling or offloaded optimizer state,
-        where an update waits for all gradients or leaves the device).
-      narrows_matmul_operands: computes float32 matmuls from bfloat16 operands (the default
-        precision), so a kept float32 value used only by matmuls is kept in bfloat16
-        (``Tensor.matmul_only`` or ``matmul_operand``; values kept for the backward only, not
-        recomputed ones; XLA:TPU).
-      accumulates_in_place: adds each microbatch's gradient to the accumulator as it is made,
-        so no microbatch's whole gradients are alive at once besides it; where it also
-        fuses updates into the gradients' matmuls, the addition is fused there too and no
-        gradient outside a scanned stack is materialised beside the accumulator (XLA:TPU;
-        XLA:CPU was measured to hold both).
-      frees_outside_first: frees the values kept outside the blocks (the logits, the final
-        norm's) before the blocks' backward starts, as their last use allows (XLA:TPU; XLA:CPU
-        was measured to keep them through it on the quickstart). XLA:GPU is left keeping
-        them, the larger figure, until measured on a GPU.
-      combines_all_reduces: all-reduces the gradients of replicated parameters over the
-        batch axes in a few combined all-reduces after the backward, so every gradient is
-        alive at once, with the reduction's output beside it (XLA:CPU; measured: twice the
-        trainable parameters whatever the batch, three times with microbatches).
-      frees_saved_in_backward: frees a block's saved values once its backward is done, so a
-        block's backward holds the saved values of the blocks up to it only (XLA:TPU: a
-        CNN's first, widest block is differentiated with the later blocks' values gone;
-        XLA:CPU measured to keep them: CPU dev rows 74 % -> 69 % with it).
-      recomputes_by_stage: recomputes each stage of a block (``Tensor.stage``: attention,
-        MLP) just before that stage's backward, so a block's backward holds one stage's
-        recomputation at a time (XLA:TPU; XLA:CPU recomputes a scanned block whole). Any
-        backend holds one stage's activation gradients at a time.
-      holds_outside_gradient: holds the largest gradient of a parameter outside a scanned
-        stack (the embedding table's) through the stack's backward loop (XLA:CPU, measured
-        on scanned GPTs and encoders; not on XLA:TPU).
-      slices_sharded_convs: computes a convolution of the images whose kernel's output
-        channels are ZeRO-sharded ``n`` ways as ``n`` output-channel slices, each laid out
-        with its channels on the lanes, so its block's backward holds :data:`CONV_SLICES` of
-        them besides the whole output (XLA:TPU under fsdp: ``B x H x W x C/n`` buffers padded
-        to 128 lanes; ``Tensor.kernel`` names the kernel).
-      widens_microbatch_gradients: under 16-bit compute with microbatches, holds a float32
-        buffer of the trainable parameters' size beside the accumulator and the gradients
-        through the step (XLA:CPU, measured: exactly one more on four MLP rows, dp and single
-        device; the float32 copy of a microbatch's gradients before they are added).
-    """
-
-    float32_compute: bool = False
-    loop_remat: bool = True
-    tiles: bool = False
-    shares_loop_backward: bool = False
-    fuses_loss_gradient: bool = False
-    fuses_matmul_operands: bool = False
-    fuses_gradient_update: bool = False
-    narrows_matmul_operands: bool = False
-    accumulates_in_place: bool = False
-    frees_outside_first: bool = False
-    combines_all_reduces: bool = False
-    frees_saved_in_backward: bool = False
-    recomputes_by_stage: bool = False
-    holds_outside_gradient: bool = False
-    slices_sharded_convs: bool = False
-    widens_microbatch_gradients: bool = False
-
-
-BACKENDS: dict[str, Backend] = {
-    "cpu": Backend(float32_compute=True, loop_remat=False, shares_loop_backward=True,
-                   combines_all_reduces=True, holds_outside_gradient=True,
-                   widens_microbatch_gradients=True),
-    "gpu": Backend(),
-    "tpu": Backend(tiles=True, fuses_loss_gradient=True, fuses_matmul_operands=True,
-                   fuses_gradient_update=True, narrows_matmul_operands=True,
-                   accumulates_in_place=True, frees_outside_first=True,
-                   frees_saved_in_backward=True, recomputes_by_stage=True,
-                   slices_sharded_convs=True),
-}
 
 
 # --------------------------------------------------------------------- bytes of a value
@@ -441,7 +355,10 @@ def _conv_slices(block: Block, kernels: dict[str, tuple[int, ...]], setup: Setup
 
 def _block_terms(blocks: Sequence[Block], setup: Setup, policy: RematPolicy, size: _Sizer,
                  batch_is_compute: bool, shares: bool = False,
-                 kernels: dict[str, tuple[int, ...]] | None = None) -> _Blocks:
+                 kernels: dict[str, tuple[int, ...]] | None = None,
+                 undone: RematPolicy | None = None) -> _Blocks:
+    """What ``blocks`` keep and their widest backward holds under ``policy``; ``undone``: the
+    configured policy where the backend undid it (``policy`` is then remat none)."""
     c = setup.config
     every = c.remat.every
     none = SAVEABLE["none"](policy)
@@ -476,7 +393,11 @@ def _block_terms(blocks: Sequence[Block], setup: Setup, policy: RematPolicy, siz
             kept |= read_kept
             if block.fused_workspace is not None:
                 workspace_values = _narrowed(block.fused_workspace, size)
-        grads = [t for t in workspace_values if t.in_place_of not in kept]
+        if size.backend.fuses_matmul_operands:
+            grads = [t for t in workspace_values if t.in_place_of not in kept]
+        else:  # an unfused gradient goes over the early copy of a value remat recomputes
+            over = _recomputed_early(block, undone, setup, size) if with_policy else set()
+            grads = [t for t in workspace_values if t.in_place_of not in over]
         # a stage's activation gradients are dead before the next stage's backward makes
         # its own; a backend recomputing by stage holds one stage's recomputation too
         stages = {t.stage for t in (*redo, *grads)} - {""} or {""}
@@ -492,6 +413,17 @@ def _block_terms(blocks: Sequence[Block], setup: Setup, policy: RematPolicy, siz
             largest, workspace, widest, before = held, ws, block.name, total
         index += block.count
     return _Blocks(total, offloaded, workspace, widest, before if frees else total)
+
+
+def _recomputed_early(block: Block, undone: RematPolicy | None, setup: Setup,
+                      size: _Sizer) -> set[str]:
+    """The values of ``block`` that the ``undone`` policy recomputes, where the backend writes
+    an activation gradient over the copy it made of them early instead (float32 layers)."""
+    if (undone is None or not size.backend.gradient_over_undone_remat
+            or np.dtype(setup.precision.compute_dtype).itemsize < 4):
+        return set()
+    kept = _unfused(saved(block, saveable(undone)), size.backend)
+    return {t.name for t in recomputation(block, kept)}
 
 
 #: XLA's SPMD partitioner all-gathers a ZeRO-sharded weight for a matmul when the weight is
@@ -621,14 +553,14 @@ def estimate(config: Config | Setup, name: str = "") -> Estimate:
     opt_state = int(trainable * state * state_scale)
     per_device = c.data.batch_size // ways
     batch = sum(size.nbytes((per_device, *shape), np.dtype(d)) for shape, d in anatomy.example)
-    policy, undone = setup.remat, ""
+    policy, undone, undone_policy = setup.remat, "", None
     if not (backend.loop_remat or anatomy.scanned) and policy.checkpoint:
-        policy = SAVEABLE_NONE
+        policy, undone_policy = SAVEABLE_NONE, setup.remat
         undone = f" ({platform} undoes remat {setup.remat.name} of loop blocks)"
     blocks = _block_terms(anatomy.blocks, setup, policy, size,
                           batch_is_compute=size.compute == np.dtype("float32"),
                           shares=not anatomy.scanned and backend.shares_loop_backward,
-                          kernels=dict(anatomy.params))
+                          kernels=dict(anatomy.params), undone=undone_policy)
     outside = _cost(_unfused(list(anatomy.outside), backend), size, batch_is_compute=False)
     loss = size.tensors(_loss_values(anatomy, size))
     # an update waits for every gradient under loss scaling (the finite check) and leaves

@@ -120,8 +120,11 @@ class CNNConfig(ModelConfig):
         # unfused (XLA:CPU): the convolution's output gradient and the ReLU's beside it, the
         # latter as the gradient convolutions' operand in the layers' dtype (XLA:CPU computes
         # in float32 but casts it to bfloat16 for them under bf16 compute)
+        # in float32 XLA:CPU writes the latter over the convolution's output where remat
+        # recomputes it (made early, in the forward: ``gradient_over_undone_remat``)
         unfused = (Tensor("d_conv", (B, S, S, b), image),
-                   Tensor("d_relu", (B, S, S, b), image, jnp.dtype(opts.dtype).name), *d_input)
+                   Tensor("d_relu", (B, S, S, b), image, jnp.dtype(opts.dtype).name,
+                          in_place_of=f"conv{len(convs) - 1}"), *d_input)
         # fused (XLA:TPU): pooling's and the ReLU's backward are one fusion writing the
         # convolution's output gradient (over the ReLU's input where that is kept), read by
         # the kernel's and the input's gradient convolutions; the gradient flowing in is dead

@@ -1,0 +1,118 @@
+"""What a compiler does that changes a step's bytes: the estimate's backend profiles.
+
+Each flag is a rule of one XLA backend, measured on it (``benchmarks/RESULTS.md``); the
+estimate (:mod:`jaxmem.estimate`) reads the profile of the target's platform from
+:data:`BACKENDS`. A platform without a profile gets :class:`Backend`'s defaults: no fusion
+rule, the larger figure.
+
+Example:
+  >>> from jaxmem.backends import BACKENDS
+  >>> BACKENDS["tpu"].tiles, BACKENDS["cpu"].tiles
+  (True, False)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+
+@dataclasses.dataclass(frozen=True)
+class Backend:
+    """What a compiler does that changes the bytes (measured on each, see RESULTS.md).
+
+    Attributes:
+      float32_compute: computes 16-bit floats in float32, so activations take float32 bytes
+        (XLA:CPU).
+      loop_remat: honours remat of blocks applied by a Python loop; XLA:CPU schedules their
+        recomputation early, so they keep what they would keep without remat.
+      tiles: pads arrays to (sublanes, 128 lanes) tiles over their two minor dimensions (TPU).
+      shares_loop_backward: computes part of a Python-loop block's backward in its forward and
+        keeps it (``Block.shared``; XLA:CPU).
+      fuses_loss_gradient: computes the loss gradient in one fusion, so only its output is
+        materialised (XLA:TPU; XLA:CPU keeps the float32 softmax too). XLA:GPU is left
+        unfused, the larger figure, until measured on a GPU.
+      fuses_matmul_operands: computes a matmul operand made by elementwise operations inside
+        the matmul's fusion: it is not kept when its inputs are (the backward's matmuls compute
+        it again), and recomputing it materialises nothing (``Tensor.matmul_operand``;
+        XLA:TPU).
+      fuses_gradient_update: computes the optimizer update in the fusion that makes the
+        gradient, so a model without a scanned stack or microbatches materialises no gradient
+        at its peak (XLA:TPU; measured on Python-loop transformers and MLPs, tied embeddings,
+        dp and fsdp meshes among them; not under loss scaling or offloaded optimizer state,
+        where an update waits for all gradients or leaves the device).
+      narrows_matmul_operands: computes float32 matmuls from bfloat16 operands (the default
+        precision), so a kept float32 value used only by matmuls is kept in bfloat16
+        (``Tensor.matmul_only`` or ``matmul_operand``; values kept for the backward only, not
+        recomputed ones; XLA:TPU).
+      accumulates_in_place: adds each microbatch's gradient to the accumulator as it is made,
+        so no microbatch's whole gradients are alive at once besides it; where it also
+        fuses updates into the gradients' matmuls, the addition is fused there too and no
+        gradient outside a scanned stack is materialised beside the accumulator (XLA:TPU;
+        XLA:CPU was measured to hold both).
+      frees_outside_first: frees the values kept outside the blocks (the logits, the final
+        norm's) before the blocks' backward starts, as their last use allows (XLA:TPU; XLA:CPU
+        was measured to keep them through it on the quickstart). XLA:GPU is left keeping
+        them, the larger figure, until measured on a GPU.
+      combines_all_reduces: all-reduces the gradients of replicated parameters over the
+        batch axes in a few combined all-reduces after the backward, so every gradient is
+        alive at once, with the reduction's output beside it (XLA:CPU; measured: twice the
+        trainable parameters whatever the batch, three times with microbatches).
+      frees_saved_in_backward: frees a block's saved values once its backward is done, so a
+        block's backward holds the saved values of the blocks up to it only (XLA:TPU: a
+        CNN's first, widest block is differentiated with the later blocks' values gone;
+        XLA:CPU measured to keep them: CPU dev rows 74 % -> 69 % with it).
+      recomputes_by_stage: recomputes each stage of a block (``Tensor.stage``: attention,
+        MLP) just before that stage's backward, so a block's backward holds one stage's
+        recomputation at a time (XLA:TPU; XLA:CPU recomputes a scanned block whole). Any
+        backend holds one stage's activation gradients at a time.
+      holds_outside_gradient: holds the largest gradient of a parameter outside a scanned
+        stack (the embedding table's) through the stack's backward loop (XLA:CPU, measured
+        on scanned GPTs and encoders; not on XLA:TPU).
+      slices_sharded_convs: computes a convolution of the images whose kernel's output
+        channels are ZeRO-sharded ``n`` ways as ``n`` output-channel slices, each laid out
+        with its channels on the lanes, so its block's backward holds :data:`CONV_SLICES` of
+        them besides the whole output (XLA:TPU under fsdp: ``B x H x W x C/n`` buffers padded
+        to 128 lanes; ``Tensor.kernel`` names the kernel).
+      widens_microbatch_gradients: under 16-bit compute with microbatches, holds a float32
+        buffer of the trainable parameters' size beside the accumulator and the gradients
+        through the step (XLA:CPU, measured: exactly one more on four MLP rows, dp and single
+        device; the float32 copy of a microbatch's gradients before they are added).
+      gradient_over_undone_remat: where it undoes a loop block's remat (``loop_remat``
+        off) and the layers compute in float32, writes an activation gradient
+        ``in_place_of`` a value the configured policy recomputes over the copy of that value
+        it made early, so the block's backward holds that gradient in no buffer of its own
+        (XLA:CPU, measured on CNNs under remat full: one ReLU gradient, the size of the
+        widest convolution output, less on four fp32 rows; not under bf16 compute, nor under
+        dots, which keeps the convolution outputs).
+    """
+
+    float32_compute: bool = False
+    loop_remat: bool = True
+    tiles: bool = False
+    shares_loop_backward: bool = False
+    fuses_loss_gradient: bool = False
+    fuses_matmul_operands: bool = False
+    fuses_gradient_update: bool = False
+    narrows_matmul_operands: bool = False
+    accumulates_in_place: bool = False
+    frees_outside_first: bool = False
+    combines_all_reduces: bool = False
+    frees_saved_in_backward: bool = False
+    recomputes_by_stage: bool = False
+    holds_outside_gradient: bool = False
+    slices_sharded_convs: bool = False
+    widens_microbatch_gradients: bool = False
+    gradient_over_undone_remat: bool = False
+
+
+BACKENDS: dict[str, Backend] = {
+    "cpu": Backend(float32_compute=True, loop_remat=False, shares_loop_backward=True,
+                   combines_all_reduces=True, holds_outside_gradient=True,
+                   widens_microbatch_gradients=True, gradient_over_undone_remat=True),
+    "gpu": Backend(),
+    "tpu": Backend(tiles=True, fuses_loss_gradient=True, fuses_matmul_operands=True,
+                   fuses_gradient_update=True, narrows_matmul_operands=True,
+                   accumulates_in_place=True, frees_outside_first=True,
+                   frees_saved_in_backward=True, recomputes_by_stage=True,
+                   slices_sharded_convs=True),
+}
