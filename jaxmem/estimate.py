@@ -557,9 +557,12 @@ def estimate(config: Config | Setup, name: str = "") -> Estimate:
     if not (backend.loop_remat or anatomy.scanned) and policy.checkpoint:
         policy, undone_policy = SAVEABLE_NONE, setup.remat
         undone = f" ({platform} undoes remat {setup.remat.name} of loop blocks)"
+    # what an undone remat's recomputation shares with the forward (none without remat), in
+    # float32 layers only: under 16-bit compute the forward's values are rounded to 16 bits
+    shares = (backend.shares_loop_backward and undone_policy is not None
+              and np.dtype(setup.precision.compute_dtype).itemsize == 4)
     blocks = _block_terms(anatomy.blocks, setup, policy, size,
-                          batch_is_compute=size.compute == np.dtype("float32"),
-                          shares=not anatomy.scanned and backend.shares_loop_backward,
+                          batch_is_compute=size.compute == np.dtype("float32"), shares=shares,
                           kernels=dict(anatomy.params), undone=undone_policy)
     outside = _cost(_unfused(list(anatomy.outside), backend), size, batch_is_compute=False)
     loss = size.tensors(_loss_values(anatomy, size))
