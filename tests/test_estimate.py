@@ -72,8 +72,9 @@ def test_remat_savings_equal_the_jaxprs(stack):
         est, jaxpr = saved(policy)
         if stack == "scan":
             assert base_est - est == base_jaxpr - jaxpr, policy
-        else:  # XLA:CPU undoes remat of loop blocks: the estimate says so
-            assert est == base_est, policy
+        else:  # XLA:CPU undoes remat of loop blocks: the estimate says so, and holds
+            # what the recomputation shares with the forward (two float32 GELU pieces a layer)
+            assert est - base_est == 2 * 2 * 4 * 64 * 256 * 4, policy
 
 
 @pytest.mark.parametrize("preset,mesh", [("dp", {"data": 8}), ("fsdp", {"fsdp": 8}),
