@@ -426,9 +426,10 @@ def _recomputed_early(block: Block, undone: RematPolicy | None, setup: Setup,
     return {t.name for t in recomputation(block, kept)}
 
 
-#: XLA's SPMD partitioner all-gathers a ZeRO-sharded weight for a matmul when the weight is
-#: at most this many times the rows it multiplies on a device (a transformer's tokens);
-#: against a few rows (an MLP on a small per-device batch) it moves the activations instead
+#: XLA's SPMD partitioner all-gathers a ZeRO-sharded weight for a matmul when the weight
+#: (its dimensions on a device, before the ZeRO split: a tensor-parallel shard) is at most
+#: this many times the rows it multiplies on a device (a transformer's tokens); against a few
+#: rows (an MLP on a small per-device batch) it moves the activations instead
 GATHER_RATIO = 16
 
 
@@ -458,11 +459,10 @@ def _param_terms(anatomy: Anatomy, setup: Setup, size: _Sizer, rows: int) -> _Pa
         n = size.nbytes(local, size.param)
         total += n
         in_stack = anatomy.scanned and path.startswith(setup.config.model.BLOCKS_PATH or "\0")
+        unzeroed = tuple(s * math.prod(mesh.shape[a] for a in _spec_axes(e) if a in zero)
+                         for s, e in zip(local, (*spec, *(None,) * len(shape)), strict=False))
         if (any(a in zero for e in spec for a in _spec_axes(e))
-                and max(shape[-2:]) <= GATHER_RATIO * rows):
-            unzeroed = tuple(s * math.prod(mesh.shape[a] for a in _spec_axes(e) if a in zero)
-                             for s, e in zip(local, (*spec, *(None,) * len(shape)),
-                                             strict=False))
+                and max(unzeroed[-2:]) <= GATHER_RATIO * rows):
             extra = size.nbytes(unzeroed, size.compute) - size.nbytes(local, size.compute)
             if in_stack:  # a scanned stack gathers one layer per loop step
                 extra //= shape[0]

@@ -606,3 +606,19 @@ def test_cpu_shares_an_undone_remats_gelu_in_float32_only(precision, remat, shar
     total = compiled_memory(program.step, *program.abstract_args).total_bytes
     other = without if shared else without + pieces
     assert abs(e - total) < abs(other - total)
+
+
+def test_a_tensor_sharded_table_is_gathered_by_its_shards_size():
+    """Whether the SPMD partitioner all-gathers a ZeRO-sharded weight depends on its size per
+    device: under tensor parallelism over 4 a 4096-row embedding table is 1024 rows, within
+    16 x the 128 rows it multiplies, so it is gathered over fsdp (its other half added), as
+    is a 2048-row one."""
+    def gathered(vocab):
+        model = {**GPT, "vocab_size": vocab, "d_model": 192, "num_heads": 4, "seq_len": 128,
+                 "stack": "scan"}
+        return estimate(_config(model=model, target="cpu:8", sharding="fsdp+tp",
+                                mesh={"fsdp": 2, "tensor": 4}, data={"batch_size": 2})
+                        ).term("gathered parameters")
+
+    # the table's fsdp half: (vocab / 4) x 96 float32 values
+    assert gathered(4096) - gathered(2048) == (1024 - 512) * 96 * 4
