@@ -62,7 +62,8 @@ class Backend:
       frees_saved_in_backward: frees a block's saved values once its backward is done, so a
         block's backward holds the saved values of the blocks up to it only (XLA:TPU: a
         CNN's first, widest block is differentiated with the later blocks' values gone;
-        XLA:CPU measured to keep them: CPU dev rows 74 % -> 69 % with it).
+        XLA:CPU measured to keep them in float32: CPU dev rows 74 % -> 69 % with it;
+        see ``frees_saved_under_16bit``).
       recomputes_by_stage: recomputes each stage of a block (``Tensor.stage``: attention,
         MLP) just before that stage's backward, so a block's backward holds one stage's
         recomputation at a time (XLA:TPU; XLA:CPU recomputes a scanned block whole). Any
@@ -86,6 +87,10 @@ class Backend:
         (XLA:CPU, measured on CNNs under remat full: one ReLU gradient, the size of the
         widest convolution output, less on four fp32 rows; not under bf16 compute, nor under
         dots, which keeps the convolution outputs).
+      frees_saved_under_16bit: ``frees_saved_in_backward`` under 16-bit compute only, and
+        not where an undone remat recomputes a matmul or convolution (XLA:CPU, measured on
+        CNNs: under bf16-mixed without remat or under dots the first block's backward runs
+        with the later blocks' values gone; in float32, or under remat full, they are kept).
     """
 
     float32_compute: bool = False
@@ -105,12 +110,14 @@ class Backend:
     slices_sharded_convs: bool = False
     widens_microbatch_gradients: bool = False
     gradient_over_undone_remat: bool = False
+    frees_saved_under_16bit: bool = False
 
 
 BACKENDS: dict[str, Backend] = {
     "cpu": Backend(float32_compute=True, loop_remat=False, shares_loop_backward=True,
                    combines_all_reduces=True, holds_outside_gradient=True,
-                   widens_microbatch_gradients=True, gradient_over_undone_remat=True),
+                   widens_microbatch_gradients=True, gradient_over_undone_remat=True,
+                   frees_saved_under_16bit=True),
     "gpu": Backend(),
     "tpu": Backend(tiles=True, fuses_loss_gradient=True, fuses_matmul_operands=True,
                    fuses_gradient_update=True, narrows_matmul_operands=True,

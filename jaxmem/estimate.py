@@ -366,7 +366,10 @@ def _block_terms(blocks: Sequence[Block], setup: Setup, policy: RematPolicy, siz
     total = offloaded = workspace = before = largest = 0
     widest = ""
     index = 0
-    frees = size.backend.frees_saved_in_backward
+    frees = size.backend.frees_saved_in_backward or (
+        size.backend.frees_saved_under_16bit
+        and np.dtype(setup.precision.compute_dtype).itemsize < 4
+        and not any(t.dot for b in blocks for t in _redone(b, undone, size)))
     for block in blocks:
         kept_policy = _unfused(saved(block, device), size.backend)
         kept_none = _unfused(saved(block, none), size.backend)
@@ -413,6 +416,13 @@ def _block_terms(blocks: Sequence[Block], setup: Setup, policy: RematPolicy, siz
             largest, workspace, widest, before = held, ws, block.name, total
         index += block.count
     return _Blocks(total, offloaded, workspace, widest, before if frees else total)
+
+
+def _redone(block: Block, undone: RematPolicy | None, size: _Sizer) -> list[Tensor]:
+    """What the ``undone`` policy would recompute of ``block`` (nothing without one)."""
+    if undone is None:
+        return []
+    return recomputation(block, _unfused(saved(block, saveable(undone)), size.backend))
 
 
 def _recomputed_early(block: Block, undone: RematPolicy | None, setup: Setup,

@@ -622,3 +622,27 @@ def test_a_tensor_sharded_table_is_gathered_by_its_shards_size():
 
     # the table's fsdp half: (vocab / 4) x 96 float32 values
     assert gathered(4096) - gathered(2048) == (1024 - 512) * 96 * 4
+
+
+@pytest.mark.parametrize("precision, remat, frees", [("bf16-mixed", "none", True),
+                                                     ("bf16-mixed", "dots", True),
+                                                     ("bf16-mixed", "full", False),
+                                                     ("fp32", "none", False)])
+def test_cpu_frees_later_blocks_under_bf16_unless_remat_recomputes_convolutions(
+        precision, remat, frees, monkeypatch):
+    """XLA:CPU differentiates a CNN's first, widest block with the later blocks' saved values
+    gone under bf16 compute (no remat, or dots, which keeps the convolution outputs); in
+    float32, or where remat full recomputes the convolutions, it keeps them. Against XLA's
+    total the rule's figure is the closer one."""
+    config = _config(model={**CNN, "image_size": 128, "channels": [64, 128, 128, 64]},
+                     target="cpu:1", remat=remat, precision=precision, optimizer="sgd",
+                     data={"batch_size": 4})
+    e = estimate(config).total_bytes
+    monkeypatch.setitem(estimate_module.BACKENDS, "cpu", dataclasses.replace(
+        estimate_module.BACKENDS["cpu"], frees_saved_under_16bit=False))
+    kept = estimate(config).total_bytes
+    assert (e < kept) == frees
+    if frees:
+        program = build_program(jaxmem.resolve(config))
+        total = compiled_memory(program.step, *program.abstract_args).total_bytes
+        assert abs(e - total) < abs(kept - total)
