@@ -717,6 +717,9 @@ def _live_gradients(c: Config, backend: Backend, p: _Params, fused_updates: bool
     elif fused_updates:
         one = (0, "none materialised (each update is computed in the matmul making its "
                "gradient)")
+    elif c.optimizer.name in backend.copies_largest_gradient:
+        one = (2 * largest, "the largest gradient and its copy (each is applied to its "
+               f"parameter as it is made; {c.optimizer.name}'s update reads a copy)")
     else:
         one = (largest, "the largest gradient (each is applied to its parameter as it is made)")
     return {"loss": one, "block": one}

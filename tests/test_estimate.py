@@ -646,3 +646,17 @@ def test_cpu_frees_later_blocks_under_bf16_unless_remat_recomputes_convolutions(
         program = build_program(jaxmem.resolve(config))
         total = compiled_memory(program.step, *program.abstract_args).total_bytes
         assert abs(e - total) < abs(kept - total)
+
+
+@pytest.mark.parametrize("optimizer, copies", [("lion", 2), ("adamw", 1), ("sgd", 1)])
+def test_cpu_lion_update_reads_a_copy_of_the_largest_gradient(optimizer, copies):
+    """XLA:CPU applies each update as its gradient is made; lion's holds a copy of the
+    largest gradient beside it. The estimate is then within 10% of XLA's total."""
+    config = _config(model={"kind": "mlp", "in_features": 512, "hidden": [1024, 1024]},
+                     target="cpu:1", remat="none", precision="fp32", optimizer=optimizer,
+                     data={"batch_size": 4})
+    e = estimate(config)
+    assert e.term("gradients") == copies * 1024 * 1024 * 4
+    program = build_program(jaxmem.resolve(config))
+    total = compiled_memory(program.step, *program.abstract_args).total_bytes
+    assert abs(e.total_bytes / total - 1) < 0.10
