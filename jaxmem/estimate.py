@@ -452,6 +452,9 @@ class _Params(NamedTuple):
     stacked: int  # trainable parameters of a scanned stack
     largest_outside: int  # the largest trainable parameter outside a scanned stack
     gathered: int  # what the ZeRO all-gathers add (kept from the forward to the backward)
+    whole: int  # trainable parameters in the param dtype with their ZeRO shards joined
+    whole_layer: int  # ``whole`` of one layer of a scanned stack
+    whole_outside: int  # the largest ``whole`` trainable parameter outside a scanned stack
 
 
 def _param_terms(anatomy: Anatomy, setup: Setup, size: _Sizer, rows: int) -> _Params:
@@ -460,6 +463,7 @@ def _param_terms(anatomy: Anatomy, setup: Setup, size: _Sizer, rows: int) -> _Pa
     mesh, rules = size.mesh, setup.rules
     frozen = setup.freeze_patterns
     total = trainable = largest = stacked = outside = gathered = 0
+    whole = whole_layer = whole_outside = 0
     zero = set(rules.zero)
     for path, shape in anatomy.params:
         axes = sharding.lookup_axes(path, len(shape), setup.param_axes, {})
@@ -481,11 +485,16 @@ def _param_terms(anatomy: Anatomy, setup: Setup, size: _Sizer, rows: int) -> _Pa
             continue
         trainable += n
         largest = max(largest, n)
+        joined = size.nbytes(unzeroed, size.param)
+        whole += joined
         if in_stack:
             stacked += n
+            whole_layer += joined // shape[0]
         else:
             outside = max(outside, n)
-    return _Params(total, trainable, largest, stacked, outside, gathered)
+            whole_outside = max(whole_outside, joined)
+    return _Params(total, trainable, largest, stacked, outside, gathered, whole, whole_layer,
+                   whole_outside)
 
 
 def _spec_axes(entry: Any) -> tuple[str, ...]:
@@ -612,6 +621,15 @@ def estimate(config: Config | Setup, name: str = "") -> Estimate:
         grads_why[reducing] = (f"every gradient and the all-reduce's output ({copies_of} x "
                                "the trainable parameters)" + (", and the gradients' float32 copy"
                                                               if widened else ""))
+    zeroed = math.prod(n for a, n in mesh.shape.items()
+                       if a in sharding.BATCH_AXES and a in setup.rules.zero)
+    if backend.all_reduces_zero_gradients and zeroed > 1 and p.stacked:
+        reducing = (f"where a layer's ZeRO-sharded gradients are reduced over the {zeroed} "
+                    "fsdp devices in the scanned backward (whole gradients all-reduced)")
+        moments[reducing] = (0, 0, 0, p.stacked + p.whole_outside + 2 * p.whole_layer, 0)
+        grads_why[reducing] = ("a scanned stack's gradients, the whole gradient of the largest "
+                               "parameter outside it, a layer's whole gradients and their "
+                               "all-reduce's output")
     where = max(moments, key=lambda k: sum(moments[k]))
     saved_b, copies_b, gathered_b, grads_b, transient_b = moments[where]
     terms = [

@@ -660,3 +660,25 @@ def test_cpu_lion_update_reads_a_copy_of_the_largest_gradient(optimizer, copies)
     program = build_program(jaxmem.resolve(config))
     total = compiled_memory(program.step, *program.abstract_args).total_bytes
     assert abs(e.total_bytes / total - 1) < 0.10
+
+
+def test_cpu_reduces_a_scanned_layers_zero_gradients_as_whole_gradients(monkeypatch):
+    """Under fsdp with few rows per device XLA:CPU reduces each scanned layer's gradients
+    over the fsdp devices as an all-reduce of the whole gradients: the backward loop holds a
+    layer's whole gradients and the all-reduce's output, besides the stack's sharded
+    gradients and the table's whole gradient. That moment is the peak here, and closer to
+    XLA's total than the estimate without it."""
+    config = _config(model={**GPT, "num_layers": 3, "d_model": 512, "num_heads": 8,
+                            "seq_len": 32, "vocab_size": 2048, "stack": "scan"},
+                     target="cpu:8", sharding="fsdp", mesh={"fsdp": 8}, optimizer="sgd",
+                     precision="fp32", data={"batch_size": 8})
+    e = estimate(config)
+    layer = 12 * 512 * 512 * 4 + 512 * 4 * 9  # q, k, v, out, up, down kernels; biases, norms
+    assert e.term("gradients") >= 2 * layer + 2048 * 512 * 4
+    assert "fsdp devices" in dict((t.name, t.detail) for t in e.terms)["peak transients"]
+    monkeypatch.setitem(estimate_module.BACKENDS, "cpu", dataclasses.replace(
+        estimate_module.BACKENDS["cpu"], all_reduces_zero_gradients=False))
+    without = estimate(config).total_bytes
+    program = build_program(jaxmem.resolve(config))
+    total = compiled_memory(program.step, *program.abstract_args).total_bytes
+    assert abs(e.total_bytes - total) < abs(without - total)
