@@ -50,7 +50,7 @@ class Backend:
         so no microbatch's whole gradients are alive at once besides it; where it also
         fuses updates into the gradients' matmuls, the addition is fused there too and no
         gradient outside a scanned stack is materialised beside the accumulator (XLA:TPU;
-        XLA:CPU was measured to hold both).
+        XLA:CPU in float32 only: ``accumulates_float32_in_place``).
       frees_outside_first: frees the values kept outside the blocks (the logits, the final
         norm's) before the blocks' backward starts, as their last use allows (XLA:TPU; XLA:CPU
         was measured to keep them through it on the quickstart). XLA:GPU is left keeping
@@ -101,6 +101,11 @@ class Backend:
         sharded gradients and the whole gradient of the table outside it (XLA:CPU, measured
         on a scanned GPT with one example per device: -43 % -> -24 %; Python-loop stacks
         and MLPs were not seen doing it).
+      accumulates_float32_in_place: ``accumulates_in_place`` where the layers compute in
+        float32, outside a scanned stack and but for an optimizer in
+        ``copies_largest_gradient`` (XLA:CPU, measured on MLPs: exactly the accumulator and
+        the largest gradient on eight fresh rows; under bf16 compute see
+        ``widens_microbatch_gradients``).
     """
 
     float32_compute: bool = False
@@ -123,6 +128,7 @@ class Backend:
     frees_saved_under_16bit: bool = False
     copies_largest_gradient: tuple[str, ...] = ()
     all_reduces_zero_gradients: bool = False
+    accumulates_float32_in_place: bool = False
 
 
 BACKENDS: dict[str, Backend] = {
@@ -130,7 +136,7 @@ BACKENDS: dict[str, Backend] = {
                    combines_all_reduces=True, holds_outside_gradient=True,
                    widens_microbatch_gradients=True, gradient_over_undone_remat=True,
                    frees_saved_under_16bit=True, copies_largest_gradient=("lion",),
-                   all_reduces_zero_gradients=True),
+                   all_reduces_zero_gradients=True, accumulates_float32_in_place=True),
     "gpu": Backend(),
     "tpu": Backend(tiles=True, fuses_loss_gradient=True, fuses_matmul_operands=True,
                    fuses_gradient_update=True, narrows_matmul_operands=True,

@@ -589,7 +589,8 @@ def estimate(config: Config | Setup, name: str = "") -> Estimate:
     # the device with offloaded optimizer state: no fusion into the gradients' matmuls
     fused_updates = (backend.fuses_gradient_update and not setup.precision.loss_scaling
                      and not c.optimizer.offload)
-    grads = _live_gradients(c, backend, p, fused_updates)
+    grads = _live_gradients(c, backend, p, fused_updates,
+                            np.dtype(setup.precision.compute_dtype).itemsize == 4)
     # a microbatch's 16-bit gradients copied to float32 before they are added (XLA:CPU)
     widens = (backend.widens_microbatch_gradients and c.data.microbatches > 1
               and np.dtype(setup.precision.compute_dtype).itemsize < 4)
@@ -705,13 +706,16 @@ def traced_anatomy(setup: Setup, micro: int) -> Anatomy:
     )
 
 
-def _live_gradients(c: Config, backend: Backend, p: _Params, fused_updates: bool
-                    ) -> dict[str, tuple[int, str]]:
+def _live_gradients(c: Config, backend: Backend, p: _Params, fused_updates: bool,
+                    float32_layers: bool) -> dict[str, tuple[int, str]]:
     """Gradients alive while activations are still kept, ``(bytes, why)`` where the backward
     starts (``loss``) and in a block's backward (``block``)."""
     trainable, largest, stacked = p.trainable, p.largest, p.stacked
+    in_place = backend.accumulates_in_place or (
+        backend.accumulates_float32_in_place and float32_layers and not stacked
+        and c.optimizer.name not in backend.copies_largest_gradient)
     if c.data.microbatches > 1:
-        if backend.accumulates_in_place:
+        if in_place:
             made = (stacked, "a scanned stack's gradients") if stacked else (
                 largest, "the largest gradient")
             if fused_updates and not stacked:
