@@ -429,11 +429,10 @@ def _recomputed_early(block: Block, undone: RematPolicy | None, setup: Setup,
                       size: _Sizer) -> set[str]:
     """The values of ``block`` that the ``undone`` policy recomputes, where the backend writes
     an activation gradient over the copy it made of them early instead (float32 layers)."""
-    if (undone is None or not size.backend.gradient_over_undone_remat
+    if (not size.backend.gradient_over_undone_remat
             or np.dtype(setup.precision.compute_dtype).itemsize < 4):
         return set()
-    kept = _unfused(saved(block, saveable(undone)), size.backend)
-    return {t.name for t in recomputation(block, kept)}
+    return {t.name for t in _redone(block, undone, size)}
 
 
 #: XLA's SPMD partitioner all-gathers a ZeRO-sharded weight for a matmul when the weight
@@ -452,9 +451,8 @@ class _Params(NamedTuple):
     stacked: int  # trainable parameters of a scanned stack
     largest_outside: int  # the largest trainable parameter outside a scanned stack
     gathered: int  # what the ZeRO all-gathers add (kept from the forward to the backward)
-    whole: int  # trainable parameters in the param dtype with their ZeRO shards joined
-    whole_layer: int  # ``whole`` of one layer of a scanned stack
-    whole_outside: int  # the largest ``whole`` trainable parameter outside a scanned stack
+    whole_layer: int  # one scanned layer's trainable parameters, their ZeRO shards joined
+    whole_outside: int  # the largest trainable parameter outside a scanned stack, joined
 
 
 def _param_terms(anatomy: Anatomy, setup: Setup, size: _Sizer, rows: int) -> _Params:
@@ -463,7 +461,7 @@ def _param_terms(anatomy: Anatomy, setup: Setup, size: _Sizer, rows: int) -> _Pa
     mesh, rules = size.mesh, setup.rules
     frozen = setup.freeze_patterns
     total = trainable = largest = stacked = outside = gathered = 0
-    whole = whole_layer = whole_outside = 0
+    whole_layer = whole_outside = 0
     zero = set(rules.zero)
     for path, shape in anatomy.params:
         axes = sharding.lookup_axes(path, len(shape), setup.param_axes, {})
@@ -486,14 +484,13 @@ def _param_terms(anatomy: Anatomy, setup: Setup, size: _Sizer, rows: int) -> _Pa
         trainable += n
         largest = max(largest, n)
         joined = size.nbytes(unzeroed, size.param)
-        whole += joined
         if in_stack:
             stacked += n
             whole_layer += joined // shape[0]
         else:
             outside = max(outside, n)
             whole_outside = max(whole_outside, joined)
-    return _Params(total, trainable, largest, stacked, outside, gathered, whole, whole_layer,
+    return _Params(total, trainable, largest, stacked, outside, gathered, whole_layer,
                    whole_outside)
 
 
@@ -572,14 +569,14 @@ def estimate(config: Config | Setup, name: str = "") -> Estimate:
     opt_state = int(trainable * state * state_scale)
     per_device = c.data.batch_size // ways
     batch = sum(size.nbytes((per_device, *shape), np.dtype(d)) for shape, d in anatomy.example)
+    float32_layers = np.dtype(setup.precision.compute_dtype).itemsize == 4
     policy, undone, undone_policy = setup.remat, "", None
     if not (backend.loop_remat or anatomy.scanned) and policy.checkpoint:
         policy, undone_policy = SAVEABLE_NONE, setup.remat
         undone = f" ({platform} undoes remat {setup.remat.name} of loop blocks)"
     # what an undone remat's recomputation shares with the forward (none without remat), in
     # float32 layers only: under 16-bit compute the forward's values are rounded to 16 bits
-    shares = (backend.shares_loop_backward and undone_policy is not None
-              and np.dtype(setup.precision.compute_dtype).itemsize == 4)
+    shares = backend.shares_loop_backward and undone_policy is not None and float32_layers
     blocks = _block_terms(anatomy.blocks, setup, policy, size,
                           batch_is_compute=size.compute == np.dtype("float32"), shares=shares,
                           kernels=dict(anatomy.params), undone=undone_policy)
@@ -589,11 +586,10 @@ def estimate(config: Config | Setup, name: str = "") -> Estimate:
     # the device with offloaded optimizer state: no fusion into the gradients' matmuls
     fused_updates = (backend.fuses_gradient_update and not setup.precision.loss_scaling
                      and not c.optimizer.offload)
-    grads = _live_gradients(c, backend, p, fused_updates,
-                            np.dtype(setup.precision.compute_dtype).itemsize == 4)
+    grads = _live_gradients(c, backend, p, fused_updates, float32_layers)
     # a microbatch's 16-bit gradients copied to float32 before they are added (XLA:CPU)
     widens = (backend.widens_microbatch_gradients and c.data.microbatches > 1
-              and np.dtype(setup.precision.compute_dtype).itemsize < 4)
+              and not float32_layers)
     widened = trainable if widens else 0
     if widened:
         grads = {k: (n + widened, f"{why}, and their float32 copy") for k, (n, why) in
