@@ -27,9 +27,10 @@ class Backend:
         recomputation early, so they keep what they would keep without remat.
       tiles: pads arrays to (sublanes, 128 lanes) tiles over their two minor dimensions (TPU).
       shares_loop_backward: computes part of a Python-loop block's backward in its forward and
-        keeps it (``Block.shared``; XLA:CPU), in float32 layers only: under bf16 compute the
-        forward's values are rounded to 16 bits, unlike the backward's (measured: loop
-        transformers under bf16-mixed were up to 32% over with the shared values held).
+        keeps it (``Block.shared``; XLA:CPU): what the early recomputation of an undone remat
+        shares with the forward, so nothing without remat, and in float32 layers only (under
+        bf16 compute the forward's values are rounded to 16 bits, unlike the backward's;
+        loop transformers under bf16-mixed were up to 32 % over with them held).
       fuses_loss_gradient: computes the loss gradient in one fusion, so only its output is
         materialised (XLA:TPU; XLA:CPU keeps the float32 softmax too). XLA:GPU is left
         unfused, the larger figure, until measured on a GPU.
@@ -102,7 +103,7 @@ class Backend:
         on a scanned GPT with one example per device: -43 % -> -24 %; Python-loop stacks
         and MLPs were not seen doing it).
       accumulates_float32_in_place: ``accumulates_in_place`` where the layers compute in
-        float32, outside a scanned stack and but for an optimizer in
+        float32, outside a scanned stack, and not for an optimizer in
         ``copies_largest_gradient`` (XLA:CPU, measured on MLPs: exactly the accumulator and
         the largest gradient on eight fresh rows; under bf16 compute see
         ``widens_microbatch_gradients``).
