@@ -356,9 +356,10 @@ def _conv_slices(block: Block, kernels: dict[str, tuple[int, ...]], setup: Setup
 def _block_terms(blocks: Sequence[Block], setup: Setup, policy: RematPolicy, size: _Sizer,
                  batch_is_compute: bool, shares: bool = False,
                  kernels: dict[str, tuple[int, ...]] | None = None,
-                 undone: RematPolicy | None = None) -> _Blocks:
+                 undone: RematPolicy | None = None, float32_layers: bool = True) -> _Blocks:
     """What ``blocks`` keep and their widest backward holds under ``policy``; ``undone``: the
-    configured policy where the backend undid it (``policy`` is then remat none)."""
+    configured policy where the backend undid it (``policy`` is then remat none);
+    ``float32_layers``: the layers compute in float32."""
     c = setup.config
     every = c.remat.every
     none = SAVEABLE["none"](policy)
@@ -367,8 +368,7 @@ def _block_terms(blocks: Sequence[Block], setup: Setup, policy: RematPolicy, siz
     widest = ""
     index = 0
     frees = size.backend.frees_saved_in_backward or (
-        size.backend.frees_saved_under_16bit
-        and np.dtype(setup.precision.compute_dtype).itemsize < 4
+        size.backend.frees_saved_under_16bit and not float32_layers
         and not any(t.dot for b in blocks for t in _redone(b, undone, size)))
     for block in blocks:
         kept_policy = _unfused(saved(block, device), size.backend)
@@ -399,7 +399,8 @@ def _block_terms(blocks: Sequence[Block], setup: Setup, policy: RematPolicy, siz
         if size.backend.fuses_matmul_operands:
             grads = [t for t in workspace_values if t.in_place_of not in kept]
         else:  # an unfused gradient goes over the early copy of a value remat recomputes
-            over = _recomputed_early(block, undone, setup, size) if with_policy else set()
+            over = (_recomputed_early(block, undone, size) if with_policy and float32_layers
+                    else set())
             grads = [t for t in workspace_values if t.in_place_of not in over]
         # a stage's activation gradients are dead before the next stage's backward makes
         # its own; a backend recomputing by stage holds one stage's recomputation too
@@ -425,12 +426,10 @@ def _redone(block: Block, undone: RematPolicy | None, size: _Sizer) -> list[Tens
     return recomputation(block, _unfused(saved(block, saveable(undone)), size.backend))
 
 
-def _recomputed_early(block: Block, undone: RematPolicy | None, setup: Setup,
-                      size: _Sizer) -> set[str]:
+def _recomputed_early(block: Block, undone: RematPolicy | None, size: _Sizer) -> set[str]:
     """The values of ``block`` that the ``undone`` policy recomputes, where the backend writes
     an activation gradient over the copy it made of them early instead (float32 layers)."""
-    if (not size.backend.gradient_over_undone_remat
-            or np.dtype(setup.precision.compute_dtype).itemsize < 4):
+    if not size.backend.gradient_over_undone_remat:
         return set()
     return {t.name for t in _redone(block, undone, size)}
 
@@ -579,7 +578,8 @@ def estimate(config: Config | Setup, name: str = "") -> Estimate:
     shares = backend.shares_loop_backward and undone_policy is not None and float32_layers
     blocks = _block_terms(anatomy.blocks, setup, policy, size,
                           batch_is_compute=size.compute == np.dtype("float32"), shares=shares,
-                          kernels=dict(anatomy.params), undone=undone_policy)
+                          kernels=dict(anatomy.params), undone=undone_policy,
+                          float32_layers=float32_layers)
     outside = _cost(_unfused(list(anatomy.outside), backend), size, batch_is_compute=False)
     loss = size.tensors(_loss_values(anatomy, size))
     # an update waits for every gradient under loss scaling (the finite check) and leaves

@@ -44,6 +44,18 @@ def _config(**raw) -> Config:
     return _convert.from_dict(Config, raw)
 
 
+def _compiled_total(config: Config) -> int:
+    """XLA's total bytes per device for ``config``'s step (a compile on abstract shapes)."""
+    program = build_program(jaxmem.resolve(config))
+    return compiled_memory(program.step, *program.abstract_args).total_bytes
+
+
+def _set_backend(monkeypatch, platform: str, **flags) -> None:
+    """Replace ``platform``'s backend profile with ``flags`` changed, for this test."""
+    monkeypatch.setitem(estimate_module.BACKENDS, platform, dataclasses.replace(
+        estimate_module.BACKENDS[platform], **flags))
+
+
 @pytest.mark.parametrize("name", sorted(MODELS))
 def test_parameters_are_the_models(name):
     """The formulas list exactly the parameters the model creates (paths and shapes)."""
@@ -108,11 +120,10 @@ def test_close_to_the_compiled_total(remat):
     exp = jaxmem.Experiment.from_yaml("experiments/quickstart.yaml",
                                       ["sweep.precision=[fp32]", f"sweep.remat=[{remat}]"])
     config = exp.grid()[0].config
-    program = build_program(jaxmem.resolve(config))
-    compiled = compiled_memory(program.step, *program.abstract_args)
+    total = _compiled_total(config)
     e = estimate(config)
     assert e.total_bytes == sum(t.bytes for t in e.terms if t.counted)
-    assert abs(e.total_bytes / compiled.total_bytes - 1) < 0.10
+    assert abs(e.total_bytes / total - 1) < 0.10
 
 
 
@@ -124,12 +135,11 @@ def test_data_parallel_gradients_are_all_reduced_together(micro):
     config = _config(model={"kind": "mlp", "in_features": 256, "hidden": [1024, 1024]},
                      optimizer="sgd", target="cpu:8", sharding="dp", mesh={"data": 8},
                      data={"batch_size": 16, "microbatches": micro})
-    program = build_program(jaxmem.resolve(config))
-    compiled = compiled_memory(program.step, *program.abstract_args)
+    total = _compiled_total(config)
     e = estimate(config)
     assert e.term("gradients") == (2 if micro == 1 else 3) * e.term("parameters")
     assert "all-reduced" in dict((t.name, t.detail) for t in e.terms)["peak transients"]
-    assert abs(e.total_bytes / compiled.total_bytes - 1) < 0.10
+    assert abs(e.total_bytes / total - 1) < 0.10
 
 def test_fsdp_gathers_and_microbatches_accumulate():
     dp = estimate(_config(model=GPT, target="cpu:8", mesh={"data": 8}, data={"batch_size": 8}))
@@ -322,8 +332,7 @@ def test_tpu_recomputes_elementwise_matmul_operands_inside_the_matmuls(monkeypat
         return e.term("peak transients")
 
     fused = transients()
-    monkeypatch.setitem(estimate_module.BACKENDS, "tpu", dataclasses.replace(
-        estimate_module.BACKENDS["tpu"], fuses_matmul_operands=False))
+    _set_backend(monkeypatch, "tpu", fuses_matmul_operands=False)
     assert transients() - fused == 2 * B * L * D * 4
 
 
@@ -396,8 +405,7 @@ def test_tpu_block_backward_holds_the_blocks_up_to_it(monkeypatch):
     # full remat: the first block keeps the images (the batch itself) and nothing else; the
     # later blocks' inputs are freed by then
     assert tpu.term("saved activations") == 0
-    monkeypatch.setitem(estimate_module.BACKENDS, "tpu", dataclasses.replace(
-        estimate_module.BACKENDS["tpu"], frees_saved_in_backward=False))
+    _set_backend(monkeypatch, "tpu", frees_saved_in_backward=False)
     B, C = 16, 128  # the later blocks' inputs: 32 x 32 and 16 x 16, 128 channels
     assert estimate(config).term("saved activations") == B * (32 * 32 + 16 * 16) * C * 4
 
@@ -454,8 +462,7 @@ def test_cpu_holds_the_table_gradient_through_a_scanned_stack(monkeypatch):
     config = _config(model={**GPT, "vocab_size": V, "d_model": D, "stack": "scan"},
                      target="cpu:1", data={"batch_size": 2})
     held = estimate(config).term("gradients")
-    monkeypatch.setitem(estimate_module.BACKENDS, "cpu", dataclasses.replace(
-        estimate_module.BACKENDS["cpu"], holds_outside_gradient=False))
+    _set_backend(monkeypatch, "cpu", holds_outside_gradient=False)
     assert held - estimate(config).term("gradients") == V * D * 4
 
 
@@ -508,8 +515,7 @@ def test_tpu_slices_a_zero_sharded_convolution_of_the_images(preset, monkeypatch
                                 data={"batch_size": B})).term("peak transients")
 
     sliced = transients()
-    monkeypatch.setitem(estimate_module.BACKENDS, "tpu", dataclasses.replace(
-        estimate_module.BACKENDS["tpu"], slices_sharded_convs=False))
+    _set_backend(monkeypatch, "tpu", slices_sharded_convs=False)
     one = B // n * S * S * 128 * 4  # 16 channels on 128 lanes, float32
     assert sliced - transients() == (4 * one if preset == "fsdp" else 0)
 
@@ -555,8 +561,7 @@ def test_cpu_microbatch_gradients_beside_the_accumulator(precision):
     params = e.term("parameters")
     assert e.term("gradients") == (params + 2048 * 2048 * 4 if precision == "fp32"
                                    else 3 * params)
-    program = build_program(jaxmem.resolve(config))
-    total = compiled_memory(program.step, *program.abstract_args).total_bytes
+    total = _compiled_total(config)
     assert abs(e.total_bytes / total - 1) < 0.10
 
 
@@ -581,9 +586,8 @@ def test_cpu_float32_cnn_close_to_the_compiled_total(remat):
     """The rule above is what XLA:CPU does: within 10% of its total under both policies
     (without it remat full was 42% over)."""
     config = _cpu_cnn("fp32", remat)
-    program = build_program(jaxmem.resolve(config))
-    compiled = compiled_memory(program.step, *program.abstract_args)
-    assert abs(estimate(config).total_bytes / compiled.total_bytes - 1) < 0.10
+    total = _compiled_total(config)
+    assert abs(estimate(config).total_bytes / total - 1) < 0.10
 
 
 @pytest.mark.parametrize("precision, remat, shared", [("fp32", "full", True),
@@ -605,12 +609,10 @@ def test_cpu_shares_an_undone_remats_gelu_in_float32_only(precision, remat, shar
                      data={"batch_size": B})
     pieces = layers * 2 * B * L * 4 * D * 4
     e = estimate(config).total_bytes
-    monkeypatch.setitem(estimate_module.BACKENDS, "cpu", dataclasses.replace(
-        estimate_module.BACKENDS["cpu"], shares_loop_backward=False))
+    _set_backend(monkeypatch, "cpu", shares_loop_backward=False)
     without = estimate(config).total_bytes
     assert e - without == (pieces if shared else 0)
-    program = build_program(jaxmem.resolve(config))
-    total = compiled_memory(program.step, *program.abstract_args).total_bytes
+    total = _compiled_total(config)
     other = without if shared else without + pieces
     assert abs(e - total) < abs(other - total)
 
@@ -645,13 +647,11 @@ def test_cpu_frees_later_blocks_under_bf16_unless_remat_recomputes_convolutions(
                      target="cpu:1", remat=remat, precision=precision, optimizer="sgd",
                      data={"batch_size": 4})
     e = estimate(config).total_bytes
-    monkeypatch.setitem(estimate_module.BACKENDS, "cpu", dataclasses.replace(
-        estimate_module.BACKENDS["cpu"], frees_saved_under_16bit=False))
+    _set_backend(monkeypatch, "cpu", frees_saved_under_16bit=False)
     kept = estimate(config).total_bytes
     assert (e < kept) == frees
     if frees:
-        program = build_program(jaxmem.resolve(config))
-        total = compiled_memory(program.step, *program.abstract_args).total_bytes
+        total = _compiled_total(config)
         assert abs(e - total) < abs(kept - total)
 
 
@@ -664,8 +664,7 @@ def test_cpu_lion_update_reads_a_copy_of_the_largest_gradient(optimizer, copies)
                      data={"batch_size": 4})
     e = estimate(config)
     assert e.term("gradients") == copies * 1024 * 1024 * 4
-    program = build_program(jaxmem.resolve(config))
-    total = compiled_memory(program.step, *program.abstract_args).total_bytes
+    total = _compiled_total(config)
     assert abs(e.total_bytes / total - 1) < 0.10
 
 
@@ -683,9 +682,7 @@ def test_cpu_reduces_a_scanned_layers_zero_gradients_as_whole_gradients(monkeypa
     layer = 12 * 512 * 512 * 4 + 512 * 4 * 9  # q, k, v, out, up, down kernels; biases, norms
     assert e.term("gradients") >= 2 * layer + 2048 * 512 * 4
     assert "fsdp devices" in dict((t.name, t.detail) for t in e.terms)["peak transients"]
-    monkeypatch.setitem(estimate_module.BACKENDS, "cpu", dataclasses.replace(
-        estimate_module.BACKENDS["cpu"], all_reduces_zero_gradients=False))
+    _set_backend(monkeypatch, "cpu", all_reduces_zero_gradients=False)
     without = estimate(config).total_bytes
-    program = build_program(jaxmem.resolve(config))
-    total = compiled_memory(program.step, *program.abstract_args).total_bytes
+    total = _compiled_total(config)
     assert abs(e.total_bytes - total) < abs(without - total)
