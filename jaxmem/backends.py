@@ -101,7 +101,14 @@ class Backend:
         layer's whole gradients and the all-reduce's output at once, besides the stack's
         sharded gradients and the whole gradient of the table outside it (XLA:CPU, measured
         on a scanned GPT with one example per device: -43 % -> -24 %; Python-loop stacks
-        and MLPs were not seen doing it).
+        were not seen doing it); and, outside a scanned stack, the whole gradients of a
+        matmul chain's kernels fed by batch-split inputs (see ``_batch_split_gradients``;
+        measured on MLPs whose first kernel is ZeRO-split on its input dimension: -75..-78 %
+        -> +5 %).
+      gathers_lm_head: all-gathers a ZeRO-split LM head (its kernel or the tied embedding
+        table) whole for the head's matmul whatever the rows it multiplies, and keeps it for
+        the backward (XLA:CPU, measured on GPTs with few tokens per device: the whole table
+        in float32 beside its shard).
       accumulates_float32_in_place: ``accumulates_in_place`` where the layers compute in
         float32, outside a scanned stack, and not for an optimizer in
         ``copies_largest_gradient`` (XLA:CPU, measured on MLPs: exactly the accumulator and
@@ -129,6 +136,7 @@ class Backend:
     frees_saved_under_16bit: bool = False
     copies_largest_gradient: tuple[str, ...] = ()
     all_reduces_zero_gradients: bool = False
+    gathers_lm_head: bool = False
     accumulates_float32_in_place: bool = False
 
 
@@ -137,7 +145,8 @@ BACKENDS: dict[str, Backend] = {
                    combines_all_reduces=True, holds_outside_gradient=True,
                    widens_microbatch_gradients=True, gradient_over_undone_remat=True,
                    frees_saved_under_16bit=True, copies_largest_gradient=("lion",),
-                   all_reduces_zero_gradients=True, accumulates_float32_in_place=True),
+                   all_reduces_zero_gradients=True, gathers_lm_head=True,
+                   accumulates_float32_in_place=True),
     "gpu": Backend(),
     "tpu": Backend(tiles=True, fuses_loss_gradient=True, fuses_matmul_operands=True,
                    fuses_gradient_update=True, narrows_matmul_operands=True,

@@ -472,8 +472,9 @@ def _param_terms(anatomy: Anatomy, setup: Setup, size: _Sizer, rows: int) -> _Pa
         in_stack = anatomy.scanned and path.startswith(setup.config.model.BLOCKS_PATH or "\0")
         unzeroed = tuple(s * math.prod(mesh.shape[a] for a in _spec_axes(e) if a in zero)
                          for s, e in zip(local, (*spec, *(None,) * len(shape)), strict=False))
+        head = size.backend.gathers_lm_head and path == anatomy.lm_head
         if (any(a in zero for e in spec for a in _spec_axes(e))
-                and max(unzeroed[-2:]) <= GATHER_RATIO * rows):
+                and (head or max(unzeroed[-2:]) <= GATHER_RATIO * rows)):
             extra = size.nbytes(unzeroed, size.compute) - size.nbytes(local, size.compute)
             if in_stack:  # a scanned stack gathers one layer per loop step
                 extra //= shape[0]
@@ -491,6 +492,28 @@ def _param_terms(anatomy: Anatomy, setup: Setup, size: _Sizer, rows: int) -> _Pa
             whole_outside = max(whole_outside, joined)
     return _Params(total, trainable, largest, stacked, outside, gathered, whole_layer,
                    whole_outside)
+
+
+def _batch_split_gradients(anatomy: Anatomy, setup: Setup, size: _Sizer) -> int:
+    """The whole gradients of a matmul chain's kernels whose input is split by the batch,
+    which the backward makes from each device's rows and all-reduces over the ZeRO devices.
+
+    The chain's first input is the batch. A kernel ZeRO-split on its input dimension (or not
+    split) keeps it so: its weight is gathered, its output split by the batch again. A kernel
+    split on its output dimension takes its input whole instead and leaves the rest of the
+    chain split by features, with sharded gradients."""
+    mesh, zero, shapes = size.mesh, set(setup.rules.zero), dict(anatomy.params)
+    whole = 0
+    for path in anatomy.chain:
+        shape = shapes[path]
+        axes = sharding.lookup_axes(path, len(shape), setup.param_axes, {})
+        spec = (*sharding.param_spec(axes, shape, mesh, setup.rules), None, None)
+        if any(a in zero for a in _spec_axes(spec[len(shape) - 1])):
+            break
+        joined = tuple(s // math.prod(mesh.shape[a] for a in _spec_axes(e) if a not in zero)
+                       for s, e in zip(shape, spec, strict=False))
+        whole += size.nbytes(joined, size.param)
+    return whole
 
 
 def _spec_axes(entry: Any) -> tuple[str, ...]:
@@ -627,6 +650,17 @@ def estimate(config: Config | Setup, name: str = "") -> Estimate:
         grads_why[reducing] = ("a scanned stack's gradients, the whole gradient of the largest "
                                "parameter outside it, a layer's whole gradients and their "
                                "all-reduce's output")
+    whole = (_batch_split_gradients(anatomy, setup, size)
+             if backend.all_reduces_zero_gradients and zeroed > 1 and not p.stacked else 0)
+    if whole:  # with microbatches the loop body also keeps the forward's gathered weight
+        copies_of = 2 if c.data.microbatches == 1 else 3
+        reducing = (f"where the gradients are all-reduced over the {zeroed} fsdp devices (a "
+                    "kernel whose input is split by the batch has a whole gradient)")
+        moments[reducing] = (0, 0, 0, grads["block"][0] + copies_of * whole, 0)
+        grads_why[reducing] = (f"{grads['block'][1]}; {copies_of} x the whole gradients of "
+                               "the kernels fed by batch-split inputs (the gradient, the "
+                               "all-reduce's output" + (", the gathered weight)" if copies_of
+                                                        == 3 else ")"))
     where = max(moments, key=lambda k: sum(moments[k]))
     saved_b, copies_b, gathered_b, grads_b, transient_b = moments[where]
     terms = [

@@ -148,6 +148,10 @@ class Anatomy:
       outside_flops: forward FLOPs of the layers outside the blocks (the LM head).
       outside_recompute_flops: of those, what the backward computes again (a chunked loss
         recomputes its logits).
+      chain: the kernels of a chain of matmuls fed by the batch, in forward order (an MLP's
+        layers and head), for following how a ZeRO sharding splits each one's input.
+      lm_head: the parameter a language model's head multiplies by (its kernel, or the
+        embedding table it is tied to).
     """
 
     params: tuple[tuple[str, tuple[int, ...]], ...]
@@ -159,6 +163,8 @@ class Anatomy:
     rows_per_example: int = 1
     outside_flops: int = 0
     outside_recompute_flops: int = 0
+    chain: tuple[str, ...] = ()
+    lm_head: str = ""
 
     def forward_flops(self) -> int:
         """FLOPs of one forward pass (matmuls and convolutions)."""

@@ -90,6 +90,7 @@ class GPTConfig(TransformerConfig):
             example=(((L,), "int32"), ((L,), "int32")),
             outside_flops=2 * B * L * self.d_model * V,  # the LM head
             outside_recompute_flops=0 if self.loss_chunks == 1 else 2 * B * L * self.d_model * V,
+            lm_head=head[0][0] if head else "trunk/embed/embedding",
         )
 
     def build(self, opts: BuildOptions) -> Workload:

@@ -71,6 +71,7 @@ class MLPConfig(ModelConfig):
             example=(((self.in_features,), "float32"),
                      ((), "int32") if self.loss == "cross_entropy" else ((out,), "float32")),
             outside_flops=2 * B * widths[-1] * out,
+            chain=(*(f"layers/{i}/kernel" for i in range(len(self.hidden))), "head/kernel"),
         )
 
     def build(self, opts: BuildOptions) -> Workload:
