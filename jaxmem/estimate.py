@@ -452,6 +452,7 @@ class _Params(NamedTuple):
     gathered: int  # what the ZeRO all-gathers add (kept from the forward to the backward)
     whole_layer: int  # one scanned layer's trainable parameters, their ZeRO shards joined
     whole_outside: int  # the largest trainable parameter outside a scanned stack, joined
+    largest_read_back: int  # the largest trainable parameter but a chain's first kernel
 
 
 def _param_terms(anatomy: Anatomy, setup: Setup, size: _Sizer, rows: int) -> _Params:
@@ -460,7 +461,7 @@ def _param_terms(anatomy: Anatomy, setup: Setup, size: _Sizer, rows: int) -> _Pa
     mesh, rules = size.mesh, setup.rules
     frozen = setup.freeze_patterns
     total = trainable = largest = stacked = outside = gathered = 0
-    whole_layer = whole_outside = 0
+    whole_layer = whole_outside = read_back = 0
     zero = set(rules.zero)
     for path, shape in anatomy.params:
         axes = sharding.lookup_axes(path, len(shape), setup.param_axes, {})
@@ -483,6 +484,8 @@ def _param_terms(anatomy: Anatomy, setup: Setup, size: _Sizer, rows: int) -> _Pa
             continue
         trainable += n
         largest = max(largest, n)
+        if path not in anatomy.chain[:1]:
+            read_back = max(read_back, n)
         joined = size.nbytes(unzeroed, size.param)
         if in_stack:
             stacked += n
@@ -491,7 +494,7 @@ def _param_terms(anatomy: Anatomy, setup: Setup, size: _Sizer, rows: int) -> _Pa
             outside = max(outside, n)
             whole_outside = max(whole_outside, joined)
     return _Params(total, trainable, largest, stacked, outside, gathered, whole_layer,
-                   whole_outside)
+                   whole_outside, read_back)
 
 
 def _batch_split_gradients(anatomy: Anatomy, setup: Setup, size: _Sizer) -> int:
@@ -609,7 +612,14 @@ def estimate(config: Config | Setup, name: str = "") -> Estimate:
     # the device with offloaded optimizer state: no fusion into the gradients' matmuls
     fused_updates = (backend.fuses_gradient_update and not setup.precision.loss_scaling
                      and not c.optimizer.offload)
-    grads = _live_gradients(c, backend, p, fused_updates, float32_layers)
+    # one row per device and microbatch: each weight gradient is an outer product (under
+    # 16-bit compute it is rounded to 16 bits first, in a buffer of its own; under ZeRO a
+    # kernel split on its output dimension multiplies the whole microbatch's rows)
+    zeroed = math.prod(n for a, n in mesh.shape.items()
+                       if a in sharding.BATCH_AXES and a in setup.rules.zero)
+    outer = (backend.fuses_outer_product_gradients and rows == 1 and not p.stacked
+             and float32_layers and zeroed == 1)
+    grads = _live_gradients(c, backend, p, fused_updates, float32_layers, outer)
     # a microbatch's 16-bit gradients copied to float32 before they are added (XLA:CPU)
     widens = (backend.widens_microbatch_gradients and c.data.microbatches > 1
               and not float32_layers)
@@ -641,8 +651,6 @@ def estimate(config: Config | Setup, name: str = "") -> Estimate:
         grads_why[reducing] = (f"every gradient and the all-reduce's output ({copies_of} x "
                                "the trainable parameters)" + (", and the gradients' float32 copy"
                                                               if widened else ""))
-    zeroed = math.prod(n for a, n in mesh.shape.items()
-                       if a in sharding.BATCH_AXES and a in setup.rules.zero)
     if backend.all_reduces_zero_gradients and zeroed > 1 and p.stacked:
         reducing = (f"where a layer's ZeRO-sharded gradients are reduced over the {zeroed} "
                     "fsdp devices in the scanned backward (whole gradients all-reduced)")
@@ -737,9 +745,11 @@ def traced_anatomy(setup: Setup, micro: int) -> Anatomy:
 
 
 def _live_gradients(c: Config, backend: Backend, p: _Params, fused_updates: bool,
-                    float32_layers: bool) -> dict[str, tuple[int, str]]:
+                    float32_layers: bool, outer: bool = False) -> dict[str, tuple[int, str]]:
     """Gradients alive while activations are still kept, ``(bytes, why)`` where the backward
-    starts (``loss``) and in a block's backward (``block``)."""
+    starts (``loss``) and in a block's backward (``block``); ``outer``: the weight gradients
+    are outer products (one row per device and microbatch) the backend fuses into what
+    consumes them."""
     trainable, largest, stacked = p.trainable, p.largest, p.stacked
     in_place = backend.accumulates_in_place or (
         backend.accumulates_float32_in_place and float32_layers and not stacked
@@ -750,6 +760,8 @@ def _live_gradients(c: Config, backend: Backend, p: _Params, fused_updates: bool
                 largest, "the largest gradient")
             if fused_updates and not stacked:
                 made = (0, "nothing more (each is added in the matmul making it)")
+            elif outer:
+                made = (0, "nothing more (each, an outer product, is added as it is made)")
             return {"loss": (trainable, "the microbatch accumulator (this microbatch's "
                              "gradients are not made yet)"),
                     "block": (trainable + made[0], f"the microbatch accumulator and {made[1]}, "
@@ -769,6 +781,13 @@ def _live_gradients(c: Config, backend: Backend, p: _Params, fused_updates: bool
     elif fused_updates:
         one = (0, "none materialised (each update is computed in the matmul making its "
                "gradient)")
+    elif outer and c.optimizer.name in backend.copies_largest_gradient:
+        one = (largest, f"the largest gradient ({c.optimizer.name}'s update reads it twice; "
+               "the other gradients, outer products, are computed inside their updates)")
+    elif outer:
+        one = (p.largest_read_back, "the largest parameter's old value that the backward "
+               "still reads after its update (the gradients, outer products, are computed "
+               "inside the updates)")
     elif c.optimizer.name in backend.copies_largest_gradient:
         one = (2 * largest, "the largest gradient and its copy (each is applied to its "
                f"parameter as it is made; {c.optimizer.name}'s update reads a copy)")
