@@ -353,6 +353,19 @@ def _conv_slices(block: Block, kernels: dict[str, tuple[int, ...]], setup: Setup
     return out
 
 
+def _one_example(block: Block, kept: list[Tensor], size: _Sizer) -> list[Tensor]:
+    """``kept`` and, where the backend keeps a batched matmul's output beside a kept value
+    made from it when a device holds one example of the batch (the attention scores beside
+    their softmax), that output."""
+    if not size.backend.keeps_one_example_batched_dots:
+        return kept
+    names = {t.name for t in kept}
+    extra = [t for t in block.values if t.dot == "batched" and t.name not in names
+             and size.shard(t.shape, t.axes)[0] == 1
+             and any(t.name in u.inputs for u in kept)]
+    return [*kept, *extra]
+
+
 def _block_terms(blocks: Sequence[Block], setup: Setup, policy: RematPolicy, size: _Sizer,
                  batch_is_compute: bool, shares: bool = False,
                  kernels: dict[str, tuple[int, ...]] | None = None,
@@ -371,8 +384,8 @@ def _block_terms(blocks: Sequence[Block], setup: Setup, policy: RematPolicy, siz
         size.backend.frees_saved_under_16bit and not float32_layers
         and not any(t.dot for b in blocks for t in _redone(b, undone, size)))
     for block in blocks:
-        kept_policy = _unfused(saved(block, device), size.backend)
-        kept_none = _unfused(saved(block, none), size.backend)
+        kept_policy = _one_example(block, _unfused(saved(block, device), size.backend), size)
+        kept_none = _one_example(block, _unfused(saved(block, none), size.backend), size)
 
         with_policy = sum(1 for i in range(index, index + block.count) if i % every == 0)
         with_none = block.count - with_policy
