@@ -120,6 +120,11 @@ class Backend:
         value made from it (their softmax), in a buffer of its own (XLA:CPU, measured on
         transformers with one sequence per device: -20..-31 % rows to within 5 %; with two
         the scores' buffer is reused).
+      keeps_reduced_matmul_outputs: without remat (or where it undoes remat), keeps for the
+        backward the all-reduced output of a matmul that contracts a tensor-split dimension
+        (a row-parallel projection: attention's output, the MLP's down projection) beside
+        the residual stream made from it (XLA:CPU under tensor parallelism, measured on
+        GPTs: -15..-24 % rows 5..10 points closer; encoders' attention outputs too).
       accumulates_float32_in_place: ``accumulates_in_place`` where the layers compute in
         float32, outside a scanned stack, and not for an optimizer in
         ``copies_largest_gradient`` (XLA:CPU, measured on MLPs: exactly the accumulator and
@@ -150,6 +155,7 @@ class Backend:
     gathers_lm_head: bool = False
     fuses_outer_product_gradients: bool = False
     keeps_one_example_batched_dots: bool = False
+    keeps_reduced_matmul_outputs: bool = False
     accumulates_float32_in_place: bool = False
 
 
@@ -160,7 +166,7 @@ BACKENDS: dict[str, Backend] = {
                    frees_saved_under_16bit=True, copies_largest_gradient=("lion",),
                    all_reduces_zero_gradients=True, gathers_lm_head=True,
                    fuses_outer_product_gradients=True, keeps_one_example_batched_dots=True,
-                   accumulates_float32_in_place=True),
+                   keeps_reduced_matmul_outputs=True, accumulates_float32_in_place=True),
     "gpu": Backend(),
     "tpu": Backend(tiles=True, fuses_loss_gradient=True, fuses_matmul_operands=True,
                    fuses_gradient_update=True, narrows_matmul_operands=True,

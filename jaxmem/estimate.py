@@ -353,16 +353,28 @@ def _conv_slices(block: Block, kernels: dict[str, tuple[int, ...]], setup: Setup
     return out
 
 
-def _one_example(block: Block, kept: list[Tensor], size: _Sizer) -> list[Tensor]:
-    """``kept`` and, where the backend keeps a batched matmul's output beside a kept value
-    made from it when a device holds one example of the batch (the attention scores beside
-    their softmax), that output."""
-    if not size.backend.keeps_one_example_batched_dots:
-        return kept
-    names = {t.name for t in kept}
-    extra = [t for t in block.values if t.dot == "batched" and t.name not in names
-             and size.shard(t.shape, t.axes)[0] == 1
-             and any(t.name in u.inputs for u in kept)]
+def _backend_kept(block: Block, kept: list[Tensor], size: _Sizer, remat: bool) -> list[Tensor]:
+    """``kept`` and what the backend keeps beside it for the backward: with one example of
+    the batch per device, a batched matmul's output beside a kept value made from it (the
+    attention scores beside their softmax); without remat, the all-reduced output of a
+    matmul contracting a tensor-split dimension (a row-parallel projection's)."""
+    backend, names = size.backend, {t.name for t in kept}
+    by_name = block.by_name()
+
+    def ways(t: Tensor) -> int:  # how many ways the mesh splits a value
+        return math.prod(t.shape) // max(1, math.prod(size.shard(t.shape, t.axes)))
+
+    extra = []
+    for t in block.values:
+        if t.name in names:
+            continue
+        if (backend.keeps_one_example_batched_dots and t.dot == "batched"
+                and size.shard(t.shape, t.axes)[0] == 1
+                and any(t.name in u.inputs for u in kept)):
+            extra.append(t)
+        elif (backend.keeps_reduced_matmul_outputs and not remat and t.dot == "dot"
+              and any(ways(by_name[i]) > ways(t) for i in t.inputs if i in by_name)):
+            extra.append(t)
     return [*kept, *extra]
 
 
@@ -384,8 +396,10 @@ def _block_terms(blocks: Sequence[Block], setup: Setup, policy: RematPolicy, siz
         size.backend.frees_saved_under_16bit and not float32_layers
         and not any(t.dot for b in blocks for t in _redone(b, undone, size)))
     for block in blocks:
-        kept_policy = _one_example(block, _unfused(saved(block, device), size.backend), size)
-        kept_none = _one_example(block, _unfused(saved(block, none), size.backend), size)
+        kept_policy = _backend_kept(block, _unfused(saved(block, device), size.backend), size,
+                                    policy.checkpoint)
+        kept_none = _backend_kept(block, _unfused(saved(block, none), size.backend), size,
+                                  False)
 
         with_policy = sum(1 for i in range(index, index + block.count) if i % every == 0)
         with_none = block.count - with_policy

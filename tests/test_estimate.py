@@ -788,3 +788,28 @@ def test_cpu_keeps_the_scores_beside_their_softmax_for_one_sequence(monkeypatch)
     assert (one.term("saved activations") - estimate(config(1)).term("saved activations")
             == 2 * 2 * 512 * 512 * 4)
     assert estimate(config(2)).total_bytes == two.total_bytes
+
+
+def test_cpu_keeps_row_parallel_outputs_without_remat(monkeypatch):
+    """Under tensor parallelism XLA:CPU keeps the all-reduced output of each row-parallel
+    projection (attention's output, the MLP's down projection: matmuls contracting a
+    tensor-split dimension) for the backward, beside the residual stream made from it;
+    column-parallel outputs are not counted again, and under a remat it keeps (a scanned
+    stack's; a Python loop's it undoes) the rule is off."""
+    model = {**GPT, "num_layers": 2, "d_model": 256, "num_heads": 8, "seq_len": 256,
+             "vocab_size": 1024}
+
+    def config(remat, stack="loop"):
+        return _config(model={**model, "stack": stack}, target="cpu:8", sharding="tp",
+                       mesh={"data": 2, "tensor": 4}, remat=remat, precision="fp32",
+                       optimizer="sgd", data={"batch_size": 4})
+
+    kept, remat = estimate(config("none")), estimate(config("full", "scan"))
+    total = _compiled_total(config("none"))
+    _set_backend(monkeypatch, "cpu", keeps_reduced_matmul_outputs=False)
+    without = estimate(config("none"))
+    # two layers x (out_dot + down_dot), each 2 sequences x 256 tokens x 256 float32 values
+    assert (kept.term("saved activations") - without.term("saved activations")
+            == 2 * 2 * (2 * 256 * 256 * 4))
+    assert abs(kept.total_bytes - total) < abs(without.total_bytes - total)
+    assert estimate(config("full", "scan")).total_bytes == remat.total_bytes
