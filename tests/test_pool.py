@@ -41,10 +41,14 @@ def experiment(workdir: Path, hows: list[dict], timeout: float = 60) -> Path:
     return path
 
 
-def jaxmem_cli(workdir: Path, *args: str, **popen) -> subprocess.Popen:
-    """The console command in its own process, the repository importable."""
+def jaxmem_cli(workdir: Path, *args: str, tmpdir: Path | None = None,
+               **popen) -> subprocess.Popen:
+    """The console command in its own process, the repository importable (``tmpdir``: its
+    own temporary directory)."""
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "JAXMEM_WORKERS": "2",
            "PYTHONPATH": os.pathsep.join([str(workdir), str(ROOT)])}
+    if tmpdir is not None:
+        env["TMPDIR"] = str(tmpdir)
     return subprocess.Popen(
         [sys.executable, "-m", "jaxmem.cli", *args], cwd=workdir, env=env, text=True,
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, **popen)
@@ -182,21 +186,22 @@ def test_the_persistent_cache_serves_a_second_run_on_cpu(tmp_path, quickstart, m
 
 
 def test_killing_the_parent_in_run_mode_ends_its_worker_and_its_folder(tmp_path):
-    import tempfile
-
     path = experiment(tmp_path, [{"how": "slow"}])
-    # the run-mode worker's folder (explain's, made by tests in parallel, are not its own)
-    before = {p.name for p in Path(tempfile.gettempdir()).glob("jaxmem-run-*")}
+    # a temporary directory of its own: tests running in parallel make run folders too
+    tmpdir = tmp_path / "tmp"
+    tmpdir.mkdir()
     proc = jaxmem_cli(tmp_path, "run", str(path), "--out", "out", "--mode", "run",
-                      "--no-progress")
+                      "--no-progress", tmpdir=tmpdir)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and not workers_of(proc.pid):
         time.sleep(0.2)
     ps = subprocess.run(["ps", "-ww", "-eo", "args"], capture_output=True, text=True).stdout
     assert workers_of(proc.pid), (proc.poll(), [ln for ln in ps.splitlines() if "jaxmem" in ln])
+    while time.monotonic() < deadline and not list(tmpdir.glob("jaxmem-run-*")):
+        time.sleep(0.2)
+    assert list(tmpdir.glob("jaxmem-run-*"))  # the worker's folder, made in its TMPDIR
     proc.kill()
     proc.communicate()
     time.sleep(1.5)
     assert not workers_of(proc.pid)
-    after = {p.name for p in Path(tempfile.gettempdir()).glob("jaxmem-run-*")}
-    assert after <= before
+    assert not list(tmpdir.glob("jaxmem-run-*"))
