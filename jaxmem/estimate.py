@@ -42,7 +42,6 @@ from __future__ import annotations
 
 import dataclasses
 import fnmatch
-import itertools
 import math
 import time
 import types
@@ -60,7 +59,6 @@ from jaxmem.config import Config
 from jaxmem.errors import ConfigError, Unsupported
 from jaxmem.models.anatomy import (
     COMPUTE,
-    PARAM,
     Anatomy,
     Block,
     Tensor,
@@ -71,6 +69,7 @@ from jaxmem.models.anatomy import (
 from jaxmem.models.stack import nested_group_size
 from jaxmem.remat import RematPolicy
 from jaxmem.setup import Setup, as_setup
+from jaxmem.sizing import Sizer
 from jaxmem.step import make_objective
 
 
@@ -136,72 +135,6 @@ class Estimate:
             out["error"] = self.total_bytes / compiled_total - 1
         out["seconds"] = self.seconds
         return out
-
-
-# --------------------------------------------------------------------- bytes of a value
-
-#: XLA:TPU lays arrays out in tiles over their two minor dimensions: (sublanes, 128 lanes),
-#: 8 sublanes for 32-bit values, 16 for 16-bit, 32 for 8-bit.
-_TPU_LANES = 128
-
-
-def _tpu_padded(shape: Sequence[int], itemsize: int) -> int:
-    """Elements of ``shape`` laid out in TPU tiles: the layout XLA picks is assumed to be the
-    one that pads least (any dimension minor, padded to 128 lanes; another second-minor,
-    padded to the sublanes). Checked against libtpu's argument bytes."""
-    if not shape:
-        return 1
-    if len(shape) == 1:
-        return -(-shape[0] // _TPU_LANES) * _TPU_LANES
-    sublanes = 8 * max(1, 4 // itemsize)
-    total = math.prod(shape)
-    best = None
-    for i, j in itertools.permutations(range(len(shape)), 2):
-        lanes = -(-shape[i] // _TPU_LANES) * _TPU_LANES
-        rows = -(-shape[j] // sublanes) * sublanes
-        size = total // (shape[i] * shape[j]) * lanes * rows
-        best = size if best is None else min(best, size)
-    return best
-
-
-def _sublane_padded(shape: Sequence[int], itemsize: int) -> int:
-    """Elements of ``shape`` with its last dimension padded to the sublanes."""
-    sublanes = 8 * max(1, 4 // itemsize)
-    return math.prod(shape[:-1]) * (-(-shape[-1] // sublanes) * sublanes)
-
-
-@dataclasses.dataclass(frozen=True)
-class _Sizer:
-    """Bytes of a value on one device: its shard's shape under the mesh and rules, its dtype
-    role resolved, padded the way the backend lays it out."""
-
-    mesh: Any  # anything with ``.shape``: axis -> size
-    rules: sharding.Rules
-    compute: np.dtype
-    param: np.dtype
-    backend: Backend
-
-    def dtype(self, role: str) -> np.dtype:
-        return {COMPUTE: self.compute, PARAM: self.param}.get(role) or np.dtype(role)
-
-    def shard(self, shape: Sequence[int], axes: Sequence[str | None]) -> tuple[int, ...]:
-        dims = sharding.mesh_axes_by_dim(tuple(axes), shape, self.mesh, self.rules)
-        return tuple(s // math.prod(self.mesh.shape[a] for a in d) for s, d in zip(
-            shape, dims, strict=True))
-
-    def nbytes(self, shape: Sequence[int], dtype: np.dtype, minor: bool = False) -> int:
-        if self.backend.tiles and 0 not in shape:
-            if minor and len(shape) > 1:  # the last dimension on the lanes
-                lanes = -(-shape[-1] // _TPU_LANES) * _TPU_LANES
-                return lanes * _sublane_padded(shape[:-1], dtype.itemsize) * dtype.itemsize
-            return _tpu_padded(shape, dtype.itemsize) * dtype.itemsize
-        return math.prod(shape) * dtype.itemsize
-
-    def tensor(self, t: Tensor) -> int:
-        return self.nbytes(self.shard(t.shape, t.axes), self.dtype(t.dtype), t.channels_minor)
-
-    def tensors(self, ts: Sequence[Tensor]) -> int:
-        return sum(self.tensor(t) for t in ts)
 
 
 # ------------------------------------------------------------------- remat policies
@@ -275,7 +208,7 @@ class _Blocks:
     before: int  # saved by that block and the blocks before it (the later ones' backward is done)
 
 
-def _narrowed(values: Sequence[Tensor], size: _Sizer) -> list[Tensor]:
+def _narrowed(values: Sequence[Tensor], size: Sizer) -> list[Tensor]:
     """``values`` as the backend stores them: a float32 matmul-only value in bfloat16 where
     it computes float32 matmuls from bfloat16 operands."""
     if not (size.backend.narrows_matmul_operands and size.compute == np.dtype("float32")):
@@ -285,7 +218,7 @@ def _narrowed(values: Sequence[Tensor], size: _Sizer) -> list[Tensor]:
             for t in values]
 
 
-def _cost(kept: list[Tensor], size: _Sizer, batch_is_compute: bool) -> int:
+def _cost(kept: list[Tensor], size: Sizer, batch_is_compute: bool) -> int:
     """Bytes of kept values; the batch cast to the compute dtype is the argument itself when
     the batch already has that dtype; narrowed where the backend narrows matmul operands."""
     return size.tensors(_narrowed([t for t in kept if not (t.batch_cast and batch_is_compute)],
@@ -330,7 +263,7 @@ CONV_SLICES = 4
 
 
 def _conv_slices(block: Block, kernels: dict[str, tuple[int, ...]], setup: Setup,
-                 size: _Sizer) -> int:
+                 size: Sizer) -> int:
     """Bytes of the output-channel slices a backend computing ZeRO-sharded convolutions of
     the images slice by slice holds in ``block``'s backward (the largest convolution's)."""
     if not size.backend.slices_sharded_convs:
@@ -353,7 +286,7 @@ def _conv_slices(block: Block, kernels: dict[str, tuple[int, ...]], setup: Setup
     return out
 
 
-def _backend_kept(block: Block, kept: list[Tensor], size: _Sizer, remat: bool) -> list[Tensor]:
+def _backend_kept(block: Block, kept: list[Tensor], size: Sizer, remat: bool) -> list[Tensor]:
     """``kept`` and what the backend keeps beside it for the backward: with one example of
     the batch per device, a batched matmul's output beside a kept value made from it (the
     attention scores beside their softmax); without remat, the all-reduced output of a
@@ -378,7 +311,7 @@ def _backend_kept(block: Block, kept: list[Tensor], size: _Sizer, remat: bool) -
     return [*kept, *extra]
 
 
-def _block_terms(blocks: Sequence[Block], setup: Setup, policy: RematPolicy, size: _Sizer,
+def _block_terms(blocks: Sequence[Block], setup: Setup, policy: RematPolicy, size: Sizer,
                  batch_is_compute: bool, shares: bool = False,
                  kernels: dict[str, tuple[int, ...]] | None = None,
                  undone: RematPolicy | None = None, float32_layers: bool = True) -> _Blocks:
@@ -446,14 +379,14 @@ def _block_terms(blocks: Sequence[Block], setup: Setup, policy: RematPolicy, siz
     return _Blocks(total, offloaded, workspace, widest, before if frees else total)
 
 
-def _redone(block: Block, undone: RematPolicy | None, size: _Sizer) -> list[Tensor]:
+def _redone(block: Block, undone: RematPolicy | None, size: Sizer) -> list[Tensor]:
     """What the ``undone`` policy would recompute of ``block`` (nothing without one)."""
     if undone is None:
         return []
     return recomputation(block, _unfused(saved(block, saveable(undone)), size.backend))
 
 
-def _recomputed_early(block: Block, undone: RematPolicy | None, size: _Sizer) -> set[str]:
+def _recomputed_early(block: Block, undone: RematPolicy | None, size: Sizer) -> set[str]:
     """The values of ``block`` that the ``undone`` policy recomputes, where the backend writes
     an activation gradient over the copy it made of them early instead (float32 layers)."""
     if not size.backend.gradient_over_undone_remat:
@@ -482,7 +415,7 @@ class _Params(NamedTuple):
     largest_read_back: int  # the largest trainable parameter but a chain's first kernel
 
 
-def _param_terms(anatomy: Anatomy, setup: Setup, size: _Sizer, rows: int) -> _Params:
+def _param_terms(anatomy: Anatomy, setup: Setup, size: Sizer, rows: int) -> _Params:
     """The parameters' bytes per device; gathered: the whole parameter in the compute dtype
     less its shard, for each ZeRO-sharded weight the partitioner gathers."""
     mesh, rules = size.mesh, setup.rules
@@ -524,7 +457,7 @@ def _param_terms(anatomy: Anatomy, setup: Setup, size: _Sizer, rows: int) -> _Pa
                    whole_outside, read_back)
 
 
-def _batch_split_gradients(anatomy: Anatomy, setup: Setup, size: _Sizer) -> int:
+def _batch_split_gradients(anatomy: Anatomy, setup: Setup, size: Sizer) -> int:
     """The whole gradients of a matmul chain's kernels whose input is split by the batch,
     which the backward makes from each device's rows and all-reduces over the ZeRO devices.
 
@@ -613,7 +546,7 @@ def estimate(config: Config | Setup, name: str = "") -> Estimate:
     compute = np.dtype(setup.precision.compute_dtype)
     if backend.float32_compute and compute.itemsize < 4:
         compute = np.dtype("float32")
-    size = _Sizer(mesh, setup.rules, compute, np.dtype(setup.precision.param_dtype), backend)
+    size = Sizer(mesh, setup.rules, compute, np.dtype(setup.precision.param_dtype), backend)
     rows = micro // ways * anatomy.rows_per_example
     p = _param_terms(anatomy, setup, size, rows)
     params, trainable, gathered = p.total, p.trainable, p.gathered
@@ -728,7 +661,7 @@ def estimate(config: Config | Setup, name: str = "") -> Estimate:
                     time.perf_counter() - start)
 
 
-def _loss_values(anatomy: Anatomy, size: _Sizer) -> list[Tensor]:
+def _loss_values(anatomy: Anatomy, size: Sizer) -> list[Tensor]:
     """What the loss gradient materialises where the backward starts. A fused loss gradient
     (XLA:TPU) makes only its output (the first value), and that over the kept value it is
     computed from when it says so (the logits); then, under a 16-bit compute dtype, the

@@ -21,6 +21,7 @@ from jaxmem.config import Config
 from jaxmem.errors import Unsupported
 from jaxmem.estimate import ARGUMENT_TERMS, estimate
 from jaxmem.sharding import path_of
+from jaxmem.sizing import Sizer
 
 estimate_module = importlib.import_module("jaxmem.estimate")  # the function shadows it
 
@@ -702,7 +703,7 @@ def test_batch_split_inputs_give_whole_gradients(hidden, whole):
     setup = jaxmem.resolve(_config(model={"kind": "mlp", "in_features": 784, "hidden": hidden},
                                    target="cpu:8", sharding="fsdp", mesh={"fsdp": 8}))
     anatomy = setup.config.model.anatomy(setup.build_options, 4)
-    size = estimate_module._Sizer(setup.mesh, setup.rules, np.dtype("float32"),
+    size = Sizer(setup.mesh, setup.rules, np.dtype("float32"),
                                   np.dtype("float32"), estimate_module.BACKENDS["cpu"])
     assert estimate_module._batch_split_gradients(anatomy, setup, size) == whole * 4
 

@@ -1,0 +1,95 @@
+"""The bytes of a value on one device, as a backend lays it out: :class:`Sizer`.
+
+A value's shard under the mesh and the sharding rules, its dtype role (``compute``, ``param``)
+resolved, padded the way the backend tiles it (XLA:TPU: two minor dimensions in tiles of
+sublanes by 128 lanes). Used by the memory estimate (``jaxmem.estimate``).
+
+Example:
+  >>> import types
+  >>> import numpy as np
+  >>> from jaxmem import sharding
+  >>> from jaxmem.backends import BACKENDS
+  >>> from jaxmem.sizing import Sizer
+  >>> mesh = types.SimpleNamespace(shape={"data": 8})
+  >>> tpu = Sizer(mesh, sharding.Rules(axes=()), np.dtype("bfloat16"), np.dtype("float32"),
+  ...             BACKENDS["tpu"])
+  >>> tpu.nbytes((3, 100), np.dtype("float32"))  # padded to 8 sublanes x 128 lanes
+  4096
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from jaxmem import sharding
+from jaxmem.backends import Backend
+from jaxmem.models.anatomy import COMPUTE, PARAM, Tensor
+
+#: XLA:TPU lays arrays out in tiles over their two minor dimensions: (sublanes, 128 lanes),
+#: 8 sublanes for 32-bit values, 16 for 16-bit, 32 for 8-bit.
+_TPU_LANES = 128
+
+
+def _tpu_padded(shape: Sequence[int], itemsize: int) -> int:
+    """Elements of ``shape`` laid out in TPU tiles: the layout XLA picks is assumed to be the
+    one that pads least (any dimension minor, padded to 128 lanes; another second-minor,
+    padded to the sublanes). Checked against libtpu's argument bytes."""
+    if not shape:
+        return 1
+    if len(shape) == 1:
+        return -(-shape[0] // _TPU_LANES) * _TPU_LANES
+    sublanes = 8 * max(1, 4 // itemsize)
+    total = math.prod(shape)
+    best = None
+    for i, j in itertools.permutations(range(len(shape)), 2):
+        lanes = -(-shape[i] // _TPU_LANES) * _TPU_LANES
+        rows = -(-shape[j] // sublanes) * sublanes
+        size = total // (shape[i] * shape[j]) * lanes * rows
+        best = size if best is None else min(best, size)
+    return best
+
+
+def _sublane_padded(shape: Sequence[int], itemsize: int) -> int:
+    """Elements of ``shape`` with its last dimension padded to the sublanes."""
+    sublanes = 8 * max(1, 4 // itemsize)
+    return math.prod(shape[:-1]) * (-(-shape[-1] // sublanes) * sublanes)
+
+
+@dataclasses.dataclass(frozen=True)
+class Sizer:
+    """Bytes of a value on one device: its shard's shape under the mesh and rules, its dtype
+    role resolved, padded the way the backend lays it out."""
+
+    mesh: Any  # anything with ``.shape``: axis -> size
+    rules: sharding.Rules
+    compute: np.dtype
+    param: np.dtype
+    backend: Backend
+
+    def dtype(self, role: str) -> np.dtype:
+        return {COMPUTE: self.compute, PARAM: self.param}.get(role) or np.dtype(role)
+
+    def shard(self, shape: Sequence[int], axes: Sequence[str | None]) -> tuple[int, ...]:
+        dims = sharding.mesh_axes_by_dim(tuple(axes), shape, self.mesh, self.rules)
+        return tuple(s // math.prod(self.mesh.shape[a] for a in d) for s, d in zip(
+            shape, dims, strict=True))
+
+    def nbytes(self, shape: Sequence[int], dtype: np.dtype, minor: bool = False) -> int:
+        if self.backend.tiles and 0 not in shape:
+            if minor and len(shape) > 1:  # the last dimension on the lanes
+                lanes = -(-shape[-1] // _TPU_LANES) * _TPU_LANES
+                return lanes * _sublane_padded(shape[:-1], dtype.itemsize) * dtype.itemsize
+            return _tpu_padded(shape, dtype.itemsize) * dtype.itemsize
+        return math.prod(shape) * dtype.itemsize
+
+    def tensor(self, t: Tensor) -> int:
+        return self.nbytes(self.shard(t.shape, t.axes), self.dtype(t.dtype), t.channels_minor)
+
+    def tensors(self, ts: Sequence[Tensor]) -> int:
+        return sum(self.tensor(t) for t in ts)
