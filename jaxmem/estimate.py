@@ -275,9 +275,8 @@ def _conv_slices(block: Block, kernels: dict[str, tuple[int, ...]], setup: Setup
         if not (t.kernel in kernels and t.inputs and set(t.inputs) <= images):
             continue
         shape = kernels[t.kernel]
-        axes = sharding.lookup_axes(t.kernel, len(shape), setup.param_axes, {})
-        spec = (*sharding.param_spec(axes, shape, size.mesh, setup.rules), *(None,) * len(shape))
-        ways = math.prod(size.mesh.shape[a] for a in _spec_axes(spec[len(shape) - 1])
+        spec = _param_spec(t.kernel, shape, setup, size.mesh)
+        ways = math.prod(size.mesh.shape[a] for a in _spec_axes(spec[-1])
                          if a in zero)
         if ways > 1:
             local = size.shard(t.shape, t.axes)
@@ -424,15 +423,14 @@ def _param_terms(anatomy: Anatomy, setup: Setup, size: Sizer, rows: int) -> _Par
     whole_layer = whole_outside = read_back = 0
     zero = set(rules.zero)
     for path, shape in anatomy.params:
-        axes = sharding.lookup_axes(path, len(shape), setup.param_axes, {})
-        spec = sharding.param_spec(axes, shape, mesh, rules)
+        spec = _param_spec(path, shape, setup, mesh)
         local = tuple(s // math.prod(mesh.shape[a] for a in _spec_axes(e))
-                      for s, e in zip(shape, (*spec, *(None,) * len(shape)), strict=False))
+                      for s, e in zip(shape, spec, strict=True))
         n = size.nbytes(local, size.param)
         total += n
         in_stack = anatomy.scanned and path.startswith(setup.config.model.BLOCKS_PATH or "\0")
         unzeroed = tuple(s * math.prod(mesh.shape[a] for a in _spec_axes(e) if a in zero)
-                         for s, e in zip(local, (*spec, *(None,) * len(shape)), strict=False))
+                         for s, e in zip(local, spec, strict=True))
         head = size.backend.gathers_lm_head and path == anatomy.lm_head
         if (any(a in zero for e in spec for a in _spec_axes(e))
                 and (head or max(unzeroed[-2:]) <= GATHER_RATIO * rows)):
@@ -469,14 +467,20 @@ def _batch_split_gradients(anatomy: Anatomy, setup: Setup, size: Sizer) -> int:
     whole = 0
     for path in anatomy.chain:
         shape = shapes[path]
-        axes = sharding.lookup_axes(path, len(shape), setup.param_axes, {})
-        spec = (*sharding.param_spec(axes, shape, mesh, setup.rules), None, None)
-        if any(a in zero for a in _spec_axes(spec[len(shape) - 1])):
+        spec = _param_spec(path, shape, setup, mesh)
+        if any(a in zero for a in _spec_axes(spec[-1])):
             break
         joined = tuple(s // math.prod(mesh.shape[a] for a in _spec_axes(e) if a not in zero)
-                       for s, e in zip(shape, spec, strict=False))
+                       for s, e in zip(shape, spec, strict=True))
         whole += size.nbytes(joined, size.param)
     return whole
+
+
+def _param_spec(path: str, shape: Sequence[int], setup: Setup, mesh: Any) -> tuple[Any, ...]:
+    """A parameter's PartitionSpec under the setup's rules, one entry per dimension."""
+    axes = sharding.lookup_axes(path, len(shape), setup.param_axes, {})
+    spec = tuple(sharding.param_spec(axes, shape, mesh, setup.rules))
+    return (*spec, *(None,) * (len(shape) - len(spec)))
 
 
 def _spec_axes(entry: Any) -> tuple[str, ...]:
