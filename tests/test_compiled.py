@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -123,3 +125,27 @@ def test_data_parallel_mesh_splits_only_the_batch():
     assert one.compiled["argument_bytes"] == state + batch
     # parameters and optimizer state replicated, the batch split 8 ways
     assert eight.compiled["argument_bytes"] == state + batch // 8
+
+
+GPT = {"kind": "gpt", "vocab_size": 512, "seq_len": 64, "num_layers": 2, "d_model": 64,
+       "num_heads": 2}
+
+
+@pytest.mark.parametrize("raw", [
+    {"model": GPT, "remat": "none"},
+    {"model": {**GPT, "stack": "loop"}, "remat": "full", "precision": "bf16-mixed",
+     "target": "cpu:8", "sharding": "fsdp", "mesh": {"fsdp": 8}},
+    {"model": {"kind": "cnn", "image_size": 32, "channels": [16, 32]}, "remat": "dots"},
+], ids=["scan", "loop-fsdp", "cnn"])
+def test_llvm_optimisation_level_leaves_the_buffers_alone(raw):
+    """The suite compiles XLA:CPU at -O0 (conftest.py), a third faster; every figure is the same
+    as at XLA's default level, which users compile at (a compile option overrides the flag)."""
+    assert "--xla_backend_optimization_level=0" in os.environ["XLA_FLAGS"]
+    program = jaxmem.build_program(jaxmem.Experiment.from_dict(raw).config)
+    lowered = program.step.lower(*program.abstract_args)
+    fast = lowered.compile().memory_analysis()
+    default = lowered.compile(compiler_options={"xla_backend_optimization_level": 3}
+                              ).memory_analysis()
+    for _, field in FIELDS_PAIRS:  # XLA:CPU reports no machine-code size (0 at both)
+        assert getattr(fast, field) == getattr(default, field), field
+    assert fast.peak_memory_in_bytes == default.peak_memory_in_bytes
