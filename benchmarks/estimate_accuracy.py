@@ -28,6 +28,7 @@ import random
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
@@ -215,6 +216,31 @@ def rescore(row: dict) -> dict:
             "error": est.total_bytes / row["compiled_bytes"] - 1, "latency_s": latency}
 
 
+#: what a configuration is grouped by in the breakdown: a name and the group of a raw config
+FACTORS: dict[str, Callable[[dict], str]] = {
+    "model": lambda raw: raw["model"]["kind"],
+    "stack": lambda raw: raw["model"].get("stack", "-"),
+    "sharding": lambda raw: raw.get("sharding", "none"),
+    "remat": lambda raw: raw.get("remat", "none"),
+    "precision": lambda raw: raw.get("precision", "fp32"),
+    "optimizer": lambda raw: raw.get("optimizer", "adamw"),
+    "microbatches": lambda raw: str(raw.get("data", {}).get("microbatches", 1)),
+}
+
+
+def breakdown(rows: list[dict]) -> dict[str, dict[str, tuple[int, int, float]]]:
+    """For each factor, each of its groups: ``(rows, rows within +-10 %, median error)``.
+    Each factor's groups partition the rows."""
+    out: dict[str, dict[str, tuple[int, int, float]]] = {}
+    for factor, group_of in FACTORS.items():
+        groups: dict[str, list[float]] = {}
+        for r in rows:
+            groups.setdefault(group_of(r["config"]), []).append(r["error"])
+        out[factor] = {g: (len(e), sum(abs(x) <= 0.10 for x in e), statistics.median(e))
+                       for g, e in sorted(groups.items())}
+    return out
+
+
 def summarize(rows: list[dict], worst: int) -> None:
     """The error distribution per group, the latency, and the worst rows with why."""
     for group in ("cpu", "tpu"):
@@ -227,6 +253,14 @@ def summarize(rows: list[dict], worst: int) -> None:
               f"{statistics.median(errs):+.1%}, 5%..95% {q[0]:+.1%}..{q[-1]:+.1%}, "
               f"min {min(errs):+.1%}, max {max(errs):+.1%}; mean |error| "
               f"{statistics.fmean(abs(e) for e in errs):.1%}")
+    small = [r for r in rows if r["compiled_bytes"] < 2 * 2**20]
+    if small:  # where a few hundred KiB of XLA's small buffers are more than 10 %
+        ok = sum(abs(r["error"]) <= 0.10 for r in small)
+        print(f"{len(small)} configurations under 2 MiB, {ok} of them within +-10%")
+    print("within +-10% by factor (rows, median error):")
+    for factor, groups in breakdown(rows).items():
+        print(f"  {factor:12s} " + "; ".join(
+            f"{g} {ok}/{n} ({med:+.1%})" for g, (n, ok, med) in groups.items()))
     lat = sorted(r["latency_s"] for r in rows)
     print(f"estimate latency: median {1e3 * statistics.median(lat):.1f} ms, max "
           f"{1e3 * lat[-1]:.1f} ms (first call includes imports' warm-up)")

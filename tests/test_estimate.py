@@ -832,3 +832,25 @@ def test_a_scanned_stack_of_one_layer_is_estimated_as_a_loop():
     two = {**model, "num_layers": 2}
     assert (estimate(_config(model={**two, "stack": "scan"}, remat="dots")).total_bytes
             != estimate(_config(model={**two, "stack": "loop"}, remat="dots")).total_bytes)
+
+
+def test_the_accuracy_breakdown_partitions_the_rows():
+    """Each factor of the benchmark's breakdown splits the rows into groups that add up, and
+    counts a row as within +-10 % exactly when its error is."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "estimate_accuracy.py"
+    spec = importlib.util.spec_from_file_location("estimate_accuracy", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    rows = [{"config": {"model": {"kind": k, "stack": "loop"}, "remat": r}, "error": e}
+            for k, r, e in [("gpt", "full", 0.05), ("gpt", "none", -0.2), ("mlp", "none", 0.1),
+                            ("cnn", "dots", 0.11)]]
+    table = bench.breakdown(rows)
+    assert set(table) == set(bench.FACTORS)
+    for groups in table.values():
+        assert sum(n for n, _, _ in groups.values()) == len(rows)
+        assert sum(ok for _, ok, _ in groups.values()) == 2
+    assert table["model"]["gpt"] == (2, 1, pytest.approx(-0.075))
+    assert table["remat"]["none"][:2] == (2, 1)
+    assert table["sharding"] == {"none": (4, 2, pytest.approx(0.075))}
