@@ -104,7 +104,8 @@ class Backend:
         were not seen doing it); and, outside a scanned stack, the whole gradients of a
         matmul chain's kernels fed by batch-split inputs (see ``_batch_split_gradients``;
         measured on MLPs whose first kernel is ZeRO-split on its input dimension: -75..-78 %
-        -> +5 %).
+        -> +5 %), or of every parameter of a model without such a chain (Python-loop GPTs
+        with one or two examples per device: -33..-63 % -> within 12 %).
       gathers_lm_head: all-gathers a ZeRO-split LM head (its kernel or the tied embedding
         table) whole for the head's matmul whatever the rows it multiplies, and keeps it for
         the backward (XLA:CPU, measured on GPTs with few tokens per device: the whole table

@@ -462,9 +462,22 @@ def _batch_split_gradients(anatomy: Anatomy, setup: Setup, size: Sizer) -> int:
     The chain's first input is the batch. A kernel ZeRO-split on its input dimension (or not
     split) keeps it so: its weight is gathered, its output split by the batch again. A kernel
     split on its output dimension takes its input whole instead and leaves the rest of the
-    chain split by features, with sharded gradients."""
+    chain split by features, with sharded gradients.
+
+    A model without such a chain (a transformer's residual stream, split by the batch into
+    every block; a CNN) has every trainable parameter's gradient made whole that way: XLA:CPU
+    all-reduces a Python-loop stack's FSDP gradients whole and slices each device's shard."""
     mesh, zero, shapes = size.mesh, set(setup.rules.zero), dict(anatomy.params)
     whole = 0
+    if not anatomy.chain:
+        for path, shape in anatomy.params:
+            if any(fnmatch.fnmatchcase(path, p) for p in setup.freeze_patterns):
+                continue
+            spec = _param_spec(path, shape, setup, mesh)
+            joined = tuple(s // math.prod(mesh.shape[a] for a in _spec_axes(e) if a not in zero)
+                           for s, e in zip(shape, spec, strict=True))
+            whole += size.nbytes(joined, size.param)
+        return whole
     for path in anatomy.chain:
         shape = shapes[path]
         spec = _param_spec(path, shape, setup, mesh)
@@ -630,10 +643,10 @@ def estimate(config: Config | Setup, name: str = "") -> Estimate:
     if whole:  # with microbatches the loop body also keeps the forward's gathered weight
         copies_of = 2 if c.data.microbatches == 1 else 3
         reducing = (f"where the gradients are all-reduced over the {zeroed} fsdp devices (a "
-                    "kernel whose input is split by the batch has a whole gradient)")
+                    "parameter whose input is split by the batch has a whole gradient)")
         moments[reducing] = (0, 0, 0, grads["block"][0] + copies_of * whole, 0)
         grads_why[reducing] = (f"{grads['block'][1]}; {copies_of} x the whole gradients of "
-                               "the kernels fed by batch-split inputs (the gradient, the "
+                               "the parameters fed by batch-split inputs (the gradient, the "
                                "all-reduce's output" + (", the gathered weight)" if copies_of
                                                         == 3 else ")"))
     where = max(moments, key=lambda k: sum(moments[k]))
