@@ -22,7 +22,9 @@ class Backend:
 
     Attributes:
       float32_compute: computes 16-bit floats in float32, so activations take float32 bytes
-        (XLA:CPU).
+        (XLA:CPU); a value the program casts back to 16 bits keeps them (``ROUNDED``: the
+        logits' gradient, measured on bf16-mixed scanned GPTs: +12..+16 % rows to within
+        3 %).
       loop_remat: honours remat of blocks applied by a Python loop; XLA:CPU schedules their
         recomputation early, so they keep what they would keep without remat.
       tiles: pads arrays to (sublanes, 128 lanes) tiles over their two minor dimensions (TPU).

@@ -564,7 +564,8 @@ def estimate(config: Config | Setup, name: str = "") -> Estimate:
     compute = np.dtype(setup.precision.compute_dtype)
     if backend.float32_compute and compute.itemsize < 4:
         compute = np.dtype("float32")
-    size = Sizer(mesh, setup.rules, compute, np.dtype(setup.precision.param_dtype), backend)
+    size = Sizer(mesh, setup.rules, compute, np.dtype(setup.precision.param_dtype), backend,
+                 rounded=np.dtype(setup.precision.compute_dtype))
     rows = micro // ways * anatomy.rows_per_example
     p = _param_terms(anatomy, setup, size, rows)
     params, trainable, gathered = p.total, p.trainable, p.gathered

@@ -29,7 +29,7 @@ import numpy as np
 
 from jaxmem import sharding
 from jaxmem.backends import Backend
-from jaxmem.models.anatomy import COMPUTE, PARAM, Tensor
+from jaxmem.models.anatomy import COMPUTE, PARAM, ROUNDED, Tensor
 
 #: XLA:TPU lays arrays out in tiles over their two minor dimensions: (sublanes, 128 lanes),
 #: 8 sublanes for 32-bit values, 16 for 16-bit, 32 for 8-bit.
@@ -71,9 +71,12 @@ class Sizer:
     compute: np.dtype
     param: np.dtype
     backend: Backend
+    rounded: np.dtype | None = None  # the configured compute dtype (None: ``compute``)
 
     def dtype(self, role: str) -> np.dtype:
-        return {COMPUTE: self.compute, PARAM: self.param}.get(role) or np.dtype(role)
+        return {COMPUTE: self.compute, PARAM: self.param,
+                ROUNDED: self.compute if self.rounded is None else self.rounded
+                }.get(role) or np.dtype(role)
 
     def shard(self, shape: Sequence[int], axes: Sequence[str | None]) -> tuple[int, ...]:
         dims = sharding.mesh_axes_by_dim(tuple(axes), shape, self.mesh, self.rules)

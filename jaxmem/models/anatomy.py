@@ -27,8 +27,10 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Iterable
 
-#: dtype roles: the compute dtype, the parameters' storage dtype, or a fixed dtype
-COMPUTE, PARAM = "compute", "param"
+#: dtype roles: the compute dtype, the parameters' storage dtype, or a fixed dtype;
+#: ROUNDED: the configured compute dtype even where a backend computes 16-bit floats in
+#: float32 (a gradient with respect to a 16-bit value is rounded to 16 bits)
+COMPUTE, PARAM, ROUNDED = "compute", "param", "rounded"
 
 
 @dataclasses.dataclass(frozen=True)

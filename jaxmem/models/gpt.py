@@ -23,7 +23,7 @@ from flax import nnx
 
 from jaxmem import losses
 from jaxmem.errors import ConfigError, check_positive
-from jaxmem.models.anatomy import Anatomy, Tensor
+from jaxmem.models.anatomy import ROUNDED, Anatomy, Tensor
 from jaxmem.models.attention import KVCache
 from jaxmem.models.base import ModelConfig
 from jaxmem.models.transformer import TransformerConfig
@@ -73,7 +73,9 @@ class GPTConfig(TransformerConfig):
             outside = [Tensor("logits", (B, L, V), logits, needed=True),
                        Tensor("log_normaliser", (B, L), ("batch", "length"), "float32",
                               needed=True)]
-            loss = [Tensor("d_logits", (B, L, V), logits, in_place_of="logits"),
+            # the logits' gradient has their configured dtype: 16 bits under bf16-mixed
+            # even on XLA:CPU, which computes the logits in float32 (measured)
+            loss = [Tensor("d_logits", (B, L, V), logits, ROUNDED, in_place_of="logits"),
                     Tensor("probs", (B, L, V), logits, "float32")]
         else:  # one chunk's logits at a time, recomputed in the backward
             n = B * L // self.loss_chunks
