@@ -737,15 +737,14 @@ def _live_gradients(c: Config, backend: Backend, p: _Params, fused_updates: bool
     consumes them."""
     trainable, largest, stacked = p.trainable, p.largest, p.stacked
     in_place = backend.accumulates_in_place or (
-        backend.accumulates_float32_in_place and float32_layers and not stacked
-        and c.optimizer.name not in backend.copies_largest_gradient)
+        backend.accumulates_float32_in_place and float32_layers and not stacked)
     if c.data.microbatches > 1:
         if in_place:
             made = (stacked, "a scanned stack's gradients") if stacked else (
                 largest, "the largest gradient")
             if fused_updates and not stacked:
                 made = (0, "nothing more (each is added in the matmul making it)")
-            elif outer:
+            elif outer and c.optimizer.name not in backend.copies_largest_gradient:
                 made = (0, "nothing more (each, an outer product, is added as it is made)")
             return {"loss": (trainable, "the microbatch accumulator (this microbatch's "
                              "gradients are not made yet)"),
