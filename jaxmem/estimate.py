@@ -468,24 +468,23 @@ def _batch_split_gradients(anatomy: Anatomy, setup: Setup, size: Sizer) -> int:
     every block; a CNN) has every trainable parameter's gradient made whole that way: XLA:CPU
     all-reduces a Python-loop stack's FSDP gradients whole and slices each device's shard."""
     mesh, zero, shapes = size.mesh, set(setup.rules.zero), dict(anatomy.params)
-    whole = 0
+
+    def joined(shape: Sequence[int], spec: tuple[Any, ...]) -> int:  # ZeRO shards joined
+        return size.nbytes(tuple(
+            s // math.prod(mesh.shape[a] for a in _spec_axes(e) if a not in zero)
+            for s, e in zip(shape, spec, strict=True)), size.param)
+
     if not anatomy.chain:
-        for path, shape in anatomy.params:
-            if any(fnmatch.fnmatchcase(path, p) for p in setup.freeze_patterns):
-                continue
-            spec = _param_spec(path, shape, setup, mesh)
-            joined = tuple(s // math.prod(mesh.shape[a] for a in _spec_axes(e) if a not in zero)
-                           for s, e in zip(shape, spec, strict=True))
-            whole += size.nbytes(joined, size.param)
-        return whole
+        return sum(joined(shape, _param_spec(path, shape, setup, mesh))
+                   for path, shape in anatomy.params
+                   if not any(fnmatch.fnmatchcase(path, p) for p in setup.freeze_patterns))
+    whole = 0
     for path in anatomy.chain:
         shape = shapes[path]
         spec = _param_spec(path, shape, setup, mesh)
         if any(a in zero for a in _spec_axes(spec[-1])):
             break
-        joined = tuple(s // math.prod(mesh.shape[a] for a in _spec_axes(e) if a not in zero)
-                       for s, e in zip(shape, spec, strict=True))
-        whole += size.nbytes(joined, size.param)
+        whole += joined(shape, spec)
     return whole
 
 
