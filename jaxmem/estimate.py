@@ -560,11 +560,10 @@ def estimate(config: Config | Setup, name: str = "") -> Estimate:
         anatomy = dataclasses.replace(anatomy, scanned=False)
     platform = setup.target.platform()
     backend = BACKENDS.get(platform, Backend())
-    compute = np.dtype(setup.precision.compute_dtype)
-    if backend.float32_compute and compute.itemsize < 4:
-        compute = np.dtype("float32")
+    stored = np.dtype(setup.precision.compute_dtype)  # the configured compute dtype
+    compute = np.dtype("float32") if backend.float32_compute and stored.itemsize < 4 else stored
     size = Sizer(mesh, setup.rules, compute, np.dtype(setup.precision.param_dtype), backend,
-                 rounded=np.dtype(setup.precision.compute_dtype))
+                 rounded=stored)
     rows = micro // ways * anatomy.rows_per_example
     p = _param_terms(anatomy, setup, size, rows)
     params, trainable, gathered = p.total, p.trainable, p.gathered
@@ -575,7 +574,7 @@ def estimate(config: Config | Setup, name: str = "") -> Estimate:
     opt_state = int(trainable * state * state_scale)
     per_device = c.data.batch_size // ways
     batch = sum(size.nbytes((per_device, *shape), np.dtype(d)) for shape, d in anatomy.example)
-    float32_layers = np.dtype(setup.precision.compute_dtype).itemsize == 4
+    float32_layers = stored.itemsize == 4
     policy, undone, undone_policy = setup.remat, "", None
     if not (backend.loop_remat or anatomy.scanned) and policy.checkpoint:
         policy, undone_policy = SAVEABLE_NONE, setup.remat
@@ -611,7 +610,6 @@ def estimate(config: Config | Setup, name: str = "") -> Estimate:
     if widened:
         grads = {k: (n + widened, f"{why}, and their float32 copy") for k, (n, why) in
                  grads.items()}
-    stored = np.dtype(setup.precision.compute_dtype)  # copies are made in this dtype
     copies = 0 if stored == size.param else params * stored.itemsize // size.param.itemsize
     saved_all = blocks.saved + outside
     # two moments of the step; the peak is the larger. (A moment where the backward ends with
