@@ -624,6 +624,15 @@ def estimate(config: Config | Setup, name: str = "") -> Estimate:
                    gathered, grads["block"][0], blocks.recompute),
     }
     grads_why = {at_loss: grads["loss"][1], in_block: grads["block"][1]}
+    head = _head_values(anatomy, size) if "head" in grads else None
+    if head is not None:  # the loss's values dead but its gradient, the head's gradient made
+        at_head = "where the LM head's gradient is made from the logits' gradient"
+        kept_less, made = head
+        moments[at_head] = (saved_all - kept_less, copies, gathered, grads["head"][0], made)
+        grads_why[at_head] = grads["head"][1]
+    elif "head" in grads:  # no loss gradient written over a kept value: one moment
+        moments[at_loss] = (saved_all, copies, gathered, grads["head"][0], loss)
+        grads_why[at_loss] = grads["head"][1]
     reduced = math.prod(n for a, n in mesh.shape.items()
                         if a in sharding.BATCH_AXES and a not in setup.rules.zero)
     if backend.combines_all_reduces and reduced > 1 and trainable:
@@ -695,6 +704,18 @@ def _loss_values(anatomy: Anatomy, size: Sizer) -> list[Tensor]:
             if size.compute.itemsize < 4 and size.dtype(t.dtype) == np.dtype("float32")]
 
 
+def _head_values(anatomy: Anatomy, size: Sizer) -> tuple[int, int] | None:
+    """Where the LM head's gradient is made: the bytes of the kept value the loss gradient
+    replaces (the logits, dead by then) and of the loss gradient itself; None where the loss
+    gradient replaces no kept value (a chunked loss makes the head's gradient chunk by
+    chunk, beside the chunk's values)."""
+    values = anatomy.loss_workspace
+    kept = {t.name: t for t in anatomy.outside}
+    if not values or values[0].in_place_of not in kept:
+        return None
+    return size.tensors([kept[values[0].in_place_of]]), size.tensors(values[:1])
+
+
 def traced_anatomy(setup: Setup, micro: int) -> Anatomy:
     """The anatomy of a model without shape formulas (custom models), from its abstract
     parameters and the jaxpr of its loss: what the forward keeps for the backward (the remat
@@ -757,6 +778,18 @@ def _live_gradients(c: Config, backend: Backend, p: _Params, fused_updates: bool
     if stacked and backend.holds_outside_gradient:
         one = (stacked + p.largest_outside, "a scanned stack's gradients, accumulated through "
                "its backward loop, and the largest gradient outside it (the embedding table's)")
+        if not float32_layers:  # the table's float32 gradient is made early, beside the loss
+            return {"loss": one, "block": one}
+        # float32 layers: the LM head's matmul makes the table's gradient from the logits'
+        # gradient once the loss's own values are dead; where the loss gradient is
+        # computed, only the stack's gradients are alive (and, for an optimizer that reads a
+        # copy of the largest, that copy: made at the step's entry)
+        if c.optimizer.name in backend.copies_largest_gradient:
+            return {"loss": (stacked + p.largest_outside, "a scanned stack's gradients and a "
+                             f"copy of the largest parameter outside it ({c.optimizer.name}'s, "
+                             "made at the step's entry)"), "block": one, "head": one}
+        return {"loss": (stacked, "a scanned stack's gradients (their accumulators)"),
+                "block": one, "head": one}
     elif stacked:
         one = (stacked, "a scanned stack's gradients, accumulated through its backward loop")
     elif fused_updates:
