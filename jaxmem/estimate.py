@@ -18,7 +18,9 @@ the target's backend, as named terms:
 * the peak's transients: the loss gradient (``B x L x V`` logits, or none beyond the kept
   logits where it is written over them), or the widest block's recomputation and activation
   gradients (one stage of the block at a time: its MLP's, its attention's), whichever is
-  larger (the peak is the larger of those two moments of the step);
+  larger (the peak is the larger of those two moments of the step; in a Python-loop
+  stack a stage's backward no longer holds its block's later stages' saved values; where
+  a float32 GPT's LM head makes its gradient, the loss's values but its gradient are dead);
 * on a backend that combines gradient all-reduces (XLA:CPU), a third moment where parameters
   are replicated over data-parallel devices: after the backward, every gradient alive with the
   all-reduce's output.
@@ -206,6 +208,7 @@ class _Blocks:
     recompute: int  # the largest block's recomputed values plus its activation gradients
     widest: str  # which block that is
     before: int  # saved by that block and the blocks before it (the later ones' backward is done)
+    freed: int = 0  # that block's saved values its stage's backward no longer holds
 
 
 def _narrowed(values: Sequence[Tensor], size: Sizer) -> list[Tensor]:
@@ -313,15 +316,18 @@ def _backend_kept(block: Block, kept: list[Tensor], size: Sizer, remat: bool) ->
 def _block_terms(blocks: Sequence[Block], setup: Setup, policy: RematPolicy, size: Sizer,
                  batch_is_compute: bool, shares: bool = False,
                  kernels: dict[str, tuple[int, ...]] | None = None,
-                 undone: RematPolicy | None = None, float32_layers: bool = True) -> _Blocks:
+                 undone: RematPolicy | None = None, float32_layers: bool = True,
+                 frees_stages: bool = False) -> _Blocks:
     """What ``blocks`` keep and their widest backward holds under ``policy``; ``undone``: the
     configured policy where the backend undid it (``policy`` is then remat none);
-    ``float32_layers``: the layers compute in float32."""
+    ``float32_layers``: the layers compute in float32; ``frees_stages``: a block's own
+    buffers (a Python loop's, not a scanned stack's slices), so a stage's backward no longer
+    holds the saved values of the stages after it (their backward is done)."""
     c = setup.config
     every = c.remat.every
     none = SAVEABLE["none"](policy)
     device, host = saveable(policy), OFFLOADED.get(_policy_key(policy))
-    total = offloaded = workspace = before = largest = 0
+    total = offloaded = workspace = before = largest = widest_freed = 0
     widest = ""
     index = 0
     frees = size.backend.frees_saved_in_backward or (
@@ -364,18 +370,36 @@ def _block_terms(blocks: Sequence[Block], setup: Setup, policy: RematPolicy, siz
         # a stage's activation gradients are dead before the next stage's backward makes
         # its own; a backend recomputing by stage holds one stage's recomputation too
         stages = {t.stage for t in (*redo, *grads)} - {""} or {""}
-        if size.backend.recomputes_by_stage:
-            ws = max(size.tensors(_at(s, redo)) + size.tensors(_at(s, grads)) for s in stages)
-        else:
-            ws = size.tensors(redo) + max(size.tensors(_at(s, grads)) for s in stages)
-        ws += _conv_slices(block, kernels or {}, setup, size)
+        kept_values = [*(kept_policy if with_policy else kept_none),
+                       *(block.shared if shares else ())]
+        slices = _conv_slices(block, kernels or {}, setup, size)
+        best = None
+        for s in stages:
+            if size.backend.recomputes_by_stage:
+                ws = size.tensors(_at(s, redo)) + size.tensors(_at(s, grads))
+            else:
+                ws = size.tensors(redo) + size.tensors(_at(s, grads))
+            ws += slices
+            dead = _later_stages(block, s) if frees_stages else set()
+            freed = _cost([t for t in kept_values if t.stage in dead], size, batch_is_compute)
+            if best is None or ws - freed > best[0] - best[1]:
+                best = (ws, freed)
+        ws, freed = best
         # where the backend frees a block's saved values once its backward is done, a
         # block's backward holds the saved values of the blocks up to it, not after it
-        held = ws + (total if frees else 0)
+        held = ws - freed + (total if frees else 0)
         if held > largest:
-            largest, workspace, widest, before = held, ws, block.name, total
+            largest, workspace, widest, before, widest_freed = held, ws, block.name, total, freed
         index += block.count
-    return _Blocks(total, offloaded, workspace, widest, before if frees else total)
+    return _Blocks(total, offloaded, workspace, widest, before if frees else total,
+                   widest_freed)
+
+
+def _later_stages(block: Block, stage: str) -> set[str]:
+    """The stages of ``block`` after ``stage`` in the forward (their backward runs before
+    it); none for the values of every stage."""
+    order = list(dict.fromkeys(t.stage for t in block.values if t.stage))
+    return set(order[order.index(stage) + 1:]) if stage in order else set()
 
 
 def _redone(block: Block, undone: RematPolicy | None, size: Sizer) -> list[Tensor]:
@@ -588,7 +612,8 @@ def estimate(config: Config | Setup, name: str = "") -> Estimate:
     blocks = _block_terms(anatomy.blocks, setup, policy, size,
                           batch_is_compute=size.compute == np.dtype("float32"), shares=shares,
                           kernels=dict(anatomy.params), undone=undone_policy,
-                          float32_layers=float32_layers)
+                          float32_layers=float32_layers,
+                          frees_stages=not anatomy.scanned)
     outside = _cost(_unfused(list(anatomy.outside), backend), size, batch_is_compute=False)
     loss = size.tensors(_loss_values(anatomy, size))
     # an update waits for every gradient under loss scaling (the finite check) and leaves
@@ -617,10 +642,12 @@ def estimate(config: Config | Setup, name: str = "") -> Estimate:
     # XLA applies most updates as their gradients are made; with it, see below.)
     at_loss = "where the backward starts (the loss gradient)"
     in_block = (f"in the backward of a {blocks.widest} (its recomputation and activation "
-                "gradients)")
+                "gradients" + ("; the saved values of its later stages are freed)"
+                               if blocks.freed else ")"))
     moments = {
         at_loss: (saved_all, copies, gathered, grads["loss"][0], loss),
-        in_block: (blocks.before + (0 if backend.frees_outside_first else outside), copies,
+        in_block: (blocks.before - blocks.freed + (0 if backend.frees_outside_first
+                                                    else outside), copies,
                    gathered, grads["block"][0], blocks.recompute),
     }
     grads_why = {at_loss: grads["loss"][1], in_block: grads["block"][1]}

@@ -379,7 +379,7 @@ def block_anatomy(c: TransformerConfig, opts: BuildOptions, B: int, causal: bool
     values = [*attention_half(c, B, causal), *anatomy.in_stage("mlp", mlp_values)]
     # the GELU's derivative factors (tanh, and its argument's square), which the backward
     # shares with the forward when both are one computation (a Python-loop stack)
-    shared = tuple(Tensor(n, BLF, mlp) for n in ("gelu_tanh", "gelu_square"))
+    shared = tuple(Tensor(n, BLF, mlp, stage="mlp") for n in ("gelu_tanh", "gelu_square"))
     return anatomy.Block("transformer block", tuple(values), c.num_layers,
                          grad_workspace=tuple(block_gradients(c, B, 1, F)), shared=shared)
 
