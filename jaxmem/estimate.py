@@ -651,6 +651,18 @@ def estimate(config: Config | Setup, name: str = "") -> Estimate:
                    gathered, grads["block"][0], blocks.recompute),
     }
     grads_why = {at_loss: grads["loss"][1], in_block: grads["block"][1]}
+    if (c.optimizer.name in backend.copies_chain_kernels_at_entry and anatomy.chain
+            and float32_layers and not p.stacked and c.data.microbatches == 1 and not outer):
+        # the updates overwrite the kernels in place while the backward still reads them:
+        # XLA:CPU copies every kernel of the chain but the first at the step's entry (with
+        # outer-product gradients, one row a device, only the largest read back: see above)
+        shapes = dict(anatomy.params)
+        first = size.nbytes(shapes[anatomy.chain[0]], size.param)
+        at_entry = (f"where the backward starts, beside {c.optimizer.name}'s copies of the "
+                    "kernels its in-place updates overwrite (made at the step's entry)")
+        moments[at_entry] = (saved_all, copies, gathered, p.trainable - first, loss)
+        grads_why[at_entry] = ("no gradient yet; the copies of every trainable parameter but "
+                               "the chain's first kernel")
     head = _head_values(anatomy, size) if "head" in grads else None
     if head is not None:  # the loss's values dead but its gradient, the head's gradient made
         at_head = "where the LM head's gradient is made from the logits' gradient"

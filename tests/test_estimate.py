@@ -675,15 +675,19 @@ def test_cpu_frees_later_blocks_under_bf16_unless_remat_recomputes_convolutions(
         assert abs(e - total) < abs(kept - total)
 
 
-@pytest.mark.parametrize("optimizer, copies", [("lion", 2), ("adamw", 1), ("sgd", 1)])
+@pytest.mark.parametrize("optimizer, copies", [("lion", 2), ("adamw", None), ("sgd", 1)])
 def test_cpu_lion_update_reads_a_copy_of_the_largest_gradient(optimizer, copies):
     """XLA:CPU applies each update as its gradient is made; lion's holds a copy of the
-    largest gradient beside it. The estimate is then within 10% of XLA's total."""
+    largest gradient beside it (adamw's peak is its copies of the kernels at the entry). The
+    estimate is then within 10% of XLA's total."""
     config = _config(model={"kind": "mlp", "in_features": 512, "hidden": [1024, 1024]},
                      target="cpu:1", remat="none", precision="fp32", optimizer=optimizer,
                      data={"batch_size": 4})
     e = estimate(config)
-    assert e.term("gradients") == copies * 1024 * 1024 * 4
+    if copies is None:
+        assert "copies of the kernels" in e.to_dict()["details"]["peak transients"]
+    else:
+        assert e.term("gradients") == copies * 1024 * 1024 * 4
     total = _compiled_total(config)
     assert abs(e.total_bytes / total - 1) < 0.10
 
@@ -987,3 +991,21 @@ def test_cpu_frees_a_loop_blocks_mlp_values_before_its_attention_backward(kind, 
     B, L, D, F = 2, 256, 256, 4 * 256
     # the MLP's backward: the residual stream's gradient and the hidden layer's, float32
     assert e.term("peak transients") == B * L * (D + F) * 4
+
+
+@pytest.mark.parametrize("batch", [2, 4, 32])
+def test_cpu_copies_adamws_chain_kernels_at_the_entry(monkeypatch, batch):
+    """adamw updates an MLP's kernels in place while its backward still reads them: XLA:CPU
+    copies every kernel but the first at the step's entry and holds the copies to the
+    backward. With small activations they are the peak: the estimate is within 2 % of XLA's
+    total with them, more than 5 % short without."""
+    config = _config(model={"kind": "mlp", "in_features": 512, "hidden": [2048, 1024, 2048],
+                            "out_features": 100},
+                     target="cpu:1", remat="none", precision="fp32", optimizer="adamw",
+                     data={"batch_size": batch})
+    total = _compiled_total(config)
+    e = estimate(config)
+    assert abs(e.total_bytes / total - 1) < 0.02
+    assert "copies of the kernels" in e.to_dict()["details"]["peak transients"]
+    _set_backend(monkeypatch, "cpu", copies_chain_kernels_at_entry=())
+    assert estimate(config).total_bytes / total - 1 < -0.05
