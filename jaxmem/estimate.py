@@ -677,10 +677,15 @@ def estimate(config: Config | Setup, name: str = "") -> Estimate:
     if backend.combines_all_reduces and reduced > 1 and trainable:
         copies_of = 2 if c.data.microbatches == 1 else 3
         reducing = f"where the gradients are all-reduced over the {reduced} data-parallel devices"
-        moments[reducing] = (0, 0, 0, copies_of * trainable + widened, 0)
-        grads_why[reducing] = (f"every gradient and the all-reduce's output ({copies_of} x "
-                               "the trainable parameters)" + (", and the gradients' float32 copy"
-                                                              if widened else ""))
+        # a scanned stack's gradients are all-reduced layer by layer in its backward loop:
+        # the step's end holds every gradient, the all-reduce's output of those outside the
+        # stack and of the last layer's
+        reduced_after = trainable - p.stacked + (p.whole_layer if p.stacked else 0)
+        moments[reducing] = (0, 0, 0, trainable + (copies_of - 1) * reduced_after + widened, 0)
+        grads_why[reducing] = ("every gradient and the all-reduce's output" + (
+            f" ({copies_of} x the trainable parameters)" if not p.stacked else
+            f" of those outside the scanned stack and of one layer's (x {copies_of - 1})") + (
+            ", and the gradients' float32 copy" if widened else ""))
     if backend.all_reduces_zero_gradients and zeroed > 1 and p.stacked:
         reducing = (f"where a layer's ZeRO-sharded gradients are reduced over the {zeroed} "
                     "fsdp devices in the scanned backward (whole gradients all-reduced)")
