@@ -615,7 +615,14 @@ def estimate(config: Config | Setup, name: str = "") -> Estimate:
                           float32_layers=float32_layers,
                           frees_stages=not anatomy.scanned)
     outside = _cost(_unfused(list(anatomy.outside), backend), size, batch_is_compute=False)
-    loss = size.tensors(_loss_values(anatomy, size))
+    loss_values = _loss_values(anatomy, size)
+    if (not backend.fuses_loss_gradient and anatomy.lm_head
+            and any(fnmatch.fnmatchcase(anatomy.lm_head, f) for f in setup.freeze_patterns)):
+        # a frozen LM head makes no gradient from the logits' gradient: an unfused loss
+        # gradient is then one pass over the logits (no exponentials of their own, no
+        # second layout for the head's gradient matmul)
+        loss_values = loss_values[:1]
+    loss = size.tensors(loss_values)
     # an update waits for every gradient under loss scaling (the finite check) and leaves
     # the device with offloaded optimizer state: no fusion into the gradients' matmuls
     fused_updates = (backend.fuses_gradient_update and not setup.precision.loss_scaling
