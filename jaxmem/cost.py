@@ -43,9 +43,9 @@ import jax
 import numpy as np
 
 from jaxmem.backends import BACKENDS, Backend
+from jaxmem.block_memory import saveable as policy_saveable
 from jaxmem.config import Config
 from jaxmem.estimate import Estimate, estimate, mesh_shape
-from jaxmem.estimate import saveable as policy_saveable
 from jaxmem.models.anatomy import Anatomy, recomputation, saved
 from jaxmem.models.stack import nested_group_size
 from jaxmem.setup import Setup, as_setup

@@ -96,3 +96,18 @@ class Sizer:
 
     def tensors(self, ts: Sequence[Tensor]) -> int:
         return sum(self.tensor(t) for t in ts)
+
+
+def param_spec(path: str, shape: Sequence[int], setup: Any, mesh: Any) -> tuple[Any, ...]:
+    """A parameter's PartitionSpec under the setup's rules (a :class:`~jaxmem.setup.Setup`),
+    one entry per dimension."""
+    axes = sharding.lookup_axes(path, len(shape), setup.param_axes, {})
+    spec = tuple(sharding.param_spec(axes, shape, mesh, setup.rules))
+    return (*spec, *(None,) * (len(shape) - len(spec)))
+
+
+def spec_axes(entry: Any) -> tuple[str, ...]:
+    """The mesh axes of one PartitionSpec entry (none, one name or several)."""
+    if entry is None:
+        return ()
+    return (entry,) if isinstance(entry, str) else tuple(entry)

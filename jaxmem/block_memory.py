@@ -1,0 +1,315 @@
+"""What a stack's blocks keep for the backward and hold in it, per device: the estimate's
+activation terms (:func:`jaxmem.estimate`).
+
+A remat policy becomes a predicate over a block's values (:func:`saveable`: the rule of
+``jax.checkpoint``, by policy name); :func:`block_terms` adds up, for a backend profile, what
+every block keeps and what the widest block's backward holds at once (its recomputation, one
+stage's activation gradients, less what that stage no longer needs).
+
+Example:
+  >>> from jaxmem import remat
+  >>> from jaxmem.block_memory import saveable
+  >>> from jaxmem.models.anatomy import Tensor
+  >>> keep = saveable(remat.POLICIES["dots"])
+  >>> up, act = (Tensor(n, (2, 8), ("batch", None), dot=d) for n, d in (("up", "dot"), ("a", "")))
+  >>> keep(up), keep(act)
+  (True, False)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable, Sequence
+
+import numpy as np
+
+from jaxmem import remat as remat_policies
+from jaxmem.backends import Backend
+from jaxmem.errors import Unsupported
+from jaxmem.models.anatomy import (
+    COMPUTE,
+    Block,
+    Tensor,
+    recomputation,
+    recomputed,
+    saved,
+)
+from jaxmem.models.stack import nested_group_size
+from jaxmem.remat import RematPolicy
+from jaxmem.setup import Setup
+from jaxmem.sizing import Sizer, param_spec, spec_axes
+
+
+def _names(policy: RematPolicy) -> Callable[[Tensor], bool]:
+    return lambda t: t.tag in policy.names
+
+
+def _constant(value: bool) -> Callable[[RematPolicy], Callable[[Tensor], bool]]:
+    return lambda _: (lambda t: value)
+
+
+def _dots(batched: bool) -> Callable[[RematPolicy], Callable[[Tensor], bool]]:
+    kinds = ("dot", "batched", "conv") if batched else ("dot",)
+    return lambda _: (lambda t: t.dot in kinds)
+
+
+#: what a policy may keep on the device, by name, then by the kind of a parametric name
+#: (``save:``, ``except:``, ``offload:``); offloading policies keep nothing on the device
+SAVEABLE: dict[str, Callable[[RematPolicy], Callable[[Tensor], bool]]] = {
+    "none": _constant(True),
+    "everything_saveable": _constant(True),
+    "full": _constant(False),
+    "nothing_saveable": _constant(False),
+    "offload_dot_with_no_batch_dims": _constant(False),
+    "dots": _dots(True),
+    "dots_saveable": _dots(True),
+    "checkpoint_dots": _dots(True),
+    "dots_no_batch": _dots(False),
+    "dots_with_no_batch_dims_saveable": _dots(False),
+    "checkpoint_dots_with_no_batch_dims": _dots(False),
+    "minimal": _names,
+    "save": _names,
+    # the value under a tag is itself untagged, so ``except:`` saves it anyway (measured:
+    # the jaxpr keeps what it keeps without remat)
+    "except": _constant(True),
+    "offload": _constant(False),
+}
+#: what an offloading policy moves to host memory
+OFFLOADED: dict[str, Callable[[RematPolicy], Callable[[Tensor], bool]]] = {
+    "offload_dot_with_no_batch_dims": _dots(False),
+    "offload": _names,
+}
+
+
+SAVEABLE_NONE = remat_policies.POLICIES["none"]
+
+
+def _policy_key(policy: RematPolicy) -> str:
+    return policy.name if policy.name in SAVEABLE else policy.name.partition(":")[0]
+
+
+def saveable(policy: RematPolicy) -> Callable[[Tensor], bool]:
+    """What ``policy`` may keep on the device, as a predicate over a block's values."""
+    key = _policy_key(policy)
+    if key not in SAVEABLE:
+        raise Unsupported(f"the estimate does not know remat policy {policy.name!r}")
+    return SAVEABLE[key](policy)
+
+
+@dataclasses.dataclass(frozen=True)
+class Blocks:
+    """What the blocks of a stack hold, per device."""
+
+    saved: int  # kept for the backward by all blocks together
+    offloaded: int  # moved to host memory by an offloading policy
+    recompute: int  # the largest block's recomputed values plus its activation gradients
+    widest: str  # which block that is
+    before: int  # saved by that block and the blocks before it (the later ones' backward is done)
+    freed: int = 0  # that block's saved values its stage's backward no longer holds
+
+
+def _narrowed(values: Sequence[Tensor], size: Sizer) -> list[Tensor]:
+    """``values`` as the backend stores them: a float32 matmul-only value in bfloat16 where
+    it computes float32 matmuls from bfloat16 operands."""
+    if not (size.backend.narrows_matmul_operands and size.compute == np.dtype("float32")):
+        return list(values)
+    return [dataclasses.replace(t, dtype="bfloat16")
+            if (t.matmul_only or t.matmul_operand) and t.dtype == COMPUTE else t
+            for t in values]
+
+
+def kept_bytes(kept: list[Tensor], size: Sizer, batch_is_compute: bool) -> int:
+    """Bytes of kept values; the batch cast to the compute dtype is the argument itself when
+    the batch already has that dtype; narrowed where the backend narrows matmul operands."""
+    return size.tensors(_narrowed([t for t in kept if not (t.batch_cast and batch_is_compute)],
+                                  size))
+
+
+def _at(stage: str, values: Sequence[Tensor]) -> list[Tensor]:
+    """The values a block's backward holds in ``stage`` (all of them for no stage)."""
+    return [t for t in values if t.stage in (stage, "")] if stage else list(values)
+
+
+def _fused_recompute(redo: list[Tensor], kept: set[str]) -> tuple[list[Tensor], set[str]]:
+    """What a backend fusing elementwise producers into their consumers materialises of the
+    recomputed values ``redo``: no matmul operand (computed inside its matmuls); a value with
+    ``recomputed_as`` in that dtype, or nothing when its inputs are kept (the backward's
+    fusion reads them). Also returns the names of the values so read from kept inputs: a
+    gradient ``in_place_of`` one of them is written over the kept input instead."""
+    out, read = [], set()
+    for t in redo:
+        if t.matmul_operand:
+            continue
+        if t.recomputed_as and set(t.inputs) <= kept:
+            read.add(t.name)
+            continue
+        out.append(dataclasses.replace(t, dtype=t.recomputed_as) if t.recomputed_as else t)
+    return out, read
+
+
+def unfused(kept: list[Tensor], backend: Backend) -> list[Tensor]:
+    """What ``backend`` keeps of ``kept``: where it fuses elementwise producers into
+    matmuls, a matmul operand whose inputs are all kept is computed again inside its matmuls
+    instead."""
+    if not backend.fuses_matmul_operands:
+        return list(kept)
+    names = {t.name for t in kept}
+    return [t for t in kept if not (t.matmul_operand and set(t.inputs) <= names)]
+
+
+#: output-channel slices of a convolution computed slice by slice that its block's backward
+#: holds at once (XLA:TPU, measured: a double-buffered pair and two more)
+CONV_SLICES = 4
+
+
+def _conv_slices(block: Block, kernels: dict[str, tuple[int, ...]], setup: Setup,
+                 size: Sizer) -> int:
+    """Bytes of the output-channel slices a backend computing ZeRO-sharded convolutions of
+    the images slice by slice holds in ``block``'s backward (the largest convolution's)."""
+    if not size.backend.slices_sharded_convs:
+        return 0
+    images = {t.name for t in block.values if t.batch_cast}
+    zero = set(setup.rules.zero)
+    out = 0
+    for t in block.values:
+        if not (t.kernel in kernels and t.inputs and set(t.inputs) <= images):
+            continue
+        shape = kernels[t.kernel]
+        spec = param_spec(t.kernel, shape, setup, size.mesh)
+        ways = math.prod(size.mesh.shape[a] for a in spec_axes(spec[-1])
+                         if a in zero)
+        if ways > 1:
+            local = size.shard(t.shape, t.axes)
+            one = size.nbytes((*local[:-1], local[-1] // ways), size.dtype(t.dtype), minor=True)
+            out = max(out, CONV_SLICES * one)
+    return out
+
+
+def _backend_kept(block: Block, kept: list[Tensor], size: Sizer, remat: bool) -> list[Tensor]:
+    """``kept`` and what the backend keeps beside it for the backward: with one example of
+    the batch per device, a batched matmul's output beside a kept value made from it (the
+    attention scores beside their softmax); without remat, the all-reduced output of a
+    matmul contracting a tensor-split dimension (a row-parallel projection's)."""
+    backend, names = size.backend, {t.name for t in kept}
+    by_name = block.by_name()
+
+    def ways(t: Tensor) -> int:  # how many ways the mesh splits a value
+        return math.prod(t.shape) // max(1, math.prod(size.shard(t.shape, t.axes)))
+
+    extra = []
+    for t in block.values:
+        if t.name in names:
+            continue
+        if (backend.keeps_one_example_batched_dots and t.dot == "batched"
+                and size.shard(t.shape, t.axes)[0] == 1
+                and any(t.name in u.inputs for u in kept)):
+            extra.append(t)
+        elif (backend.keeps_reduced_matmul_outputs and not remat and t.dot == "dot"
+              and any(ways(by_name[i]) > ways(t) for i in t.inputs if i in by_name)):
+            extra.append(t)
+    return [*kept, *extra]
+
+
+def block_terms(blocks: Sequence[Block], setup: Setup, policy: RematPolicy, size: Sizer,
+                 batch_is_compute: bool, shares: bool = False,
+                 kernels: dict[str, tuple[int, ...]] | None = None,
+                 undone: RematPolicy | None = None, float32_layers: bool = True,
+                 frees_stages: bool = False) -> Blocks:
+    """What ``blocks`` keep and their widest backward holds under ``policy``; ``undone``: the
+    configured policy where the backend undid it (``policy`` is then remat none);
+    ``float32_layers``: the layers compute in float32; ``frees_stages``: a block's own
+    buffers (a Python loop's, not a scanned stack's slices), so a stage's backward no longer
+    holds the saved values of the stages after it (their backward is done)."""
+    c = setup.config
+    every = c.remat.every
+    none = SAVEABLE["none"](policy)
+    device, host = saveable(policy), OFFLOADED.get(_policy_key(policy))
+    total = offloaded = workspace = before = largest = widest_freed = 0
+    widest = ""
+    index = 0
+    frees = size.backend.frees_saved_in_backward or (
+        size.backend.frees_saved_under_16bit and not float32_layers
+        and not any(t.dot for b in blocks for t in _redone(b, undone, size)))
+    for block in blocks:
+        kept_policy = _backend_kept(block, unfused(saved(block, device), size.backend), size,
+                                    policy.checkpoint)
+        kept_none = _backend_kept(block, unfused(saved(block, none), size.backend), size,
+                                  False)
+
+        with_policy = sum(1 for i in range(index, index + block.count) if i % every == 0)
+        with_none = block.count - with_policy
+        if policy.checkpoint and c.remat.nested and block.count > 1:
+            g = nested_group_size(block.count) or 1
+            inputs = [t for t in kept_policy if t.block_input]
+            total += ((block.count // g) * kept_bytes(inputs, size, batch_is_compute)
+                      + g * kept_bytes(kept_policy, size, batch_is_compute))
+        else:
+            total += (with_policy * kept_bytes(kept_policy, size, batch_is_compute)
+                      + with_none * kept_bytes(kept_none, size, batch_is_compute))
+        if shares:
+            total += block.count * size.tensors(block.shared)
+        if host is not None and with_policy:
+            offloaded += with_policy * size.tensors(saved(block, host))
+        redo = recomputed(block, kept_policy) if with_policy else []
+        kept = {t.name for t in (kept_policy if with_policy else kept_none)}
+        workspace_values = block.grad_workspace
+        if size.backend.fuses_matmul_operands:
+            redo, read_kept = _fused_recompute(redo, kept)
+            kept |= read_kept
+            if block.fused_workspace is not None:
+                workspace_values = _narrowed(block.fused_workspace, size)
+        if size.backend.fuses_matmul_operands:
+            grads = [t for t in workspace_values if t.in_place_of not in kept]
+        else:  # an unfused gradient goes over the early copy of a value remat recomputes
+            over = (_recomputed_early(block, undone, size) if with_policy and float32_layers
+                    else set())
+            grads = [t for t in workspace_values if t.in_place_of not in over]
+        # a stage's activation gradients are dead before the next stage's backward makes
+        # its own; a backend recomputing by stage holds one stage's recomputation too
+        stages = {t.stage for t in (*redo, *grads)} - {""} or {""}
+        kept_values = [*(kept_policy if with_policy else kept_none),
+                       *(block.shared if shares else ())]
+        slices = _conv_slices(block, kernels or {}, setup, size)
+        best = None
+        for s in stages:
+            if size.backend.recomputes_by_stage:
+                ws = size.tensors(_at(s, redo)) + size.tensors(_at(s, grads))
+            else:
+                ws = size.tensors(redo) + size.tensors(_at(s, grads))
+            ws += slices
+            dead = _later_stages(block, s) if frees_stages else set()
+            freed = kept_bytes([t for t in kept_values if t.stage in dead], size, batch_is_compute)
+            if best is None or ws - freed > best[0] - best[1]:
+                best = (ws, freed)
+        ws, freed = best
+        # where the backend frees a block's saved values once its backward is done, a
+        # block's backward holds the saved values of the blocks up to it, not after it
+        held = ws - freed + (total if frees else 0)
+        if held > largest:
+            largest, workspace, widest, before, widest_freed = held, ws, block.name, total, freed
+        index += block.count
+    return Blocks(total, offloaded, workspace, widest, before if frees else total,
+                   widest_freed)
+
+
+def _later_stages(block: Block, stage: str) -> set[str]:
+    """The stages of ``block`` after ``stage`` in the forward (their backward runs before
+    it); none for the values of every stage."""
+    order = list(dict.fromkeys(t.stage for t in block.values if t.stage))
+    return set(order[order.index(stage) + 1:]) if stage in order else set()
+
+
+def _redone(block: Block, undone: RematPolicy | None, size: Sizer) -> list[Tensor]:
+    """What the ``undone`` policy would recompute of ``block`` (nothing without one)."""
+    if undone is None:
+        return []
+    return recomputation(block, unfused(saved(block, saveable(undone)), size.backend))
+
+
+def _recomputed_early(block: Block, undone: RematPolicy | None, size: Sizer) -> set[str]:
+    """The values of ``block`` that the ``undone`` policy recomputes, where the backend writes
+    an activation gradient over the copy it made of them early instead (float32 layers)."""
+    if not size.backend.gradient_over_undone_remat:
+        return set()
+    return {t.name for t in _redone(block, undone, size)}
