@@ -23,7 +23,9 @@ the target's backend, as named terms:
   a float32 GPT's LM head makes its gradient, the loss's values but its gradient are dead);
 * on a backend that combines gradient all-reduces (XLA:CPU), a third moment where parameters
   are replicated over data-parallel devices: after the backward, every gradient alive with the
-  all-reduce's output.
+  all-reduce's output (a scanned stack's are all-reduced layer by layer in its loop); and,
+  for an optimizer whose in-place updates make XLA:CPU copy an MLP's kernels at the step's
+  entry (adamw), a moment where the backward starts beside those copies.
 
 ``total_bytes`` is comparable with the compiled figure ``fits`` uses (``compiled.total_bytes``;
 on TPU libtpu's ``peak_bytes``). ``benchmarks/estimate_accuracy.py`` measures how close, on
