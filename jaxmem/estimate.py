@@ -346,7 +346,7 @@ def estimate(config: Config | Setup, name: str = "") -> Estimate:
                  grads.items()}
     copies = 0 if stored == size.param else params * stored.itemsize // size.param.itemsize
     saved_all = blocks.saved + outside
-    # two moments of the step; the peak is the larger. (A moment where the backward ends with
+    # the moments of the step; the peak is the largest. (A moment where the backward ends with
     # every gradient alive made the accuracy grid's dev seeds worse without data parallelism:
     # XLA applies most updates as their gradients are made; with it, see below.)
     at_loss = "where the backward starts (the loss gradient)"
@@ -364,7 +364,7 @@ def estimate(config: Config | Setup, name: str = "") -> Estimate:
             and float32_layers and not p.stacked and c.data.microbatches == 1 and not outer):
         # the updates overwrite the kernels in place while the backward still reads them:
         # XLA:CPU copies every kernel of the chain but the first at the step's entry (with
-        # outer-product gradients, one row a device, only the largest read back: see above)
+        # outer-product gradients, one row a device, only the largest read back: _live_gradients)
         shapes = dict(anatomy.params)
         first = size.nbytes(shapes[anatomy.chain[0]], size.param)
         at_entry = (f"where the backward starts, beside {c.optimizer.name}'s copies of the "

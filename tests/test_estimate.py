@@ -1012,7 +1012,7 @@ def test_cpu_copies_adamws_chain_kernels_at_the_entry(monkeypatch, batch):
 
 
 @pytest.mark.parametrize("kind", ["gpt", "encoder"])
-def test_cpu_all_reduces_a_scanned_stacks_gradients_layer_by_layer(monkeypatch, kind):
+def test_cpu_all_reduces_a_scanned_stacks_gradients_layer_by_layer(kind):
     """Data-parallel over 2 of 8 devices (tensor-parallel over 4): XLA:CPU all-reduces a
     scanned stack's gradients layer by layer in the backward loop, so the step's end holds
     every gradient and the all-reduce's output of the parameters outside the stack and of
