@@ -272,7 +272,7 @@ def block_terms(blocks: Sequence[Block], setup: Setup, policy: RematPolicy, size
                        *(block.shared if shares else ())]
         slices = _conv_slices(block, kernels or {}, setup, size)
         best = None
-        for s in stages:
+        for s in sorted(stages):  # ties go to the first in name order
             if size.backend.recomputes_by_stage:
                 ws = size.tensors(_at(s, redo)) + size.tensors(_at(s, grads))
             else:

@@ -18,14 +18,17 @@ the target's backend, as named terms:
 * the peak's transients: the loss gradient (``B x L x V`` logits, or none beyond the kept
   logits where it is written over them), or the widest block's recomputation and activation
   gradients (one stage of the block at a time: its MLP's, its attention's), whichever is
-  larger (the peak is the larger of those two moments of the step; in a Python-loop
-  stack a stage's backward no longer holds its block's later stages' saved values; where
-  a float32 GPT's LM head makes its gradient, the loss's values but its gradient are dead);
-* on a backend that combines gradient all-reduces (XLA:CPU), a third moment where parameters
-  are replicated over data-parallel devices: after the backward, every gradient alive with the
+  larger (in a Python-loop stack a stage's backward no longer holds its block's later
+  stages' saved values; where a float32 GPT's LM head makes the tied table's gradient from
+  the logits' gradient, after the loss gradient, only the stack's gradients are alive beside
+  the loss's values);
+* on a backend that combines gradient all-reduces (XLA:CPU), a moment where parameters are
+  replicated over data-parallel devices: after the backward, every gradient alive with the
   all-reduce's output (a scanned stack's are all-reduced layer by layer in its loop); and,
   for an optimizer whose in-place updates make XLA:CPU copy an MLP's kernels at the step's
   entry (adamw), a moment where the backward starts beside those copies.
+
+The peak is the largest of these moments.
 
 ``total_bytes`` is comparable with the compiled figure ``fits`` uses (``compiled.total_bytes``;
 on TPU libtpu's ``peak_bytes``). ``benchmarks/estimate_accuracy.py`` measures how close, on
@@ -151,6 +154,7 @@ class _Params(NamedTuple):
     whole_layer: int  # one scanned layer's trainable parameters, their ZeRO shards joined
     whole_outside: int  # the largest trainable parameter outside a scanned stack, joined
     largest_read_back: int  # the largest trainable parameter but a chain's first kernel
+    but_first: int  # the trainable parameters but a chain's first kernel
 
 
 def _param_terms(anatomy: Anatomy, setup: Setup, size: Sizer, rows: int) -> _Params:
@@ -159,7 +163,7 @@ def _param_terms(anatomy: Anatomy, setup: Setup, size: Sizer, rows: int) -> _Par
     mesh, rules = size.mesh, setup.rules
     frozen = setup.freeze_patterns
     total = trainable = largest = stacked = outside = gathered = 0
-    whole_layer = whole_outside = read_back = 0
+    whole_layer = whole_outside = read_back = but_first = 0
     zero = set(rules.zero)
     for path, shape in anatomy.params:
         spec = param_spec(path, shape, setup, mesh)
@@ -183,6 +187,7 @@ def _param_terms(anatomy: Anatomy, setup: Setup, size: Sizer, rows: int) -> _Par
         largest = max(largest, n)
         if path not in anatomy.chain[:1]:
             read_back = max(read_back, n)
+            but_first += n
         joined = size.nbytes(unzeroed, size.param)
         if in_stack:
             stacked += n
@@ -191,7 +196,7 @@ def _param_terms(anatomy: Anatomy, setup: Setup, size: Sizer, rows: int) -> _Par
             outside = max(outside, n)
             whole_outside = max(whole_outside, joined)
     return _Params(total, trainable, largest, stacked, outside, gathered, whole_layer,
-                   whole_outside, read_back)
+                   whole_outside, read_back, but_first)
 
 
 def _batch_split_gradients(anatomy: Anatomy, setup: Setup, size: Sizer) -> int:
@@ -318,7 +323,8 @@ def estimate(config: Config | Setup, name: str = "") -> Estimate:
                           frees_stages=not anatomy.scanned)
     outside = kept_bytes(unfused(list(anatomy.outside), backend), size, batch_is_compute=False)
     loss_values = _loss_values(anatomy, size)
-    if (not backend.fuses_loss_gradient and anatomy.lm_head
+    if (backend.one_pass_frozen_head_loss and not backend.fuses_loss_gradient
+            and anatomy.lm_head
             and any(fnmatch.fnmatchcase(anatomy.lm_head, f) for f in setup.freeze_patterns)):
         # a frozen LM head makes no gradient from the logits' gradient: an unfused loss
         # gradient is then one pass over the logits (no exponentials of their own, no
@@ -361,24 +367,21 @@ def estimate(config: Config | Setup, name: str = "") -> Estimate:
     }
     grads_why = {at_loss: grads["loss"][1], in_block: grads["block"][1]}
     if (c.optimizer.name in backend.copies_chain_kernels_at_entry and anatomy.chain
-            and float32_layers and not p.stacked and c.data.microbatches == 1 and not outer):
-        # the updates overwrite the kernels in place while the backward still reads them:
-        # XLA:CPU copies every kernel of the chain but the first at the step's entry (with
-        # outer-product gradients, one row a device, only the largest read back: _live_gradients)
-        shapes = dict(anatomy.params)
-        first = size.nbytes(shapes[anatomy.chain[0]], size.param)
+            and float32_layers and not p.stacked and c.data.microbatches == 1 and not outer
+            and zeroed == 1):
+        # the updates overwrite the parameters in place while the backward still reads them:
+        # XLA:CPU copies every trainable parameter but the chain's first kernel (which the
+        # backward reads last) at the step's entry (with outer-product gradients, one row a
+        # device, only the largest read back: _live_gradients)
         at_entry = (f"where the backward starts, beside {c.optimizer.name}'s copies of the "
-                    "kernels its in-place updates overwrite (made at the step's entry)")
-        moments[at_entry] = (saved_all, copies, gathered, p.trainable - first, loss)
+                    "parameters its in-place updates overwrite (made at the step's entry)")
+        moments[at_entry] = (saved_all, copies, gathered, p.but_first, loss)
         grads_why[at_entry] = ("no gradient yet; the copies of every trainable parameter but "
                                "the chain's first kernel")
-    head = _head_values(anatomy, size) if "head" in grads else None
-    if head is not None:  # the loss's values dead but its gradient, the head's gradient made
-        at_head = "where the LM head's gradient is made from the logits' gradient"
-        kept_less, made = head
-        moments[at_head] = (saved_all - kept_less, copies, gathered, grads["head"][0], made)
-        grads_why[at_head] = grads["head"][1]
-    elif "head" in grads:  # no loss gradient written over a kept value: one moment
+    if "head" in grads and not _loss_gradient_over_kept(anatomy):
+        # a chunked loss makes the LM head's gradient chunk by chunk, beside the loss's
+        # values; else (a float32 GPT's) the logits' gradient written over the logits makes
+        # it once the loss's other values are dead, a moment the block's backward exceeds
         moments[at_loss] = (saved_all, copies, gathered, grads["head"][0], loss)
         grads_why[at_loss] = grads["head"][1]
     reduced = math.prod(n for a, n in mesh.shape.items()
@@ -457,16 +460,11 @@ def _loss_values(anatomy: Anatomy, size: Sizer) -> list[Tensor]:
             if size.compute.itemsize < 4 and size.dtype(t.dtype) == np.dtype("float32")]
 
 
-def _head_values(anatomy: Anatomy, size: Sizer) -> tuple[int, int] | None:
-    """Where the LM head's gradient is made: the bytes of the kept value the loss gradient
-    replaces (the logits, dead by then) and of the loss gradient itself; None where the loss
-    gradient replaces no kept value (a chunked loss makes the head's gradient chunk by
-    chunk, beside the chunk's values)."""
+def _loss_gradient_over_kept(anatomy: Anatomy) -> bool:
+    """Whether the loss gradient is written over a value the forward keeps (the logits);
+    a chunked loss's is not."""
     values = anatomy.loss_workspace
-    kept = {t.name: t for t in anatomy.outside}
-    if not values or values[0].in_place_of not in kept:
-        return None
-    return size.tensors([kept[values[0].in_place_of]]), size.tensors(values[:1])
+    return bool(values) and values[0].in_place_of in {t.name for t in anatomy.outside}
 
 
 def traced_anatomy(setup: Setup, micro: int) -> Anatomy:

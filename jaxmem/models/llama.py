@@ -156,7 +156,7 @@ class LlamaConfig(GPTConfig):
         ]
         values = [*attention_half(self, B, causal, stats=1),  # RMSNorm: one statistic per row
                   *anatomy.in_stage("mlp", mlp_values)]
-        shared = (Tensor("silu_sigmoid", BLF, mlp),)  # the SwiGLU's, as the GELU's (loop stack)
+        shared = (Tensor("silu_sigmoid", BLF, mlp, stage="mlp"),)  # the SwiGLU's, as the GELU's
         return anatomy.Block("llama block", tuple(values), self.num_layers,
                              grad_workspace=tuple(block_gradients(self, B, 2, F)),
                              shared=shared)
