@@ -285,10 +285,11 @@ def estimate(config: Config | Setup, name: str = "") -> Estimate:
                           "mesh's batch axes (data x fsdp) per microbatch", value=c.data.batch_size)
     c.model.check_sharding(mesh.shape, setup.rules)
     anatomy = c.model.anatomy(setup.build_options, micro) or traced_anatomy(setup, micro)
-    python_loop = not anatomy.scanned  # a block's forward and backward in one computation
     if anatomy.scanned and sum(b.count for b in anatomy.blocks) == 1:
-        # XLA removes a loop of one trip: a scanned stack of one layer compiles as a loop
+        # XLA removes a loop of one trip: a scanned stack of one layer compiles as a Python
+        # loop of one block does (the same buffers), and is estimated as one
         anatomy = dataclasses.replace(anatomy, scanned=False)
+    python_loop = not anatomy.scanned  # a block's forward and backward in one computation
     platform = setup.target.platform()
     backend = BACKENDS.get(platform, Backend())
     stored = np.dtype(setup.precision.compute_dtype)  # the configured compute dtype
@@ -311,11 +312,9 @@ def estimate(config: Config | Setup, name: str = "") -> Estimate:
         policy, undone_policy = SAVEABLE_NONE, setup.remat
         undone = f" ({platform} undoes remat {setup.remat.name} of loop blocks)"
     # what a Python-loop block's backward shares with its forward, with or without remat
-    # (XLA:CPU compiles the step the same under any policy); a scanned stack of one layer,
-    # compiled without its loop, only where its remat is undone; in float32 layers only:
-    # under 16-bit compute the forward's values are rounded to 16 bits
-    shares = (backend.shares_loop_backward and float32_layers
-              and (python_loop or undone_policy is not None))
+    # (XLA:CPU compiles the step the same under any policy); in float32 layers only: under
+    # 16-bit compute the forward's values are rounded to 16 bits
+    shares = backend.shares_loop_backward and float32_layers and python_loop
     blocks = block_terms(anatomy.blocks, setup, policy, size,
                           batch_is_compute=size.compute == np.dtype("float32"), shares=shares,
                           kernels=dict(anatomy.params), undone=undone_policy,

@@ -844,19 +844,24 @@ def test_cpu_keeps_row_parallel_outputs_without_remat(monkeypatch):
     assert estimate(config("full", "scan")).total_bytes == remat.total_bytes
 
 
-def test_a_scanned_stack_of_one_layer_is_estimated_as_a_loop():
+@pytest.mark.parametrize("remat,batch", [("dots", 4), ("none", 2)])
+def test_a_scanned_stack_of_one_layer_is_estimated_as_a_loop(remat, batch):
     """XLA removes a while loop of one trip: a scanned stack of one layer compiles as the
-    Python loop does (the same total but for a few kilobytes), and the estimate follows it."""
+    Python loop does (the same total but for a few kilobytes), and the estimate follows it.
+    Under remat none the float32 block's backward shares its forward's values as a loop
+    block's does: within 10 % of the compile (estimated as a scan: -15 %)."""
     model = {"kind": "encoder", "num_layers": 1, "d_model": 128, "num_heads": 4,
              "seq_len": 128, "vocab_size": 256}
 
     def config(stack):
-        return _config(model={**model, "stack": stack}, remat="dots", precision="fp32",
-                       optimizer="sgd", data={"batch_size": 4})
+        return _config(model={**model, "stack": stack}, remat=remat, precision="fp32",
+                       optimizer="sgd", data={"batch_size": batch})
 
     scan, loop = _compiled_total(config("scan")), _compiled_total(config("loop"))
     assert abs(scan - loop) < 1e-3 * loop
     assert estimate(config("scan")).total_bytes == estimate(config("loop")).total_bytes
+    if remat == "none":
+        assert abs(estimate(config("scan")).total_bytes / scan - 1) < 0.10
     two = {**model, "num_layers": 2}
     assert (estimate(_config(model={**two, "stack": "scan"}, remat="dots")).total_bytes
             != estimate(_config(model={**two, "stack": "loop"}, remat="dots")).total_bytes)
