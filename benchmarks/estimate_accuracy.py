@@ -278,6 +278,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tpu-shapes", choices=("planning", "small"), default="planning",
                     help="planning: the sizes a TPU run is planned at (hundreds of MiB to GiB "
                     "per chip); small: the CPU draw's shapes")
+    ap.add_argument("--only", choices=("cpu", "tpu"), default=None,
+                    help="compile only this group's configurations (all are drawn, so a "
+                    "seed's rows are the same as in a full run)")
     ap.add_argument("--worst", type=int, default=10)
     ap.add_argument("--out", default=None, help="write every row as JSON lines here")
     ap.add_argument("--rescore", default=None, metavar="ROWS",
@@ -307,6 +310,8 @@ def collect(args: argparse.Namespace) -> list[dict]:
           f"{args.tpu_target} ({args.tpu_shapes} shapes)", flush=True)
     rows = []
     for i, (raw, group) in enumerate(draws):
+        if args.only and group != args.only:
+            continue
         try:
             row = {**measure(raw), "group": group}
         except Exception as e:  # noqa: BLE001 - a configuration that cannot compile is listed

@@ -150,6 +150,12 @@ class Backend:
         one pass over the logits, without the exponentials' buffer or a second layout for
         the head's gradient matmul (XLA:CPU, measured on GPT probes: +24..+44 % to within
         2..5 %). XLA:GPU is left with the two passes, the larger figure, until measured.
+      float32_loop_copies: computes a 16-bit matmul in float32 and materialises the
+        compute-dtype copy of each parameter a Python-loop transformer's matmuls read rounded
+        but in float32, kept for the backward (XLA:CPU, measured: bf16 loop GPTs and encoders
+        at small batches -10 .. -20 % with 16-bit copies, within 2 % with these). Not
+        measured to hold for a scanned stack (its stacked copy is 16-bit, sliced per layer),
+        an MLP chain, convolutions, microbatches or ZeRO-gathered weights: 16-bit there.
 
     A Python-loop block's stages freeing their saved values once their backward is done is
     not a flag: every backend frees a value after its last use, and a loop block's values are
@@ -183,6 +189,7 @@ class Backend:
     keeps_reduced_matmul_outputs: bool = False
     accumulates_float32_in_place: bool = False
     one_pass_frozen_head_loss: bool = False
+    float32_loop_copies: bool = False
 
 
 BACKENDS: dict[str, Backend] = {
@@ -193,7 +200,8 @@ BACKENDS: dict[str, Backend] = {
                    all_reduces_zero_gradients=True, gathers_lm_head=True,
                    fuses_outer_product_gradients=True, keeps_one_example_batched_dots=True,
                    keeps_reduced_matmul_outputs=True, accumulates_float32_in_place=True,
-                   copies_chain_kernels_at_entry=("adamw",), one_pass_frozen_head_loss=True),
+                   copies_chain_kernels_at_entry=("adamw",), one_pass_frozen_head_loss=True,
+                   float32_loop_copies=True),
     "gpu": Backend(),
     "tpu": Backend(tiles=True, fuses_loss_gradient=True, fuses_matmul_operands=True,
                    fuses_gradient_update=True, narrows_matmul_operands=True,

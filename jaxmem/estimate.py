@@ -10,8 +10,9 @@ the target's backend, as named terms:
 * saved activations: what the blocks keep for the backward under the remat policy (the rule
   of ``jax.checkpoint``: saveable values the backward needs, directly or to recompute), and what
   the loss and the layers around the blocks keep;
-* parameter copies in the compute dtype (mixed precision) and, under FSDP, the weights
-  all-gathered in the forward, both kept for the backward;
+* parameter copies in the compute dtype (mixed precision; XLA:CPU rounds a Python-loop
+  transformer's to 16 bits in float32 buffers) and, under FSDP, the weights all-gathered in
+  the forward, both kept for the backward;
 * the gradients that are alive together (a scanned stack's stacked gradients, the accumulator
   of microbatches, else the largest one, or none where updates are fused into the gradients'
   matmuls);
@@ -350,6 +351,12 @@ def estimate(config: Config | Setup, name: str = "") -> Estimate:
         grads = {k: (n + widened, f"{why}, and their float32 copy") for k, (n, why) in
                  grads.items()}
     copies = 0 if stored == size.param else params * stored.itemsize // size.param.itemsize
+    if (copies and backend.float32_loop_copies and python_loop and _transformer(anatomy)
+            and c.data.microbatches == 1 and zeroed == 1):
+        # rounded copies in float32 of what the matmuls read: all but the lookup tables
+        # (unless split over the mesh: a split table's lookup reads a copy)
+        copies = (params - _lookup_bytes(anatomy, setup, size)) * compute.itemsize \
+            // size.param.itemsize
     saved_all = blocks.saved + outside
     # the moments of the step; the peak is the largest. (A moment where the backward ends with
     # every gradient alive made the accuracy grid's dev seeds worse without data parallelism:
@@ -442,6 +449,21 @@ def estimate(config: Config | Setup, name: str = "") -> Estimate:
     total = sum(t.bytes for t in terms if t.counted)
     return Estimate(name or c.model.kind, total, tuple(terms), platform,
                     time.perf_counter() - start)
+
+
+def _transformer(anatomy: Anatomy) -> bool:
+    """A stack of blocks fed by the batch through matmuls only (no convolution, no MLP
+    chain): a transformer."""
+    return bool(anatomy.blocks) and not anatomy.chain and not any(
+        t.dot == "conv" for b in anatomy.blocks for t in b.values)
+
+
+def _lookup_bytes(anatomy: Anatomy, setup: Setup, size: Sizer) -> int:
+    """Bytes per device of the lookup-only tables that no mesh axis splits."""
+    shapes = dict(anatomy.params)
+    return sum(size.nbytes(shapes[path], size.param) for path in anatomy.lookups
+               if not any(spec_axes(e) for e in param_spec(path, shapes[path], setup,
+                                                             size.mesh)))
 
 
 def _loss_values(anatomy: Anatomy, size: Sizer) -> list[Tensor]:

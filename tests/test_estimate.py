@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import json
+import math
 from pathlib import Path
 
 import jax
@@ -1064,3 +1065,32 @@ def test_cpu_frozen_lm_head_makes_the_loss_gradient_in_one_pass(stack, precision
     assert "loss gradient" in e.to_dict()["details"]["peak transients"]
     assert e.term("peak transients") == B * L * V * (4 if precision == "fp32" else 2)
     assert abs(e.total_bytes / _compiled_total(config) - 1) < within
+
+
+@pytest.mark.parametrize("kind,vocab,batch", [("gpt", 256, 1), ("gpt", 8192, 2),
+                                              ("encoder", 8192, 2)])
+def test_cpu_rounds_a_loop_transformers_parameter_copies_in_float32(monkeypatch, kind, vocab,
+                                                                    batch):
+    """Under bf16-mixed XLA:CPU computes a Python-loop transformer's matmuls in float32: the
+    rounded copy of each parameter a matmul reads is a float32 buffer, kept for the backward
+    (an encoder's embedding tables, read only by a lookup, have none). With few tokens the
+    copies are most of the step: within 3 % of XLA's total; with 16-bit copies, or a copy of
+    the lookup tables too, more than 8 % off."""
+    config = _config(model={"kind": kind, "num_layers": 3, "d_model": 256, "num_heads": 8,
+                            "seq_len": 64, "vocab_size": vocab, "mlp_ratio": 2,
+                            "stack": "loop"},
+                     remat="none", precision="bf16-mixed", optimizer="sgd",
+                     data={"batch_size": batch})
+    total = _compiled_total(config)
+    e = estimate(config)
+    assert abs(e.total_bytes / total - 1) < 0.03
+    setup = jaxmem.resolve(config)
+    anatomy = config.model.anatomy(setup.build_options, batch)
+    assert anatomy.lookups == (("trunk/pos/embedding",) if kind == "gpt" else
+                               ("trunk/embed/embedding", "trunk/pos/embedding"))
+    lookups = sum(4 * math.prod(s) for p, s in anatomy.params if p in anatomy.lookups)
+    if kind == "encoder":  # a float32 copy of the tables as well: over
+        assert (e.total_bytes + lookups) / total - 1 > 0.08
+    else:  # 16-bit copies: under
+        _set_backend(monkeypatch, "cpu", float32_loop_copies=False)
+        assert estimate(config).total_bytes / total - 1 < -0.08

@@ -154,6 +154,8 @@ class Anatomy:
         layers and head), for following how a ZeRO sharding splits each one's input.
       lm_head: the parameter a language model's head multiplies by (its kernel, or the
         embedding table it is tied to).
+      lookups: parameters read only by a table lookup (embeddings not tied to a head): no
+        matmul reads them, so no compute-dtype copy of the whole table is made.
     """
 
     params: tuple[tuple[str, tuple[int, ...]], ...]
@@ -167,6 +169,7 @@ class Anatomy:
     outside_recompute_flops: int = 0
     chain: tuple[str, ...] = ()
     lm_head: str = ""
+    lookups: tuple[str, ...] = ()
 
     def forward_flops(self) -> int:
         """FLOPs of one forward pass (matmuls and convolutions)."""

@@ -43,6 +43,7 @@ class EncoderConfig(TransformerConfig):
             rows_per_example=self.seq_len,
             example=(((self.seq_len,), "int32"), ((), "int32")),
             outside_flops=2 * B * self.d_model * C,
+            lookups=self.lookup_tables(opts),
         )
 
     def build(self, opts: BuildOptions) -> Workload:

@@ -82,6 +82,7 @@ class GPTConfig(TransformerConfig):
             outside = []
             loss = [Tensor("chunk_logits", (n, V), (None, "vocab"), "float32"),
                     Tensor("d_chunk_logits", (n, V), (None, "vocab"), "float32")]
+        lm_head = head[0][0] if head else "trunk/embed/embedding"
         return Anatomy(
             params=tuple(self.trunk_params(opts) + head),
             blocks=(self.block_anatomy(opts, B, causal=True),),
@@ -92,7 +93,8 @@ class GPTConfig(TransformerConfig):
             example=(((L,), "int32"), ((L,), "int32")),
             outside_flops=2 * B * L * self.d_model * V,  # the LM head
             outside_recompute_flops=0 if self.loss_chunks == 1 else 2 * B * L * self.d_model * V,
-            lm_head=head[0][0] if head else "trunk/embed/embedding",
+            lm_head=lm_head,
+            lookups=self.lookup_tables(opts, lm_head),
         )
 
     def build(self, opts: BuildOptions) -> Workload:

@@ -161,6 +161,11 @@ class TransformerConfig(ModelConfig):
         """``(path, shape)`` of the trunk's parameters, as ``nnx.split`` names them."""
         return trunk_params(self, opts)
 
+    def lookup_tables(self, opts: BuildOptions, lm_head: str = "") -> tuple[str, ...]:
+        """The trunk's embedding tables read only by a lookup (all but one tied to the head)."""
+        return tuple(p for p, _ in self.trunk_params(opts)
+                     if p.endswith("/embedding") and p != lm_head)
+
     def block_anatomy(self, opts: BuildOptions, batch: int, causal: bool) -> anatomy.Block:
         """One block's forward values for a (micro)batch of ``batch`` sequences."""
         return block_anatomy(self, opts, batch, causal)
