@@ -132,6 +132,11 @@ class Backend:
         value made from it (their softmax), in a buffer of its own (XLA:CPU, measured on
         transformers with one sequence per device: -20..-31 % rows to within 5 %; with two
         the scores' buffer is reused).
+      loop_batched_dot_rows: in a Python-loop stack, ``keeps_one_example_batched_dots`` only
+        for a batched matmul output of fewer rows than this (all dimensions but the last, on
+        a device: heads x queries); 0: no limit (XLA:CPU, measured on GPTs: 8 heads x 511
+        queries keep the scores, 8 x 512, 16 x 256, 32 x 128 and 4 x 1024 do not, rows
+        +19..+47 % with them; a scanned stack keeps them at 8 x 512).
       keeps_reduced_matmul_outputs: without remat (or where it undoes remat), keeps for the
         backward the all-reduced output of a matmul that contracts a tensor-split dimension
         (a row-parallel projection: attention's output, the MLP's down projection) beside
@@ -186,6 +191,7 @@ class Backend:
     gathers_lm_head: bool = False
     fuses_outer_product_gradients: bool = False
     keeps_one_example_batched_dots: bool = False
+    loop_batched_dot_rows: int = 0
     keeps_reduced_matmul_outputs: bool = False
     accumulates_float32_in_place: bool = False
     one_pass_frozen_head_loss: bool = False
@@ -199,6 +205,7 @@ BACKENDS: dict[str, Backend] = {
                    frees_saved_under_16bit=True, copies_largest_gradient=("lion",),
                    all_reduces_zero_gradients=True, gathers_lm_head=True,
                    fuses_outer_product_gradients=True, keeps_one_example_batched_dots=True,
+                   loop_batched_dot_rows=4096,
                    keeps_reduced_matmul_outputs=True, accumulates_float32_in_place=True,
                    copies_chain_kernels_at_entry=("adamw",), one_pass_frozen_head_loss=True,
                    float32_loop_copies=True),

@@ -186,13 +186,16 @@ def _conv_slices(block: Block, kernels: dict[str, tuple[int, ...]], setup: Setup
     return out
 
 
-def _backend_kept(block: Block, kept: list[Tensor], size: Sizer, remat: bool) -> list[Tensor]:
+def _backend_kept(block: Block, kept: list[Tensor], size: Sizer, remat: bool,
+                  loop: bool = False) -> list[Tensor]:
     """``kept`` and what the backend keeps beside it for the backward: with one example of
     the batch per device, a batched matmul's output beside a kept value made from it (the
-    attention scores beside their softmax); without remat, the all-reduced output of a
-    matmul contracting a tensor-split dimension (a row-parallel projection's)."""
+    attention scores beside their softmax; in a Python ``loop`` stack, below the backend's
+    row limit); without remat, the all-reduced output of a matmul contracting a tensor-split
+    dimension (a row-parallel projection's)."""
     backend, names = size.backend, {t.name for t in kept}
     by_name = block.by_name()
+    row_limit = backend.loop_batched_dot_rows if loop else 0
 
     def ways(t: Tensor) -> int:  # how many ways the mesh splits a value
         return math.prod(t.shape) // max(1, math.prod(size.shard(t.shape, t.axes)))
@@ -201,8 +204,9 @@ def _backend_kept(block: Block, kept: list[Tensor], size: Sizer, remat: bool) ->
     for t in block.values:
         if t.name in names:
             continue
-        if (backend.keeps_one_example_batched_dots and t.dot == "batched"
-                and size.shard(t.shape, t.axes)[0] == 1
+        local = size.shard(t.shape, t.axes)
+        if (backend.keeps_one_example_batched_dots and t.dot == "batched" and local[0] == 1
+                and not (row_limit and math.prod(local[:-1]) >= row_limit)
                 and any(t.name in u.inputs for u in kept)):
             extra.append(t)
         elif (backend.keeps_reduced_matmul_outputs and not remat and t.dot == "dot"
@@ -233,9 +237,9 @@ def block_terms(blocks: Sequence[Block], setup: Setup, policy: RematPolicy, size
         and not any(t.dot for b in blocks for t in _redone(b, undone, size)))
     for block in blocks:
         kept_policy = _backend_kept(block, unfused(saved(block, device), size.backend), size,
-                                    policy.checkpoint)
+                                    policy.checkpoint, frees_stages)
         kept_none = _backend_kept(block, unfused(saved(block, none), size.backend), size,
-                                  False)
+                                  False, frees_stages)
 
         with_policy = sum(1 for i in range(index, index + block.count) if i % every == 0)
         with_none = block.count - with_policy
