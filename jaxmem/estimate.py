@@ -156,6 +156,8 @@ class _Params(NamedTuple):
     whole_outside: int  # the largest trainable parameter outside a scanned stack, joined
     largest_read_back: int  # the largest trainable parameter but a chain's first kernel
     but_first: int  # the trainable parameters but a chain's first kernel
+    first: int  # a chain's first kernel, if trainable
+    second: int  # a chain's second kernel, if trainable
 
 
 def _param_terms(anatomy: Anatomy, setup: Setup, size: Sizer, rows: int) -> _Params:
@@ -164,7 +166,7 @@ def _param_terms(anatomy: Anatomy, setup: Setup, size: Sizer, rows: int) -> _Par
     mesh, rules = size.mesh, setup.rules
     frozen = setup.freeze_patterns
     total = trainable = largest = stacked = outside = gathered = 0
-    whole_layer = whole_outside = read_back = but_first = 0
+    whole_layer = whole_outside = read_back = but_first = first = second = 0
     zero = set(rules.zero)
     for path, shape in anatomy.params:
         spec = param_spec(path, shape, setup, mesh)
@@ -189,6 +191,10 @@ def _param_terms(anatomy: Anatomy, setup: Setup, size: Sizer, rows: int) -> _Par
         if path not in anatomy.chain[:1]:
             read_back = max(read_back, n)
             but_first += n
+        else:
+            first = n
+        if path in anatomy.chain[1:2]:
+            second = n
         joined = size.nbytes(unzeroed, size.param)
         if in_stack:
             stacked += n
@@ -197,7 +203,7 @@ def _param_terms(anatomy: Anatomy, setup: Setup, size: Sizer, rows: int) -> _Par
             outside = max(outside, n)
             whole_outside = max(whole_outside, joined)
     return _Params(total, trainable, largest, stacked, outside, gathered, whole_layer,
-                   whole_outside, read_back, but_first)
+                   whole_outside, read_back, but_first, first, second)
 
 
 def _batch_split_gradients(anatomy: Anatomy, setup: Setup, size: Sizer) -> int:
@@ -384,6 +390,12 @@ def estimate(config: Config | Setup, name: str = "") -> Estimate:
         moments[at_entry] = (saved_all, copies, gathered, p.but_first, loss)
         grads_why[at_entry] = ("no gradient yet; the copies of every trainable parameter but "
                                "the chain's first kernel")
+        # a copy is held until the backward has read it: the second kernel's, until the
+        # first kernel's gradient is made, at the backward's end
+        at_first = (f"where the chain's first kernel's gradient is made, beside "
+                    f"{c.optimizer.name}'s copy of the second kernel")
+        moments[at_first] = (0, copies, gathered, p.second + p.first, 0)
+        grads_why[at_first] = "the copy of the chain's second kernel and the first's gradient"
     if "head" in grads and not _loss_gradient_over_kept(anatomy):
         # a chunked loss makes the LM head's gradient chunk by chunk, beside the loss's
         # values; else (a float32 GPT's) the logits' gradient written over the logits makes
