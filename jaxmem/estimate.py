@@ -576,6 +576,9 @@ def _live_gradients(c: Config, backend: Backend, p: _Params, fused_updates: bool
                 "block": one, "head": one}
     elif stacked:
         one = (stacked, "a scanned stack's gradients, accumulated through its backward loop")
+        if backend.stack_gradients_in_loop:
+            return {"loss": (0, "none yet (the stack's are made by its backward loop)"),
+                    "block": one}
     elif fused_updates:
         one = (0, "none materialised (each update is computed in the matmul making its "
                "gradient)")
