@@ -348,7 +348,7 @@ def estimate(config: Config | Setup, name: str = "") -> Estimate:
                        if a in sharding.BATCH_AXES and a in setup.rules.zero)
     outer = (backend.fuses_outer_product_gradients and rows == 1 and not p.stacked
              and float32_layers and zeroed == 1)
-    grads = _live_gradients(c, backend, p, fused_updates, float32_layers, outer)
+    grads = _live_gradients(c, backend, p, fused_updates, float32_layers, outer, zeroed > 1)
     # a microbatch's 16-bit gradients copied to float32 before they are added (XLA:CPU)
     widens = (backend.widens_microbatch_gradients and c.data.microbatches > 1
               and not float32_layers)
@@ -532,11 +532,12 @@ def traced_anatomy(setup: Setup, micro: int) -> Anatomy:
 
 
 def _live_gradients(c: Config, backend: Backend, p: _Params, fused_updates: bool,
-                    float32_layers: bool, outer: bool = False) -> dict[str, tuple[int, str]]:
+                    float32_layers: bool, outer: bool = False,
+                    zero_split: bool = False) -> dict[str, tuple[int, str]]:
     """Gradients alive while activations are still kept, ``(bytes, why)`` where the backward
     starts (``loss``) and in a block's backward (``block``); ``outer``: the weight gradients
     are outer products (one row per device and microbatch) the backend fuses into what
-    consumes them."""
+    consumes them; ``zero_split``: the batch axes include ZeRO-split ones."""
     trainable, largest, stacked = p.trainable, p.largest, p.stacked
     in_place = backend.accumulates_in_place or (
         backend.accumulates_float32_in_place and float32_layers and not stacked)
@@ -576,7 +577,7 @@ def _live_gradients(c: Config, backend: Backend, p: _Params, fused_updates: bool
                 "block": one, "head": one}
     elif stacked:
         one = (stacked, "a scanned stack's gradients, accumulated through its backward loop")
-        if backend.stack_gradients_in_loop:
+        if backend.stack_gradients_in_loop and not zero_split:
             return {"loss": (0, "none yet (the stack's are made by its backward loop)"),
                     "block": one}
     elif fused_updates:
