@@ -161,6 +161,11 @@ class Backend:
         logits, +11.5 % with the stack's gradients beside them, +0.1 % without). Not under
         ZeRO: an FSDP-sharded scanned GPT was -7.6 % with them, -11.3 % without. XLA:CPU
         holds them there (``holds_outside_gradient``).
+      loop_whole_gradients: with microbatches under FSDP, holds a Python-loop transformer's
+        whole (unsharded) gradients of the layers differentiated so far through a
+        microbatch's backward, beside its activations, for the step's combined reduction
+        (XLA:CPU, measured: FSDP loop GPTs and encoders with microbatches -10 .. -28 % ->
+        -13 .. +1 %; with ``all_reduces_zero_gradients``, which sizes them).
       float32_loop_copies: computes a 16-bit matmul in float32 and materialises the
         compute-dtype copy of each parameter a Python-loop transformer's matmuls read rounded
         but in float32, kept for the backward (XLA:CPU, measured: bf16 loop GPTs and encoders
@@ -203,6 +208,7 @@ class Backend:
     one_pass_frozen_head_loss: bool = False
     float32_loop_copies: bool = False
     stack_gradients_in_loop: bool = False
+    loop_whole_gradients: bool = False
 
 
 BACKENDS: dict[str, Backend] = {
@@ -215,7 +221,7 @@ BACKENDS: dict[str, Backend] = {
                    loop_batched_dot_rows=4096,
                    keeps_reduced_matmul_outputs=True, accumulates_float32_in_place=True,
                    copies_chain_kernels_at_entry=("adamw",), one_pass_frozen_head_loss=True,
-                   float32_loop_copies=True),
+                   float32_loop_copies=True, loop_whole_gradients=True),
     "gpu": Backend(),
     "tpu": Backend(tiles=True, fuses_loss_gradient=True, fuses_matmul_operands=True,
                    fuses_gradient_update=True, narrows_matmul_operands=True,

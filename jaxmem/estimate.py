@@ -292,6 +292,7 @@ def estimate(config: Config | Setup, name: str = "") -> Estimate:
                           "mesh's batch axes (data x fsdp) per microbatch", value=c.data.batch_size)
     c.model.check_sharding(mesh.shape, setup.rules)
     anatomy = c.model.anatomy(setup.build_options, micro) or traced_anatomy(setup, micro)
+    scanned = anatomy.scanned  # as built (a one-layer scan is estimated as a loop below)
     if anatomy.scanned and sum(b.count for b in anatomy.blocks) == 1:
         # XLA removes a loop of one trip: a scanned stack of one layer compiles as a Python
         # loop of one block does (the same buffers), and is estimated as one
@@ -434,6 +435,13 @@ def estimate(config: Config | Setup, name: str = "") -> Estimate:
                                "the parameters fed by batch-split inputs (the gradient, the "
                                "all-reduce's output" + (", the gathered weight)" if copies_of
                                                         == 3 else ")"))
+    if (whole and backend.loop_whole_gradients and c.data.microbatches > 1
+            and _transformer(anatomy) and not scanned):
+        # in a microbatch's backward, a Python-loop stack's whole gradients wait for the
+        # step's combined reduction beside the activations (XLA:CPU)
+        sv, cp, ga, gr, tr = moments[in_block]
+        moments[in_block] = (sv, cp, ga, gr + whole, tr)
+        grads_why[in_block] += "; the whole (all-gathered-size) gradients of the layers so far"
     where = max(moments, key=lambda k: sum(moments[k]))
     saved_b, copies_b, gathered_b, grads_b, transient_b = moments[where]
     terms = [

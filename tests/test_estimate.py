@@ -1155,3 +1155,26 @@ def test_tpu_makes_a_scanned_stacks_gradients_after_the_loss_gradient(monkeypatc
     assert "loss gradient" in e.to_dict()["details"]["peak transients"]
     _set_backend(monkeypatch, "tpu", stack_gradients_in_loop=False)
     assert estimate(config).total_bytes / peak - 1 > 0.10
+
+
+@pytest.mark.parametrize("model,remat,optimizer", [
+    ({"kind": "encoder", "num_layers": 6, "seq_len": 64, "vocab_size": 1000, "mlp_ratio": 2},
+     "save:query+key+value", "adamw"),
+    ({"kind": "gpt", "num_layers": 5, "seq_len": 128, "vocab_size": 256, "mlp_ratio": 4},
+     "dots_no_batch", "sgd")])
+def test_cpu_holds_a_loop_stacks_whole_fsdp_gradients_through_a_microbatch(monkeypatch, model,
+                                                                           remat, optimizer):
+    """FSDP over 8 devices with two microbatches: in a microbatch's backward XLA:CPU holds a
+    Python-loop stack's whole gradients of the layers done so far beside the activations
+    (the reduction to shards waits for the step's combined one). Within 10 % of XLA's total
+    (measured +0.8 % and +2.0 %; without them -17.6 % and -13.2 %)."""
+    config = _config(model={**model, "d_model": 96, "num_heads": 2, "stack": "loop"},
+                     target="cpu:8", sharding="fsdp", mesh={"fsdp": 8}, remat=remat,
+                     precision="bf16-mixed", optimizer=optimizer,
+                     data={"batch_size": 32, "microbatches": 2})
+    total = _compiled_total(config)
+    e = estimate(config)
+    assert abs(e.total_bytes / total - 1) < 0.10
+    assert "whole" in e.to_dict()["details"]["gradients"]
+    _set_backend(monkeypatch, "cpu", loop_whole_gradients=False)
+    assert abs(estimate(config).total_bytes / total - 1) > abs(e.total_bytes / total - 1)
