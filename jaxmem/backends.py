@@ -166,6 +166,11 @@ class Backend:
         microbatch's backward, beside its activations, for the step's combined reduction
         (XLA:CPU, measured: FSDP loop GPTs and encoders with microbatches -10 .. -28 % ->
         -13 .. +1 %; with ``all_reduces_zero_gradients``, which sizes them).
+      slices_scanned_layer: a scanned stack's backward loop copies its layer's float32
+        parameters out of the stacked ones into buffers of their own, held through the
+        layer's backward (XLA:CPU, measured on scanned encoders and GPTs: the gap of an
+        encoder row, -11.2 % -> -2.9 %, was one layer's weights; under 16-bit compute the
+        loop reads slices of the stacked 16-bit copy, already counted).
       float32_loop_copies: computes a 16-bit matmul in float32 and materialises the
         compute-dtype copy of each parameter a Python-loop transformer's matmuls read rounded
         but in float32, kept for the backward (XLA:CPU, measured: bf16 loop GPTs and encoders
@@ -209,6 +214,7 @@ class Backend:
     float32_loop_copies: bool = False
     stack_gradients_in_loop: bool = False
     loop_whole_gradients: bool = False
+    slices_scanned_layer: bool = False
 
 
 BACKENDS: dict[str, Backend] = {
@@ -221,7 +227,8 @@ BACKENDS: dict[str, Backend] = {
                    loop_batched_dot_rows=4096,
                    keeps_reduced_matmul_outputs=True, accumulates_float32_in_place=True,
                    copies_chain_kernels_at_entry=("adamw",), one_pass_frozen_head_loss=True,
-                   float32_loop_copies=True, loop_whole_gradients=True),
+                   float32_loop_copies=True, loop_whole_gradients=True,
+                   slices_scanned_layer=True),
     "gpu": Backend(),
     "tpu": Backend(tiles=True, fuses_loss_gradient=True, fuses_matmul_operands=True,
                    fuses_gradient_update=True, narrows_matmul_operands=True,

@@ -369,14 +369,20 @@ def estimate(config: Config | Setup, name: str = "") -> Estimate:
     # every gradient alive made the accuracy grid's dev seeds worse without data parallelism:
     # XLA applies most updates as their gradients are made; with it, see below.)
     at_loss = "where the backward starts (the loss gradient)"
+    # a scanned backward loop's body copies its layer's float32 weights out of the stack
+    layer_slice = (p.stacked // sum(b.count for b in anatomy.blocks)
+                   if backend.slices_scanned_layer and anatomy.scanned and float32_layers
+                   else 0)
     in_block = (f"in the backward of a {blocks.widest} (its recomputation and activation "
-                "gradients" + ("; the saved values of its later stages are freed)"
-                               if blocks.freed else ")"))
+                "gradients" + ("; the saved values of its later stages are freed"
+                               if blocks.freed else "")
+                + ("; its layer's weights copied out of the stack" if layer_slice else "")
+                + ")")
     moments = {
         at_loss: (saved_all, copies, gathered, grads["loss"][0], loss),
         in_block: (blocks.before - blocks.freed + (0 if backend.frees_outside_first
                                                     else outside), copies,
-                   gathered, grads["block"][0], blocks.recompute),
+                   gathered, grads["block"][0], blocks.recompute + layer_slice),
     }
     grads_why = {at_loss: grads["loss"][1], in_block: grads["block"][1]}
     if (c.optimizer.name in backend.copies_chain_kernels_at_entry and anatomy.chain
