@@ -307,7 +307,8 @@ def collect(args: argparse.Namespace) -> list[dict]:
     tpu_draw = draw_planning if args.tpu_shapes == "planning" else draw
     draws += [(tpu_draw(rng, args.tpu_target), "tpu") for _ in range(args.tpu)]
     print(f"seed {args.seed}: {args.n} configurations on cpu/cpu:8, {args.tpu} on "
-          f"{args.tpu_target} ({args.tpu_shapes} shapes)", flush=True)
+          f"{args.tpu_target} ({args.tpu_shapes} shapes)"
+          + (f"; compiling the {args.only} ones only" if args.only else ""), flush=True)
     rows = []
     for i, (raw, group) in enumerate(draws):
         if args.only and group != args.only:

@@ -35,7 +35,7 @@ class Backend:
         itself; in float32 layers only (under bf16 compute the forward's values are rounded
         to 16 bits, unlike the backward's; loop transformers under bf16-mixed were up to
         32 % over with them held). A scanned stack of one layer, compiled without its loop,
-        shares them only where its remat is undone.
+        is estimated as a loop of one block: it shares them too.
       fuses_loss_gradient: computes the loss gradient in one fusion, so only its output is
         materialised (XLA:TPU; XLA:CPU keeps the float32 softmax too). XLA:GPU is left
         unfused, the larger figure, until measured on a GPU.
@@ -104,9 +104,11 @@ class Backend:
       copies_chain_kernels_at_entry: optimizers whose in-place updates of a matmul chain's
         kernels (an MLP's; float32, no microbatches, no ZeRO split: under FSDP the backward
         reads the gathered weights) make XLA:CPU copy every trainable parameter but the
-        first kernel at the step's entry, for the backward to read, held from the forward to the
-        backward: where activations are small the copies are the peak (measured: adamw, MLP
-        rows from -4..-10 % to within 0.1 %; sgd only on some shapes, lion not).
+        first kernel at the step's entry, for the backward to read, held from the forward
+        into the backward, the second kernel's to the backward's end, where the first
+        kernel's gradient is made beside it: where activations are small the copies are the
+        peak (measured: adamw, MLP rows from -4..-11 % to within 0.6 %; sgd only on some
+        shapes, lion not).
       all_reduces_zero_gradients: reduces a scanned layer's ZeRO-sharded gradients over the
         fsdp devices as an all-reduce of the whole gradients, so the backward loop holds a
         layer's whole gradients and the all-reduce's output at once, besides the stack's
@@ -159,13 +161,14 @@ class Backend:
         loop starts, after the loss gradient: where the loss gradient is made no gradient is
         alive (XLA:TPU, measured: a GPT under remat full whose peak is the LM head's float32
         logits, +11.5 % with the stack's gradients beside them, +0.1 % without). Not under
-        ZeRO: an FSDP-sharded scanned GPT was -7.6 % with them, -11.3 % without. XLA:CPU
-        holds them there (``holds_outside_gradient``).
+        ZeRO, where two FSDP-sharded scanned GPTs disagreed (-7.6 % with them, -11.3 %
+        without; +1.7 % and -0.6 %): one row against it. XLA:CPU holds them there
+        (``holds_outside_gradient``).
       loop_whole_gradients: with microbatches under FSDP, holds a Python-loop transformer's
-        whole (unsharded) gradients of the layers differentiated so far through a
-        microbatch's backward, beside its activations, for the step's combined reduction
-        (XLA:CPU, measured: FSDP loop GPTs and encoders with microbatches -10 .. -28 % ->
-        -13 .. +1 %; with ``all_reduces_zero_gradients``, which sizes them).
+        whole (unsharded) gradients through a microbatch's backward, beside its activations,
+        for the step's combined reduction; every trainable parameter's is counted (XLA:CPU,
+        measured: FSDP loop GPTs and encoders with microbatches -18 .. -28 % -> -13 .. +1 %;
+        with ``all_reduces_zero_gradients``, which sizes them).
       slices_scanned_layer: a scanned stack's backward loop copies its layer's float32
         parameters out of the stacked ones into buffers of their own, held through the
         layer's backward (XLA:CPU, measured on scanned encoders and GPTs: the gap of an
@@ -174,9 +177,10 @@ class Backend:
       float32_loop_copies: computes a 16-bit matmul in float32 and materialises the
         compute-dtype copy of each parameter a Python-loop transformer's matmuls read rounded
         but in float32, kept for the backward (XLA:CPU, measured: bf16 loop GPTs and encoders
-        at small batches -10 .. -20 % with 16-bit copies, within 2 % with these). Not
-        measured to hold for a scanned stack (its stacked copy is 16-bit, sliced per layer),
-        an MLP chain, convolutions, microbatches or ZeRO-gathered weights: 16-bit there.
+        at small batches -10 .. -20 % with 16-bit copies, within 2 % with these; a one-layer
+        scan, estimated as a loop, included). Not for a scanned stack (its stacked copy is
+        16-bit, sliced per layer), an MLP chain, convolutions, microbatches or ZeRO-gathered
+        weights (not measured to hold: 16-bit there).
 
     A Python-loop block's stages freeing their saved values once their backward is done is
     not a flag: every backend frees a value after its last use, and a loop block's values are

@@ -1030,7 +1030,7 @@ def test_cpu_copies_no_kernels_at_the_entry_under_fsdp():
                      target="cpu:8", sharding="fsdp", mesh={"fsdp": 8}, remat="none",
                      precision="fp32", optimizer="adamw", data={"batch_size": 16})
     e = estimate(config)
-    assert "copies" not in e.to_dict()["details"]["peak transients"]
+    assert "adamw" not in e.to_dict()["details"]["peak transients"]
     assert abs(e.total_bytes / _compiled_total(config) - 1) < 0.10
 
 
@@ -1179,9 +1179,11 @@ def test_cpu_holds_a_loop_stacks_whole_fsdp_gradients_through_a_microbatch(monke
     total = _compiled_total(config)
     e = estimate(config)
     assert abs(e.total_bytes / total - 1) < 0.10
-    assert "whole" in e.to_dict()["details"]["gradients"]
+    details = e.to_dict()["details"]
+    assert "waiting for the combined reduction" in details["gradients"]
+    assert "backward of a" in details["peak transients"]
     _set_backend(monkeypatch, "cpu", loop_whole_gradients=False)
-    assert abs(estimate(config).total_bytes / total - 1) > abs(e.total_bytes / total - 1)
+    assert estimate(config).total_bytes / total - 1 < -0.10
 
 
 @pytest.mark.parametrize("optimizer", ["sgd", "lion"])

@@ -155,7 +155,7 @@ class Anatomy:
       lm_head: the parameter a language model's head multiplies by (its kernel, or the
         embedding table it is tied to).
       lookups: parameters read only by a table lookup (embeddings not tied to a head): no
-        matmul reads them, so no compute-dtype copy of the whole table is made.
+        matmul reads them (XLA:CPU's float32 loop copies leave them out).
     """
 
     params: tuple[tuple[str, tuple[int, ...]], ...]
