@@ -162,6 +162,7 @@ class _Params(NamedTuple):
     but_first: int  # the trainable parameters but a chain's first kernel
     first: int  # a chain's first kernel, if trainable
     second: int  # a chain's second kernel, if trainable
+    lookups: int  # the lookup-only tables that no mesh axis splits
 
 
 def _param_terms(anatomy: Anatomy, setup: Setup, size: Sizer, rows: int) -> _Params:
@@ -170,7 +171,7 @@ def _param_terms(anatomy: Anatomy, setup: Setup, size: Sizer, rows: int) -> _Par
     mesh, rules = size.mesh, setup.rules
     frozen = setup.freeze_patterns
     total = trainable = largest = stacked = stacked_all = outside = gathered = 0
-    whole_layer = whole_outside = read_back = but_first = first = second = 0
+    whole_layer = whole_outside = read_back = but_first = first = second = lookups = 0
     zero = set(rules.zero)
     for path, shape in anatomy.params:
         spec = param_spec(path, shape, setup, mesh)
@@ -190,6 +191,8 @@ def _param_terms(anatomy: Anatomy, setup: Setup, size: Sizer, rows: int) -> _Par
             gathered += extra
         if in_stack:
             stacked_all += n
+        if path in anatomy.lookups and not any(spec_axes(e) for e in spec):
+            lookups += n
         if any(fnmatch.fnmatchcase(path, p) for p in frozen):
             continue
         trainable += n
@@ -209,7 +212,7 @@ def _param_terms(anatomy: Anatomy, setup: Setup, size: Sizer, rows: int) -> _Par
             outside = max(outside, n)
             whole_outside = max(whole_outside, joined)
     return _Params(total, trainable, largest, stacked, stacked_all, outside, gathered, whole_layer,
-                   whole_outside, read_back, but_first, first, second)
+                   whole_outside, read_back, but_first, first, second, lookups)
 
 
 def _batch_split_gradients(anatomy: Anatomy, setup: Setup, size: Sizer) -> int:
@@ -366,18 +369,27 @@ def estimate(config: Config | Setup, name: str = "") -> Estimate:
         grads = {k: (n + widened, f"{why}, and their float32 copy") for k, (n, why) in
                  grads.items()}
     copies = 0 if stored == size.param else params * stored.itemsize // size.param.itemsize
+    transformer = _transformer(anatomy)
     loop_copies = bool(copies and backend.float32_loop_copies and python_loop
-                       and _transformer(anatomy) and c.data.microbatches == 1 and zeroed == 1)
+                       and transformer and c.data.microbatches == 1 and zeroed == 1)
     if loop_copies:
         # rounded copies in float32 of what the matmuls read: all but the lookup tables
         # (unless split over the mesh: a split table's lookup reads a copy)
-        copies = (params - _lookup_bytes(anatomy, setup, size)) * compute.itemsize \
-            // size.param.itemsize
+        copies = (params - p.lookups) * compute.itemsize // size.param.itemsize
     saved_all = blocks.saved + outside
     # the moments of the step; the peak is the largest. (A moment where the backward ends with
     # every gradient alive made the accuracy grid's dev seeds worse without data parallelism:
     # XLA applies most updates as their gradients are made; with it, see below.)
     at_loss = "where the backward starts (the loss gradient)"
+    # under FSDP, whole gradients reduced over the fsdp devices (see the moment below)
+    whole = (_batch_split_gradients(anatomy, setup, size)
+             if backend.all_reduces_zero_gradients and zeroed > 1 and not p.stacked else 0)
+    # in a microbatch's backward, a Python-loop stack's whole gradients wait for the step's
+    # combined reduction beside the activations (XLA:CPU); counted for every trainable
+    # parameter. Not for a one-layer scan (estimated as a loop otherwise): a one-layer
+    # fsdp x tp encoder went +2.3 -> +13.8 % with it
+    waiting = (whole if backend.loop_whole_gradients and c.data.microbatches > 1
+               and transformer and not built_scanned else 0)
     # a scanned backward loop's body copies its layer's float32 weights out of the stack
     layer_slice = (p.stacked_all // layers
                    if backend.slices_scanned_layer and anatomy.scanned and float32_layers
@@ -391,9 +403,12 @@ def estimate(config: Config | Setup, name: str = "") -> Estimate:
         at_loss: (saved_all, copies, gathered, grads["loss"][0], loss),
         in_block: (blocks.before - blocks.freed + (0 if backend.frees_outside_first
                                                     else outside), copies,
-                   gathered, grads["block"][0], blocks.recompute + layer_slice),
+                   gathered, grads["block"][0] + waiting, blocks.recompute + layer_slice),
     }
-    grads_why = {at_loss: grads["loss"][1], in_block: grads["block"][1]}
+    grads_why = {at_loss: grads["loss"][1],
+                 in_block: grads["block"][1] + (
+                     "; every trainable parameter's whole (unsharded) gradient, waiting for "
+                     "the combined reduction" if waiting else "")}
     if (c.optimizer.name in backend.copies_chain_kernels_at_entry and anatomy.chain
             and float32_layers and not p.stacked and c.data.microbatches == 1 and not outer
             and zeroed == 1):
@@ -439,8 +454,6 @@ def estimate(config: Config | Setup, name: str = "") -> Estimate:
         grads_why[reducing] = ("a scanned stack's gradients, the whole gradient of the largest "
                                "parameter outside it, a layer's whole gradients and their "
                                "all-reduce's output")
-    whole = (_batch_split_gradients(anatomy, setup, size)
-             if backend.all_reduces_zero_gradients and zeroed > 1 and not p.stacked else 0)
     if whole:  # with microbatches the loop body also keeps the forward's gathered weight
         copies_of = 2 if c.data.microbatches == 1 else 3
         reducing = (f"where the gradients are all-reduced over the {zeroed} fsdp devices (a "
@@ -450,16 +463,6 @@ def estimate(config: Config | Setup, name: str = "") -> Estimate:
                                "the parameters fed by batch-split inputs (the gradient, the "
                                "all-reduce's output" + (", the gathered weight)" if copies_of
                                                         == 3 else ")"))
-    if (whole and backend.loop_whole_gradients and c.data.microbatches > 1
-            and _transformer(anatomy) and not built_scanned):
-        # in a microbatch's backward, a Python-loop stack's whole gradients wait for the
-        # step's combined reduction beside the activations (XLA:CPU); counted for every
-        # trainable parameter. Not for a one-layer scan (estimated as a loop otherwise): a
-        # one-layer fsdp x tp encoder went +2.3 -> +13.8 % with it
-        sv, cp, ga, gr, tr = moments[in_block]
-        moments[in_block] = (sv, cp, ga, gr + whole, tr)
-        grads_why[in_block] += ("; every trainable parameter's whole (unsharded) gradient, "
-                                "waiting for the combined reduction")
     where = max(moments, key=lambda k: sum(moments[k]))
     saved_b, copies_b, gathered_b, grads_b, transient_b = moments[where]
     terms = [
@@ -496,13 +499,6 @@ def _transformer(anatomy: Anatomy) -> bool:
     return bool(anatomy.blocks) and not anatomy.chain and not any(
         t.dot == "conv" for b in anatomy.blocks for t in b.values)
 
-
-def _lookup_bytes(anatomy: Anatomy, setup: Setup, size: Sizer) -> int:
-    """Bytes per device of the lookup-only tables that no mesh axis splits."""
-    shapes = dict(anatomy.params)
-    return sum(size.nbytes(shapes[path], size.param) for path in anatomy.lookups
-               if not any(spec_axes(e) for e in param_spec(path, shapes[path], setup,
-                                                             size.mesh)))
 
 
 def _loss_values(anatomy: Anatomy, size: Sizer) -> list[Tensor]:
