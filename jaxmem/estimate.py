@@ -357,15 +357,22 @@ def estimate(config: Config | Setup, name: str = "") -> Estimate:
     # kernel split on its output dimension multiplies the whole microbatch's rows)
     zeroed = math.prod(n for a, n in mesh.shape.items()
                        if a in sharding.BATCH_AXES and a in setup.rules.zero)
+    # an MLP chain with microbatches and no remat under 16-bit compute: compiled as in
+    # float32 layers, from float32 rounded copies of the parameters (XLA:CPU)
+    float32_chain = bool(backend.float32_microbatch_chain and anatomy.chain
+                         and not float32_layers and c.data.microbatches > 1
+                         and not setup.remat.checkpoint)
+    float32_math = float32_layers or float32_chain
     outer = (backend.fuses_outer_product_gradients and rows == 1 and not p.stacked
-             and float32_layers and zeroed == 1)
-    grads = _live_gradients(c, backend, p, fused_updates, float32_layers, outer,
-                            zero_split=zeroed > 1)
+             and float32_math and zeroed == 1)
+    grads = _live_gradients(c, backend, p, fused_updates, float32_math, outer,
+                            zero_split=zeroed > 1, float32_chain=float32_chain)
     # a microbatch's 16-bit gradients copied to float32 before they are added (XLA:CPU)
+    # (the float32 chain's too, where they are all-reduced: the reducing moment below)
     widens = (backend.widens_microbatch_gradients and c.data.microbatches > 1
               and not float32_layers)
     widened = trainable if widens else 0
-    if widened:
+    if widened and not float32_chain:
         grads = {k: (n + widened, f"{why}, and their float32 copy") for k, (n, why) in
                  grads.items()}
     copies = 0 if stored == size.param else params * stored.itemsize // size.param.itemsize
@@ -376,6 +383,8 @@ def estimate(config: Config | Setup, name: str = "") -> Estimate:
         # rounded copies in float32 of what the matmuls read: all but the lookup tables
         # (unless split over the mesh: a split table's lookup reads a copy)
         copies = (params - p.lookups) * compute.itemsize // size.param.itemsize
+    elif float32_chain and copies:
+        copies = params * compute.itemsize // size.param.itemsize
     saved_all = blocks.saved + outside
     # the moments of the step; the peak is the largest. (A moment where the backward ends with
     # every gradient alive made the accuracy grid's dev seeds worse without data parallelism:
@@ -476,7 +485,9 @@ def estimate(config: Config | Setup, name: str = "") -> Estimate:
              "and microbatch) and the layers around them"),
         Term("parameter copies", copies_b, f"parameters cast to {stored} for the forward, "
              "kept for the backward" + (" (rounded, in float32 buffers; lookup-only tables "
-                                        "have none)" if loop_copies else "")),
+                                        "have none)" if loop_copies else "")
+             + (" (rounded, in float32 buffers made before the microbatch loop)"
+                if float32_chain and copies_b else "")),
         Term("gathered parameters", gathered_b, "whole parameters all-gathered from their "
              "ZeRO shards in the forward, kept for the backward"),
         Term("gradients", grads_b, grads_why[where]),
@@ -555,11 +566,15 @@ def traced_anatomy(setup: Setup, micro: int) -> Anatomy:
 
 def _live_gradients(c: Config, backend: Backend, p: _Params, fused_updates: bool,
                     float32_layers: bool, outer: bool = False,
-                    zero_split: bool = False) -> dict[str, tuple[int, str]]:
+                    zero_split: bool = False,
+                    float32_chain: bool = False) -> dict[str, tuple[int, str]]:
     """Gradients alive while activations are still kept, ``(bytes, why)`` where the backward
     starts (``loss``) and in a block's backward (``block``); ``outer``: the weight gradients
     are outer products (one row per device and microbatch) the backend fuses into what
-    consumes them; ``zero_split``: the batch axes include ZeRO-split ones."""
+    consumes them; ``zero_split``: the batch axes include ZeRO-split ones;
+    ``float32_chain``: a 16-bit MLP chain compiled as in float32
+    (``Backend.float32_microbatch_chain``), whose outer-product gradients are added as they
+    are made whatever the optimizer (measured with lion: its largest is not kept)."""
     trainable, largest, stacked = p.trainable, p.largest, p.stacked
     in_place = backend.accumulates_in_place or (
         backend.accumulates_float32_in_place and float32_layers and not stacked)
@@ -569,7 +584,8 @@ def _live_gradients(c: Config, backend: Backend, p: _Params, fused_updates: bool
                 largest, "the largest gradient")
             if fused_updates and not stacked:
                 made = (0, "nothing more (each is added in the matmul making it)")
-            elif outer and c.optimizer.name not in backend.copies_largest_gradient:
+            elif outer and (float32_chain
+                            or c.optimizer.name not in backend.copies_largest_gradient):
                 made = (0, "nothing more (each, an outer product, is added as it is made)")
             return {"loss": (trainable, "the microbatch accumulator (this microbatch's "
                              "gradients are not made yet)"),
