@@ -163,6 +163,7 @@ class _Params(NamedTuple):
     first: int  # a chain's first kernel, if trainable
     second: int  # a chain's second kernel, if trainable
     lookups: int  # the lookup-only tables that no mesh axis splits
+    largest_dense: int  # the largest trainable parameter but those lookup-only tables
 
 
 def _param_terms(anatomy: Anatomy, setup: Setup, size: Sizer, rows: int) -> _Params:
@@ -172,6 +173,7 @@ def _param_terms(anatomy: Anatomy, setup: Setup, size: Sizer, rows: int) -> _Par
     frozen = setup.freeze_patterns
     total = trainable = largest = stacked = stacked_all = outside = gathered = 0
     whole_layer = whole_outside = read_back = but_first = first = second = lookups = 0
+    dense = 0
     zero = set(rules.zero)
     for path, shape in anatomy.params:
         spec = param_spec(path, shape, setup, mesh)
@@ -191,12 +193,15 @@ def _param_terms(anatomy: Anatomy, setup: Setup, size: Sizer, rows: int) -> _Par
             gathered += extra
         if in_stack:
             stacked_all += n
-        if path in anatomy.lookups and not any(spec_axes(e) for e in spec):
+        lookup = path in anatomy.lookups and not any(spec_axes(e) for e in spec)
+        if lookup:
             lookups += n
         if any(fnmatch.fnmatchcase(path, p) for p in frozen):
             continue
         trainable += n
         largest = max(largest, n)
+        if not lookup:
+            dense = max(dense, n)
         if path not in anatomy.chain[:1]:
             read_back = max(read_back, n)
             but_first += n
@@ -212,7 +217,7 @@ def _param_terms(anatomy: Anatomy, setup: Setup, size: Sizer, rows: int) -> _Par
             outside = max(outside, n)
             whole_outside = max(whole_outside, joined)
     return _Params(total, trainable, largest, stacked, stacked_all, outside, gathered, whole_layer,
-                   whole_outside, read_back, but_first, first, second, lookups)
+                   whole_outside, read_back, but_first, first, second, lookups, dense)
 
 
 def _batch_split_gradients(anatomy: Anatomy, setup: Setup, size: Sizer) -> int:
@@ -576,12 +581,16 @@ def _live_gradients(c: Config, backend: Backend, p: _Params, fused_updates: bool
     (``Backend.float32_microbatch_chain``), whose outer-product gradients are added as they
     are made whatever the optimizer (measured with lion: its largest is not kept)."""
     trainable, largest, stacked = p.trainable, p.largest, p.stacked
+    # a lookup table's gradient is a scatter-add, made in place into an accumulator
+    dense = p.largest_dense if backend.scatters_lookup_gradients else largest
     in_place = backend.accumulates_in_place or (
         backend.accumulates_float32_in_place and float32_layers and not stacked)
     if c.data.microbatches > 1:
         if in_place:
             made = (stacked, "a scanned stack's gradients") if stacked else (
-                largest, "the largest gradient")
+                dense, "the largest gradient" + (" but the lookup tables' (scatter-added "
+                                                 "into the accumulator)" if dense < largest
+                                                 else ""))
             if fused_updates and not stacked:
                 made = (0, "nothing more (each is added in the matmul making it)")
             elif outer and (float32_chain

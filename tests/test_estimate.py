@@ -1228,3 +1228,22 @@ def test_cpu_compiles_a_16_bit_microbatched_mlp_as_float32(monkeypatch, optimize
     assert "before the microbatch loop" in e.to_dict()["details"]["parameter copies"]
     _set_backend(monkeypatch, "cpu", float32_microbatch_chain=False)
     assert estimate(config).total_bytes / total - 1 > 0.15
+
+
+@pytest.mark.parametrize("optimizer", ["adamw", "lion"])
+def test_cpu_scatter_adds_a_lookup_tables_microbatch_gradient_in_place(monkeypatch, optimizer):
+    """A float32 encoder whose token table is its largest parameter, with microbatches: the
+    table's gradient (a scatter-add) goes into the accumulator in place, so the gradients
+    beside it are the largest dense parameter's. Within 3 % of XLA's total; more than 10 %
+    over with the table's gradient counted."""
+    config = _config(model={"kind": "encoder", "num_layers": 2, "d_model": 64, "num_heads": 2,
+                            "seq_len": 64, "vocab_size": 8192, "mlp_ratio": 4,
+                            "stack": "loop"},
+                     remat="dots", precision="fp32", optimizer=optimizer,
+                     data={"batch_size": 4, "microbatches": 2})
+    total = _compiled_total(config)
+    e = estimate(config)
+    assert abs(e.total_bytes / total - 1) < 0.03
+    assert "scatter-added" in e.to_dict()["details"]["gradients"]
+    _set_backend(monkeypatch, "cpu", scatters_lookup_gradients=False)
+    assert estimate(config).total_bytes / total - 1 > 0.10
