@@ -181,14 +181,16 @@ class Backend:
         scan, estimated as a loop, included). Not for a scanned stack (its stacked copy is
         16-bit, sliced per layer), an MLP chain, convolutions, microbatches or ZeRO-gathered
         weights (not measured to hold: 16-bit there).
-      float32_microbatch_chain: under 16-bit compute with microbatches and no remat, compiles
-        an MLP chain's step as in float32 layers: the parameters' rounded copies are float32
-        buffers made once before the microbatch loop, and each microbatch's gradients are
-        added to the accumulator as they are made, with no float32 copy of their own
-        (XLA:CPU, measured on MLPs of one to three hidden layers, sgd, adamw and lion,
-        unsharded and FSDP: +22 .. +50 % -> within 1 %; under remat ``full`` the 16-bit
-        copies and a microbatch's whole gradients are kept, as estimated without it; under
-        ``dots`` neither figure holds).
+      float32_chain_copies: under 16-bit compute and no remat, compiles an MLP chain's step as
+        in float32 layers: the parameters' rounded copies are float32 buffers (made once
+        before a microbatch loop) that the backward reads. Without microbatches each update
+        is then computed as its gradient is made (no gradient materialised; lion's update
+        reads copies of every trainable parameter); with them each microbatch's gradients
+        are added to the accumulator as they are made, with no float32 copy of their own
+        (XLA:CPU, measured on MLPs of one to four hidden layers, sgd, adamw and lion,
+        unsharded and FSDP: -15 .. +50 % -> within 2 % on most; under remat ``full`` the
+        16-bit copies and the gradients are kept, as estimated without it; under ``dots``
+        neither figure holds).
       scatters_lookup_gradients: adds a lookup-only table's gradient (the scatter-add of the
         lookup's backward) into the microbatch accumulator in place, so where
         ``accumulates_float32_in_place`` holds the largest gradient made beside the
@@ -233,7 +235,7 @@ class Backend:
     stack_gradients_in_loop: bool = False
     loop_whole_gradients: bool = False
     slices_scanned_layer: bool = False
-    float32_microbatch_chain: bool = False
+    float32_chain_copies: bool = False
     scatters_lookup_gradients: bool = False
 
 
@@ -248,7 +250,7 @@ BACKENDS: dict[str, Backend] = {
                    keeps_reduced_matmul_outputs=True, accumulates_float32_in_place=True,
                    copies_chain_kernels_at_entry=("adamw",), one_pass_frozen_head_loss=True,
                    float32_loop_copies=True, loop_whole_gradients=True,
-                   slices_scanned_layer=True, float32_microbatch_chain=True,
+                   slices_scanned_layer=True, float32_chain_copies=True,
                    scatters_lookup_gradients=True),
     "gpu": Backend(),
     "tpu": Backend(tiles=True, fuses_loss_gradient=True, fuses_matmul_operands=True,

@@ -362,11 +362,10 @@ def estimate(config: Config | Setup, name: str = "") -> Estimate:
     # kernel split on its output dimension multiplies the whole microbatch's rows)
     zeroed = math.prod(n for a, n in mesh.shape.items()
                        if a in sharding.BATCH_AXES and a in setup.rules.zero)
-    # an MLP chain with microbatches and no remat under 16-bit compute: compiled as in
-    # float32 layers, from float32 rounded copies of the parameters (XLA:CPU)
-    float32_chain = bool(backend.float32_microbatch_chain and anatomy.chain
-                         and not float32_layers and c.data.microbatches > 1
-                         and not setup.remat.checkpoint)
+    # an MLP chain without remat under 16-bit compute: compiled as in float32 layers, from
+    # float32 rounded copies of the parameters (XLA:CPU)
+    float32_chain = bool(backend.float32_chain_copies and anatomy.chain
+                         and not float32_layers and not setup.remat.checkpoint)
     float32_math = float32_layers or float32_chain
     outer = (backend.fuses_outer_product_gradients and rows == 1 and not p.stacked
              and float32_math and zeroed == 1)
@@ -491,7 +490,8 @@ def estimate(config: Config | Setup, name: str = "") -> Estimate:
         Term("parameter copies", copies_b, f"parameters cast to {stored} for the forward, "
              "kept for the backward" + (" (rounded, in float32 buffers; lookup-only tables "
                                         "have none)" if loop_copies else "")
-             + (" (rounded, in float32 buffers made before the microbatch loop)"
+             + (" (rounded, in float32 buffers" + (" made before the microbatch loop)"
+                                                   if c.data.microbatches > 1 else ")")
                 if float32_chain and copies_b else "")),
         Term("gathered parameters", gathered_b, "whole parameters all-gathered from their "
              "ZeRO shards in the forward, kept for the backward"),
@@ -578,8 +578,10 @@ def _live_gradients(c: Config, backend: Backend, p: _Params, fused_updates: bool
     are outer products (one row per device and microbatch) the backend fuses into what
     consumes them; ``zero_split``: the batch axes include ZeRO-split ones;
     ``float32_chain``: a 16-bit MLP chain compiled as in float32
-    (``Backend.float32_microbatch_chain``), whose outer-product gradients are added as they
-    are made whatever the optimizer (measured with lion: its largest is not kept)."""
+    (``Backend.float32_chain_copies``): its backward reads the float32 rounded copies, so
+    without microbatches each update is computed as its gradient is made (lion's reads copies
+    of every trainable parameter), and with them its outer-product gradients are added as
+    they are made whatever the optimizer (measured with lion: its largest is not kept)."""
     trainable, largest, stacked = p.trainable, p.largest, p.stacked
     # a lookup table's gradient is a scatter-add, made in place into an accumulator
     dense = p.largest_dense if backend.scatters_lookup_gradients else largest
@@ -622,6 +624,13 @@ def _live_gradients(c: Config, backend: Backend, p: _Params, fused_updates: bool
                              "made at the step's entry)"), "block": one, "head": one}
         return {"loss": (stacked, "a scanned stack's gradients (their accumulators)"),
                 "block": one, "head": one}
+    elif float32_chain and c.optimizer.name in backend.copies_largest_gradient:
+        one = (trainable, f"{c.optimizer.name}'s copies of every trainable parameter (the "
+               "backward reads the float32 copies; each update is computed as its gradient "
+               "is made)")
+    elif float32_chain:
+        one = (0, "none materialised (the backward reads the float32 copies; each update is "
+               "computed as its gradient is made)")
     elif stacked:
         one = (stacked, "a scanned stack's gradients, accumulated through its backward loop")
         if backend.stack_gradients_in_loop and not zero_split:

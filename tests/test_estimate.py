@@ -1204,30 +1204,31 @@ def test_cpu_copies_a_scanned_layers_weights_in_its_backward(monkeypatch, optimi
     assert estimate(config).total_bytes / total - 1 < -0.08
 
 
-@pytest.mark.parametrize("optimizer,sharding,batch", [("sgd", "none", 2), ("lion", "none", 2),
-                                                      ("adamw", "none", 16),
-                                                      ("sgd", "fsdp", 16)])
-def test_cpu_compiles_a_16_bit_microbatched_mlp_as_float32(monkeypatch, optimizer, sharding,
-                                                            batch):
-    """bf16 MLP, two microbatches, no remat: XLA:CPU makes float32 rounded copies of the
-    parameters before the microbatch loop and adds each microbatch's gradients to the
-    accumulator as they are made. Within 1 % of XLA's total; more than 15 % over with 16-bit
-    copies and a microbatch's whole gradients (and their float32 copy) beside the
-    accumulator."""
+@pytest.mark.parametrize("optimizer,sharding,batch,micro", [
+    ("sgd", "none", 2, 2), ("lion", "none", 2, 2), ("adamw", "none", 16, 2),
+    ("sgd", "fsdp", 16, 2), ("sgd", "none", 4, 1), ("lion", "none", 2, 1)])
+def test_cpu_compiles_a_16_bit_mlp_without_remat_as_float32(monkeypatch, optimizer, sharding,
+                                                            batch, micro):
+    """bf16 MLP, no remat: XLA:CPU makes float32 rounded copies of the parameters (before
+    the microbatch loop) that the backward reads; with microbatches each microbatch's
+    gradients are added to the accumulator as they are made, without them each update is
+    computed as its gradient is made (lion's reading copies of every parameter). Within 2 %
+    of XLA's total; more than 10 % off (5 % without microbatches) with 16-bit copies and
+    the gradients counted as elsewhere."""
     mesh = {"fsdp": 8} if sharding == "fsdp" else {}
     config = _config(model={"kind": "mlp", "in_features": 256, "hidden": [2048, 512],
                             "out_features": 100},
                      remat="none", precision="bf16-mixed", optimizer=optimizer,
                      **({"target": "cpu:8", "sharding": sharding, "mesh": mesh} if mesh
                         else {}),
-                     data={"batch_size": batch, "microbatches": 2})
+                     data={"batch_size": batch, "microbatches": micro})
     total = _compiled_total(config)
     e = estimate(config)
-    assert abs(e.total_bytes / total - 1) < 0.01
+    assert abs(e.total_bytes / total - 1) < 0.02
     assert e.term("parameter copies") == e.term("parameters")  # float32 copies
-    assert "before the microbatch loop" in e.to_dict()["details"]["parameter copies"]
-    _set_backend(monkeypatch, "cpu", float32_microbatch_chain=False)
-    assert estimate(config).total_bytes / total - 1 > 0.15
+    assert "float32 buffers" in e.to_dict()["details"]["parameter copies"]
+    _set_backend(monkeypatch, "cpu", float32_chain_copies=False)
+    assert abs(estimate(config).total_bytes / total - 1) > (0.10 if micro > 1 else 0.05)
 
 
 @pytest.mark.parametrize("optimizer", ["adamw", "lion"])
