@@ -29,6 +29,7 @@ from jaxmem.backends import Backend
 from jaxmem.errors import Unsupported
 from jaxmem.models.anatomy import (
     COMPUTE,
+    ROUNDED,
     Block,
     Tensor,
     recomputation,
@@ -232,14 +233,19 @@ def block_terms(blocks: Sequence[Block], setup: Setup, policy: RematPolicy, size
     total = offloaded = workspace = before = largest = widest_freed = 0
     widest = ""
     index = 0
+    # under 16-bit compute without an undone remat recomputing a matmul or convolution
+    plain_16bit = not float32_layers and not any(
+        t.dot for b in blocks for t in _redone(b, undone, size))
     frees = size.backend.frees_saved_in_backward or (
-        size.backend.frees_saved_under_16bit and not float32_layers
-        and not any(t.dot for b in blocks for t in _redone(b, undone, size)))
+        size.backend.frees_saved_under_16bit and plain_16bit)
+    rounds = size.backend.keeps_rounded_under_16bit and plain_16bit
     for block in blocks:
         kept_policy = _backend_kept(block, unfused(saved(block, device), size.backend), size,
                                     policy.checkpoint, frees_stages)
         kept_none = _backend_kept(block, unfused(saved(block, none), size.backend), size,
                                   False, frees_stages)
+        if rounds:
+            kept_policy, kept_none = _rounded(kept_policy), _rounded(kept_none)
 
         with_policy = sum(1 for i in range(index, index + block.count) if i % every == 0)
         with_none = block.count - with_policy
@@ -269,6 +275,8 @@ def block_terms(blocks: Sequence[Block], setup: Setup, policy: RematPolicy, size
             over = (_recomputed_early(block, undone, size) if with_policy and float32_layers
                     else set())
             grads = [t for t in workspace_values if t.in_place_of not in over]
+        if rounds:
+            grads = _widened(grads, kept_policy if with_policy else kept_none)
         # a stage's activation gradients are dead before the next stage's backward makes
         # its own; a backend recomputing by stage holds one stage's recomputation too
         stages = {t.stage for t in (*redo, *grads)} - {""} or {""}
@@ -295,6 +303,21 @@ def block_terms(blocks: Sequence[Block], setup: Setup, policy: RematPolicy, size
         index += block.count
     return Blocks(total, offloaded, workspace, widest, before if frees else total,
                    widest_freed)
+
+
+def _rounded(kept: list[Tensor]) -> list[Tensor]:
+    """``kept`` with its ``kept_rounded`` values in the configured 16-bit dtype (XLA:CPU
+    rounds them where the forward makes them and keeps that copy)."""
+    return [dataclasses.replace(t, dtype=ROUNDED) if t.kept_rounded and t.dtype == COMPUTE
+            else t for t in kept]
+
+
+def _widened(grads: list[Tensor], kept: list[Tensor]) -> list[Tensor]:
+    """``grads`` with a 16-bit gradient written over a value kept rounded counted as its
+    float32 copy (the 16-bit one takes the kept value's buffer)."""
+    rounded = {t.name for t in kept if t.kept_rounded and t.dtype == ROUNDED}
+    return [dataclasses.replace(t, dtype=COMPUTE) if t.widened_over in rounded else t
+            for t in grads]
 
 
 def _later_stages(block: Block, stage: str) -> set[str]:

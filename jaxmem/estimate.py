@@ -338,8 +338,12 @@ def estimate(config: Config | Setup, name: str = "") -> Estimate:
     # (XLA:CPU compiles the step the same under any policy); in float32 layers only: under
     # 16-bit compute the forward's values are rounded to 16 bits
     shares = backend.shares_loop_backward and float32_layers and python_loop
+    # the float32 batch cast to the configured compute dtype is the argument itself only in
+    # float32: a 16-bit cast computed in float32 (XLA:CPU) holds rounded values, a buffer of
+    # their own (measured on bf16-mixed CNNs: the rounded images in float32, kept for the
+    # first kernel's gradient)
     blocks = block_terms(anatomy.blocks, setup, policy, size,
-                          batch_is_compute=size.compute == np.dtype("float32"), shares=shares,
+                          batch_is_compute=stored == np.dtype("float32"), shares=shares,
                           kernels=dict(anatomy.params), undone=undone_policy,
                           float32_layers=float32_layers,
                           frees_stages=not anatomy.scanned)

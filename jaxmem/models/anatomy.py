@@ -73,6 +73,12 @@ class Tensor:
         convolutions only (2 per multiply-add); elementwise work is left out.
       kernel: for a convolution's output, the path of its kernel parameter (``k x k x in x
         out``): how that kernel is sharded decides how a compiler partitions the convolution.
+      kept_rounded: kept for the backward in the configured 16-bit dtype by a backend that
+        computes 16-bit floats in float32 but rounds this value where the forward makes it
+        (``Backend.keeps_rounded_under_16bit``: a conv block's ReLU input).
+      widened_over: for a 16-bit gradient, the ``kept_rounded`` value it is written over where
+        that is kept rounded; its float32 copy is then materialised beside it instead (the
+        gradient convolutions' float32 operand).
     """
 
     name: str
@@ -93,6 +99,8 @@ class Tensor:
     stage: str = ""
     flops: int = 0
     kernel: str = ""
+    kept_rounded: bool = False
+    widened_over: str = ""
 
     def __post_init__(self) -> None:
         if len(self.shape) != len(self.axes):

@@ -112,19 +112,23 @@ class CNNConfig(ModelConfig):
                 values.append(Tensor(f"biased{j}", (B, S, S, c_out), image,
                                      inputs=(f"conv{j}",), needed=True,
                                      channels_minor=minor(c_out)))
-        # the ReLU's input (bias added): its backward reads only the sign
+        # the ReLU's input (bias added): its backward reads only the sign (XLA:CPU under bf16
+        # compute keeps it rounded to bfloat16 where no undone remat recomputes it)
         values.append(Tensor("relu_input", (B, S, S, b), image, inputs=(values[-1].name,),
-                             needed=True, channels_minor=True, recomputed_as="bool"))
+                             needed=True, channels_minor=True, recomputed_as="bool",
+                             kept_rounded=True))
         # the images get no gradient: the first block's backward makes no input gradient
         d_input = (Tensor("d_input", (B, S, S, a), image, channels_minor=True),) if i else ()
         # unfused (XLA:CPU): the convolution's output gradient and the ReLU's beside it, the
         # latter as the gradient convolutions' operand in the layers' dtype (XLA:CPU computes
         # in float32 but casts it to bfloat16 for them under bf16 compute)
         # in float32 XLA:CPU writes the latter over the convolution's output where remat
-        # recomputes it (made early, in the forward: ``gradient_over_undone_remat``)
+        # recomputes it (made early, in the forward: ``gradient_over_undone_remat``); where
+        # the ReLU's input is kept rounded, the 16-bit one over it, beside its float32 copy
         unfused = (Tensor("d_conv", (B, S, S, b), image),
                    Tensor("d_relu", (B, S, S, b), image, jnp.dtype(opts.dtype).name,
-                          in_place_of=f"conv{len(convs) - 1}"), *d_input)
+                          in_place_of=f"conv{len(convs) - 1}", widened_over="relu_input"),
+                   *d_input)
         # fused (XLA:TPU): pooling's and the ReLU's backward are one fusion writing the
         # convolution's output gradient (over the ReLU's input where that is kept), read by
         # the kernel's and the input's gradient convolutions; the gradient flowing in is dead
