@@ -110,6 +110,15 @@ class Backend:
         the rounded images' own buffer (``jaxmem.estimate``), one tiny separable CNN newly
         missed (-9.7 -> -16.8 %: a microbatch under-count the over-estimate had hidden);
         under remat full the float32 convolution output is kept instead).
+      copies_microbatch_split: with microbatches, materialises the microbatch split of the
+        batch (``grads.split_microbatches``, every k-th example into microbatch k: a
+        transposed copy, microbatch-major) and holds it through the microbatch loop, beside
+        the batch argument (XLA:CPU, measured: a CNN's images and an MLP's inputs, the whole
+        batch's bytes again; dev rows 700 -> 703 of 800, two fp32 image-256 CNNs under remat
+        full, already over, going +7 -> +14 %; not on XLA:TPU: a TPU dev row 17 -> 16 of 20
+        with it). Where the step is otherwise small, its peak can be the loop's entry, with
+        the split and the loop's own copy of it both alive: not a moment of the estimate (an
+        MLP of 64 hidden units, 256 examples in 4 microbatches: -13.8 %).
       copies_largest_gradient: optimizers whose update, applied as each gradient is made
         (no scanned stack, no microbatches), holds a copy of the largest gradient beside it
         (XLA:CPU, measured: lion, four MLP rows 20-28 % short by about that; adamw and sgd
@@ -235,6 +244,7 @@ class Backend:
     gradient_over_undone_remat: bool = False
     frees_saved_under_16bit: bool = False
     keeps_rounded_under_16bit: bool = False
+    copies_microbatch_split: bool = False
     copies_largest_gradient: tuple[str, ...] = ()
     copies_chain_kernels_at_entry: tuple[str, ...] = ()
     all_reduces_zero_gradients: bool = False
@@ -258,6 +268,7 @@ BACKENDS: dict[str, Backend] = {
                    combines_all_reduces=True, holds_outside_gradient=True,
                    widens_microbatch_gradients=True, gradient_over_undone_remat=True,
                    frees_saved_under_16bit=True, keeps_rounded_under_16bit=True,
+                   copies_microbatch_split=True,
                    copies_largest_gradient=("lion",),
                    all_reduces_zero_gradients=True, gathers_lm_head=True,
                    fuses_outer_product_gradients=True, keeps_one_example_batched_dots=True,

@@ -411,16 +411,22 @@ def estimate(config: Config | Setup, name: str = "") -> Estimate:
     layer_slice = (p.stacked_all // layers
                    if backend.slices_scanned_layer and anatomy.scanned and float32_layers
                    else 0)
+    # the microbatch split (``grads.split_microbatches``: every k-th example into microbatch
+    # k) as a transposed copy of the batch, read through the microbatch loop
+    split_copy = batch if backend.copies_microbatch_split and c.data.microbatches > 1 else 0
+    split_why = "; the batch's microbatch-major copy" if split_copy else ""
+    at_loss += split_why
     in_block = (f"in the backward of a {blocks.widest} (its recomputation and activation "
                 "gradients" + ("; the saved values of its later stages are freed"
                                if blocks.freed else "")
                 + ("; its layer's weights copied out of the stack" if layer_slice else "")
-                + ")")
+                + ")" + split_why)
     moments = {
-        at_loss: (saved_all, copies, gathered, grads["loss"][0], loss),
+        at_loss: (saved_all, copies, gathered, grads["loss"][0], loss + split_copy),
         in_block: (blocks.before - blocks.freed + (0 if backend.frees_outside_first
                                                     else outside), copies,
-                   gathered, grads["block"][0] + waiting, blocks.recompute + layer_slice),
+                   gathered, grads["block"][0] + waiting,
+                   blocks.recompute + layer_slice + split_copy),
     }
     grads_why = {at_loss: grads["loss"][1],
                  in_block: grads["block"][1] + (
@@ -448,7 +454,7 @@ def estimate(config: Config | Setup, name: str = "") -> Estimate:
         # a chunked loss makes the LM head's gradient chunk by chunk, beside the loss's
         # values; else (a float32 GPT's) the logits' gradient written over the logits makes
         # it once the loss's other values are dead, a moment the block's backward exceeds
-        moments[at_loss] = (saved_all, copies, gathered, grads["head"][0], loss)
+        moments[at_loss] = (saved_all, copies, gathered, grads["head"][0], loss + split_copy)
         grads_why[at_loss] = grads["head"][1]
     reduced = math.prod(n for a, n in mesh.shape.items()
                         if a in sharding.BATCH_AXES and a not in setup.rules.zero)

@@ -652,3 +652,22 @@ def test_cpu_scatter_adds_a_lookup_tables_microbatch_gradient_in_place(monkeypat
     assert "scatter-added" in e.to_dict()["details"]["gradients"]
     set_backend(monkeypatch, "cpu", scatters_lookup_gradients=False)
     assert estimate(config).total_bytes / total - 1 > 0.10
+
+
+@pytest.mark.parametrize("kind", ["cnn", "mlp"])
+def test_cpu_holds_the_batchs_microbatch_split_through_the_loop(monkeypatch, kind):
+    """With microbatches XLA:CPU materialises the microbatch-major split of the batch (every
+    k-th example into microbatch k) and holds it through the loop: the batch's bytes again.
+    The estimate counts it where the backward's moments are (within 5 % of XLA's total) and
+    is at least 8 % short without it on these small-activation models."""
+    model = ({"kind": "cnn", "image_size": 16, "channels": [16]} if kind == "cnn" else
+             {"kind": "mlp", "in_features": 784, "hidden": [512], "out_features": 10})
+    config = make_config(model=model, remat="dots" if kind == "cnn" else "none",
+                         precision="fp32", optimizer="sgd",
+                         data={"batch_size": 16 if kind == "cnn" else 256, "microbatches": 4})
+    total = compiled_total(config)
+    e = estimate(config)
+    assert abs(e.total_bytes / total - 1) < 0.05
+    assert "microbatch-major copy" in e.to_dict()["details"]["peak transients"]
+    set_backend(monkeypatch, "cpu", copies_microbatch_split=False)
+    assert estimate(config).total_bytes / total - 1 < -0.08
