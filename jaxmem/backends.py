@@ -219,6 +219,17 @@ class Backend:
         accumulator is the largest but those tables' (XLA:CPU, measured on float32 encoders
         with microbatches whose token table is the largest parameter: +11 .. +28 % -> within
         6 %; without microbatches the table's gradient is a buffer of its own, as counted).
+      regathers_microbatch_weights: with microbatches under FSDP (no tensor axis), a
+        Python-loop transformer's backward all-gathers its ZeRO-split weights again, apart
+        from the forward's gathered weights it keeps, and does so early in the microbatch
+        loop's body, so where the backward starts every ZeRO-split parameter is alive whole
+        twice, in float32; under 16-bit compute, or under a remat policy (undone or not: the
+        recomputation has gathers of its own); float32 layers without remat reuse the
+        forward's (XLA:CPU, measured: a bf16-mixed 6-layer GPT's peak holds each layer's
+        kernels whole twice; a 4-layer d384 GPT, 2 and 4 microbatches, bf16-mixed -27..-43 %
+        -> -1..-15 %, fp32 under remat full -21 % -> within 1 %, fp32 without remat -7 % and
+        +17 % with them, as at rows 1024 an fp32 GPT's peak holds one set; dev rows 703 ->
+        707 of 800; without microbatches not seen to hold: rows up to +33 % with it).
 
     A Python-loop block's stages freeing their saved values once their backward is done is
     not a flag: every backend frees a value after its last use, and a loop block's values are
@@ -261,6 +272,7 @@ class Backend:
     slices_scanned_layer: bool = False
     float32_chain_copies: bool = False
     scatters_lookup_gradients: bool = False
+    regathers_microbatch_weights: bool = False
 
 
 BACKENDS: dict[str, Backend] = {
@@ -277,7 +289,7 @@ BACKENDS: dict[str, Backend] = {
                    copies_chain_kernels_at_entry=("adamw",), one_pass_frozen_head_loss=True,
                    float32_loop_copies=True, loop_whole_gradients=True,
                    slices_scanned_layer=True, float32_chain_copies=True,
-                   scatters_lookup_gradients=True),
+                   scatters_lookup_gradients=True, regathers_microbatch_weights=True),
     "gpu": Backend(),
     "tpu": Backend(tiles=True, fuses_loss_gradient=True, fuses_matmul_operands=True,
                    fuses_gradient_update=True, narrows_matmul_operands=True,

@@ -164,6 +164,7 @@ class _Params(NamedTuple):
     second: int  # a chain's second kernel, if trainable
     lookups: int  # the lookup-only tables that no mesh axis splits
     largest_dense: int  # the largest trainable parameter but those lookup-only tables
+    zero_whole: int  # every ZeRO-split parameter whole, in the compute dtype (gathered)
 
 
 def _param_terms(anatomy: Anatomy, setup: Setup, size: Sizer, rows: int) -> _Params:
@@ -173,7 +174,7 @@ def _param_terms(anatomy: Anatomy, setup: Setup, size: Sizer, rows: int) -> _Par
     frozen = setup.freeze_patterns
     total = trainable = largest = stacked = stacked_all = outside = gathered = 0
     whole_layer = whole_outside = read_back = but_first = first = second = lookups = 0
-    dense = 0
+    dense = zero_whole = 0
     zero = set(rules.zero)
     for path, shape in anatomy.params:
         spec = param_spec(path, shape, setup, mesh)
@@ -185,6 +186,8 @@ def _param_terms(anatomy: Anatomy, setup: Setup, size: Sizer, rows: int) -> _Par
         unzeroed = tuple(s * math.prod(mesh.shape[a] for a in spec_axes(e) if a in zero)
                          for s, e in zip(local, spec, strict=True))
         head = size.backend.gathers_lm_head and path == anatomy.lm_head
+        if any(a in zero for e in spec for a in spec_axes(e)):
+            zero_whole += size.nbytes(unzeroed, size.compute)
         if (any(a in zero for e in spec for a in spec_axes(e))
                 and (head or max(unzeroed[-2:]) <= GATHER_RATIO * rows)):
             extra = size.nbytes(unzeroed, size.compute) - size.nbytes(local, size.compute)
@@ -217,7 +220,8 @@ def _param_terms(anatomy: Anatomy, setup: Setup, size: Sizer, rows: int) -> _Par
             outside = max(outside, n)
             whole_outside = max(whole_outside, joined)
     return _Params(total, trainable, largest, stacked, stacked_all, outside, gathered, whole_layer,
-                   whole_outside, read_back, but_first, first, second, lookups, dense)
+                   whole_outside, read_back, but_first, first, second, lookups, dense,
+                   zero_whole)
 
 
 def _batch_split_gradients(anatomy: Anatomy, setup: Setup, size: Sizer) -> int:
@@ -486,6 +490,18 @@ def estimate(config: Config | Setup, name: str = "") -> Estimate:
                                "the parameters fed by batch-split inputs (the gradient, the "
                                "all-reduce's output" + (", the gathered weight)" if copies_of
                                                         == 3 else ")"))
+    if (backend.regathers_microbatch_weights and c.data.microbatches > 1 and python_loop
+            and transformer and zeroed > 1 and mesh.shape.get("tensor", 1) == 1
+            and not (float32_layers and not setup.remat.checkpoint)):
+        # in the microbatch loop's body, the backward's matmuls all-gather the ZeRO-split
+        # weights again (16-bit compute, or a remat policy's recomputation: XLA:CPU), early,
+        # beside the forward's gathered weights kept for the backward: every ZeRO-split
+        # parameter whole, twice, where the backward starts
+        regathered = (f"{at_loss}, with the weights gathered for the forward and again for "
+                      "the backward")
+        moments[regathered] = (saved_all, copies, 2 * p.zero_whole, grads["loss"][0],
+                               loss + split_copy)
+        grads_why[regathered] = grads["loss"][1]
     where = max(moments, key=lambda k: sum(moments[k]))
     saved_b, copies_b, gathered_b, grads_b, transient_b = moments[where]
     terms = [
