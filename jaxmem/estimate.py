@@ -63,7 +63,7 @@ import jax
 import numpy as np
 from flax import nnx
 
-from jaxmem import analytic, freeze, sharding
+from jaxmem import analytic, chain_memory, freeze, sharding
 from jaxmem.backends import BACKENDS, Backend
 from jaxmem.block_memory import SAVEABLE_NONE, block_terms, kept_bytes, unfused
 from jaxmem.config import Config
@@ -374,6 +374,15 @@ def estimate(config: Config | Setup, name: str = "") -> Estimate:
     # float32 rounded copies of the parameters (XLA:CPU)
     float32_chain = bool(backend.float32_chain_copies and anatomy.chain
                          and not float32_layers and not setup.remat.checkpoint)
+    # under a remat policy that saves the matmul outputs, with microbatches, the chain
+    # compiles as without remat, besides the 16-bit copies of the kernels its checkpointed
+    # blocks' backward reads (XLA:CPU; Backend.dots_chain_rereads)
+    reread_16 = reread_32 = 0
+    if (backend.dots_chain_rereads and anatomy.chain and not float32_layers
+            and c.data.microbatches > 1 and chain_memory.saves_dots(anatomy, setup.remat)):
+        float32_chain = True
+        reread_16 = chain_memory.reread_kernels(anatomy, setup, size, stored)
+        reread_32 = reread_16 * compute.itemsize // stored.itemsize
     float32_math = float32_layers or float32_chain
     outer = (backend.fuses_outer_product_gradients and rows == 1 and not p.stacked
              and float32_math and zeroed == 1)
@@ -384,6 +393,18 @@ def estimate(config: Config | Setup, name: str = "") -> Estimate:
     widens = (backend.widens_microbatch_gradients and c.data.microbatches > 1
               and not float32_layers)
     widened = trainable if widens else 0
+    # gradients made beside the accumulator (not outer products added as they are made)
+    reread_made = bool(reread_32 and grads["block"][0] > trainable)
+    if reread_made:
+        # a re-read kernel's gradient is written over its float32 copy once its block's
+        # backward has read it; the LM head's, made before the blocks' backward, is beside
+        # them; the first kernel's, made last, once they are dead (a moment below)
+        head = chain_memory.local_bytes(anatomy.chain[-1], anatomy, setup, size,
+                                        size.param)
+        grads = {"loss": grads["loss"],
+                 "block": (trainable + head, "the microbatch accumulator and the head's "
+                           "gradient (the re-read kernels' are written over their float32 "
+                           "copies)")}
     if widened and not float32_chain:
         grads = {k: (n + widened, f"{why}, and their float32 copy") for k, (n, why) in
                  grads.items()}
@@ -426,9 +447,11 @@ def estimate(config: Config | Setup, name: str = "") -> Estimate:
                 + ("; its layer's weights copied out of the stack" if layer_slice else "")
                 + ")" + split_why)
     moments = {
-        at_loss: (saved_all, copies, gathered, grads["loss"][0], loss + split_copy),
+        at_loss: (saved_all, copies + reread_16 + reread_32, gathered, grads["loss"][0],
+                  loss + split_copy),
         in_block: (blocks.before - blocks.freed + (0 if backend.frees_outside_first
-                                                    else outside), copies,
+                                                    else outside),
+                   copies + reread_16 + reread_32,
                    gathered, grads["block"][0] + waiting,
                    blocks.recompute + layer_slice + split_copy),
     }
@@ -436,6 +459,21 @@ def estimate(config: Config | Setup, name: str = "") -> Estimate:
                  in_block: grads["block"][1] + (
                      "; every trainable parameter's whole (unsharded) gradient, waiting for "
                      "the combined reduction" if waiting else "")}
+    if (backend.widens_rounded_chain_at_entry and anatomy.chain and not float32_layers
+            and setup.remat.checkpoint and c.data.microbatches == 1):
+        # XLA:CPU rounds each block's kernel to 16 bits in a buffer of its own (remat only),
+        # then widens them to float32 one by one (chain_memory.widening_at_entry)
+        widest = chain_memory.widening_at_entry(anatomy, setup, size, stored, compute)
+        at_rounding = ("at the step's entry, where the blocks' kernels rounded to 16 bits are "
+                       "widened to float32 one by one")
+        moments[at_rounding] = (0, widest, 0, 0, 0)
+        grads_why[at_rounding] = "none yet"
+    if reread_made:
+        at_first_grad = ("where the chain's first kernel's gradient is made (the re-read "
+                         "kernels' float32 copies are dead)")
+        moments[at_first_grad] = (0, copies + reread_16, gathered, trainable + p.first,
+                                  split_copy)
+        grads_why[at_first_grad] = "the microbatch accumulator and the first kernel's gradient"
     if (c.optimizer.name in backend.copies_chain_kernels_at_entry and anatomy.chain
             and float32_layers and not p.stacked and c.data.microbatches == 1 and not outer
             and zeroed == 1):
@@ -469,7 +507,8 @@ def estimate(config: Config | Setup, name: str = "") -> Estimate:
         # the step's end holds every gradient, the all-reduce's output of those outside the
         # stack and of the last layer's
         reduced_after = trainable - p.stacked + (p.whole_layer if p.stacked else 0)
-        moments[reducing] = (0, 0, 0, trainable + (copies_of - 1) * reduced_after + widened, 0)
+        moments[reducing] = (0, reread_16, 0,
+                             trainable + (copies_of - 1) * reduced_after + widened, 0)
         grads_why[reducing] = ("every gradient and the all-reduce's output" + (
             f" ({copies_of} x the trainable parameters)" if not p.stacked else
             f" of those outside the scanned stack and of one layer's (x {copies_of - 1})") + (
@@ -518,7 +557,11 @@ def estimate(config: Config | Setup, name: str = "") -> Estimate:
                                         "have none)" if loop_copies else "")
              + (" (rounded, in float32 buffers" + (" made before the microbatch loop)"
                                                    if c.data.microbatches > 1 else ")")
-                if float32_chain and copies_b else "")),
+                if float32_chain and copies_b else "")
+             + ("; the 16-bit copies of the kernels the checkpointed blocks' backward re-reads"
+                + (", and their float32 copies made in the microbatch's backward"
+                   if copies_b >= copies + reread_16 + reread_32 else "")
+                if reread_16 and copies_b >= copies + reread_16 else "")),
         Term("gathered parameters", gathered_b, "whole parameters all-gathered from their "
              "ZeRO shards in the forward, kept for the backward"),
         Term("gradients", grads_b, grads_why[where]),
