@@ -244,13 +244,27 @@ class Backend:
         Python-loop transformer's backward all-gathers its ZeRO-split weights again, apart
         from the forward's gathered weights it keeps, and does so early in the microbatch
         loop's body, so where the backward starts every ZeRO-split parameter is alive whole
-        twice, in float32; under 16-bit compute, or under a remat policy (undone or not: the
-        recomputation has gathers of its own); float32 layers without remat reuse the
-        forward's (XLA:CPU, measured: a bf16-mixed 6-layer GPT's peak holds each layer's
+        twice, in float32, under 16-bit compute; in float32 layers only the blocks' weights
+        are gathered again, and only where the remat policy recomputes a matmul (its
+        recomputation has gathers of its own; undone or not), else the backward reuses the
+        forward's (a 1-layer fp32 GPT under remat minimal with a 32000-token table: +20 %
+        with the table counted twice, +0.04 % without) (XLA:CPU, measured: a bf16-mixed
+        6-layer GPT's peak holds each layer's
         kernels whole twice; a 4-layer d384 GPT, 2 and 4 microbatches, bf16-mixed -27..-43 %
         -> -1..-15 %, fp32 under remat full -21 % -> within 1 %, fp32 without remat -7 % and
         +17 % with them, as at rows 1024 an fp32 GPT's peak holds one set; dev rows 703 ->
         707 of 800; without microbatches not seen to hold: rows up to +33 % with it).
+      copies_scanned_operands: a scanned stack's backward loop body copies, at its start, the
+        layer's saved values that its matmuls read (``block_memory.operand_slices``: the
+        kept inputs of a matmul or of an elementwise value made for one) out of the stacked
+        residuals into buffers of their own, held beside the recomputation (XLA:CPU, measured
+        on scanned GPTs and encoders: a 2-layer d128 GPT at batch 16 under save:query+key+value
+        holds q, k, v copied, 1.5 MiB; an encoder d384 without remat 17.5 of its layer's
+        22 MiB, the matmul operands; float32 copies under bf16-mixed too). Counted under a
+        checkpointing policy only: without remat XLA copies them too, but those rows are
+        already over (dev rows +4 .. +9 % -> +14 .. +22 % with them; on an encoder with
+        microbatches the estimate holds its 16 MiB of logits there, which XLA has freed).
+        Dev rows 712 -> 718 of 800 (one bf16 dots_no_batch row +9.5 -> +10.2 %).
 
     A Python-loop block's stages freeing their saved values once their backward is done is
     not a flag: every backend frees a value after its last use, and a loop block's values are
@@ -296,6 +310,7 @@ class Backend:
     widens_rounded_chain_at_entry: bool = False
     scatters_lookup_gradients: bool = False
     regathers_microbatch_weights: bool = False
+    copies_scanned_operands: bool = False
 
 
 BACKENDS: dict[str, Backend] = {
@@ -313,7 +328,8 @@ BACKENDS: dict[str, Backend] = {
                    float32_loop_copies=True, loop_whole_gradients=True,
                    slices_scanned_layer=True, float32_chain_copies=True,
                    dots_chain_rereads=True, widens_rounded_chain_at_entry=True,
-                   scatters_lookup_gradients=True, regathers_microbatch_weights=True),
+                   scatters_lookup_gradients=True, regathers_microbatch_weights=True,
+                   copies_scanned_operands=True),
     "gpu": Backend(),
     "tpu": Backend(tiles=True, fuses_loss_gradient=True, fuses_matmul_operands=True,
                    fuses_gradient_update=True, narrows_matmul_operands=True,

@@ -108,6 +108,7 @@ class Blocks:
     widest: str  # which block that is
     before: int  # saved by that block and the blocks before it (the later ones' backward is done)
     freed: int = 0  # that block's saved values its stage's backward no longer holds
+    sliced: int = 0  # that block's saved values a scanned backward copies out of the stack
 
 
 def _narrowed(values: Sequence[Tensor], size: Sizer) -> list[Tensor]:
@@ -220,22 +221,23 @@ def block_terms(blocks: Sequence[Block], setup: Setup, policy: RematPolicy, size
                  batch_is_compute: bool, shares: bool = False,
                  kernels: dict[str, tuple[int, ...]] | None = None,
                  undone: RematPolicy | None = None, float32_layers: bool = True,
-                 frees_stages: bool = False) -> Blocks:
+                 frees_stages: bool = False, slices_operands: bool = False) -> Blocks:
     """What ``blocks`` keep and their widest backward holds under ``policy``; ``undone``: the
     configured policy where the backend undid it (``policy`` is then remat none);
     ``float32_layers``: the layers compute in float32; ``frees_stages``: a block's own
     buffers (a Python loop's, not a scanned stack's slices), so a stage's backward no longer
-    holds the saved values of the stages after it (their backward is done)."""
+    holds the saved values of the stages after it (their backward is done);
+    ``slices_operands``: a scanned backward holds copies of the block's kept matmul operands
+    (:func:`operand_slices`) beside its recomputation."""
     c = setup.config
     every = c.remat.every
     none = SAVEABLE["none"](policy)
     device, host = saveable(policy), OFFLOADED.get(_policy_key(policy))
-    total = offloaded = workspace = before = largest = widest_freed = 0
+    total = offloaded = workspace = before = largest = widest_freed = widest_sliced = 0
     widest = ""
     index = 0
     # under 16-bit compute without an undone remat recomputing a matmul or convolution
-    plain_16bit = not float32_layers and not any(
-        t.dot for b in blocks for t in _redone(b, undone, size))
+    plain_16bit = not float32_layers and not redoes_matmuls(blocks, undone, size)
     frees = size.backend.frees_saved_in_backward or (
         size.backend.frees_saved_under_16bit and plain_16bit)
     rounds = size.backend.keeps_rounded_under_16bit and plain_16bit
@@ -295,14 +297,30 @@ def block_terms(blocks: Sequence[Block], setup: Setup, policy: RematPolicy, size
             if best is None or ws - freed > best[0] - best[1]:
                 best = (ws, freed)
         ws, freed = best
+        # a scanned backward's body copies the kept values its matmuls read out of the
+        # stacked residuals at its start (XLA:CPU), held with the recomputation
+        sliced = (kept_bytes(operand_slices(block, kept_values), size, batch_is_compute)
+                  if slices_operands else 0)
+        ws += sliced
         # where the backend frees a block's saved values once its backward is done, a
         # block's backward holds the saved values of the blocks up to it, not after it
         held = ws - freed + (total if frees else 0)
         if held > largest:
             largest, workspace, widest, before, widest_freed = held, ws, block.name, total, freed
+            widest_sliced = sliced
         index += block.count
     return Blocks(total, offloaded, workspace, widest, before if frees else total,
-                   widest_freed)
+                   widest_freed, widest_sliced)
+
+
+def operand_slices(block: Block, kept: Sequence[Tensor]) -> list[Tensor]:
+    """The kept values of ``block`` that a scanned backward loop's body copies out of the
+    stacked residuals into buffers of their own (``Backend.copies_scanned_operands``): those
+    its backward reads as a matmul operand, directly or through an elementwise value made
+    only for a matmul (``Tensor.matmul_operand``: the scaled query)."""
+    read = {name for u in block.values if u.dot in ("dot", "batched") or u.matmul_operand
+            for name in u.inputs}
+    return [t for t in kept if t.name in read]
 
 
 def _rounded(kept: list[Tensor]) -> list[Tensor]:
@@ -325,6 +343,11 @@ def _later_stages(block: Block, stage: str) -> set[str]:
     it); none for the values of every stage."""
     order = list(dict.fromkeys(t.stage for t in block.values if t.stage))
     return set(order[order.index(stage) + 1:]) if stage in order else set()
+
+
+def redoes_matmuls(blocks: Sequence[Block], undone: RematPolicy | None, size: Sizer) -> bool:
+    """Whether the ``undone`` policy would recompute a matmul or convolution of ``blocks``."""
+    return any(t.dot for b in blocks for t in _redone(b, undone, size))
 
 
 def _redone(block: Block, undone: RematPolicy | None, size: Sizer) -> list[Tensor]:

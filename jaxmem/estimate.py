@@ -65,7 +65,7 @@ from flax import nnx
 
 from jaxmem import analytic, chain_memory, freeze, sharding
 from jaxmem.backends import BACKENDS, Backend
-from jaxmem.block_memory import SAVEABLE_NONE, block_terms, kept_bytes, unfused
+from jaxmem.block_memory import SAVEABLE_NONE, block_terms, kept_bytes, redoes_matmuls, unfused
 from jaxmem.config import Config
 from jaxmem.errors import ConfigError, Unsupported
 from jaxmem.models.anatomy import Anatomy, Tensor
@@ -165,6 +165,7 @@ class _Params(NamedTuple):
     lookups: int  # the lookup-only tables that no mesh axis splits
     largest_dense: int  # the largest trainable parameter but those lookup-only tables
     zero_whole: int  # every ZeRO-split parameter whole, in the compute dtype (gathered)
+    zero_blocks: int  # those of them in the blocks
 
 
 def _param_terms(anatomy: Anatomy, setup: Setup, size: Sizer, rows: int) -> _Params:
@@ -174,7 +175,7 @@ def _param_terms(anatomy: Anatomy, setup: Setup, size: Sizer, rows: int) -> _Par
     frozen = setup.freeze_patterns
     total = trainable = largest = stacked = stacked_all = outside = gathered = 0
     whole_layer = whole_outside = read_back = but_first = first = second = lookups = 0
-    dense = zero_whole = 0
+    dense = zero_whole = zero_blocks = 0
     zero = set(rules.zero)
     for path, shape in anatomy.params:
         spec = param_spec(path, shape, setup, mesh)
@@ -188,6 +189,8 @@ def _param_terms(anatomy: Anatomy, setup: Setup, size: Sizer, rows: int) -> _Par
         head = size.backend.gathers_lm_head and path == anatomy.lm_head
         if any(a in zero for e in spec for a in spec_axes(e)):
             zero_whole += size.nbytes(unzeroed, size.compute)
+            if path.startswith(setup.config.model.BLOCKS_PATH or "\0"):
+                zero_blocks += size.nbytes(unzeroed, size.compute)
         if (any(a in zero for e in spec for a in spec_axes(e))
                 and (head or max(unzeroed[-2:]) <= GATHER_RATIO * rows)):
             extra = size.nbytes(unzeroed, size.compute) - size.nbytes(local, size.compute)
@@ -221,7 +224,7 @@ def _param_terms(anatomy: Anatomy, setup: Setup, size: Sizer, rows: int) -> _Par
             whole_outside = max(whole_outside, joined)
     return _Params(total, trainable, largest, stacked, stacked_all, outside, gathered, whole_layer,
                    whole_outside, read_back, but_first, first, second, lookups, dense,
-                   zero_whole)
+                   zero_whole, zero_blocks)
 
 
 def _batch_split_gradients(anatomy: Anatomy, setup: Setup, size: Sizer) -> int:
@@ -350,7 +353,9 @@ def estimate(config: Config | Setup, name: str = "") -> Estimate:
                           batch_is_compute=stored == np.dtype("float32"), shares=shares,
                           kernels=dict(anatomy.params), undone=undone_policy,
                           float32_layers=float32_layers,
-                          frees_stages=not anatomy.scanned)
+                          frees_stages=not anatomy.scanned,
+                          slices_operands=(backend.copies_scanned_operands and anatomy.scanned
+                                           and setup.remat.checkpoint))
     outside = kept_bytes(unfused(list(anatomy.outside), backend), size, batch_is_compute=False)
     loss_values = _loss_values(anatomy, size)
     if (backend.one_pass_frozen_head_loss and not backend.fuses_loss_gradient
@@ -445,6 +450,8 @@ def estimate(config: Config | Setup, name: str = "") -> Estimate:
                 "gradients" + ("; the saved values of its later stages are freed"
                                if blocks.freed else "")
                 + ("; its layer's weights copied out of the stack" if layer_slice else "")
+                + ("; its kept matmul operands copied out of the stack" if blocks.sliced
+                   else "")
                 + ")" + split_why)
     moments = {
         at_loss: (saved_all, copies + reread_16 + reread_32, gathered, grads["loss"][0],
@@ -531,14 +538,17 @@ def estimate(config: Config | Setup, name: str = "") -> Estimate:
                                                         == 3 else ")"))
     if (backend.regathers_microbatch_weights and c.data.microbatches > 1 and python_loop
             and transformer and zeroed > 1 and mesh.shape.get("tensor", 1) == 1
-            and not (float32_layers and not setup.remat.checkpoint)):
+            and not (float32_layers
+                     and not redoes_matmuls(anatomy.blocks, undone_policy, size))):
         # in the microbatch loop's body, the backward's matmuls all-gather the ZeRO-split
         # weights again (16-bit compute, or a remat policy's recomputation: XLA:CPU), early,
         # beside the forward's gathered weights kept for the backward: every ZeRO-split
         # parameter whole, twice, where the backward starts
         regathered = (f"{at_loss}, with the weights gathered for the forward and again for "
                       "the backward")
-        moments[regathered] = (saved_all, copies, 2 * p.zero_whole, grads["loss"][0],
+        # (float32 layers: the blocks' weights only, gathered again for their recomputation)
+        again = p.zero_blocks if float32_layers else p.zero_whole
+        moments[regathered] = (saved_all, copies, p.zero_whole + again, grads["loss"][0],
                                loss + split_copy)
         grads_why[regathered] = grads["loss"][1]
     where = max(moments, key=lambda k: sum(moments[k]))
