@@ -238,10 +238,16 @@ def block_terms(blocks: Sequence[Block], setup: Setup, policy: RematPolicy, size
     index = 0
     # under 16-bit compute without an undone remat recomputing a matmul or convolution
     plain_16bit = not float32_layers and not redoes_matmuls(blocks, undone, size)
-    frees = size.backend.frees_saved_in_backward or (
+    # a microbatch loop's float32 step under an undone remat that saves nothing
+    # (``Backend.frees_saved_in_microbatch_remat``)
+    looped = (size.backend.frees_saved_in_microbatch_remat and float32_layers
+              and c.data.microbatches > 1 and _saves_nothing(blocks, undone))
+    if looped:  # the microbatch's slice of the batch is a buffer of its own
+        batch_is_compute = False
+    frees = size.backend.frees_saved_in_backward or looped or (
         size.backend.frees_saved_under_16bit and plain_16bit)
     rounds = size.backend.keeps_rounded_under_16bit and plain_16bit
-    for block in blocks:
+    for n, block in enumerate(blocks):
         kept_policy = _backend_kept(block, unfused(saved(block, device), size.backend), size,
                                     policy.checkpoint, frees_stages)
         kept_none = _backend_kept(block, unfused(saved(block, none), size.backend), size,
@@ -285,13 +291,17 @@ def block_terms(blocks: Sequence[Block], setup: Setup, policy: RematPolicy, size
         kept_values = [*(kept_policy if with_policy else kept_none),
                        *(block.shared if shares else ())]
         slices = _conv_slices(block, kernels or {}, setup, size)
+        # the gradient flowing in (the next block's input's), read by the block's first
+        # backward operation beside the gradient it makes
+        incoming = (size.tensors([t for t in blocks[n + 1].values if t.block_input])
+                    if looped and n + 1 < len(blocks) else 0)
         best = None
         for s in sorted(stages):  # ties go to the first in name order
             if size.backend.recomputes_by_stage:
                 ws = size.tensors(_at(s, redo)) + size.tensors(_at(s, grads))
             else:
                 ws = size.tensors(redo) + size.tensors(_at(s, grads))
-            ws += slices
+            ws += slices + incoming
             dead = _later_stages(block, s) if frees_stages else set()
             freed = kept_bytes([t for t in kept_values if t.stage in dead], size, batch_is_compute)
             if best is None or ws - freed > best[0] - best[1]:
@@ -348,6 +358,14 @@ def _later_stages(block: Block, stage: str) -> set[str]:
 def redoes_matmuls(blocks: Sequence[Block], undone: RematPolicy | None, size: Sizer) -> bool:
     """Whether the ``undone`` policy would recompute a matmul or convolution of ``blocks``."""
     return any(t.dot for b in blocks for t in _redone(b, undone, size))
+
+
+def _saves_nothing(blocks: Sequence[Block], undone: RematPolicy | None) -> bool:
+    """The ``undone`` policy keeps nothing of ``blocks`` but their inputs (``full``)."""
+    if undone is None:
+        return False
+    keep = saveable(undone)
+    return not any(keep(t) for b in blocks for t in b.values if not t.block_input)
 
 
 def _redone(block: Block, undone: RematPolicy | None, size: Sizer) -> list[Tensor]:

@@ -759,3 +759,17 @@ def test_cpu_copies_a_scanned_layers_matmul_operands_out_of_the_stack(monkeypatc
     assert "matmul operands copied out" in e.to_dict()["details"]["peak transients"]
     set_backend(monkeypatch, "cpu", copies_scanned_operands=False)
     assert estimate(config).total_bytes / total - 1 < -0.095
+
+
+def test_cpu_frees_a_float32_cnns_saved_values_in_a_microbatchs_remat_backward(monkeypatch):
+    """A float32 CNN under remat full with microbatches: in the microbatch loop's body
+    XLA:CPU frees a block's saved values once its backward is done, and a block's backward
+    holds the gradient flowing in and the microbatch's slice of the batch. Within 3 % of
+    XLA's total; more than 12 % over with every block's values held."""
+    config = make_config(model={"kind": "cnn", "image_size": 64, "channels": [32, 32, 64, 64]},
+                         remat="full", precision="fp32", optimizer="sgd",
+                         data={"batch_size": 8, "microbatches": 2})
+    total = compiled_total(config)
+    assert abs(estimate(config).total_bytes / total - 1) < 0.03
+    set_backend(monkeypatch, "cpu", frees_saved_in_microbatch_remat=False)
+    assert estimate(config).total_bytes / total - 1 > 0.12
