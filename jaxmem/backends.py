@@ -252,6 +252,13 @@ class Backend:
         accumulator is the largest but those tables' (XLA:CPU, measured on float32 encoders
         with microbatches whose token table is the largest parameter: +11 .. +28 % -> within
         6 %; without microbatches the table's gradient is a buffer of its own, as counted).
+        A token table tied to the LM head, with microbatches and the batch split over
+        devices (float32 layers): its lookup's scatter-add is a buffer of its own, made at
+        the microbatch's start and held through its backward, beside the accumulator
+        (measured on tensor-parallel GPTs, data 2 x tensor 4: 7.8 MiB of a 7L d256
+        32000-token table, -9.4 % -> -0.6 %, and 1 MiB of a 5L d128 8192-token one, -7.9 %
+        -> -1.7 %, both without remat; not made early on one device, nor with the data
+        axis 1).
       regathers_microbatch_weights: with microbatches under FSDP (no tensor axis), a
         Python-loop transformer's backward all-gathers its ZeRO-split weights again, apart
         from the forward's gathered weights it keeps, and does so early in the microbatch
@@ -277,6 +284,18 @@ class Backend:
         already over (dev rows +4 .. +9 % -> +14 .. +22 % with them; on an encoder with
         microbatches the estimate holds its 16 MiB of logits there, which XLA has freed).
         Dev rows 712 -> 718 of 800 (one bf16 dots_no_batch row +9.5 -> +10.2 %).
+      remat_past_reduction_rows: under tensor parallelism, float32 Python-loop blocks whose
+        remat policy the backend undoes are merged with the real forward only up to the
+        first all-reduce the recomputation would redo: where a policy saves neither a
+        row-parallel matmul's all-reduced output (the attention output projection's) nor a
+        value made from it, the stages after it are really recomputed (their values not
+        kept), below this many rows per device (examples per device x seq_len). Measured on
+        an encoder 6L d576 seq512, data 2 x tensor 4: 165.7 MiB under ``full`` and
+        ``save:query+key+value`` against 205.1 under ``none``, ``dots`` and ``minimal``;
+        recomputed at 1024 .. 3072 rows per device, fully undone at 4096 (d384 .. d576).
+        Dev rows 720 -> 719 with it alone (two encoders +26.6 -> +2.6 %, +21.2 -> -0.3 %;
+        three GPTs already low without remat newly missed, two of them fixed by the tied
+        table's lookup gradient, ``scatters_lookup_gradients``).
 
     A Python-loop block's stages freeing their saved values once their backward is done is
     not a flag: every backend frees a value after its last use, and a loop block's values are
@@ -324,6 +343,7 @@ class Backend:
     scatters_lookup_gradients: bool = False
     regathers_microbatch_weights: bool = False
     copies_scanned_operands: bool = False
+    remat_past_reduction_rows: int = 0
 
 
 BACKENDS: dict[str, Backend] = {
@@ -342,7 +362,7 @@ BACKENDS: dict[str, Backend] = {
                    slices_scanned_layer=True, float32_chain_copies=True,
                    dots_chain_rereads=True, widens_rounded_chain_at_entry=True,
                    scatters_lookup_gradients=True, regathers_microbatch_weights=True,
-                   copies_scanned_operands=True),
+                   copies_scanned_operands=True, remat_past_reduction_rows=4096),
     "gpu": Backend(),
     "tpu": Backend(tiles=True, fuses_loss_gradient=True, fuses_matmul_operands=True,
                    fuses_gradient_update=True, narrows_matmul_operands=True,

@@ -198,10 +198,6 @@ def _backend_kept(block: Block, kept: list[Tensor], size: Sizer, remat: bool,
     backend, names = size.backend, {t.name for t in kept}
     by_name = block.by_name()
     row_limit = backend.loop_batched_dot_rows if loop else 0
-
-    def ways(t: Tensor) -> int:  # how many ways the mesh splits a value
-        return math.prod(t.shape) // max(1, math.prod(size.shard(t.shape, t.axes)))
-
     extra = []
     for t in block.values:
         if t.name in names:
@@ -211,10 +207,41 @@ def _backend_kept(block: Block, kept: list[Tensor], size: Sizer, remat: bool,
                 and not (row_limit and math.prod(local[:-1]) >= row_limit)
                 and any(t.name in u.inputs for u in kept)):
             extra.append(t)
-        elif (backend.keeps_reduced_matmul_outputs and not remat and t.dot == "dot"
-              and any(ways(by_name[i]) > ways(t) for i in t.inputs if i in by_name)):
+        elif backend.keeps_reduced_matmul_outputs and not remat and _reduced(t, by_name, size):
             extra.append(t)
     return [*kept, *extra]
+
+
+def _ways(t: Tensor, size: Sizer) -> int:
+    """How many ways the mesh splits a value."""
+    return math.prod(t.shape) // max(1, math.prod(size.shard(t.shape, t.axes)))
+
+
+def _reduced(t: Tensor, by_name: dict[str, Tensor], size: Sizer) -> bool:
+    """``t`` is a matmul's output contracting a tensor-split dimension (all-reduced: a
+    row-parallel projection's)."""
+    return t.dot == "dot" and any(_ways(by_name[i], size) > _ways(t, size)
+                                  for i in t.inputs if i in by_name)
+
+
+def _past_reduction(block: Block, undone: RematPolicy | None, size: Sizer) -> set[str]:
+    """The values of ``block`` that an ``undone`` remat policy still recomputes
+    (``Backend.remat_past_reduction_rows``): those of the stages after the first stage
+    whose all-reduced matmul output the policy saves neither as it is nor as a value made
+    from it, but the stage's inputs (made in the forward from values before it)."""
+    limit = size.backend.remat_past_reduction_rows
+    if undone is None or not limit:
+        return set()
+    keep, by_name = saveable(undone), block.by_name()
+    for t in block.values:
+        if (t.stage and _reduced(t, by_name, size) and not keep(t)
+                and math.prod(size.shard(t.shape, t.axes)[:-1]) < limit
+                and not any(keep(u) for u in block.values if t.name in u.inputs)):
+            later = _later_stages(block, t.stage)
+            past = {u.name for u in block.values if u.stage in later}
+            return {u.name for u in block.values
+                    if u.name in past and not (u.inputs and not set(u.inputs) & past)}
+    return set()
 
 
 def block_terms(blocks: Sequence[Block], setup: Setup, policy: RematPolicy, size: Sizer,
@@ -254,6 +281,13 @@ def block_terms(blocks: Sequence[Block], setup: Setup, policy: RematPolicy, size
                                   False, frees_stages)
         if rounds:
             kept_policy, kept_none = _rounded(kept_policy), _rounded(kept_none)
+        # what XLA recomputes past a collective of the recomputation (not merged with the
+        # forward's values), kept as the configured policy keeps it
+        past = _past_reduction(block, undone, size) if float32_layers else set()
+        if past:
+            undone_kept = {t.name for t in saved(block, saveable(undone))}
+            kept_policy, kept_none = ([t for t in k if t.name not in past or t.name in undone_kept]
+                                      for k in (kept_policy, kept_none))
 
         with_policy = sum(1 for i in range(index, index + block.count) if i % every == 0)
         with_none = block.count - with_policy

@@ -166,6 +166,7 @@ class _Params(NamedTuple):
     largest_dense: int  # the largest trainable parameter but those lookup-only tables
     zero_whole: int  # every ZeRO-split parameter whole, in the compute dtype (gathered)
     zero_blocks: int  # those of them in the blocks
+    tied_table: int = 0  # a token table tied to the LM head (read by a lookup too), trainable
 
 
 def _param_terms(anatomy: Anatomy, setup: Setup, size: Sizer, rows: int) -> _Params:
@@ -175,7 +176,7 @@ def _param_terms(anatomy: Anatomy, setup: Setup, size: Sizer, rows: int) -> _Par
     frozen = setup.freeze_patterns
     total = trainable = largest = stacked = stacked_all = outside = gathered = 0
     whole_layer = whole_outside = read_back = but_first = first = second = lookups = 0
-    dense = zero_whole = zero_blocks = 0
+    dense = zero_whole = zero_blocks = tied = 0
     zero = set(rules.zero)
     for path, shape in anatomy.params:
         spec = param_spec(path, shape, setup, mesh)
@@ -205,6 +206,8 @@ def _param_terms(anatomy: Anatomy, setup: Setup, size: Sizer, rows: int) -> _Par
         if any(fnmatch.fnmatchcase(path, p) for p in frozen):
             continue
         trainable += n
+        if path == anatomy.lm_head and path.endswith("/embedding"):
+            tied = n
         largest = max(largest, n)
         if not lookup:
             dense = max(dense, n)
@@ -224,7 +227,7 @@ def _param_terms(anatomy: Anatomy, setup: Setup, size: Sizer, rows: int) -> _Par
             whole_outside = max(whole_outside, joined)
     return _Params(total, trainable, largest, stacked, stacked_all, outside, gathered, whole_layer,
                    whole_outside, read_back, but_first, first, second, lookups, dense,
-                   zero_whole, zero_blocks)
+                   zero_whole, zero_blocks, tied)
 
 
 def _batch_split_gradients(anatomy: Anatomy, setup: Setup, size: Sizer) -> int:
@@ -392,7 +395,8 @@ def estimate(config: Config | Setup, name: str = "") -> Estimate:
     outer = (backend.fuses_outer_product_gradients and rows == 1 and not p.stacked
              and float32_math and zeroed == 1)
     grads = _live_gradients(c, backend, p, fused_updates, float32_math, outer,
-                            zero_split=zeroed > 1, float32_chain=float32_chain)
+                            zero_split=zeroed > 1, float32_chain=float32_chain,
+                            batch_split=ways > 1)
     # a microbatch's 16-bit gradients copied to float32 before they are added (XLA:CPU)
     # (the float32 chain's too, where they are all-reduced: the reducing moment below)
     widens = (backend.widens_microbatch_gradients and c.data.microbatches > 1
@@ -651,7 +655,8 @@ def traced_anatomy(setup: Setup, micro: int) -> Anatomy:
 def _live_gradients(c: Config, backend: Backend, p: _Params, fused_updates: bool,
                     float32_layers: bool, outer: bool = False,
                     zero_split: bool = False,
-                    float32_chain: bool = False) -> dict[str, tuple[int, str]]:
+                    float32_chain: bool = False,
+                    batch_split: bool = False) -> dict[str, tuple[int, str]]:
     """Gradients alive while activations are still kept, ``(bytes, why)`` where the backward
     starts (``loss``) and in a block's backward (``block``); ``outer``: the weight gradients
     are outer products (one row per device and microbatch) the backend fuses into what
@@ -660,7 +665,8 @@ def _live_gradients(c: Config, backend: Backend, p: _Params, fused_updates: bool
     (``Backend.float32_chain_copies``): its backward reads the float32 rounded copies, so
     without microbatches each update is computed as its gradient is made (lion's reads copies
     of every trainable parameter), and with them its outer-product gradients are added as
-    they are made whatever the optimizer (measured with lion: its largest is not kept)."""
+    they are made whatever the optimizer (measured with lion: its largest is not kept);
+    ``batch_split``: the batch axes split the batch over more than one device."""
     trainable, largest, stacked = p.trainable, p.largest, p.stacked
     # a lookup table's gradient is a scatter-add, made in place into an accumulator
     dense = p.largest_dense if backend.scatters_lookup_gradients else largest
@@ -677,10 +683,17 @@ def _live_gradients(c: Config, backend: Backend, p: _Params, fused_updates: bool
             elif outer and (float32_chain
                             or c.optimizer.name not in backend.copies_largest_gradient):
                 made = (0, "nothing more (each, an outer product, is added as it is made)")
-            return {"loss": (trainable, "the microbatch accumulator (this microbatch's "
-                             "gradients are not made yet)"),
-                    "block": (trainable + made[0], f"the microbatch accumulator and {made[1]}, "
-                              "added to it as they are made")}
+            # a token table tied to the LM head, the batch split over devices: its lookup's
+            # gradient (a scatter-add) is a buffer of its own, made at the microbatch's start
+            # (Backend.scatters_lookup_gradients)
+            tied = (p.tied_table if backend.scatters_lookup_gradients and float32_layers
+                    and batch_split else 0)
+            lookup = " and the tied token table's lookup gradient" if tied else ""
+            return {"loss": (trainable + tied, "the microbatch accumulator" + lookup + " (this "
+                             "microbatch's " + ("other " if tied else "") + "gradients are not "
+                             "made yet)"),
+                    "block": (trainable + made[0] + tied, f"the microbatch accumulator{lookup} "
+                              f"and {made[1]}, added to it as they are made")}
         if stacked:
             both = (trainable + stacked, "the microbatch accumulator and a scanned stack's "
                     "gradients")
