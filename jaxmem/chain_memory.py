@@ -9,15 +9,13 @@ device; :func:`jaxmem.estimate.estimate` places them in its moments.
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
 from jaxmem.block_memory import saveable
 from jaxmem.models.anatomy import Anatomy
 from jaxmem.remat import RematPolicy
 from jaxmem.setup import Setup
-from jaxmem.sizing import Sizer, param_spec, spec_axes
+from jaxmem.sizing import Sizer, local_shape, param_spec
 
 
 def saves_dots(anatomy: Anatomy, policy: RematPolicy) -> bool:
@@ -31,9 +29,8 @@ def local_bytes(path: str, anatomy: Anatomy, setup: Setup, size: Sizer,
                 dtype: np.dtype) -> int:
     """Bytes per device of parameter ``path`` in ``dtype``."""
     shape = dict(anatomy.params)[path]
-    spec = param_spec(path, shape, setup, size.mesh)
-    return size.nbytes(tuple(s // math.prod(size.mesh.shape[a] for a in spec_axes(e))
-                             for s, e in zip(shape, spec, strict=True)), dtype)
+    return size.nbytes(local_shape(shape, param_spec(path, shape, setup, size.mesh),
+                                   size.mesh), dtype)
 
 
 def reread_kernels(anatomy: Anatomy, setup: Setup, size: Sizer, dtype: np.dtype) -> int:

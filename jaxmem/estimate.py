@@ -70,7 +70,7 @@ from jaxmem.config import Config
 from jaxmem.errors import ConfigError, Unsupported
 from jaxmem.models.anatomy import Anatomy, Tensor
 from jaxmem.setup import Setup, as_setup
-from jaxmem.sizing import Sizer, param_spec, spec_axes
+from jaxmem.sizing import Sizer, local_shape, param_spec, spec_axes
 from jaxmem.step import make_objective
 
 
@@ -166,7 +166,7 @@ class _Params(NamedTuple):
     largest_dense: int  # the largest trainable parameter but those lookup-only tables
     zero_whole: int  # every ZeRO-split parameter whole, in the compute dtype (gathered)
     zero_blocks: int  # those of them in the blocks
-    tied_table: int = 0  # a token table tied to the LM head (read by a lookup too), trainable
+    tied_table: int  # a token table tied to the LM head (read by a lookup too), trainable
 
 
 def _param_terms(anatomy: Anatomy, setup: Setup, size: Sizer, rows: int) -> _Params:
@@ -180,21 +180,20 @@ def _param_terms(anatomy: Anatomy, setup: Setup, size: Sizer, rows: int) -> _Par
     zero = set(rules.zero)
     for path, shape in anatomy.params:
         spec = param_spec(path, shape, setup, mesh)
-        local = tuple(s // math.prod(mesh.shape[a] for a in spec_axes(e))
-                      for s, e in zip(shape, spec, strict=True))
+        local = local_shape(shape, spec, mesh)
         n = size.nbytes(local, size.param)
         total += n
         in_stack = anatomy.scanned and path.startswith(setup.config.model.BLOCKS_PATH or "\0")
         unzeroed = tuple(s * math.prod(mesh.shape[a] for a in spec_axes(e) if a in zero)
                          for s, e in zip(local, spec, strict=True))
         head = size.backend.gathers_lm_head and path == anatomy.lm_head
-        if any(a in zero for e in spec for a in spec_axes(e)):
-            zero_whole += size.nbytes(unzeroed, size.compute)
-            if path.startswith(setup.config.model.BLOCKS_PATH or "\0"):
-                zero_blocks += size.nbytes(unzeroed, size.compute)
-        if (any(a in zero for e in spec for a in spec_axes(e))
-                and (head or max(unzeroed[-2:]) <= GATHER_RATIO * rows)):
-            extra = size.nbytes(unzeroed, size.compute) - size.nbytes(local, size.compute)
+        zero_split = any(a in zero for e in spec for a in spec_axes(e))
+        whole = size.nbytes(unzeroed, size.compute) if zero_split else 0
+        zero_whole += whole
+        if path.startswith(setup.config.model.BLOCKS_PATH or "\0"):
+            zero_blocks += whole
+        if zero_split and (head or max(unzeroed[-2:]) <= GATHER_RATIO * rows):
+            extra = whole - size.nbytes(local, size.compute)
             if in_stack:  # a scanned stack gathers one layer per loop step
                 extra //= shape[0]
             gathered += extra

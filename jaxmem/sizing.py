@@ -106,6 +106,13 @@ def param_spec(path: str, shape: Sequence[int], setup: Any, mesh: Any) -> tuple[
     return (*spec, *(None,) * (len(shape) - len(spec)))
 
 
+def local_shape(shape: Sequence[int], spec: Sequence[Any], mesh: Any) -> tuple[int, ...]:
+    """A parameter's shape on one device: each dimension divided by the mesh axes its
+    PartitionSpec entry names."""
+    return tuple(s // math.prod(mesh.shape[a] for a in spec_axes(e))
+                 for s, e in zip(shape, spec, strict=True))
+
+
 def spec_axes(entry: Any) -> tuple[str, ...]:
     """The mesh axes of one PartitionSpec entry (none, one name or several)."""
     if entry is None:
