@@ -58,3 +58,69 @@ def widening_at_entry(anatomy: Anatomy, setup: Setup, size: Sizer, stored: np.dt
         widest = max(widest, sum(narrow[k:]) + wide + widened)
         wide += widened
     return widest
+
+
+def _tree_order(path: str) -> tuple:
+    """A parameter path's place in the flattened pytree (keys sorted, indices as numbers)."""
+    return tuple((0, int(k), "") if k.isdigit() else (1, 0, k) for k in path.split("/"))
+
+
+def state_copies_held(anatomy: Anatomy, setup: Setup, size: Sizer, outer: bool,
+                      rounded: bool = False) -> int:
+    """The most bytes per device that an optimizer reading its old state after writing the
+    new one in place (lion: its single moment) holds, outside the donated arguments, of the
+    copies XLA:CPU makes at the step's entry and of the gradients
+    (``Backend.copies_state_at_entry``).
+
+    At the entry XLA copies, in pytree order, every parameter a value other than its own
+    update reads (all but the chain's first kernel and the blocks' biases, which the
+    backward reads before their updates; all but the first kernel with ``outer``-product
+    gradients fused into the updates; none where the layers read ``rounded`` float32 copies
+    of the parameters, counted apart (``Backend.float32_chain_copies``): the updates read
+    the arguments themselves), then every state leaf. The backward then updates the
+    layers from the head down; a gradient (not ``outer``) is made just before its update.
+    Buffer assignment places the copies and gradients, largest first, each into the smallest
+    donated argument buffer (a parameter or state leaf) that is dead for its whole life (an
+    argument copied out, until its update writes it), never the one it copies; the rest are
+    temporaries, alive together at the backward's start."""
+    params = sorted(((p, local_bytes(p, anatomy, setup, size, size.param))
+                     for p, _ in anatomy.params), key=lambda x: _tree_order(x[0]))
+    first, head = anatomy.chain[0], anatomy.chain[-1].rpartition("/")[0]
+    copied = [p for p, _ in params if not rounded and p != first and (
+        outer or p in anatomy.chain or p.startswith(head + "/"))]
+    made = {("P", p): t for t, p in enumerate(copied, 1)}  # copies: P parameter, M state
+    made |= {("M", p): t for t, (p, _) in enumerate(params, len(copied) + 1)}
+    grad, new = {}, {}  # when a gradient is made; when a leaf's new value is written
+    for i, kernel in enumerate(reversed(anatomy.chain)):
+        layer, t = kernel.rpartition("/")[0], 1000 + 10 * i
+        for j, p in enumerate((f"{layer}/bias", kernel)):
+            grad[p] = t - 1 + j  # the bias's gradient, then the kernel's, then the updates
+            # with outer products the new state is written first, else the new parameter
+            new[("M" if outer else "P", p)] = t + 1 + 2 * j
+            new[("P" if outer else "M", p)] = t + 2 + 2 * j
+    end = 10 ** 9
+    held = {}  # donated argument -> (its bytes, the (start, end, leaf updated) it holds)
+    for kind in ("P", "M"):
+        for p, n in params:  # an uncopied parameter is read until its update
+            last = made.get((kind, p), new[(kind, p)] if kind == "P" else 0)
+            held[(kind, p)] = (n, [(0, last, None), (new[(kind, p)], end, p)])
+    values = [(n, made[(k, p)], max(new[("P", p)], new[("M", p)]) if k == "M" else
+               new[("P", p)], (k, p)) for p, n in params for k in ("P", "M") if (k, p) in made]
+    if not outer:  # a gradient lives until its leaf's new state is written
+        values += [(n, grad[p], new[("M", p)], ("G", p)) for p, n in params if p in grad]
+    values.sort(key=lambda v: (-v[0], v[1]))
+    # tried smallest first; of equal sizes the last made (state leaves, later layers)
+    order = sorted(reversed(list(held)), key=lambda b: held[b][0])
+    temps = []
+    for n, start, stop, what in values:
+        for b in order:
+            cap, there = held[b]
+            # a value may end where its own leaf's update writes the buffer
+            if cap >= n and b != what and all(
+                    stop < s or e < start or (stop == s and leaf == what[1])
+                    for s, e, leaf in there):
+                there.append((start, stop, None))
+                break
+        else:
+            temps.append((start, stop, n))
+    return max((sum(n for s, e, n in temps if s <= t <= e) for t, _, _ in temps), default=0)

@@ -396,6 +396,15 @@ def estimate(config: Config | Setup, name: str = "") -> Estimate:
     grads = _live_gradients(c, backend, p, fused_updates, float32_math, outer,
                             zero_split=zeroed > 1, float32_chain=float32_chain,
                             batch_split=ways > 1)
+    if (c.optimizer.name in backend.copies_state_at_entry and anatomy.chain and float32_math
+            and not p.stacked and c.data.microbatches == 1 and not setup.freeze_patterns
+            and state_dtype == "auto" and math.prod(mesh.shape.values()) == 1):
+        held = chain_memory.state_copies_held(anatomy, setup, size, outer,
+                                              rounded=float32_chain)
+        one = (held, f"{c.optimizer.name}'s copies of its state and of the parameters the "
+               "backward reads, made at the step's entry, and the gradients, less those in "
+               "donated argument buffers")
+        grads = {"loss": one, "block": one}
     # a microbatch's 16-bit gradients copied to float32 before they are added (XLA:CPU)
     # (the float32 chain's too, where they are all-reduced: the reducing moment below)
     widens = (backend.widens_microbatch_gradients and c.data.microbatches > 1
