@@ -713,6 +713,11 @@ def _live_gradients(c: Config, backend: Backend, p: _Params, fused_updates: bool
         one = (stacked + p.largest_outside, "a scanned stack's gradients, accumulated through "
                "its backward loop, and the largest gradient outside it (the embedding table's)")
         if not float32_layers:  # the table's float32 gradient is made early, beside the loss
+            if c.optimizer.name in backend.copies_scanned_16bit_state:
+                # less the 16-bit stack gradients placed in the freed state buffers
+                one = (one[0] + trainable - stacked // 2, one[1] + f"; {c.optimizer.name}'s "
+                       "copy of its state (every trainable parameter's, made before the "
+                       "backward loop)")
             return {"loss": one, "block": one}
         # float32 layers: the LM head's matmul makes the table's gradient from the logits'
         # gradient once the loss's own values are dead; where the loss gradient is
