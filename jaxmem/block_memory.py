@@ -193,17 +193,21 @@ def _backend_kept(block: Block, kept: list[Tensor], size: Sizer, remat: bool,
     """``kept`` and what the backend keeps beside it for the backward: with one example of
     the batch per device, a batched matmul's output beside a kept value made from it (the
     attention scores beside their softmax; in a Python ``loop`` stack, below the backend's
-    row limit); without remat, the all-reduced output of a matmul contracting a tensor-split
-    dimension (a row-parallel projection's)."""
+    row limit; not in a scanned stack under a checkpointing policy where the backend keeps
+    only what the policy saves); without remat, the all-reduced output of a matmul
+    contracting a tensor-split dimension (a row-parallel projection's)."""
     backend, names = size.backend, {t.name for t in kept}
     by_name = block.by_name()
     row_limit = backend.loop_batched_dot_rows if loop else 0
+    # a scanned stack's residuals under a checkpointing policy are what the policy saves
+    scores = backend.keeps_one_example_batched_dots and not (
+        backend.scan_residuals_by_policy and remat and not loop)
     extra = []
     for t in block.values:
         if t.name in names:
             continue
         local = size.shard(t.shape, t.axes)
-        if (backend.keeps_one_example_batched_dots and t.dot == "batched" and local[0] == 1
+        if (scores and t.dot == "batched" and local[0] == 1
                 and not (row_limit and math.prod(local[:-1]) >= row_limit)
                 and any(t.name in u.inputs for u in kept)):
             extra.append(t)
@@ -274,7 +278,16 @@ def block_terms(blocks: Sequence[Block], setup: Setup, policy: RematPolicy, size
     frees = size.backend.frees_saved_in_backward or looped or (
         size.backend.frees_saved_under_16bit and plain_16bit)
     rounds = size.backend.keeps_rounded_under_16bit and plain_16bit
+    # under an ``except:`` policy, a loop block of a stack of several shares two
+    # residual-stream-wide values with its forward, not the GELU's factors
+    # (``Backend.except_shares_stream``)
+    stream_shared = (size.backend.except_shares_stream and shares and undone is not None
+                     and undone.name.startswith("except:")
+                     and sum(b.count for b in blocks) > 1
+                     and size.mesh.shape.get("tensor", 1) == 1)
     for n, block in enumerate(blocks):
+        shared = ([t for t in block.values if t.block_input] * 2 if stream_shared
+                  else list(block.shared))
         kept_policy = _backend_kept(block, unfused(saved(block, device), size.backend), size,
                                     policy.checkpoint, frees_stages)
         kept_none = _backend_kept(block, unfused(saved(block, none), size.backend), size,
@@ -300,7 +313,7 @@ def block_terms(blocks: Sequence[Block], setup: Setup, policy: RematPolicy, size
             total += (with_policy * kept_bytes(kept_policy, size, batch_is_compute)
                       + with_none * kept_bytes(kept_none, size, batch_is_compute))
         if shares:
-            total += block.count * size.tensors(block.shared)
+            total += block.count * size.tensors(shared)
         if host is not None and with_policy:
             offloaded += with_policy * size.tensors(saved(block, host))
         redo = recomputed(block, kept_policy) if with_policy else []
@@ -323,7 +336,7 @@ def block_terms(blocks: Sequence[Block], setup: Setup, policy: RematPolicy, size
         # its own; a backend recomputing by stage holds one stage's recomputation too
         stages = {t.stage for t in (*redo, *grads)} - {""} or {""}
         kept_values = [*(kept_policy if with_policy else kept_none),
-                       *(block.shared if shares else ())]
+                       *(shared if shares else ())]
         slices = _conv_slices(block, kernels or {}, setup, size)
         # the gradient flowing in (the next block's input's), read by the block's first
         # backward operation beside the gradient it makes
