@@ -167,6 +167,7 @@ class _Params(NamedTuple):
     zero_whole: int  # every ZeRO-split parameter whole, in the compute dtype (gathered)
     zero_blocks: int  # those of them in the blocks
     tied_table: int  # a token table tied to the LM head (read by a lookup too), trainable
+    head_whole: int  # a ZeRO-split LM head gathered whole (gathers_lm_head), in the compute dtype
 
 
 def _param_terms(anatomy: Anatomy, setup: Setup, size: Sizer, rows: int) -> _Params:
@@ -176,7 +177,7 @@ def _param_terms(anatomy: Anatomy, setup: Setup, size: Sizer, rows: int) -> _Par
     frozen = setup.freeze_patterns
     total = trainable = largest = stacked = stacked_all = outside = gathered = 0
     whole_layer = whole_outside = read_back = but_first = first = second = lookups = 0
-    dense = zero_whole = zero_blocks = tied = 0
+    dense = zero_whole = zero_blocks = tied = head_whole = 0
     zero = set(rules.zero)
     for path, shape in anatomy.params:
         spec = param_spec(path, shape, setup, mesh)
@@ -197,6 +198,8 @@ def _param_terms(anatomy: Anatomy, setup: Setup, size: Sizer, rows: int) -> _Par
             if in_stack:  # a scanned stack gathers one layer per loop step
                 extra //= shape[0]
             gathered += extra
+            if head:
+                head_whole = whole
         if in_stack:
             stacked_all += n
         lookup = path in anatomy.lookups and not any(spec_axes(e) for e in spec)
@@ -226,7 +229,7 @@ def _param_terms(anatomy: Anatomy, setup: Setup, size: Sizer, rows: int) -> _Par
             whole_outside = max(whole_outside, joined)
     return _Params(total, trainable, largest, stacked, stacked_all, outside, gathered, whole_layer,
                    whole_outside, read_back, but_first, first, second, lookups, dense,
-                   zero_whole, zero_blocks, tied)
+                   zero_whole, zero_blocks, tied, head_whole)
 
 
 def _batch_split_gradients(anatomy: Anatomy, setup: Setup, size: Sizer) -> int:
@@ -563,6 +566,15 @@ def estimate(config: Config | Setup, name: str = "") -> Estimate:
         moments[regathered] = (saved_all, copies, p.zero_whole + again, grads["loss"][0],
                                loss + split_copy)
         grads_why[regathered] = grads["loss"][1]
+    if (backend.copies_gathered_head_in_microbatch and c.data.microbatches > 1
+            and anatomy.scanned and zeroed > 1 and p.head_whole and not float32_layers):
+        # in the microbatch loop's body, the LM head's gathered weight is rounded whole into
+        # a float32 buffer of its own (its transposed layout), kept beside the gathered one
+        # (16-bit compute on XLA:CPU)
+        head_at = (f"{at_loss}, with the LM head's gathered weight's rounded copy, whole")
+        moments[head_at] = (saved_all, copies + p.head_whole, gathered, grads["loss"][0],
+                            loss + split_copy)
+        grads_why[head_at] = grads["loss"][1]
     where = max(moments, key=lambda k: sum(moments[k]))
     saved_b, copies_b, gathered_b, grads_b, transient_b = moments[where]
     terms = [
