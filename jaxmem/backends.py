@@ -358,6 +358,70 @@ class Backend:
         4096/16000, batch 64 in 2 microbatches, fsdp 8: f32[128,16000] and f32[16000,128]
         both whole at the peak; -9 .. -18 % -> within 3 %; dev rows -37 -> -18 %, -6 -> -4 %.
         Not in float32 layers, where the copies differ with the shapes: +26 % with it).
+      reduces_tied_gradients_apart: a token table tied to the LM head has two gradients,
+        the head matmul's (made from the logits' gradient where the backward starts) and the
+        lookup's scatter-add (into a zeroed buffer of its own), and the combined all-reduce
+        over the data-parallel devices reduces them as two entries before adding them, so
+        where the gradients are all-reduced the table's local shard is held four times
+        (both gradients and their reduced outputs), twice more than one gradient and its
+        output (XLA:CPU, measured in the HLO of tp and dp GPTs: two ``f32[V/tensor, D]``
+        entries in the all-reduce's tuple, added after; a 2L d576 32000-token tp GPT's peak
+        is 2 x (trainable + table) besides the arguments, -18.9 % -> -0.1 %; with
+        microbatches the same two extra shards beside the accumulator, a scanned 5L d256
+        tp GPT in 4 microbatches -24.9 % -> -0.5 %; dev rows 737 -> 743 of 800, fresh tp
+        GPTs, loop and scan, 1 or 2 microbatches, from -9..-13 % to within 6 %).
+      scatters_sharded_lookup_gradients: a lookup-only table split over a non-ZeRO axis (the
+        token table's vocabulary over ``tensor``) has its gradient scattered into the device's
+        shard (the partitioner gathers the small activation gradients over the fsdp devices
+        instead of reducing the table): under FSDP it is not among the whole gradients
+        all-reduced (``all_reduces_zero_gradients``), in a Python-loop stack nor outside a
+        scanned one (XLA:CPU, measured on fsdp 2 x tensor 4 encoders: the table's gradient
+        is a ``f32[V/4, D/2]`` broadcast + scatter at the peak, not ``f32[V/4, D]``; a 3L
+        d128 8192-token encoder +32 % -> -3.5 %, a scanned 8L d512 one +12 % -> -2.6 %,
+        fresh loop and scanned encoders at one example per device +12 .. +32 % -> within
+        5 %).
+      looks_up_split_tables_unrounded: under 16-bit compute, the lookup of a table split by
+        the tensor axis (its vocabulary) reads the float32 parameter: no rounded float32
+        copy of it is made (``float32_loop_copies`` leaves it out, as an unsplit table)
+        (XLA:CPU, measured in the HLO of a bf16-mixed tp encoder: no ``f32[V/4, D]`` buffer
+        but the parameter, its state, lion's state copy and the lookup gradient; dev rows
+        +8.7 / +10.7 / +22.0 % -> -1.0 / +6.4 / +13.8 %; fresh bf16 tp encoders with a
+        32000-token table +1 .. +24 % -> within 1 %).
+      dense_depthwise_gradient: computes a depthwise convolution's kernel gradient
+        (``k x k x 1 x C``) as a dense ``k x k x C x C`` float32 convolution of the input and
+        the output gradient, then a masked copy keeping the diagonal (a select, sometimes
+        with a ``pred[k,k,C,C]`` mask), reduced to ``k x k x 1 x C``: its block's backward
+        holds ``2 x k*k*C*C`` float32 values beside the saved values of the blocks up to it,
+        a moment of its own (``Blocks.dense_kernel``; XLA:CPU, measured on separable CNNs,
+        every precision and remat policy: a 3->128->16 CNN at 8x8, batch 2, whose peak is the
+        two f32[3,3,128,128] buffers (1.2 MiB) beside block 0's saved values: -78 % -> +0.7 %;
+        one-factor sweep of channels [128,16], [64,128], [16,128,64], image 8 and 32, fp32
+        and bf16-mixed: -28 .. -83 % -> -5 .. +8 % where it is the peak; dev row -26 -> -11 %).
+      masks_depthwise_late_under_16bit: under 16-bit compute, schedules the masked copy of a
+        block's dense depthwise kernel gradient (``dense_depthwise_gradient``) after the
+        previous block's backward has started (its pooling gradient padded), so that
+        backward, the widest block's, holds one ``k x k x C x C`` float32 buffer of the next
+        block more (``Blocks.dense_next``; XLA:CPU, measured on bf16-mixed separable CNNs:
+        img16 [64,16] batch 2 under remat full, the first block's backward holds the dense
+        f32[64,3,3,64] and its masked f32[3,3,64,64] copy; img32 [64,64,64] under dots with
+        microbatches, the masked copy and its pred mask; dev rows 737 -> 740 of 800 (-26, -13,
+        -14 % -> -3, -1, -7 %), none lost; fresh bf16 rows (channels [64,16], [128,32],
+        [32,64,64], image 16 and 32, remat none and full, batch 4) -6 .. -19 % -> -9 .. +9 %.
+        Not in float32 layers: there the mask is done in the block's own backward (fp32 dev
+        rows +6 .. +7 % went +11 .. +22 % with it).
+      recomputed_scores_rows: with microbatches, in float32 Python-loop transformers with a
+        causal mask under an undone remat policy that saves something (not ``full``) but
+        neither the attention scores nor their softmax (``save:query+key+value``,
+        ``minimal``, ``dots_no_batch``), the microbatch loop's body recomputes the scores
+        apart from the forward: the scores, their masked copy and the softmax, three
+        ``B x H x L x L`` buffers, are alive at once beside the blocks' saved values (the
+        softmax's counted), before the loss; from this many rows per device and microbatch
+        on (examples x seq_len) the widest block's MLP values (its up-projection, GELU
+        factors) are alive there too, below it not yet made (XLA:CPU, measured on 1-layer
+        GPTs d128/d384, seq 256/512, 4..16 sequences a microbatch: 7 of 12 from -10 .. -33 %
+        to all 12 within 9 %; dev rows 737 -> 739 of 800, -23 and -12 % -> -5 and +3 %;
+        ``full`` compiles as without remat, an encoder (no mask) and a scanned one-layer
+        stack were over with it).
 
     A Python-loop block's stages freeing their saved values once their backward is done is
     not a flag: every backend frees a value after its last use, and a loop block's values are
@@ -411,6 +475,12 @@ class Backend:
     remat_past_reduction_rows: int = 0
     copies_scanned_16bit_state: tuple[str, ...] = ()
     copies_gathered_head_in_microbatch: bool = False
+    reduces_tied_gradients_apart: bool = False
+    scatters_sharded_lookup_gradients: bool = False
+    looks_up_split_tables_unrounded: bool = False
+    dense_depthwise_gradient: bool = False
+    masks_depthwise_late_under_16bit: bool = False
+    recomputed_scores_rows: int = 0
 
 
 BACKENDS: dict[str, Backend] = {
@@ -433,7 +503,10 @@ BACKENDS: dict[str, Backend] = {
                    scatters_lookup_gradients=True, regathers_microbatch_weights=True,
                    copies_scanned_operands=True, remat_past_reduction_rows=4096,
                    copies_scanned_16bit_state=("lion",),
-                   copies_gathered_head_in_microbatch=True),
+                   copies_gathered_head_in_microbatch=True, reduces_tied_gradients_apart=True,
+                   scatters_sharded_lookup_gradients=True,
+                   looks_up_split_tables_unrounded=True, dense_depthwise_gradient=True,
+                   masks_depthwise_late_under_16bit=True, recomputed_scores_rows=4096),
     "gpu": Backend(),
     "tpu": Backend(tiles=True, fuses_loss_gradient=True, fuses_matmul_operands=True,
                    fuses_gradient_update=True, narrows_matmul_operands=True,

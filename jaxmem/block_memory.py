@@ -109,6 +109,9 @@ class Blocks:
     before: int  # saved by that block and the blocks before it (the later ones' backward is done)
     freed: int = 0  # that block's saved values its stage's backward no longer holds
     sliced: int = 0  # that block's saved values a scanned backward copies out of the stack
+    dense_kernel: int = 0  # a depthwise kernel's gradient computed dense, and its masked copy
+    dense_before: int = 0  # saved by the blocks up to that depthwise convolution's block
+    dense_next: int = 0  # the masked dense depthwise gradient of the block after the widest
 
 
 def _narrowed(values: Sequence[Tensor], size: Sizer) -> list[Tensor]:
@@ -267,6 +270,8 @@ def block_terms(blocks: Sequence[Block], setup: Setup, policy: RematPolicy, size
     total = offloaded = workspace = before = largest = widest_freed = widest_sliced = 0
     widest = ""
     index = 0
+    widest_at = 0
+    dense = (0, 0)  # the largest of a block's dense depthwise gradient and the saved beside it
     # under 16-bit compute without an undone remat recomputing a matmul or convolution
     plain_16bit = not float32_layers and not redoes_matmuls(blocks, undone, size)
     # a microbatch loop's float32 step under an undone remat that saves nothing
@@ -362,12 +367,37 @@ def block_terms(blocks: Sequence[Block], setup: Setup, policy: RematPolicy, size
         # where the backend frees a block's saved values once its backward is done, a
         # block's backward holds the saved values of the blocks up to it, not after it
         held = ws - freed + (total if frees else 0)
+        dk = (dense_depthwise(block, kernels or {}, size)
+              if size.backend.dense_depthwise_gradient else 0)
+        if dk and dk + (total if frees else 0) > dense[0] + (dense[1] if frees else 0):
+            dense = (dk, total)
         if held > largest:
             largest, workspace, widest, before, widest_freed = held, ws, block.name, total, freed
             widest_sliced = sliced
+            widest_at = n
         index += block.count
-    return Blocks(total, offloaded, workspace, widest, before if frees else total,
-                   widest_freed, widest_sliced)
+    # under 16-bit compute, the masked copy of the next block's dense depthwise gradient is
+    # made in the widest block's backward (``Backend.masks_depthwise_late_under_16bit``)
+    late = (size.backend.masks_depthwise_late_under_16bit and not float32_layers
+            and widest_at + 1 < len(blocks))
+    dense_next = dense_depthwise(blocks[widest_at + 1], kernels or {}, size) // 2 if late else 0
+    return Blocks(total, offloaded, workspace + dense_next, widest,
+                   before if frees else total, widest_freed, widest_sliced, dense[0],
+                   dense[1] if frees else total, dense_next)
+
+
+def dense_depthwise(block: Block, kernels: dict[str, tuple[int, ...]], size: Sizer) -> int:
+    """Bytes of the dense gradient of ``block``'s depthwise kernels (``k x k x 1 x C``) that
+    backend computing it as a ``k x k x C x C`` convolution holds with its masked copy
+    (``Backend.dense_depthwise_gradient``), the largest (XLA:CPU; float32 under 16-bit compute
+    too, in the compute dtype it computes in)."""
+    out = 0
+    for t in block.values:
+        shape = kernels.get(t.kernel) if t.dot == "conv" else None
+        if shape and len(shape) == 4 and shape[2] == 1 and shape[3] > 1:
+            k = shape[0] * shape[1]
+            out = max(out, 2 * size.nbytes((k, shape[3], shape[3]), size.compute))
+    return out
 
 
 def operand_slices(block: Block, kept: Sequence[Tensor]) -> list[Tensor]:
@@ -428,3 +458,24 @@ def _recomputed_early(block: Block, undone: RematPolicy | None, size: Sizer) -> 
     if not size.backend.gradient_over_undone_remat:
         return set()
     return {t.name for t in _redone(block, undone, size)}
+
+
+def recomputed_scores(blocks: Sequence[Block], undone: RematPolicy | None,
+                      size: Sizer) -> tuple[int, int]:
+    """Bytes of the largest batched matmul output (the attention scores) that an ``undone``
+    remat policy recomputes, saving neither it nor a value made from it (the softmax), in a
+    policy that saves something besides the blocks' inputs, and the bytes its block keeps
+    (without remat, shared values included) in the stages after the scores' (the MLP's)
+    (``Backend.recomputed_scores_rows``); ``(0, 0)`` if none."""
+    if undone is None or _saves_nothing(blocks, undone):
+        return 0, 0
+    keep, out = saveable(undone), (0, 0)
+    for b in blocks:
+        for t in b.values:
+            if (t.dot == "batched" and not keep(t) and len(t.shape) == 4
+                    and not any(keep(u) for u in b.values if t.name in u.inputs)):
+                later = _later_stages(b, t.stage)
+                after = size.tensors([u for u in (*saved(b, SAVEABLE["none"](undone)),
+                                                  *b.shared) if u.stage in later])
+                out = max(out, (size.tensors([t]), after))
+    return out

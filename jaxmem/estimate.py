@@ -56,8 +56,8 @@ import fnmatch
 import math
 import time
 import types
-from collections.abc import Callable, Sequence
-from typing import Any, NamedTuple
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import numpy as np
@@ -65,12 +65,20 @@ from flax import nnx
 
 from jaxmem import analytic, chain_memory, freeze, sharding
 from jaxmem.backends import BACKENDS, Backend
-from jaxmem.block_memory import SAVEABLE_NONE, block_terms, kept_bytes, redoes_matmuls, unfused
+from jaxmem.block_memory import (
+    SAVEABLE_NONE,
+    block_terms,
+    kept_bytes,
+    recomputed_scores,
+    redoes_matmuls,
+    unfused,
+)
 from jaxmem.config import Config
 from jaxmem.errors import ConfigError, Unsupported
 from jaxmem.models.anatomy import Anatomy, Tensor
+from jaxmem.param_memory import Params, batch_split_gradients, param_terms
 from jaxmem.setup import Setup, as_setup
-from jaxmem.sizing import Sizer, local_shape, param_spec, spec_axes
+from jaxmem.sizing import Sizer
 from jaxmem.step import make_objective
 
 
@@ -139,132 +147,6 @@ class Estimate:
 
 
 # ----------------------------------------------------------------------- the estimate
-#: XLA's SPMD partitioner all-gathers a ZeRO-sharded weight for a matmul when the weight
-#: (its dimensions on a device, before the ZeRO split: a tensor-parallel shard) is at most
-#: this many times the rows it multiplies on a device (a transformer's tokens); against a few
-#: rows (an MLP on a small per-device batch) it moves the activations instead
-GATHER_RATIO = 16
-
-
-class _Params(NamedTuple):
-    """What the parameters take per device, in their storage dtype."""
-
-    total: int
-    trainable: int
-    largest: int  # the largest trainable parameter
-    stacked: int  # trainable parameters of a scanned stack
-    stacked_all: int  # all parameters of a scanned stack, frozen ones too
-    largest_outside: int  # the largest trainable parameter outside a scanned stack
-    gathered: int  # what the ZeRO all-gathers add (kept from the forward to the backward)
-    whole_layer: int  # one scanned layer's trainable parameters, their ZeRO shards joined
-    whole_outside: int  # the largest trainable parameter outside a scanned stack, joined
-    largest_read_back: int  # the largest trainable parameter but a chain's first kernel
-    but_first: int  # the trainable parameters but a chain's first kernel
-    first: int  # a chain's first kernel, if trainable
-    second: int  # a chain's second kernel, if trainable
-    lookups: int  # the lookup-only tables that no mesh axis splits
-    largest_dense: int  # the largest trainable parameter but those lookup-only tables
-    zero_whole: int  # every ZeRO-split parameter whole, in the compute dtype (gathered)
-    zero_blocks: int  # those of them in the blocks
-    tied_table: int  # a token table tied to the LM head (read by a lookup too), trainable
-    head_whole: int  # a ZeRO-split LM head gathered whole (gathers_lm_head), in the compute dtype
-
-
-def _param_terms(anatomy: Anatomy, setup: Setup, size: Sizer, rows: int) -> _Params:
-    """The parameters' bytes per device; gathered: the whole parameter in the compute dtype
-    less its shard, for each ZeRO-sharded weight the partitioner gathers."""
-    mesh, rules = size.mesh, setup.rules
-    frozen = setup.freeze_patterns
-    total = trainable = largest = stacked = stacked_all = outside = gathered = 0
-    whole_layer = whole_outside = read_back = but_first = first = second = lookups = 0
-    dense = zero_whole = zero_blocks = tied = head_whole = 0
-    zero = set(rules.zero)
-    for path, shape in anatomy.params:
-        spec = param_spec(path, shape, setup, mesh)
-        local = local_shape(shape, spec, mesh)
-        n = size.nbytes(local, size.param)
-        total += n
-        in_stack = anatomy.scanned and path.startswith(setup.config.model.BLOCKS_PATH or "\0")
-        unzeroed = tuple(s * math.prod(mesh.shape[a] for a in spec_axes(e) if a in zero)
-                         for s, e in zip(local, spec, strict=True))
-        head = size.backend.gathers_lm_head and path == anatomy.lm_head
-        zero_split = any(a in zero for e in spec for a in spec_axes(e))
-        whole = size.nbytes(unzeroed, size.compute) if zero_split else 0
-        zero_whole += whole
-        if path.startswith(setup.config.model.BLOCKS_PATH or "\0"):
-            zero_blocks += whole
-        if zero_split and (head or max(unzeroed[-2:]) <= GATHER_RATIO * rows):
-            extra = whole - size.nbytes(local, size.compute)
-            if in_stack:  # a scanned stack gathers one layer per loop step
-                extra //= shape[0]
-            gathered += extra
-            if head:
-                head_whole = whole
-        if in_stack:
-            stacked_all += n
-        lookup = path in anatomy.lookups and not any(spec_axes(e) for e in spec)
-        if lookup:
-            lookups += n
-        if any(fnmatch.fnmatchcase(path, p) for p in frozen):
-            continue
-        trainable += n
-        if path == anatomy.lm_head and path.endswith("/embedding"):
-            tied = n
-        largest = max(largest, n)
-        if not lookup:
-            dense = max(dense, n)
-        if path not in anatomy.chain[:1]:
-            read_back = max(read_back, n)
-            but_first += n
-        else:
-            first = n
-        if path in anatomy.chain[1:2]:
-            second = n
-        joined = size.nbytes(unzeroed, size.param)
-        if in_stack:
-            stacked += n
-            whole_layer += joined // shape[0]
-        else:
-            outside = max(outside, n)
-            whole_outside = max(whole_outside, joined)
-    return _Params(total, trainable, largest, stacked, stacked_all, outside, gathered, whole_layer,
-                   whole_outside, read_back, but_first, first, second, lookups, dense,
-                   zero_whole, zero_blocks, tied, head_whole)
-
-
-def _batch_split_gradients(anatomy: Anatomy, setup: Setup, size: Sizer) -> int:
-    """The whole gradients of a matmul chain's kernels whose input is split by the batch,
-    which the backward makes from each device's rows and all-reduces over the ZeRO devices.
-
-    The chain's first input is the batch. A kernel ZeRO-split on its input dimension (or not
-    split) keeps it so: its weight is gathered, its output split by the batch again. A kernel
-    split on its output dimension takes its input whole instead and leaves the rest of the
-    chain split by features, with sharded gradients.
-
-    A model without such a chain (a transformer's residual stream, split by the batch into
-    every block; a CNN) has every trainable parameter's gradient made whole that way: XLA:CPU
-    all-reduces a Python-loop stack's FSDP gradients whole and slices each device's shard."""
-    mesh, zero, shapes = size.mesh, set(setup.rules.zero), dict(anatomy.params)
-
-    def joined(shape: Sequence[int], spec: tuple[Any, ...]) -> int:  # ZeRO shards joined
-        return size.nbytes(tuple(
-            s // math.prod(mesh.shape[a] for a in spec_axes(e) if a not in zero)
-            for s, e in zip(shape, spec, strict=True)), size.param)
-
-    if not anatomy.chain:
-        return sum(joined(shape, param_spec(path, shape, setup, mesh))
-                   for path, shape in anatomy.params
-                   if not any(fnmatch.fnmatchcase(path, p) for p in setup.freeze_patterns))
-    whole = 0
-    for path in anatomy.chain:
-        shape = shapes[path]
-        spec = param_spec(path, shape, setup, mesh)
-        if any(a in zero for a in spec_axes(spec[-1])):
-            break
-        whole += joined(shape, spec)
-    return whole
-
-
 #: optimizer state per trainable parameter value, in units of the parameter (factored
 #: moments of adafactor are a row and a column per matrix: about nothing)
 STATE_PER_PARAM: dict[str, Callable[[Any], float]] = {
@@ -332,7 +214,7 @@ def estimate(config: Config | Setup, name: str = "") -> Estimate:
     size = Sizer(mesh, setup.rules, compute, np.dtype(setup.precision.param_dtype), backend,
                  rounded=stored)
     rows = micro // ways * anatomy.rows_per_example
-    p = _param_terms(anatomy, setup, size, rows)
+    p = param_terms(anatomy, setup, size, rows)
     params, trainable, gathered = p.total, p.trainable, p.gathered
     state = STATE_PER_PARAM[c.optimizer.name](c.optimizer)
     state_dtype = c.optimizer.state_dtype
@@ -444,7 +326,7 @@ def estimate(config: Config | Setup, name: str = "") -> Estimate:
     # XLA applies most updates as their gradients are made; with it, see below.)
     at_loss = "where the backward starts (the loss gradient)"
     # under FSDP, whole gradients reduced over the fsdp devices (see the moment below)
-    whole = (_batch_split_gradients(anatomy, setup, size)
+    whole = (batch_split_gradients(anatomy, setup, size)
              if backend.all_reduces_zero_gradients and zeroed > 1 and not p.stacked else 0)
     # in a microbatch's backward, a Python-loop stack's whole gradients wait for the step's
     # combined reduction beside the activations (XLA:CPU); counted for every trainable
@@ -529,11 +411,19 @@ def estimate(config: Config | Setup, name: str = "") -> Estimate:
         # the step's end holds every gradient, the all-reduce's output of those outside the
         # stack and of the last layer's
         reduced_after = trainable - p.stacked + (p.whole_layer if p.stacked else 0)
+        # a tied token table's two gradients (the LM head's, the lookup's scatter-add) are
+        # reduced apart, then added (Backend.reduces_tied_gradients_apart); a scanned
+        # stack's step without microbatches reduces them as one
+        tied_apart = 2 * p.tied_table if backend.reduces_tied_gradients_apart and (
+            not p.stacked or c.data.microbatches > 1) else 0
         moments[reducing] = (0, reread_16, 0,
-                             trainable + (copies_of - 1) * reduced_after + widened, 0)
+                             trainable + (copies_of - 1) * reduced_after + widened
+                             + tied_apart, 0)
         grads_why[reducing] = ("every gradient and the all-reduce's output" + (
             f" ({copies_of} x the trainable parameters)" if not p.stacked else
             f" of those outside the scanned stack and of one layer's (x {copies_of - 1})") + (
+            "; the tied token table's lookup gradient, reduced apart, and its output"
+            if tied_apart else "") + (
             ", and the gradients' float32 copy" if widened else ""))
     if backend.all_reduces_zero_gradients and zeroed > 1 and p.stacked:
         reducing = (f"where a layer's ZeRO-sharded gradients are reduced over the {zeroed} "
@@ -575,6 +465,34 @@ def estimate(config: Config | Setup, name: str = "") -> Estimate:
         moments[head_at] = (saved_all, copies + p.head_whole, gathered, grads["loss"][0],
                             loss + split_copy)
         grads_why[head_at] = grads["loss"][1]
+    if blocks.dense_kernel:
+        # a depthwise kernel's gradient computed as a dense k x k x C x C convolution, then
+        # masked into a copy (Backend.dense_depthwise_gradient), in its block's backward
+        dense_at = ("where a depthwise kernel's gradient is computed dense (k x k x C x C) "
+                    "and masked into a copy")
+        moments[dense_at] = (blocks.dense_before + (0 if backend.frees_outside_first
+                                                    else outside),
+                             copies + reread_16 + reread_32, gathered, grads["block"][0],
+                             blocks.dense_kernel + split_copy)
+        grads_why[dense_at] = grads["block"][1]
+    scores, after = (recomputed_scores(anatomy.blocks, undone_policy, size)
+                     if (backend.recomputed_scores_rows and c.data.microbatches > 1
+                         and not built_scanned and transformer and float32_layers
+                         and (c.model.kind != "encoder" or getattr(c.model, "window", 0))
+                         and mesh.shape.get("tensor", 1) == 1) else (0, 0))
+    if scores:
+        # the scores, their masked copy and the softmax recomputed at once beside the saved
+        # values, the MLP's too from the backend's rows on (Backend.recomputed_scores_rows)
+        if rows < backend.recomputed_scores_rows:
+            after_why, held = "; its block's MLP not computed yet", blocks.saved - after
+        else:
+            after_why, held = "", blocks.saved
+        at_scores = ("where the attention's scores are recomputed in the microbatch loop "
+                     "(the scores, their masked copy and the softmax at once" + after_why
+                     + ")" + split_why)
+        moments[at_scores] = (held, copies, gathered, grads["loss"][0],
+                              2 * scores + split_copy)
+        grads_why[at_scores] = grads["loss"][1]
     where = max(moments, key=lambda k: sum(moments[k]))
     saved_b, copies_b, gathered_b, grads_b, transient_b = moments[where]
     terms = [
@@ -672,7 +590,7 @@ def traced_anatomy(setup: Setup, micro: int) -> Anatomy:
     )
 
 
-def _live_gradients(c: Config, backend: Backend, p: _Params, fused_updates: bool,
+def _live_gradients(c: Config, backend: Backend, p: Params, fused_updates: bool,
                     float32_layers: bool, outer: bool = False,
                     zero_split: bool = False,
                     float32_chain: bool = False,

@@ -13,7 +13,7 @@ from estimate_cases import CNN, GPT, compiled_total, estimate_module, make_confi
 from flax import nnx
 
 import jaxmem
-from jaxmem import analytic
+from jaxmem import analytic, param_memory
 from jaxmem.build import build_program
 from jaxmem.cli import cli
 from jaxmem.compiled import compiled_memory
@@ -536,7 +536,7 @@ def test_batch_split_inputs_give_whole_gradients(hidden, whole):
     anatomy = setup.config.model.anatomy(setup.build_options, 4)
     size = Sizer(setup.mesh, setup.rules, np.dtype("float32"),
                                   np.dtype("float32"), estimate_module.BACKENDS["cpu"])
-    assert estimate_module._batch_split_gradients(anatomy, setup, size) == whole * 4
+    assert param_memory.batch_split_gradients(anatomy, setup, size) == whole * 4
 
 
 @pytest.mark.parametrize("remat,batch", [("dots", 4), ("none", 2)])

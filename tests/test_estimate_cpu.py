@@ -897,3 +897,98 @@ def test_cpu_copies_the_gathered_head_in_a_16_bit_microbatch_loop(d_model, monke
     assert abs(estimate(config).total_bytes / total - 1) < 0.05
     set_backend(monkeypatch, "cpu", copies_gathered_head_in_microbatch=False)
     assert estimate(config).total_bytes / total - 1 < -0.10
+
+
+def test_cpu_reduces_a_tied_tables_two_gradients_apart(monkeypatch):
+    """A token table tied to the LM head has two gradients (the head matmul's and the
+    lookup's scatter-add); XLA:CPU's combined all-reduce over the data-parallel devices
+    reduces them as two entries before adding them, so the table's shard is held twice more
+    there. Within 5% of XLA's total; over 10% short without."""
+    config = make_config(model={**GPT, "num_layers": 2, "d_model": 384, "num_heads": 4,
+                                "seq_len": 64, "vocab_size": 4096, "stack": "loop"},
+                         remat="none", precision="fp32", optimizer="adamw", target="cpu:8",
+                         sharding="tp", mesh={"data": 2, "tensor": 4},
+                         data={"batch_size": 4})
+    total = compiled_total(config)
+    assert abs(estimate(config).total_bytes / total - 1) < 0.05
+    set_backend(monkeypatch, "cpu", reduces_tied_gradients_apart=False)
+    assert estimate(config).total_bytes / total - 1 < -0.10
+
+
+def test_cpu_scatters_a_tensor_split_tables_gradient_into_its_shard(monkeypatch):
+    """Under fsdp x tp an encoder's token table is split by vocabulary over ``tensor``: its
+    gradient is scattered into the device's shard, never made whole for the reduction over
+    the fsdp devices. Within 5% of XLA's total; over 10% over when counted whole."""
+    config = make_config(model={"kind": "encoder", "num_layers": 3, "d_model": 256,
+                                "num_heads": 4, "seq_len": 64, "vocab_size": 8192,
+                                "stack": "loop"},
+                         remat="none", precision="fp32", optimizer="adamw", target="cpu:8",
+                         sharding="fsdp+tp", mesh={"fsdp": 2, "tensor": 4},
+                         data={"batch_size": 2})
+    total = compiled_total(config)
+    assert abs(estimate(config).total_bytes / total - 1) < 0.05
+    set_backend(monkeypatch, "cpu", scatters_sharded_lookup_gradients=False)
+    assert estimate(config).total_bytes / total - 1 > 0.10
+
+
+def test_cpu_looks_up_a_tensor_split_table_without_a_rounded_copy(monkeypatch):
+    """Under bf16-mixed the lookup of a table split by vocabulary over ``tensor`` reads the
+    float32 parameter: XLA:CPU makes no rounded copy of it. Within 5% of XLA's total; over
+    10% over with the copy counted."""
+    config = make_config(model={"kind": "encoder", "num_layers": 2, "d_model": 256,
+                                "num_heads": 4, "seq_len": 256, "vocab_size": 32000,
+                                "stack": "loop"},
+                         remat="none", precision="bf16-mixed", optimizer="sgd",
+                         target="cpu:8", sharding="tp", mesh={"data": 2, "tensor": 4},
+                         data={"batch_size": 4})
+    total = compiled_total(config)
+    assert abs(estimate(config).total_bytes / total - 1) < 0.05
+    set_backend(monkeypatch, "cpu", looks_up_split_tables_unrounded=False)
+    assert estimate(config).total_bytes / total - 1 > 0.10
+
+
+def test_cpu_computes_a_depthwise_kernels_gradient_dense(monkeypatch):
+    """XLA:CPU computes a depthwise 3x3 kernel's gradient as a dense float32 [3,3,C,C]
+    convolution, masks it into a copy, then reduces it to [3,3,1,C]: with a wide separable
+    block after a narrow one, those two buffers are the peak. Within 5% of XLA's total;
+    far short without that moment."""
+    config = make_config(model={"kind": "cnn", "image_size": 8, "channels": [128, 16],
+                                "depthwise_separable": True},
+                         remat="none", precision="fp32", optimizer="adamw",
+                         data={"batch_size": 2})
+    total = compiled_total(config)
+    assert abs(estimate(config).total_bytes / total - 1) < 0.05
+    set_backend(monkeypatch, "cpu", dense_depthwise_gradient=False)
+    assert estimate(config).total_bytes / total - 1 < -0.5
+
+
+def test_cpu_masks_the_next_depthwise_gradient_late_under_16_bits(monkeypatch):
+    """Under bf16-mixed XLA:CPU schedules the next block's masked depthwise gradient copy
+    after the widest block's backward has started: one k x k x C x C float32 buffer more
+    there. Within 5% of XLA's total; over 10% short without."""
+    config = make_config(model={"kind": "cnn", "image_size": 16, "channels": [64, 16],
+                                "depthwise_separable": True},
+                         remat="full", precision="bf16-mixed", optimizer="adamw",
+                         data={"batch_size": 4})
+    total = compiled_total(config)
+    assert abs(estimate(config).total_bytes / total - 1) < 0.05
+    set_backend(monkeypatch, "cpu", masks_depthwise_late_under_16bit=False)
+    assert estimate(config).total_bytes / total - 1 < -0.10
+
+
+@pytest.mark.parametrize("batch", [8, 16])  # 4 and 8 sequences of 512 per microbatch
+def test_cpu_recomputes_the_scores_in_the_microbatch_loop(batch, monkeypatch):
+    """A float32 causal loop GPT with microbatches under a remat that saves neither the
+    scores nor the softmax: XLA:CPU recomputes the attention in the microbatch loop, holding
+    the scores, their masked copy and the softmax at once (from 4096 rows per device and
+    microbatch the MLP's forward values too). Within 5% of XLA's total; over 10% short
+    without."""
+    config = make_config(model={**GPT, "num_layers": 1, "d_model": 128, "num_heads": 8,
+                                "seq_len": 512, "vocab_size": 1000, "mlp_ratio": 4,
+                                "stack": "loop"},
+                         remat="save:query+key+value", precision="fp32", optimizer="sgd",
+                         data={"batch_size": batch, "microbatches": 2})
+    total = compiled_total(config)
+    assert abs(estimate(config).total_bytes / total - 1) < 0.05
+    set_backend(monkeypatch, "cpu", recomputed_scores_rows=0)
+    assert estimate(config).total_bytes / total - 1 < -0.10

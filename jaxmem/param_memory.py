@@ -1,0 +1,164 @@
+"""What a model's parameters take per device: their storage, their ZeRO shards gathered whole
+for the matmuls, and the gradients made whole before a reduction (the estimate's parameter
+figures, :func:`param_terms`; used by :mod:`jaxmem.estimate`).
+
+Example:
+  >>> import numpy as np, jaxmem
+  >>> from jaxmem.backends import BACKENDS
+  >>> from jaxmem.config import Config
+  >>> from jaxmem.sizing import Sizer
+  >>> setup = jaxmem.resolve(Config())
+  >>> anatomy = setup.config.model.anatomy(setup.build_options, 8)
+  >>> f32 = np.dtype("float32")
+  >>> size = Sizer(setup.mesh, setup.rules, f32, f32, BACKENDS["cpu"])
+  >>> p = param_terms(anatomy, setup, size, rows=8 * 64)
+  >>> p.trainable == p.total, p.gathered  # nothing frozen, nothing ZeRO-split
+  (True, 0)
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import math
+from collections.abc import Sequence
+from typing import Any, NamedTuple
+
+from jaxmem.models.anatomy import Anatomy
+from jaxmem.setup import Setup
+from jaxmem.sizing import Sizer, local_shape, param_spec, spec_axes
+
+#: XLA's SPMD partitioner all-gathers a ZeRO-sharded weight for a matmul when the weight
+#: (its dimensions on a device, before the ZeRO split: a tensor-parallel shard) is at most
+#: this many times the rows it multiplies on a device (a transformer's tokens); against a few
+#: rows (an MLP on a small per-device batch) it moves the activations instead
+GATHER_RATIO = 16
+
+
+class Params(NamedTuple):
+    """What the parameters take per device, in their storage dtype."""
+
+    total: int
+    trainable: int
+    largest: int  # the largest trainable parameter
+    stacked: int  # trainable parameters of a scanned stack
+    stacked_all: int  # all parameters of a scanned stack, frozen ones too
+    largest_outside: int  # the largest trainable parameter outside a scanned stack
+    gathered: int  # what the ZeRO all-gathers add (kept from the forward to the backward)
+    whole_layer: int  # one scanned layer's trainable parameters, their ZeRO shards joined
+    whole_outside: int  # the largest trainable parameter outside a scanned stack, joined
+    largest_read_back: int  # the largest trainable parameter but a chain's first kernel
+    but_first: int  # the trainable parameters but a chain's first kernel
+    first: int  # a chain's first kernel, if trainable
+    second: int  # a chain's second kernel, if trainable
+    lookups: int  # the lookup-only tables that no mesh axis splits
+    largest_dense: int  # the largest trainable parameter but those lookup-only tables
+    zero_whole: int  # every ZeRO-split parameter whole, in the compute dtype (gathered)
+    zero_blocks: int  # those of them in the blocks
+    tied_table: int  # a token table tied to the LM head (read by a lookup too), trainable
+    head_whole: int  # a ZeRO-split LM head gathered whole (gathers_lm_head), in the compute dtype
+
+
+def param_terms(anatomy: Anatomy, setup: Setup, size: Sizer, rows: int) -> Params:
+    """The parameters' bytes per device; gathered: the whole parameter in the compute dtype
+    less its shard, for each ZeRO-sharded weight the partitioner gathers."""
+    mesh, rules = size.mesh, setup.rules
+    frozen = setup.freeze_patterns
+    total = trainable = largest = stacked = stacked_all = outside = gathered = 0
+    whole_layer = whole_outside = read_back = but_first = first = second = lookups = 0
+    dense = zero_whole = zero_blocks = tied = head_whole = 0
+    zero = set(rules.zero)
+    for path, shape in anatomy.params:
+        spec = param_spec(path, shape, setup, mesh)
+        local = local_shape(shape, spec, mesh)
+        n = size.nbytes(local, size.param)
+        total += n
+        in_stack = anatomy.scanned and path.startswith(setup.config.model.BLOCKS_PATH or "\0")
+        unzeroed = tuple(s * math.prod(mesh.shape[a] for a in spec_axes(e) if a in zero)
+                         for s, e in zip(local, spec, strict=True))
+        head = size.backend.gathers_lm_head and path == anatomy.lm_head
+        zero_split = any(a in zero for e in spec for a in spec_axes(e))
+        whole = size.nbytes(unzeroed, size.compute) if zero_split else 0
+        zero_whole += whole
+        if path.startswith(setup.config.model.BLOCKS_PATH or "\0"):
+            zero_blocks += whole
+        if zero_split and (head or max(unzeroed[-2:]) <= GATHER_RATIO * rows):
+            extra = whole - size.nbytes(local, size.compute)
+            if in_stack:  # a scanned stack gathers one layer per loop step
+                extra //= shape[0]
+            gathered += extra
+            if head:
+                head_whole = whole
+        if in_stack:
+            stacked_all += n
+        lookup = path in anatomy.lookups and not any(spec_axes(e) for e in spec)
+        if lookup or (size.backend.looks_up_split_tables_unrounded and path in anatomy.lookups
+                      and not zero_split):
+            lookups += n
+        if any(fnmatch.fnmatchcase(path, p) for p in frozen):
+            continue
+        trainable += n
+        if path == anatomy.lm_head and path.endswith("/embedding"):
+            tied = n
+        largest = max(largest, n)
+        if not lookup:
+            dense = max(dense, n)
+        if path not in anatomy.chain[:1]:
+            read_back = max(read_back, n)
+            but_first += n
+        else:
+            first = n
+        if path in anatomy.chain[1:2]:
+            second = n
+        joined = size.nbytes(unzeroed, size.param)
+        if (size.backend.scatters_sharded_lookup_gradients and path in anatomy.lookups
+                and any(a not in zero for e in spec for a in spec_axes(e))):
+            joined = n  # its lookup's gradient is scattered into this device's shard
+        if in_stack:
+            stacked += n
+            whole_layer += joined // shape[0]
+        else:
+            outside = max(outside, n)
+            whole_outside = max(whole_outside, joined)
+    return Params(total, trainable, largest, stacked, stacked_all, outside, gathered, whole_layer,
+                   whole_outside, read_back, but_first, first, second, lookups, dense,
+                   zero_whole, zero_blocks, tied, head_whole)
+
+
+def batch_split_gradients(anatomy: Anatomy, setup: Setup, size: Sizer) -> int:
+    """The whole gradients of a matmul chain's kernels whose input is split by the batch,
+    which the backward makes from each device's rows and all-reduces over the ZeRO devices.
+
+    The chain's first input is the batch. A kernel ZeRO-split on its input dimension (or not
+    split) keeps it so: its weight is gathered, its output split by the batch again. A kernel
+    split on its output dimension takes its input whole instead and leaves the rest of the
+    chain split by features, with sharded gradients.
+
+    A model without such a chain (a transformer's residual stream, split by the batch into
+    every block; a CNN) has every trainable parameter's gradient made whole that way: XLA:CPU
+    all-reduces a Python-loop stack's FSDP gradients whole and slices each device's shard."""
+    mesh, zero, shapes = size.mesh, set(setup.rules.zero), dict(anatomy.params)
+
+    def joined(shape: Sequence[int], spec: tuple[Any, ...]) -> int:  # ZeRO shards joined
+        return size.nbytes(tuple(
+            s // math.prod(mesh.shape[a] for a in spec_axes(e) if a not in zero)
+            for s, e in zip(shape, spec, strict=True)), size.param)
+
+    def scattered(path: str, spec: tuple[Any, ...]) -> bool:
+        # a lookup-only table split over a non-ZeRO axis (its vocabulary over the tensor
+        # axis): its gradient is scattered into the device's shard
+        return (size.backend.scatters_sharded_lookup_gradients and path in anatomy.lookups
+                and any(a not in zero for e in spec for a in spec_axes(e)))
+
+    if not anatomy.chain:
+        return sum(joined(shape, spec) for path, shape in anatomy.params
+                   for spec in [param_spec(path, shape, setup, mesh)]
+                   if not any(fnmatch.fnmatchcase(path, p) for p in setup.freeze_patterns)
+                   and not scattered(path, spec))
+    whole = 0
+    for path in anatomy.chain:
+        shape = shapes[path]
+        spec = param_spec(path, shape, setup, mesh)
+        if any(a in zero for a in spec_axes(spec[-1])):
+            break
+        whole += joined(shape, spec)
+    return whole
