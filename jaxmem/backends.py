@@ -422,6 +422,45 @@ class Backend:
         to all 12 within 9 %; dev rows 737 -> 739 of 800, -23 and -12 % -> -5 and +3 %;
         ``full`` compiles as without remat, an encoder (no mask) and a scanned one-layer
         stack were over with it).
+      splits_scanned_lookup_gradient: with microbatches, a scanned stack, float32 layers and
+        the batch split over devices, the token table's lookup gradient (the scatter-add of
+        the lookup's backward, into a zeroed buffer made at the microbatch's start) is a
+        buffer of its own, held through the microbatch's loss gradient and the stack's
+        backward loop beside the accumulator and the stack's gradients, since it is reduced
+        over the batch devices before it is added (on one device it is scattered into the
+        accumulator in place); under FSDP it is whole, its ZeRO shards joined; a lookup-only
+        table split over a non-ZeRO axis (``scatters_sharded_lookup_gradients``) has none
+        (``Params.lookup_whole``; XLA:CPU, measured: dp encoder 4L d256 vocab 8192, batch 256
+        in 4 microbatches, an f32[8192,256] scatter-add beside the accumulator's
+        f32[8192,256] ``add`` at the peak in the stack's backward, -15.1 % -> -2.4 %; fsdp
+        GPTs hold an f32[4096,192] / f32[4096,768] scatter-add whole beside the gathered
+        table; fresh dp/fsdp/tp encoders and GPTs 2L d128..d256, 2 or 4 microbatches, remat
+        full and none: -6.5 .. -14.3 % -> -0.4 .. -6.2 %; dev rows 752 -> 754 of 800, none
+        lost).
+      scan_gradients_16bit_in_microbatches: under 16-bit compute with microbatches, a scanned
+        stack's gradients, carried through its backward loop in the microbatch loop's body,
+        are the 16-bit cotangents of its rounded weights (``bf16[layers, ...]`` buffers made
+        by the backward's zero broadcast), widened to float32 only as they are added to the
+        accumulator (``widens_microbatch_gradients``): half the float32 bytes beside the
+        accumulator (XLA:CPU, measured in the HLO of bf16-mixed scanned encoders and GPTs,
+        every remat policy: bf16 stacked gradients, float32 accumulator; dev rows 752 -> 754
+        of 800, +12.8 / +10.2 % -> +4.8 / +6.4 %, 16 more rows +4 .. +9 % -> -3 .. +4 %, none
+        lost; fresh scanned rows, dp and one device, 2 and 4 microbatches, +6 .. +13 % ->
+        +0 .. +5 %; under fsdp the ZeRO-split stack gradients are bf16 too, a fresh remat-full
+        GPT going -7.9 -> -12.4 % from activations counted short elsewhere). Not without
+        microbatches (dev rows went 752 -> 740 with it there).
+      recomputed_scores_under_16bit: the same recomputation under 16-bit compute (bf16-mixed:
+        XLA:CPU computes in float32 buffers), where it holds, beside the blocks' saved values
+        (each block's float32 softmax-sized value counted), one recomputed ``B x H x L x L``
+        float32 scores buffer (not two) and two float32 values as wide as the block's MLP
+        hidden layer (made at the microbatch body's start, held to the backward) (XLA:CPU,
+        measured on bf16-mixed GPTs seq 512, 2 microbatches: d96 h2 mlp2 1/4 layers 8
+        sequences a microbatch -19/-14 % -> -9/-10 %; d128 h8 mlp2 16 sequences 1/2 layers
+        -8/-7 % -> -4/-5 %, 2..4 sequences unchanged; d128/d256 h4 mlp4 1/3 layers under
+        minimal -13 .. -23 % -> -6 .. -7 %; the float32 rule's two scores went
+        +16 .. +33 % on the h8 probes; dev rows 752 -> 753 of 800, -10.1 -> -7.0 % and
+        -12.4 -> -10.5 %, none lost). A remaining -2..-3 % a layer under the undone policy
+        (normalised values recomputed beside the forward's) is not counted.
 
     A Python-loop block's stages freeing their saved values once their backward is done is
     not a flag: every backend frees a value after its last use, and a loop block's values are
@@ -481,6 +520,9 @@ class Backend:
     dense_depthwise_gradient: bool = False
     masks_depthwise_late_under_16bit: bool = False
     recomputed_scores_rows: int = 0
+    splits_scanned_lookup_gradient: bool = False
+    scan_gradients_16bit_in_microbatches: bool = False
+    recomputed_scores_under_16bit: bool = False
 
 
 BACKENDS: dict[str, Backend] = {
@@ -506,7 +548,10 @@ BACKENDS: dict[str, Backend] = {
                    copies_gathered_head_in_microbatch=True, reduces_tied_gradients_apart=True,
                    scatters_sharded_lookup_gradients=True,
                    looks_up_split_tables_unrounded=True, dense_depthwise_gradient=True,
-                   masks_depthwise_late_under_16bit=True, recomputed_scores_rows=4096),
+                   masks_depthwise_late_under_16bit=True, recomputed_scores_rows=4096,
+                   splits_scanned_lookup_gradient=True,
+                   scan_gradients_16bit_in_microbatches=True,
+                   recomputed_scores_under_16bit=True),
     "gpu": Backend(),
     "tpu": Backend(tiles=True, fuses_loss_gradient=True, fuses_matmul_operands=True,
                    fuses_gradient_update=True, narrows_matmul_operands=True,

@@ -479,3 +479,14 @@ def recomputed_scores(blocks: Sequence[Block], undone: RematPolicy | None,
                                                   *b.shared) if u.stage in later])
                 out = max(out, (size.tensors([t]), after))
     return out
+
+
+def widest_after_scores(blocks: Sequence[Block], size: Sizer) -> int:
+    """Bytes of the widest value of a block's stages after its batched matmuls' (the MLP's
+    up-projection), over ``blocks`` (``Backend.recomputed_scores_under_16bit``)."""
+    out = 0
+    for b in blocks:
+        stages = {t.stage for t in b.values if t.dot == "batched" and len(t.shape) == 4}
+        later = set().union(*(_later_stages(b, s) for s in stages)) if stages else set()
+        out = max([out, *(size.tensors([t]) for t in b.values if t.stage in later)])
+    return out

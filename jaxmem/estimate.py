@@ -72,6 +72,7 @@ from jaxmem.block_memory import (
     recomputed_scores,
     redoes_matmuls,
     unfused,
+    widest_after_scores,
 )
 from jaxmem.config import Config
 from jaxmem.errors import ConfigError, Unsupported
@@ -278,9 +279,12 @@ def estimate(config: Config | Setup, name: str = "") -> Estimate:
     float32_math = float32_layers or float32_chain
     outer = (backend.fuses_outer_product_gradients and rows == 1 and not p.stacked
              and float32_math and zeroed == 1)
+    # with microbatches, a scanned stack's gradients are 16-bit under 16-bit compute (XLA:CPU)
+    stack_16 = (p.stacked * stored.itemsize // size.param.itemsize
+                if backend.scan_gradients_16bit_in_microbatches and not float32_layers else 0)
     grads = _live_gradients(c, backend, p, fused_updates, float32_math, outer,
                             zero_split=zeroed > 1, float32_chain=float32_chain,
-                            batch_split=ways > 1)
+                            batch_split=ways > 1, stack_16=stack_16)
     if (c.optimizer.name in backend.copies_state_at_entry and anatomy.chain and float32_math
             and not p.stacked and c.data.microbatches == 1 and not setup.freeze_patterns
             and state_dtype == "auto" and math.prod(mesh.shape.values()) == 1):
@@ -477,7 +481,8 @@ def estimate(config: Config | Setup, name: str = "") -> Estimate:
         grads_why[dense_at] = grads["block"][1]
     scores, after = (recomputed_scores(anatomy.blocks, undone_policy, size)
                      if (backend.recomputed_scores_rows and c.data.microbatches > 1
-                         and not built_scanned and transformer and float32_layers
+                         and not built_scanned and transformer
+                         and (float32_layers or backend.recomputed_scores_under_16bit)
                          and (c.model.kind != "encoder" or getattr(c.model, "window", 0))
                          and mesh.shape.get("tensor", 1) == 1) else (0, 0))
     if scores:
@@ -490,8 +495,12 @@ def estimate(config: Config | Setup, name: str = "") -> Estimate:
         at_scores = ("where the attention's scores are recomputed in the microbatch loop "
                      "(the scores, their masked copy and the softmax at once" + after_why
                      + ")" + split_why)
+        # (16-bit compute: the softmax's float32 copy beside the recomputed scores, and two
+        # of the MLP's widest values; Backend.recomputed_scores_under_16bit)
+        extra = (2 * scores if float32_layers
+                 else scores + 2 * widest_after_scores(anatomy.blocks, size))
         moments[at_scores] = (held, copies, gathered, grads["loss"][0],
-                              2 * scores + split_copy)
+                              extra + split_copy)
         grads_why[at_scores] = grads["loss"][1]
     where = max(moments, key=lambda k: sum(moments[k]))
     saved_b, copies_b, gathered_b, grads_b, transient_b = moments[where]
@@ -594,7 +603,8 @@ def _live_gradients(c: Config, backend: Backend, p: Params, fused_updates: bool,
                     float32_layers: bool, outer: bool = False,
                     zero_split: bool = False,
                     float32_chain: bool = False,
-                    batch_split: bool = False) -> dict[str, tuple[int, str]]:
+                    batch_split: bool = False,
+                    stack_16: int = 0) -> dict[str, tuple[int, str]]:
     """Gradients alive while activations are still kept, ``(bytes, why)`` where the backward
     starts (``loss``) and in a block's backward (``block``); ``outer``: the weight gradients
     are outer products (one row per device and microbatch) the backend fuses into what
@@ -604,7 +614,9 @@ def _live_gradients(c: Config, backend: Backend, p: Params, fused_updates: bool,
     without microbatches each update is computed as its gradient is made (lion's reads copies
     of every trainable parameter), and with them its outer-product gradients are added as
     they are made whatever the optimizer (measured with lion: its largest is not kept);
-    ``batch_split``: the batch axes split the batch over more than one device."""
+    ``batch_split``: the batch axes split the batch over more than one device; ``stack_16``:
+    a scanned stack's gradients in 16 bits, where they are so with microbatches
+    (``Backend.scan_gradients_16bit_in_microbatches``), else 0."""
     trainable, largest, stacked = p.trainable, p.largest, p.stacked
     # a lookup table's gradient is a scatter-add, made in place into an accumulator
     dense = p.largest_dense if backend.scatters_lookup_gradients else largest
@@ -633,8 +645,11 @@ def _live_gradients(c: Config, backend: Backend, p: Params, fused_updates: bool,
                     "block": (trainable + made[0] + tied, f"the microbatch accumulator{lookup} "
                               f"and {made[1]}, added to it as they are made")}
         if stacked:
-            both = (trainable + stacked, "the microbatch accumulator and a scanned stack's "
-                    "gradients")
+            both = (trainable + (stack_16 or stacked), "the microbatch accumulator and a "
+                    "scanned stack's " + ("16-bit " if stack_16 else "") + "gradients")
+            if backend.splits_scanned_lookup_gradient and float32_layers and batch_split:
+                both = (both[0] + p.lookup_whole, both[1] + ", and the token table's lookup "
+                        "gradient (a scatter-add of its own, its ZeRO shards joined)")
         else:
             both = (2 * trainable, "the microbatch accumulator and one microbatch's gradients "
                     "(every trainable parameter, twice)")

@@ -56,6 +56,9 @@ class Params(NamedTuple):
     zero_blocks: int  # those of them in the blocks
     tied_table: int  # a token table tied to the LM head (read by a lookup too), trainable
     head_whole: int  # a ZeRO-split LM head gathered whole (gathers_lm_head), in the compute dtype
+    lookup_whole: int  # the largest trainable table a lookup reads outside a scanned stack,
+    # its ZeRO shards joined, whose gradient is reduced over the batch (not scattered into
+    # the device's shard); 0 where none
 
 
 def param_terms(anatomy: Anatomy, setup: Setup, size: Sizer, rows: int) -> Params:
@@ -65,8 +68,9 @@ def param_terms(anatomy: Anatomy, setup: Setup, size: Sizer, rows: int) -> Param
     frozen = setup.freeze_patterns
     total = trainable = largest = stacked = stacked_all = outside = gathered = 0
     whole_layer = whole_outside = read_back = but_first = first = second = lookups = 0
-    dense = zero_whole = zero_blocks = tied = head_whole = 0
+    dense = zero_whole = zero_blocks = tied = head_whole = lookup_whole = 0
     zero = set(rules.zero)
+    tied_path = anatomy.lm_head if anatomy.lm_head.endswith("/embedding") else None
     for path, shape in anatomy.params:
         spec = param_spec(path, shape, setup, mesh)
         local = local_shape(shape, spec, mesh)
@@ -119,9 +123,14 @@ def param_terms(anatomy: Anatomy, setup: Setup, size: Sizer, rows: int) -> Param
         else:
             outside = max(outside, n)
             whole_outside = max(whole_outside, joined)
+            scattered = (size.backend.scatters_sharded_lookup_gradients
+                         and path in anatomy.lookups
+                         and any(a not in zero for e in spec for a in spec_axes(e)))
+            if (path in anatomy.lookups or path == tied_path) and not scattered:
+                lookup_whole = max(lookup_whole, joined)
     return Params(total, trainable, largest, stacked, stacked_all, outside, gathered, whole_layer,
                    whole_outside, read_back, but_first, first, second, lookups, dense,
-                   zero_whole, zero_blocks, tied, head_whole)
+                   zero_whole, zero_blocks, tied, head_whole, lookup_whole)
 
 
 def batch_split_gradients(anatomy: Anatomy, setup: Setup, size: Sizer) -> int:
