@@ -43,6 +43,18 @@ class Backend:
         the matmul's fusion: it is not kept when its inputs are (the backward's matmuls compute
         it again), and recomputing it materialises nothing (``Tensor.matmul_operand``;
         XLA:TPU).
+      fuses_softmax_recompute: recomputes a softmax (``Tensor.softmax``: the attention
+        probabilities) from its kept input (the scores, which ``dots`` saves) inside the
+        backward's fusions that read it (the scores' gradient, the context's and values'
+        gradient matmuls): in float32 layers it has no buffer of its own; under 16-bit
+        compute one float32 buffer of the scores' shape (the shifted scores, ``scores -
+        max``) is made for those fusions (XLA:TPU, measured on 2-layer seq-1024 loop stacks
+        under dots: a block's attention backward holds the kept scores and the scores'
+        gradient only; fp32 GPT d512 +32 % -> +7 %, the same in 2 microbatches +29 % ->
+        +7 %, an fp32 fsdp x tp encoder d1024 in 4 microbatches +26 % -> +7 %, a bf16-mixed
+        GPT d512 -11 % (its bfloat16 probabilities) -> +5 %). Where the scores are
+        recomputed too (``full``) it is counted as before, in the compute dtype (not
+        measured).
       fuses_gradient_update: computes the optimizer update in the fusion that makes the
         gradient, so a model without a scanned stack or microbatches materialises no gradient
         at its peak (XLA:TPU; measured on Python-loop transformers and MLPs, tied embeddings,
@@ -163,6 +175,22 @@ class Backend:
         hidden layer holds every state leaf and the head's kernel; at four, the head's state
         copy takes a copied-out kernel's buffer and the gradients the state leaves'),
         fresh fp32 and bf16 rows -17 .. +30 % -> within 5 %.
+      copies_state_with_microbatches: optimizers whose state XLA:CPU copies whole at the step's
+        entry with microbatches (lion, as ``copies_state_at_entry``), in float32 layers of a
+        matmul chain (an MLP's, not a 16-bit chain read through float32 copies): the copies
+        are held to the updates after the loop, beside the accumulators (made before the
+        loop), and each microbatch's gradient is added to its accumulator as it is made
+        (the largest is not kept apart): 2 x trainable, less, on one device, the
+        accumulators placed into the donated state buffers of other leaves of the same
+        byte size freed by the copies (all but one per size; ``chain_memory.
+        same_size_state_slots``). Measured: MLPs of 1-4 hidden layers, fp32, remat none,
+        dots and full, mb 2-4: every ``mu`` leaf copied at the entry (``copy``), every
+        accumulator a temporary except, e.g., the first kernel's in the equal-sized third
+        kernel's ``mu`` buffer; dev rows 935 -> 937 of 1000 (-10.9, -10.6 % -> within 0.4 %,
+        -9.5, -8.7, -5.5, -5.0 % -> within 0.6 %, no row lost); fresh fp32 MLPs -7 .. -11 % ->
+        within 0.3 %, but [1024, 512, 2048] at mb 4 0 -> +8.5 % (two more accumulators
+        placed in state buffers: not modelled). Not applied to transformers or 16-bit
+        chains (dev rows there are within 10 % without it and go over with it).
       all_reduces_zero_gradients: reduces a scanned layer's ZeRO-sharded gradients over the
         fsdp devices as an all-reduce of the whole gradients, so the backward loop holds a
         layer's whole gradients and the all-reduce's output at once, besides the stack's
@@ -324,6 +352,18 @@ class Backend:
         already over (dev rows +4 .. +9 % -> +14 .. +22 % with them; on an encoder with
         microbatches the estimate holds its 16 MiB of logits there, which XLA has freed).
         Dev rows 712 -> 718 of 800 (one bf16 dots_no_batch row +9.5 -> +10.2 %).
+      copies_scanned_operands_without_remat: ``copies_scanned_operands`` without remat too
+        (no checkpointing policy), where no tensor axis splits the stack, and then, as under
+        a policy, no ``keeps_one_example_batched_dots`` scores beside the kept softmax: the
+        buffer of the layer's size taken for the scores at one example per device is the
+        softmax's slice copied out of the stack (XLA:CPU, measured without remat: an encoder
+        3L d384 seq128 bf16-mixed at batch 1, 2, 4, 8 holds in its backward loop's body the
+        f32 slices of the softmax (B x H x S x S, with its 16-bit slice under bf16-mixed), the
+        MLP's and the Q/K/V's, -4/-9/-13/-17 % -> within 2 %; an encoder 2L/4L d512 seq512 at
+        batch 1 -3/+5 % -> within 1 % without the scores, +10/+13 % with both; with a tensor
+        axis (data 2 x tensor 4) the same encoder is -2 % (bf16) / +2 % (fp32) without it and
+        +12/+17 % with it). Dev rows 935 -> 941 of 1000 (seven scanned rows -10..-17 % within
+        7 %; a bf16 lion encoder 2L with a 32000-token table +4.2 -> +10.2 %).
       remat_past_reduction_rows: under tensor parallelism, float32 Python-loop blocks whose
         remat policy the backend undoes are merged with the real forward only up to the
         first all-reduce the recomputation would redo: where a policy saves neither a
@@ -461,6 +501,19 @@ class Backend:
         +16 .. +33 % on the h8 probes; dev rows 752 -> 753 of 800, -10.1 -> -7.0 % and
         -12.4 -> -10.5 %, none lost). A remaining -2..-3 % a layer under the undone policy
         (normalised values recomputed beside the forward's) is not counted.
+      regathers_conv_kernels: under FSDP, a Python-loop CNN's backward all-gathers each
+        ZeRO-split convolution kernel again for its input gradient (the transposed
+        convolution; not the images' convolutions, which make none), and XLA schedules these
+        all-gathers with the forward's at the step's start, so in the first block's forward
+        each such kernel is whole twice in float32 (the forward's relayout copy, the
+        backward's transposed copy), the largest three times (its all-gather output beside
+        its copy) (XLA:CPU, measured on fsdp8 CNNs whose kernels outweigh the first block's
+        activations: a 3->32->64->128 CNN at 32x32, 2 images a device, bf16-mixed: the
+        3x3x64x128 kernel held three times, 3x3x32x64 twice, beside the first conv's output;
+        -22.7 -> -9.4 %; fresh 16x16 CNNs 3->64->128 and 3->32->128->128, 2 images a device:
+        -24 .. -31 % -> -1 .. -11 %; separable ones unchanged (small pointwise kernels)). A
+        moment of its own: once the forward's copies are dead the backward holds one each
+        (counting them in the backward's moments: dev rows 935 -> 934 of 1000).
 
     A Python-loop block's stages freeing their saved values once their backward is done is
     not a flag: every backend frees a value after its last use, and a loop block's values are
@@ -473,6 +526,7 @@ class Backend:
     shares_loop_backward: bool = False
     fuses_loss_gradient: bool = False
     fuses_matmul_operands: bool = False
+    fuses_softmax_recompute: bool = False
     fuses_gradient_update: bool = False
     narrows_matmul_operands: bool = False
     accumulates_in_place: bool = False
@@ -491,6 +545,7 @@ class Backend:
     copies_largest_gradient: tuple[str, ...] = ()
     copies_chain_kernels_at_entry: tuple[str, ...] = ()
     copies_state_at_entry: tuple[str, ...] = ()
+    copies_state_with_microbatches: tuple[str, ...] = ()
     all_reduces_zero_gradients: bool = False
     gathers_lm_head: bool = False
     fuses_outer_product_gradients: bool = False
@@ -511,6 +566,7 @@ class Backend:
     scatters_lookup_gradients: bool = False
     regathers_microbatch_weights: bool = False
     copies_scanned_operands: bool = False
+    copies_scanned_operands_without_remat: bool = False
     remat_past_reduction_rows: int = 0
     copies_scanned_16bit_state: tuple[str, ...] = ()
     copies_gathered_head_in_microbatch: bool = False
@@ -523,6 +579,7 @@ class Backend:
     splits_scanned_lookup_gradient: bool = False
     scan_gradients_16bit_in_microbatches: bool = False
     recomputed_scores_under_16bit: bool = False
+    regathers_conv_kernels: bool = False
 
 
 BACKENDS: dict[str, Backend] = {
@@ -538,12 +595,14 @@ BACKENDS: dict[str, Backend] = {
                    except_shares_stream=True,
                    keeps_reduced_matmul_outputs=True, accumulates_float32_in_place=True,
                    copies_chain_kernels_at_entry=("adamw",), copies_state_at_entry=("lion",),
+                   copies_state_with_microbatches=("lion",),
                    one_pass_frozen_head_loss=True,
                    float32_loop_copies=True, loop_whole_gradients=True,
                    slices_scanned_layer=True, float32_chain_copies=True,
                    dots_chain_rereads=True, widens_rounded_chain_at_entry=True,
                    scatters_lookup_gradients=True, regathers_microbatch_weights=True,
-                   copies_scanned_operands=True, remat_past_reduction_rows=4096,
+                   copies_scanned_operands=True, copies_scanned_operands_without_remat=True,
+                   remat_past_reduction_rows=4096,
                    copies_scanned_16bit_state=("lion",),
                    copies_gathered_head_in_microbatch=True, reduces_tied_gradients_apart=True,
                    scatters_sharded_lookup_gradients=True,
@@ -551,9 +610,10 @@ BACKENDS: dict[str, Backend] = {
                    masks_depthwise_late_under_16bit=True, recomputed_scores_rows=4096,
                    splits_scanned_lookup_gradient=True,
                    scan_gradients_16bit_in_microbatches=True,
-                   recomputed_scores_under_16bit=True),
+                   recomputed_scores_under_16bit=True, regathers_conv_kernels=True),
     "gpu": Backend(),
     "tpu": Backend(tiles=True, fuses_loss_gradient=True, fuses_matmul_operands=True,
+                   fuses_softmax_recompute=True,
                    fuses_gradient_update=True, narrows_matmul_operands=True,
                    accumulates_in_place=True, frees_outside_first=True,
                    frees_saved_in_backward=True, recomputes_by_stage=True,

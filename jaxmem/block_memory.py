@@ -136,15 +136,22 @@ def _at(stage: str, values: Sequence[Tensor]) -> list[Tensor]:
     return [t for t in values if t.stage in (stage, "")] if stage else list(values)
 
 
-def _fused_recompute(redo: list[Tensor], kept: set[str]) -> tuple[list[Tensor], set[str]]:
+def _fused_recompute(redo: list[Tensor], kept: set[str], backend: Backend,
+                     float32_layers: bool) -> tuple[list[Tensor], set[str]]:
     """What a backend fusing elementwise producers into their consumers materialises of the
     recomputed values ``redo``: no matmul operand (computed inside its matmuls); a value with
     ``recomputed_as`` in that dtype, or nothing when its inputs are kept (the backward's
-    fusion reads them). Also returns the names of the values so read from kept inputs: a
-    gradient ``in_place_of`` one of them is written over the kept input instead."""
+    fusion reads them); a softmax of a kept input nothing, or its float32 shifted input
+    under 16-bit compute (``Backend.fuses_softmax_recompute``). Also returns the names of
+    the values so read from kept inputs: a gradient ``in_place_of`` one of them is written
+    over the kept input instead."""
     out, read = [], set()
     for t in redo:
         if t.matmul_operand:
+            continue
+        if t.softmax and backend.fuses_softmax_recompute and set(t.inputs) <= kept:
+            if not float32_layers:
+                out.append(dataclasses.replace(t, dtype="float32"))
             continue
         if t.recomputed_as and set(t.inputs) <= kept:
             read.add(t.name)
@@ -192,19 +199,20 @@ def _conv_slices(block: Block, kernels: dict[str, tuple[int, ...]], setup: Setup
 
 
 def _backend_kept(block: Block, kept: list[Tensor], size: Sizer, remat: bool,
-                  loop: bool = False) -> list[Tensor]:
+                  loop: bool = False, sliced: bool = False) -> list[Tensor]:
     """``kept`` and what the backend keeps beside it for the backward: with one example of
     the batch per device, a batched matmul's output beside a kept value made from it (the
     attention scores beside their softmax; in a Python ``loop`` stack, below the backend's
     row limit; not in a scanned stack under a checkpointing policy where the backend keeps
-    only what the policy saves); without remat, the all-reduced output of a matmul
-    contracting a tensor-split dimension (a row-parallel projection's)."""
+    only what the policy saves, nor, ``sliced``, where its backward copies the softmax out of
+    the stacked residuals, ``operand_slices``); without remat, the all-reduced output of a
+    matmul contracting a tensor-split dimension (a row-parallel projection's)."""
     backend, names = size.backend, {t.name for t in kept}
     by_name = block.by_name()
     row_limit = backend.loop_batched_dot_rows if loop else 0
     # a scanned stack's residuals under a checkpointing policy are what the policy saves
     scores = backend.keeps_one_example_batched_dots and not (
-        backend.scan_residuals_by_policy and remat and not loop)
+        backend.scan_residuals_by_policy and (remat or sliced) and not loop)
     extra = []
     for t in block.values:
         if t.name in names:
@@ -294,9 +302,9 @@ def block_terms(blocks: Sequence[Block], setup: Setup, policy: RematPolicy, size
         shared = ([t for t in block.values if t.block_input] * 2 if stream_shared
                   else list(block.shared))
         kept_policy = _backend_kept(block, unfused(saved(block, device), size.backend), size,
-                                    policy.checkpoint, frees_stages)
+                                    policy.checkpoint, frees_stages, slices_operands)
         kept_none = _backend_kept(block, unfused(saved(block, none), size.backend), size,
-                                  False, frees_stages)
+                                  False, frees_stages, slices_operands)
         if rounds:
             kept_policy, kept_none = _rounded(kept_policy), _rounded(kept_none)
         # what XLA recomputes past a collective of the recomputation (not merged with the
@@ -325,7 +333,7 @@ def block_terms(blocks: Sequence[Block], setup: Setup, policy: RematPolicy, size
         kept = {t.name for t in (kept_policy if with_policy else kept_none)}
         workspace_values = block.grad_workspace
         if size.backend.fuses_matmul_operands:
-            redo, read_kept = _fused_recompute(redo, kept)
+            redo, read_kept = _fused_recompute(redo, kept, size.backend, float32_layers)
             kept |= read_kept
             if block.fused_workspace is not None:
                 workspace_values = _narrowed(block.fused_workspace, size)

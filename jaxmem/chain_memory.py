@@ -9,6 +9,9 @@ device; :func:`jaxmem.estimate.estimate` places them in its moments.
 
 from __future__ import annotations
 
+import collections
+import math
+
 import numpy as np
 
 from jaxmem.block_memory import saveable
@@ -124,3 +127,15 @@ def state_copies_held(anatomy: Anatomy, setup: Setup, size: Sizer, outer: bool,
         else:
             temps.append((start, stop, n))
     return max((sum(n for s, e, n in temps if s <= t <= e) for t, _, _ in temps), default=0)
+
+
+def same_size_state_slots(anatomy: Anatomy, setup: Setup, size: Sizer) -> int:
+    """Bytes per device of the microbatch accumulators XLA:CPU places into donated state
+    buffers that lion's copies at the entry freed (``Backend.copies_state_with_microbatches``):
+    on one device, of the parameters of one byte size, all but one accumulator goes into
+    another's state buffer (its update comes first); none under a split over devices."""
+    if math.prod(size.mesh.shape.values()) > 1:
+        return 0
+    sizes = collections.Counter(local_bytes(p, anatomy, setup, size, size.param)
+                                for p, _ in anatomy.params)
+    return sum((k - 1) * n for n, k in sizes.items())

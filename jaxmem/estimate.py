@@ -77,7 +77,7 @@ from jaxmem.block_memory import (
 from jaxmem.config import Config
 from jaxmem.errors import ConfigError, Unsupported
 from jaxmem.models.anatomy import Anatomy, Tensor
-from jaxmem.param_memory import Params, batch_split_gradients, param_terms
+from jaxmem.param_memory import Params, batch_split_gradients, param_terms, regathered_kernels
 from jaxmem.setup import Setup, as_setup
 from jaxmem.sizing import Sizer
 from jaxmem.step import make_objective
@@ -243,7 +243,9 @@ def estimate(config: Config | Setup, name: str = "") -> Estimate:
                           float32_layers=float32_layers,
                           frees_stages=not anatomy.scanned,
                           slices_operands=(backend.copies_scanned_operands and anatomy.scanned
-                                           and setup.remat.checkpoint))
+                                           and (setup.remat.checkpoint or (
+                                               backend.copies_scanned_operands_without_remat
+                                               and mesh.shape.get("tensor", 1) == 1))))
     outside = kept_bytes(unfused(list(anatomy.outside), backend), size, batch_is_compute=False)
     loss_values = _loss_values(anatomy, size)
     if (backend.one_pass_frozen_head_loss and not backend.fuses_loss_gradient
@@ -293,6 +295,14 @@ def estimate(config: Config | Setup, name: str = "") -> Estimate:
         one = (held, f"{c.optimizer.name}'s copies of its state and of the parameters the "
                "backward reads, made at the step's entry, and the gradients, less those in "
                "donated argument buffers")
+        grads = {"loss": one, "block": one}
+    elif (c.optimizer.name in backend.copies_state_with_microbatches and anatomy.chain
+          and float32_layers and c.data.microbatches > 1 and not setup.freeze_patterns
+          and state_dtype == "auto"):
+        placed = chain_memory.same_size_state_slots(anatomy, setup, size)
+        one = (2 * trainable - placed, f"the microbatch accumulators and {c.optimizer.name}'s "
+               "copies of its state, made at the step's entry, less those in donated state "
+               "buffers")
         grads = {"loss": one, "block": one}
     # a microbatch's 16-bit gradients copied to float32 before they are added (XLA:CPU)
     # (the float32 chain's too, where they are all-reduced: the reducing moment below)
@@ -502,6 +512,17 @@ def estimate(config: Config | Setup, name: str = "") -> Estimate:
         moments[at_scores] = (held, copies, gathered, grads["loss"][0],
                               extra + split_copy)
         grads_why[at_scores] = grads["loss"][1]
+    regathered, largest_kernel = (regathered_kernels(anatomy, setup, size)
+                                  if backend.regathers_conv_kernels and zeroed > 1
+                                  and python_loop else (0, 0))
+    if regathered:
+        first = next(t for t in anatomy.blocks[0].values if t.dot == "conv")
+        images = next(t for t in anatomy.blocks[0].values if t.block_input)
+        at_forward = ("in the first block's forward, with the conv kernels gathered for the "
+                      "forward and again for the backward (the all-gathers made early)")
+        moments[at_forward] = (0, copies, gathered + regathered + largest_kernel, 0,
+                               size.tensors([first, images]))
+        grads_why[at_forward] = "none yet"
     where = max(moments, key=lambda k: sum(moments[k]))
     saved_b, copies_b, gathered_b, grads_b, transient_b = moments[where]
     terms = [

@@ -76,6 +76,9 @@ class Tensor:
       kept_rounded: kept for the backward in the configured 16-bit dtype by a backend that
         computes 16-bit floats in float32 but rounds this value where the forward makes it
         (``Backend.keeps_rounded_under_16bit``: a conv block's ReLU input).
+      softmax: the softmax of its one input (attention probabilities from the scores): a
+        backend that recomputes it inside the backward's fusions from a kept input
+        (``Backend.fuses_softmax_recompute``) materialises at most its float32 shifted input.
       widened_over: for a 16-bit gradient, the ``kept_rounded`` value it is written over where
         that is kept rounded; its float32 copy is then materialised beside it instead (the
         gradient convolutions' float32 operand).
@@ -101,6 +104,7 @@ class Tensor:
     kernel: str = ""
     kept_rounded: bool = False
     widened_over: str = ""
+    softmax: bool = False
 
     def __post_init__(self) -> None:
         if len(self.shape) != len(self.axes):

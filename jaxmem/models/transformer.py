@@ -308,7 +308,7 @@ def attention_values(c: TransformerConfig, B: int, causal: bool) -> list[Tensor]
         Tensor("q_scaled", BLD, heads, inputs=("query",), needed=True, matmul_operand=True),
         Tensor("scores", (B, H, L, L), LL, inputs=("q_scaled", "key"), dot="batched",
                flops=core),
-        Tensor("probs", (B, H, L, L), LL, inputs=("scores",), needed=True),
+        Tensor("probs", (B, H, L, L), LL, inputs=("scores",), needed=True, softmax=True),
         Tensor("attn_context", BLD, heads, inputs=("probs", "value"), needed=True,
                dot="batched", tag="attn_context", flops=core, matmul_only=True),
     ]
