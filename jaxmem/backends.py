@@ -190,7 +190,10 @@ class Backend:
         -9.5, -8.7, -5.5, -5.0 % -> within 0.6 %, no row lost); fresh fp32 MLPs -7 .. -11 % ->
         within 0.3 %, but [1024, 512, 2048] at mb 4 0 -> +8.5 % (two more accumulators
         placed in state buffers: not modelled). Not applied to transformers or 16-bit
-        chains (dev rows there are within 10 % without it and go over with it).
+        chains (dev rows there are within 10 % without it and go over with it), nor with
+        one row a microbatch (the outer-product gradients of ``fuses_outer_product_gradients``:
+        the accumulator and the largest gradient, exact on MLPs [1024, 2048], [1024, 1024],
+        [512, 2048, 1024] at batch 2, mb 2, where this rule was +5 .. +10 %).
       all_reduces_zero_gradients: reduces a scanned layer's ZeRO-sharded gradients over the
         fsdp devices as an all-reduce of the whole gradients, so the backward loop holds a
         layer's whole gradients and the all-reduce's output at once, besides the stack's

@@ -298,7 +298,7 @@ def estimate(config: Config | Setup, name: str = "") -> Estimate:
         grads = {"loss": one, "block": one}
     elif (c.optimizer.name in backend.copies_state_with_microbatches and anatomy.chain
           and float32_layers and c.data.microbatches > 1 and not setup.freeze_patterns
-          and state_dtype == "auto"):
+          and state_dtype == "auto" and not outer):
         placed = chain_memory.same_size_state_slots(anatomy, setup, size)
         one = (2 * trainable - placed, f"the microbatch accumulators and {c.optimizer.name}'s "
                "copies of its state, made at the step's entry, less those in donated state "

@@ -405,15 +405,19 @@ def test_tpu_conv_backward_is_fused():
     assert transients("none") == d_out
 
 
-def test_a_blocks_mlp_and_attention_gradients_are_not_alive_at_once():
+def test_a_blocks_mlp_and_attention_gradients_are_not_alive_at_once(monkeypatch):
     """A transformer block's backward goes through its MLP, then its attention: the MLP's
     activation gradients are dead before the scores' gradient is made. Where the scores
     dominate, the block's backward holds the residual stream's and the scores' gradients
-    (and, XLA:CPU's scanned float32 loop, its layer's weights copied out of the stack)."""
+    (and, XLA:CPU's scanned float32 loop, its layer's weights copied out of the stack, and
+    its kept matmul operands: ``copies_scanned_operands_without_remat``, switched off here
+    to see the rest alone; with it the total is within 10 % of XLA's)."""
     B, L, D, H = 2, 512, 64, 4
     model = {**GPT, "vocab_size": 256, "seq_len": L, "d_model": D, "num_heads": H,
              "stack": "scan"}
     config = make_config(model=model, target="cpu:1", remat="none", data={"batch_size": B})
+    assert abs(estimate(config).total_bytes / compiled_total(config) - 1) < 0.10
+    set_backend(monkeypatch, "cpu", copies_scanned_operands_without_remat=False)
     e = estimate(config)
     assert "backward of a" in dict((t.name, t.detail) for t in e.terms)["peak transients"]
     anatomy = config.model.anatomy(jaxmem.resolve(config).build_options, B)
