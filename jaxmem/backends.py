@@ -517,6 +517,46 @@ class Backend:
         -24 .. -31 % -> -1 .. -11 %; separable ones unchanged (small pointwise kernels)). A
         moment of its own: once the forward's copies are dead the backward holds one each
         (counting them in the backward's moments: dev rows 935 -> 934 of 1000).
+      forward_broadcasts_in_float32: under FSDP, a float32 Python-loop CNN's first block's
+        forward holds its convolution's output three times (the output; its bias-added copy
+        without remat, or its rounded copy under dots, the ReLU's input; the ReLU's zeros
+        broadcast to its shape), beside the constants the forward's ReLU and pooling fusions
+        read, broadcast whole at the step's start (zeros of each later block's ReLU input,
+        0.25 of each block's pooled output: one buffer a distinct shape), the images, the
+        batch's microbatch-major copy and every kernel gathered for the forward and again
+        for the backward (``regathers_conv_kernels``; not the largest a third time). Under
+        remat full the forward's convolution, bias, ReLU and pooling are one fusion and only
+        the recomputed convolution's output is held, except where the first convolution has
+        16 output channels or fewer: a convolution of its own, whose recomputation (not merged
+        with it: its kernel is all-gathered again) XLA makes at once beside it (XLA:CPU,
+        measured on fsdp8 CNNs: 32x32 3->64->128 under dots, 1 image a device -18.8 ->
+        -3.7 %; 16x16 3->16 under full, 4 images a device in 2 microbatches -24.3 -> -1.3 %;
+        fresh 32x32 3->32->64 and 3->64->32->64 under none/dots, 1..2 microbatches -5 ..
+        -13 % -> +2 .. -4 %; dev rows 1036 -> 1040 of 1100, none lost). Not under 16-bit
+        compute (the forward is loop fusions: no broadcasts); a 16->64->32 CNN under full
+        (16 output channels first, fused blocks after) stays -13 .. -22 %.
+      pads_pooling_gradient: under 16-bit compute where an undone remat recomputes a
+        convolution (``full``), a conv block's 2x2 pooling backward dilates and pads the
+        incoming gradient to a float32 ``B x (S+1) x (S+1) x C`` buffer and reduces it into
+        the float32 ``B x S x S x C`` pooling gradient, both alive beside the kept float32
+        convolution output (``Block.pool_workspace``, a moment of its own, larger than the
+        pooling gradient beside the 16-bit ReLU gradient made after it); and the later
+        blocks' saved values are freed once their backward is done (as
+        ``frees_saved_in_backward``) (XLA:CPU, measured in the buffer assignment of
+        bf16-mixed CNNs under remat full: ``f32[2,33,33,32]`` beside two ``f32[2,32,32,32]``
+        for 32x32 [32,16] batch 2, ``f32[8,129,129,128]`` at 128x128 [128,64,64,128] batch 8;
+        64x64 [16,16,128] batch 4: blocks 1 and 2's conv outputs dead before block 0's
+        backward; dev rows 1036 -> 1040 of 1100 (-13.6, -15.0, -20.9, -23.4 % -> within 9 %),
+        four rows at 256x256 or dp going from +0..+3 % to -11..-13 %, where the compiled
+        temporaries exceed the live peak by heap fragmentation: a 64x64 [16,32] separable
+        dp row's live peak is estimated to 0.8 %, its total 11 % short: the heap places the
+        16-bit ReLU gradient above the three float32 buffers in 5 of 7 layouts read, not
+        modelled; so 128x128 [64,128,128,64] sgd batch 4, +2.4 % -> -12.0 %, whose later
+        blocks' saved values had made up for it); fresh 32x32 rows ([32,16], [64],
+        [16,32,64], batch 2 and 8, adamw) -22 .. +8 % -> -11.5 .. -2.3 %. Not in float32
+        layers (the ReLU gradient is written over the early conv copy, and every fp32
+        remat-full row within 10 % went +12..+49 % with the padded buffer), nor without remat
+        or under ``dots`` (``keeps_rounded_under_16bit``'s two float32 buffers cover it).
 
     A Python-loop block's stages freeing their saved values once their backward is done is
     not a flag: every backend frees a value after its last use, and a loop block's values are
@@ -583,6 +623,8 @@ class Backend:
     scan_gradients_16bit_in_microbatches: bool = False
     recomputed_scores_under_16bit: bool = False
     regathers_conv_kernels: bool = False
+    forward_broadcasts_in_float32: bool = False
+    pads_pooling_gradient: bool = False
 
 
 BACKENDS: dict[str, Backend] = {
@@ -613,7 +655,9 @@ BACKENDS: dict[str, Backend] = {
                    masks_depthwise_late_under_16bit=True, recomputed_scores_rows=4096,
                    splits_scanned_lookup_gradient=True,
                    scan_gradients_16bit_in_microbatches=True,
-                   recomputed_scores_under_16bit=True, regathers_conv_kernels=True),
+                   recomputed_scores_under_16bit=True, regathers_conv_kernels=True,
+                   forward_broadcasts_in_float32=True,
+                   pads_pooling_gradient=True),
     "gpu": Backend(),
     "tpu": Backend(tiles=True, fuses_loss_gradient=True, fuses_matmul_operands=True,
                    fuses_softmax_recompute=True,

@@ -285,10 +285,15 @@ def block_terms(blocks: Sequence[Block], setup: Setup, policy: RematPolicy, size
     # a microbatch loop's float32 step under an undone remat that saves nothing
     # (``Backend.frees_saved_in_microbatch_remat``)
     looped = (size.backend.frees_saved_in_microbatch_remat and float32_layers
-              and c.data.microbatches > 1 and _saves_nothing(blocks, undone))
+              and c.data.microbatches > 1 and saves_nothing(blocks, undone))
     if looped:  # the microbatch's slice of the batch is a buffer of its own
         batch_is_compute = False
-    frees = size.backend.frees_saved_in_backward or looped or (
+    # conv blocks under 16-bit compute where an undone remat recomputes a convolution: the
+    # pooling's backward pads its gradient, and the later blocks' saved values are freed
+    # (``Backend.pads_pooling_gradient``)
+    pads = (size.backend.pads_pooling_gradient and not float32_layers and not plain_16bit
+            and any(b.pool_workspace for b in blocks))
+    frees = size.backend.frees_saved_in_backward or looped or pads or (
         size.backend.frees_saved_under_16bit and plain_16bit)
     rounds = size.backend.keeps_rounded_under_16bit and plain_16bit
     # under an ``except:`` policy, a loop block of a stack of several shares two
@@ -367,6 +372,11 @@ def block_terms(blocks: Sequence[Block], setup: Setup, policy: RematPolicy, size
             if best is None or ws - freed > best[0] - best[1]:
                 best = (ws, freed)
         ws, freed = best
+        # the pooling's backward, a moment of its own: the padded float32 gradient beside
+        # the pooling gradient it is reduced into (``Backend.pads_pooling_gradient``)
+        if pads and block.pool_workspace:
+            ws = max(ws, size.tensors(redo) + size.tensors(block.pool_workspace)
+                     + slices + incoming)
         # a scanned backward's body copies the kept values its matmuls read out of the
         # stacked residuals at its start (XLA:CPU), held with the recomputation
         sliced = (kept_bytes(operand_slices(block, kept_values), size, batch_is_compute)
@@ -445,7 +455,7 @@ def redoes_matmuls(blocks: Sequence[Block], undone: RematPolicy | None, size: Si
     return any(t.dot for b in blocks for t in _redone(b, undone, size))
 
 
-def _saves_nothing(blocks: Sequence[Block], undone: RematPolicy | None) -> bool:
+def saves_nothing(blocks: Sequence[Block], undone: RematPolicy | None) -> bool:
     """The ``undone`` policy keeps nothing of ``blocks`` but their inputs (``full``)."""
     if undone is None:
         return False
@@ -475,7 +485,7 @@ def recomputed_scores(blocks: Sequence[Block], undone: RematPolicy | None,
     policy that saves something besides the blocks' inputs, and the bytes its block keeps
     (without remat, shared values included) in the stages after the scores' (the MLP's)
     (``Backend.recomputed_scores_rows``); ``(0, 0)`` if none."""
-    if undone is None or _saves_nothing(blocks, undone):
+    if undone is None or saves_nothing(blocks, undone):
         return 0, 0
     keep, out = saveable(undone), (0, 0)
     for b in blocks:
@@ -498,3 +508,28 @@ def widest_after_scores(blocks: Sequence[Block], size: Sizer) -> int:
         later = set().union(*(_later_stages(b, s) for s in stages)) if stages else set()
         out = max([out, *(size.tensors([t]) for t in b.values if t.stage in later)])
     return out
+
+
+def first_forward_float32(blocks: Sequence[Block], outside: Sequence[Tensor],
+                          size: Sizer, fused: bool = False) -> int:
+    """Bytes a float32 CNN's first block holds in its forward beside the gathered kernels
+    (``Backend.forward_broadcasts_in_float32``): its convolution's output three times (the
+    output, its bias-added or rounded copy, the ReLU's zeros broadcast to its shape; under
+    remat ``full``, ``fused``, once: the recomputed one, the forward's being fused with its
+    ReLU and pooling, unless it has 16 output channels or fewer), its images, and the
+    constants the forward's ReLU and pooling fusions read, broadcast to the later blocks' ReLU
+    input and every block's pooled shapes (one buffer a distinct shape, made at the start)."""
+    convs = [t for t in blocks[0].values if t.dot == "conv"]
+    if not convs:
+        return 0
+    images = [t for t in blocks[0].values if t.block_input]
+    pooled = [*(next(t for t in b.values if t.block_input) for b in blocks[1:]),
+              *outside[:1]]
+    zeros = {(t.shape, t.axes): t for b in blocks[1:] for t in b.values
+             if t.name == "relu_input"}
+    quarters = {(t.shape, t.axes): t for t in pooled}
+    # under remat full the forward's convolution, bias, ReLU and pooling are one fusion
+    # (not for 16 output channels or fewer: a convolution of its own, then recomputed at once)
+    fused = fused and convs[-1].shape[-1] > 16
+    return ((1 if fused else 3) * size.tensors(convs[-1:]) + size.tensors(images)
+            + size.tensors([*zeros.values(), *quarters.values()]))

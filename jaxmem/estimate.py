@@ -68,9 +68,11 @@ from jaxmem.backends import BACKENDS, Backend
 from jaxmem.block_memory import (
     SAVEABLE_NONE,
     block_terms,
+    first_forward_float32,
     kept_bytes,
     recomputed_scores,
     redoes_matmuls,
+    saves_nothing,
     unfused,
     widest_after_scores,
 )
@@ -527,6 +529,18 @@ def estimate(config: Config | Setup, name: str = "") -> Estimate:
         moments[at_forward] = (0, copies, gathered + regathered + largest_kernel, 0,
                                size.tensors([first, images]))
         grads_why[at_forward] = "none yet"
+    if (backend.forward_broadcasts_in_float32 and zeroed > 1 and python_loop
+            and float32_layers):
+        # a float32 CNN's first block's forward: three of its convolution's outputs and the
+        # broadcast constants of the ReLU and pooling fusions, beside the kernels gathered
+        # for the forward and again for the backward (Backend.forward_broadcasts_in_float32)
+        held = first_forward_float32(anatomy.blocks, anatomy.outside, size,
+                                     fused=saves_nothing(anatomy.blocks, undone_policy))
+        if held:
+            at_first_conv = ("in the first block's forward, its convolution's output three "
+                             "times beside the ReLU's and pooling's broadcast constants")
+            moments[at_first_conv] = (0, copies, gathered + regathered, 0, held + split_copy)
+            grads_why[at_first_conv] = "none yet"
     where = max(moments, key=lambda k: sum(moments[k]))
     saved_b, copies_b, gathered_b, grads_b, transient_b = moments[where]
     terms = [

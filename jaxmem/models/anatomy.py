@@ -127,6 +127,9 @@ class Block:
       fused_workspace: ``grad_workspace`` where the backend fuses elementwise producers into the
         matmuls and convolutions reading them (XLA:TPU); None: ``grad_workspace``. A value
         ``in_place_of`` a saved one is written over it.
+      pool_workspace: values its pooling's backward holds at once besides the saved ones
+        where the backend pads the pooling gradient (``Backend.pads_pooling_gradient``): the
+        pooling gradient and the padded gradient it is reduced from, float32.
     """
 
     name: str
@@ -135,6 +138,7 @@ class Block:
     grad_workspace: tuple[Tensor, ...] = ()
     shared: tuple[Tensor, ...] = ()
     fused_workspace: tuple[Tensor, ...] | None = None
+    pool_workspace: tuple[Tensor, ...] = ()
 
     def by_name(self) -> dict[str, Tensor]:
         return {t.name: t for t in self.values}

@@ -137,8 +137,13 @@ class CNNConfig(ModelConfig):
         fused = (Tensor("d_conv", (B, S, S, b), image, channels_minor=True, matmul_only=True,
                         in_place_of="relu_input"),
                  max((d_out, *d_input), key=lambda t: math.prod(t.shape)))
+        # XLA:CPU: the 2x2 pooling's backward reduces the incoming gradient, dilated and padded
+        # to (S+1) x (S+1), into the pooling gradient, both float32 (``pads_pooling_gradient``)
+        pool = (Tensor("d_conv", (B, S, S, b), image, "float32"),
+                Tensor("d_pool_padded", (B, S + 1, S + 1, b), image, "float32"))
         return params, Block(f"conv block {a}->{b} at {S}x{S}", tuple(values),
-                             grad_workspace=unfused, fused_workspace=fused)
+                             grad_workspace=unfused, fused_workspace=fused,
+                             pool_workspace=pool)
 
     def build(self, opts: BuildOptions) -> Workload:
         """Random images, integer labels."""
