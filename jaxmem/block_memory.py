@@ -112,6 +112,10 @@ class Blocks:
     dense_kernel: int = 0  # a depthwise kernel's gradient computed dense, and its masked copy
     dense_before: int = 0  # saved by the blocks up to that depthwise convolution's block
     dense_next: int = 0  # the masked dense depthwise gradient of the block after the widest
+    # ``Backend.pools_before_kernel_gradient``: the widest block's backward is its pooling's
+    # or its ReLU's, before its kernel's gradient; the float32 transposed kernel copies held
+    pooled: bool = False
+    transposed_kernels: int = 0
 
 
 def _narrowed(values: Sequence[Tensor], size: Sizer) -> list[Tensor]:
@@ -296,6 +300,10 @@ def block_terms(blocks: Sequence[Block], setup: Setup, policy: RematPolicy, size
     frees = size.backend.frees_saved_in_backward or looped or pads or (
         size.backend.frees_saved_under_16bit and plain_16bit)
     rounds = size.backend.keeps_rounded_under_16bit and plain_16bit
+    # (``Backend.pools_before_kernel_gradient``)
+    pooled = (rounds and size.backend.pools_before_kernel_gradient
+              and all(b.pool_workspace for b in blocks))
+    transposed = widest_transposed = 0
     # under an ``except:`` policy, a loop block of a stack of several shares two
     # residual-stream-wide values with its forward, not the GELU's factors
     # (``Backend.except_shares_stream``)
@@ -377,6 +385,16 @@ def block_terms(blocks: Sequence[Block], setup: Setup, policy: RematPolicy, size
         if pads and block.pool_workspace:
             ws = max(ws, size.tensors(redo) + size.tensors(block.pool_workspace)
                      + slices + incoming)
+        if pooled:
+            # the ReLU's backward once the 16-bit ReLU gradient (over the kept ReLU input) is
+            # dead, or the pooling's, the padded float32 gradient beside the pooling gradient
+            own = kept_bytes([t for t in kept_values if t.kept_rounded], size, batch_is_compute)
+            ws = max(ws - own, size.tensors(redo) + size.tensors(block.pool_workspace)
+                     + slices + incoming)
+            if n:  # the input gradient's convolution reads a float32 transposed kernel copy
+                transposed += sum(size.nbytes(kernels[t.kernel], np.dtype("float32"))
+                                  for t in block.values
+                                  if t.dot == "conv" and t.kernel in (kernels or {}))
         # a scanned backward's body copies the kept values its matmuls read out of the
         # stacked residuals at its start (XLA:CPU), held with the recomputation
         sliced = (kept_bytes(operand_slices(block, kept_values), size, batch_is_compute)
@@ -393,6 +411,7 @@ def block_terms(blocks: Sequence[Block], setup: Setup, policy: RematPolicy, size
             largest, workspace, widest, before, widest_freed = held, ws, block.name, total, freed
             widest_sliced = sliced
             widest_at = n
+            widest_transposed = transposed
         index += block.count
     # under 16-bit compute, the masked copy of the next block's dense depthwise gradient is
     # made in the widest block's backward (``Backend.masks_depthwise_late_under_16bit``)
@@ -401,7 +420,7 @@ def block_terms(blocks: Sequence[Block], setup: Setup, policy: RematPolicy, size
     dense_next = dense_depthwise(blocks[widest_at + 1], kernels or {}, size) // 2 if late else 0
     return Blocks(total, offloaded, workspace + dense_next, widest,
                    before if frees else total, widest_freed, widest_sliced, dense[0],
-                   dense[1] if frees else total, dense_next)
+                   dense[1] if frees else total, dense_next, pooled, widest_transposed)
 
 
 def dense_depthwise(block: Block, kernels: dict[str, tuple[int, ...]], size: Sizer) -> int:
@@ -533,3 +552,20 @@ def first_forward_float32(blocks: Sequence[Block], outside: Sequence[Tensor],
     fused = fused and convs[-1].shape[-1] > 16
     return ((1 if fused else 3) * size.tensors(convs[-1:]) + size.tensors(images)
             + size.tensors([*zeros.values(), *quarters.values()]))
+
+
+def first_forward_rounded(blocks: Sequence[Block], kernels: dict[str, tuple[int, ...]],
+                          size: Sizer) -> tuple[int, int]:
+    """What a single device's 16-bit CNN holds in its first block's forward
+    (``Backend.pools_before_kernel_gradient``): two float32 rounded copies of every later
+    block's kernels, made at the step's start (the forward's, the backward's transposed one),
+    and the first block's convolution output in float32, its ReLU input rounded, its pooled
+    output and its images."""
+    later = sum(size.nbytes(kernels[t.kernel], np.dtype("float32"))
+                for b in blocks[1:] for t in b.values if t.dot == "conv" and t.kernel in kernels)
+    first = blocks[0].values
+    convs = [t for t in first if t.dot == "conv"]
+    pooled = [t for t in blocks[1].values if t.block_input] if len(blocks) > 1 else []
+    held = (size.tensors([*convs[-1:], *(t for t in first if t.block_input), *pooled])
+            + size.tensors(_rounded([t for t in first if t.kept_rounded])))
+    return 2 * later, held

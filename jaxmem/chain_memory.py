@@ -69,7 +69,7 @@ def _tree_order(path: str) -> tuple:
 
 
 def state_copies_held(anatomy: Anatomy, setup: Setup, size: Sizer, outer: bool,
-                      rounded: bool = False) -> int:
+                      rounded: bool = False, state: bool = True) -> int:
     """The most bytes per device that an optimizer reading its old state after writing the
     new one in place (lion: its single moment) holds, outside the donated arguments, of the
     copies XLA:CPU makes at the step's entry and of the gradients
@@ -85,14 +85,18 @@ def state_copies_held(anatomy: Anatomy, setup: Setup, size: Sizer, outer: bool,
     Buffer assignment places the copies and gradients, largest first, each into the smallest
     donated argument buffer (a parameter or state leaf) that is dead for its whole life (an
     argument copied out, until its update writes it), never the one it copies; the rest are
-    temporaries, alive together at the backward's start."""
+    temporaries, alive together at the backward's start. Without ``state`` (plain sgd,
+    ``Backend.copies_parameters_at_entry``) only the parameters are copied and each
+    gradient lives until its parameter's update."""
     params = sorted(((p, local_bytes(p, anatomy, setup, size, size.param))
                      for p, _ in anatomy.params), key=lambda x: _tree_order(x[0]))
     first, head = anatomy.chain[0], anatomy.chain[-1].rpartition("/")[0]
     copied = [p for p, _ in params if not rounded and p != first and (
         outer or p in anatomy.chain or p.startswith(head + "/"))]
     made = {("P", p): t for t, p in enumerate(copied, 1)}  # copies: P parameter, M state
-    made |= {("M", p): t for t, (p, _) in enumerate(params, len(copied) + 1)}
+    if state:
+        made |= {("M", p): t for t, (p, _) in enumerate(params, len(copied) + 1)}
+    kinds = ("P", "M") if state else ("P",)
     grad, new = {}, {}  # when a gradient is made; when a leaf's new value is written
     for i, kernel in enumerate(reversed(anatomy.chain)):
         layer, t = kernel.rpartition("/")[0], 1000 + 10 * i
@@ -101,14 +105,16 @@ def state_copies_held(anatomy: Anatomy, setup: Setup, size: Sizer, outer: bool,
             # with outer products the new state is written first, else the new parameter
             new[("M" if outer else "P", p)] = t + 1 + 2 * j
             new[("P" if outer else "M", p)] = t + 2 + 2 * j
+            if not state:  # the gradient lives until its parameter's update
+                new[("M", p)] = new[("P", p)]
     end = 10 ** 9
     held = {}  # donated argument -> (its bytes, the (start, end, leaf updated) it holds)
-    for kind in ("P", "M"):
+    for kind in kinds:
         for p, n in params:  # an uncopied parameter is read until its update
             last = made.get((kind, p), new[(kind, p)] if kind == "P" else 0)
             held[(kind, p)] = (n, [(0, last, None), (new[(kind, p)], end, p)])
     values = [(n, made[(k, p)], max(new[("P", p)], new[("M", p)]) if k == "M" else
-               new[("P", p)], (k, p)) for p, n in params for k in ("P", "M") if (k, p) in made]
+               new[("P", p)], (k, p)) for p, n in params for k in kinds if (k, p) in made]
     if not outer:  # a gradient lives until its leaf's new state is written
         values += [(n, grad[p], new[("M", p)], ("G", p)) for p, n in params if p in grad]
     values.sort(key=lambda v: (-v[0], v[1]))

@@ -69,6 +69,7 @@ from jaxmem.block_memory import (
     SAVEABLE_NONE,
     block_terms,
     first_forward_float32,
+    first_forward_rounded,
     kept_bytes,
     recomputed_scores,
     redoes_matmuls,
@@ -289,12 +290,18 @@ def estimate(config: Config | Setup, name: str = "") -> Estimate:
     grads = _live_gradients(c, backend, p, fused_updates, float32_math, outer,
                             zero_split=zeroed > 1, float32_chain=float32_chain,
                             batch_split=ways > 1, stack_16=stack_16)
-    if (c.optimizer.name in backend.copies_state_at_entry and anatomy.chain and float32_math
-            and not p.stacked and c.data.microbatches == 1 and not setup.freeze_patterns
-            and state_dtype == "auto" and math.prod(mesh.shape.values()) == 1):
+    # (a 16-bit chain read through float32 copies updates each parameter as its gradient
+    # is made: nothing to place)
+    stateless = (c.optimizer.name in backend.copies_parameters_at_entry and not state
+                 and float32_layers)
+    if ((c.optimizer.name in backend.copies_state_at_entry or stateless) and anatomy.chain
+            and float32_math and not p.stacked and c.data.microbatches == 1
+            and not setup.freeze_patterns and state_dtype == "auto"
+            and math.prod(mesh.shape.values()) == 1):
         held = chain_memory.state_copies_held(anatomy, setup, size, outer,
-                                              rounded=float32_chain)
-        one = (held, f"{c.optimizer.name}'s copies of its state and of the parameters the "
+                                              rounded=float32_chain, state=not stateless)
+        one = (held, f"{c.optimizer.name}'s copies of " + ("" if stateless else "its state "
+               "and of ") + "the parameters the "
                "backward reads, made at the step's entry, and the gradients, less those in "
                "donated argument buffers")
         grads = {"loss": one, "block": one}
@@ -370,17 +377,22 @@ def estimate(config: Config | Setup, name: str = "") -> Estimate:
                 + ("; its kept matmul operands copied out of the stack" if blocks.sliced
                    else "")
                 + ")" + split_why)
+    # a single device's conv blocks under 16-bit compute: the widest block's backward is its
+    # pooling's or ReLU's, before its kernel's gradient (Backend.pools_before_kernel_gradient)
+    pooled = (blocks.pooled and c.data.microbatches == 1
+              and math.prod(mesh.shape.values()) == 1)
     moments = {
         at_loss: (saved_all, copies + reread_16 + reread_32, gathered, grads["loss"][0],
                   loss + split_copy),
-        in_block: (blocks.before - blocks.freed + (0 if backend.frees_outside_first
-                                                    else outside),
-                   copies + reread_16 + reread_32,
-                   gathered, grads["block"][0] + waiting,
+        in_block: (blocks.before - blocks.freed
+                   + (0 if backend.frees_outside_first or blocks.pooled else outside),
+                   blocks.transposed_kernels if pooled else copies + reread_16 + reread_32,
+                   gathered, 0 if pooled else grads["block"][0] + waiting,
                    blocks.recompute + layer_slice + split_copy),
     }
     grads_why = {at_loss: grads["loss"][1],
-                 in_block: grads["block"][1] + (
+                 in_block: "none (the block's kernel gradient is made after)" if pooled
+                 else grads["block"][1] + (
                      "; every trainable parameter's whole (unsharded) gradient, waiting for "
                      "the combined reduction" if waiting else "")}
     if (backend.widens_rounded_chain_at_entry and anatomy.chain and not float32_layers
@@ -541,6 +553,14 @@ def estimate(config: Config | Setup, name: str = "") -> Estimate:
                              "times beside the ReLU's and pooling's broadcast constants")
             moments[at_first_conv] = (0, copies, gathered + regathered, 0, held + split_copy)
             grads_why[at_first_conv] = "none yet"
+    if pooled and len(anatomy.blocks) > 1:
+        # the kernels' float32 rounded copies, for the forward and transposed for the
+        # backward, made at the step's start (Backend.pools_before_kernel_gradient)
+        twice, held = first_forward_rounded(anatomy.blocks, dict(anatomy.params), size)
+        at_first_conv = ("in the first block's forward, with every later kernel's float32 "
+                         "rounded copies (the forward's, the backward's transposed one)")
+        moments[at_first_conv] = (0, twice, 0, 0, held)
+        grads_why[at_first_conv] = "none yet"
     where = max(moments, key=lambda k: sum(moments[k]))
     saved_b, copies_b, gathered_b, grads_b, transient_b = moments[where]
     terms = [
