@@ -242,6 +242,16 @@ class Backend:
         a device: heads x queries); 0: no limit (XLA:CPU, measured on GPTs: 8 heads x 511
         queries keep the scores, 8 x 512, 16 x 256, 32 x 128 and 4 x 1024 do not, rows
         +19..+47 % with them; a scanned stack keeps them at 8 x 512).
+      keeps_one_head_batched_dots: in a Python-loop stack, ``keeps_one_example_batched_dots``
+        also where a batched matmul output has one head per device (its second dimension 1:
+        ``num_heads`` equal to the tensor axis), below ``loop_batched_dot_rows`` rows, and at
+        any rows where the backend undid an ``except:*`` policy (XLA:CPU, measured on GPTs and
+        encoders 2L d128 under data 2 x tensor 4 and fsdp 2 x tensor 4: 4 heads compile to the
+        same bytes as 8, the scores kept beside the softmax, under ``except:mlp_post_act`` at
+        2..16 examples per device and seq 256/512, under remat none below 4096 rows (2 x 512,
+        8 x 256 and 8 x 64 kept, 8 x 512 not); 4-head rows -11..-19 % -> within 4 %, the 8-head
+        twins unchanged; dev rows 1046 -> 1048 of 1100, a 5L d128 seq512 GPT -23.2 -> -0.9 %;
+        rows now over 5 % are over by as much with 8 heads, which compile the same).
       scan_residuals_by_policy: a scanned stack under a checkpointing remat policy keeps for
         the backward what the policy saves and nothing beside it: no
         ``keeps_one_example_batched_dots`` scores beside their kept softmax (XLA:CPU,
@@ -637,6 +647,7 @@ class Backend:
     fuses_outer_product_gradients: bool = False
     keeps_one_example_batched_dots: bool = False
     loop_batched_dot_rows: int = 0
+    keeps_one_head_batched_dots: bool = False
     scan_residuals_by_policy: bool = False
     except_shares_stream: bool = False
     keeps_reduced_matmul_outputs: bool = False
@@ -680,7 +691,8 @@ BACKENDS: dict[str, Backend] = {
                    copies_largest_gradient=("lion",),
                    all_reduces_zero_gradients=True, gathers_lm_head=True,
                    fuses_outer_product_gradients=True, keeps_one_example_batched_dots=True,
-                   loop_batched_dot_rows=4096, scan_residuals_by_policy=True,
+                   loop_batched_dot_rows=4096, keeps_one_head_batched_dots=True,
+                   scan_residuals_by_policy=True,
                    except_shares_stream=True,
                    keeps_reduced_matmul_outputs=True, accumulates_float32_in_place=True,
                    copies_chain_kernels_at_entry=("adamw",), copies_state_at_entry=("lion",),

@@ -203,14 +203,17 @@ def _conv_slices(block: Block, kernels: dict[str, tuple[int, ...]], setup: Setup
 
 
 def _backend_kept(block: Block, kept: list[Tensor], size: Sizer, remat: bool,
-                  loop: bool = False, sliced: bool = False) -> list[Tensor]:
+                  loop: bool = False, sliced: bool = False,
+                  except_undone: bool = False) -> list[Tensor]:
     """``kept`` and what the backend keeps beside it for the backward: with one example of
     the batch per device, a batched matmul's output beside a kept value made from it (the
     attention scores beside their softmax; in a Python ``loop`` stack, below the backend's
     row limit; not in a scanned stack under a checkpointing policy where the backend keeps
     only what the policy saves, nor, ``sliced``, where its backward copies the softmax out of
-    the stacked residuals, ``operand_slices``); without remat, the all-reduced output of a
-    matmul contracting a tensor-split dimension (a row-parallel projection's)."""
+    the stacked residuals, ``operand_slices``); the same in a ``loop`` stack with one head per
+    device, without the row limit where an ``except:*`` policy was undone (``except_undone``);
+    without remat, the all-reduced output of a matmul contracting a tensor-split dimension (a
+    row-parallel projection's)."""
     backend, names = size.backend, {t.name for t in kept}
     by_name = block.by_name()
     row_limit = backend.loop_batched_dot_rows if loop else 0
@@ -222,8 +225,12 @@ def _backend_kept(block: Block, kept: list[Tensor], size: Sizer, remat: bool,
         if t.name in names:
             continue
         local = size.shard(t.shape, t.axes)
-        if (scores and t.dot == "batched" and local[0] == 1
-                and not (row_limit and math.prod(local[:-1]) >= row_limit)
+        # one head per device (``Backend.keeps_one_head_batched_dots``): no row limit
+        # under an undone ``except:*`` policy
+        one_head = (backend.keeps_one_head_batched_dots and loop and 1 in local[1:-2])
+        limit = 0 if one_head and except_undone else row_limit
+        if (scores and t.dot == "batched" and (local[0] == 1 or one_head)
+                and not (limit and math.prod(local[:-1]) >= limit)
                 and any(t.name in u.inputs for u in kept)):
             extra.append(t)
         elif backend.keeps_reduced_matmul_outputs and not remat and _reduced(t, by_name, size):
@@ -311,13 +318,15 @@ def block_terms(blocks: Sequence[Block], setup: Setup, policy: RematPolicy, size
                      and undone.name.startswith("except:")
                      and sum(b.count for b in blocks) > 1
                      and size.mesh.shape.get("tensor", 1) == 1)
+    except_undone = undone is not None and undone.name.startswith("except:")
     for n, block in enumerate(blocks):
         shared = ([t for t in block.values if t.block_input] * 2 if stream_shared
                   else list(block.shared))
         kept_policy = _backend_kept(block, unfused(saved(block, device), size.backend), size,
-                                    policy.checkpoint, frees_stages, slices_operands)
+                                    policy.checkpoint, frees_stages, slices_operands,
+                                    except_undone)
         kept_none = _backend_kept(block, unfused(saved(block, none), size.backend), size,
-                                  False, frees_stages, slices_operands)
+                                  False, frees_stages, slices_operands, except_undone)
         if rounds:
             kept_policy, kept_none = _rounded(kept_policy), _rounded(kept_none)
         # what XLA recomputes past a collective of the recomputation (not merged with the
