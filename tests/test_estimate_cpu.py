@@ -284,7 +284,9 @@ def test_cpu_gathers_the_lm_head_table_whatever_the_rows(monkeypatch):
 
 
 @pytest.mark.parametrize("optimizer, hidden, micro, grads", [
-    ("sgd", [1024], 1, 1024 * 10),  # only the head's old value: the first kernel's is not read
+    # the head's old kernel and bias (copied at the entry: the first kernel's is not read)
+    # and the hidden bias's gradient
+    ("sgd", [1024], 1, 1024 * 10 + 10 + 1024),
     ("adamw", [2048, 512], 1, 2048 * 512),  # the largest kernel read back, not the first
     # lion copies its moment and the head at the entry: as many bytes as the parameters
     ("lion", [1024], 1, 1024 * 1024 + 1024 + 1024 * 10 + 10),
