@@ -289,7 +289,8 @@ def estimate(config: Config | Setup, name: str = "") -> Estimate:
                 if backend.scan_gradients_16bit_in_microbatches and not float32_layers else 0)
     grads = _live_gradients(c, backend, p, fused_updates, float32_math, outer,
                             zero_split=zeroed > 1, float32_chain=float32_chain,
-                            batch_split=ways > 1, stack_16=stack_16)
+                            batch_split=ways > 1, stack_16=stack_16,
+                            tensor_split=mesh.shape.get("tensor", 1) > 1)
     # (a 16-bit chain read through float32 copies updates each parameter as its gradient
     # is made: nothing to place)
     stateless = (c.optimizer.name in backend.copies_parameters_at_entry and not state
@@ -434,6 +435,13 @@ def estimate(config: Config | Setup, name: str = "") -> Estimate:
         # it once the loss's other values are dead, a moment the block's backward exceeds
         moments[at_loss] = (saved_all, copies, gathered, grads["head"][0], loss + split_copy)
         grads_why[at_loss] = grads["head"][1]
+    elif "head" in grads and not p.stacked:
+        # the LM head's matmul makes the tied table's gradient from the logits' gradient
+        # (written over the logits) once the loss's other values are dead
+        # (Backend.tied_head_gradient_after_loss)
+        at_head = "where the LM head's matmul makes the tied table's gradient"
+        moments[at_head] = (saved_all, copies, gathered, grads["head"][0], split_copy)
+        grads_why[at_head] = grads["head"][1]
     reduced = math.prod(n for a, n in mesh.shape.items()
                         if a in sharding.BATCH_AXES and a not in setup.rules.zero)
     if backend.combines_all_reduces and reduced > 1 and trainable:
@@ -663,7 +671,8 @@ def _live_gradients(c: Config, backend: Backend, p: Params, fused_updates: bool,
                     zero_split: bool = False,
                     float32_chain: bool = False,
                     batch_split: bool = False,
-                    stack_16: int = 0) -> dict[str, tuple[int, str]]:
+                    stack_16: int = 0,
+                    tensor_split: bool = False) -> dict[str, tuple[int, str]]:
     """Gradients alive while activations are still kept, ``(bytes, why)`` where the backward
     starts (``loss``) and in a block's backward (``block``); ``outer``: the weight gradients
     are outer products (one row per device and microbatch) the backend fuses into what
@@ -675,7 +684,8 @@ def _live_gradients(c: Config, backend: Backend, p: Params, fused_updates: bool,
     they are made whatever the optimizer (measured with lion: its largest is not kept);
     ``batch_split``: the batch axes split the batch over more than one device; ``stack_16``:
     a scanned stack's gradients in 16 bits, where they are so with microbatches
-    (``Backend.scan_gradients_16bit_in_microbatches``), else 0."""
+    (``Backend.scan_gradients_16bit_in_microbatches``), else 0; ``tensor_split``: the mesh
+    has a tensor axis of more than one device."""
     trainable, largest, stacked = p.trainable, p.largest, p.stacked
     # a lookup table's gradient is a scatter-add, made in place into an accumulator
     dense = p.largest_dense if backend.scatters_lookup_gradients else largest
@@ -760,4 +770,8 @@ def _live_gradients(c: Config, backend: Backend, p: Params, fused_updates: bool,
                f"parameter as it is made; {c.optimizer.name}'s update reads a copy)")
     else:
         one = (largest, "the largest gradient (each is applied to its parameter as it is made)")
+        if (backend.tied_head_gradient_after_loss and float32_layers and not batch_split
+                and not tensor_split and p.tied_table and p.tied_table == largest):
+            return {"loss": (0, "none yet (the tied table's is made by the LM head's matmul "
+                             "once the loss's values are dead)"), "block": one, "head": one}
     return {"loss": one, "block": one}

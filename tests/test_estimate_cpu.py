@@ -1200,3 +1200,25 @@ def test_cpu_keeps_one_heads_scores_beside_their_softmax(remat, monkeypatch):
     assert abs(estimate(config).total_bytes / total - 1) < 0.05
     set_backend(monkeypatch, "cpu", keeps_one_head_batched_dots=False)
     assert estimate(config).total_bytes / total - 1 < -0.15
+
+
+@pytest.mark.parametrize("d_model, remat, optimizer, batch", [(192, "dots", "sgd", 1),
+                                                              (128, "none", "sgd", 2),
+                                                              (384, "full", "adamw", 2)])
+def test_cpu_makes_a_loop_gpts_tied_table_gradient_after_the_loss(d_model, remat, optimizer,
+                                                                   batch, monkeypatch):
+    """A float32 Python-loop GPT on one device: the LM head's matmul makes the tied table's
+    gradient once the loss's values are dead (no gradient where the loss gradient is made).
+    Within 2 % of XLA's total; over 10 % over with the table's gradient beside the loss.
+    (At d_model 192 and batch 2 the live peak is within 1 % but XLA's heap leaves 8 MiB of
+    gaps: -10 %, unmodelled.)"""
+    config = make_config(model={"kind": "gpt", "num_layers": 2, "d_model": d_model,
+                                "num_heads": 4, "seq_len": 64, "vocab_size": 32000,
+                                "mlp_ratio": 2, "stack": "loop"},
+                         remat=remat, precision="fp32", optimizer=optimizer,
+                         data={"batch_size": batch})
+    e = estimate(config)
+    total = compiled_total(config)
+    assert abs(e.total_bytes / total - 1) < 0.02
+    set_backend(monkeypatch, "cpu", tied_head_gradient_after_loss=False)
+    assert estimate(config).total_bytes / total - 1 > 0.10
