@@ -324,6 +324,22 @@ class Backend:
         unsharded and FSDP: -15 .. +50 % -> within 2 % on most; under remat ``full`` the
         16-bit copies and the gradients are kept, as estimated without it; under ``dots``
         see ``dots_chain_rereads``).
+      chain_head_gradient_first: under ZeRO (FSDP), without microbatches, a 16-bit MLP chain
+        read through float32 copies (``float32_chain_copies``) makes the head's kernel
+        gradient (a dot of its own, then added into the parameter) before the head's
+        activation gradient, whose matmul is the last read of the head's float32 copy: the
+        step's peak holds the copies of every kernel but the first (which only the forward
+        reads), the head's gradient, the loss gradient it is made from and the activations.
+        The other layers make their activation gradient first, their own copy then dead, so
+        no later moment holds more. XLA:CPU, measured (HLO schedule, buffers at the peak) on
+        FSDP sgd and adamw MLPs of one to four hidden layers, out 1000: the head's dot.k
+        before its ynn_fusion; on one device and under plain data parallelism the head's
+        activation gradient comes first and the gradients go into dead copies' buffers (no
+        change there). Fresh FSDP MLPs -23, -23, -23, -17, -16, -11, -9, -7, -6 % -> -9, -4, -1,
+        -2, -0.4, -1, -4, -4, -1 % (the rest: activations of the whole batch under features
+        split, not modelled; in_features 1024, batch-split, unchanged); dev rows
+        -17.3 -> -9.3 %, -15.3 -> -2.4 %. Not for lion (``copies_largest_gradient``: its
+        copies of every parameter are counted as its gradients).
       dots_chain_rereads: under 16-bit compute with microbatches and a remat policy that saves
         the matmul outputs (``dots``, ``dots_no_batch``), compiles an MLP chain's step as
         ``float32_chain_copies`` does without remat (float32 rounded copies made before the
@@ -345,6 +361,17 @@ class Backend:
         16-bit ones not yet widened, beside the parameters (XLA:CPU, measured on MLPs under
         remat full and dots, sgd and adamw: -5 .. -12 % -> 0.0 %; not seen with microbatches,
         where the rounded copies are made before the loop: ``dots_chain_rereads``).
+      widens_into_state: optimizers whose state XLA:CPU copies whole at the step's entry
+        under ``widens_rounded_chain_at_entry`` too (lion: every ``mu`` leaf, ``copy``, as
+        ``copies_state_at_entry`` in float32), on one device: the widened float32 kernels
+        then go into the donated state buffers the copies freed (same shapes, dead until the
+        update writes the new state), so the entry holds every 16-bit kernel copy, the head's
+        float32 one and the state copies (``chain_memory.widening_at_entry(into_state=True)``
+        plus every trainable parameter). Measured (HLO schedule, buffers at the peak: copy.54
+        .. copy.62 of the mu leaves, then wrapped_convert f32 fusions of the bf16 copies) on
+        bf16 lion MLPs of one to four hidden layers, batch 1-32, remat full and dots:
+        -14, -10, -9, -5, -4, -3 % -> within 1.2 % (six at 0.0 %); dev rows -14.4 -> 0.0 %.
+        Plain data parallelism and FSDP unchanged (-0.1, -0.5 % either way; not applied).
       scatters_lookup_gradients: adds a lookup-only table's gradient (the scatter-add of the
         lookup's backward) into the microbatch accumulator in place, so where
         ``accumulates_float32_in_place`` holds the largest gradient made beside the
@@ -671,8 +698,10 @@ class Backend:
     loop_whole_gradients: bool = False
     slices_scanned_layer: bool = False
     float32_chain_copies: bool = False
+    chain_head_gradient_first: bool = False
     dots_chain_rereads: bool = False
     widens_rounded_chain_at_entry: bool = False
+    widens_into_state: tuple[str, ...] = ()
     scatters_lookup_gradients: bool = False
     regathers_microbatch_weights: bool = False
     copies_scanned_operands: bool = False
@@ -714,6 +743,7 @@ BACKENDS: dict[str, Backend] = {
                    one_pass_frozen_head_loss=True,
                    float32_loop_copies=True, loop_whole_gradients=True,
                    slices_scanned_layer=True, float32_chain_copies=True,
+                   chain_head_gradient_first=True, widens_into_state=("lion",),
                    dots_chain_rereads=True, widens_rounded_chain_at_entry=True,
                    scatters_lookup_gradients=True, regathers_microbatch_weights=True,
                    copies_scanned_operands=True, copies_scanned_operands_without_remat=True,

@@ -47,7 +47,7 @@ def reread_kernels(anatomy: Anatomy, setup: Setup, size: Sizer, dtype: np.dtype)
 
 
 def widening_at_entry(anatomy: Anatomy, setup: Setup, size: Sizer, stored: np.dtype,
-                      compute: np.dtype) -> int:
+                      compute: np.dtype, into_state: bool = False) -> int:
     """The most the step's entry holds of the blocks' kernels: XLA:CPU rounds each to
     ``stored`` (16 bits) in a buffer of its own, all first, then widens them to ``compute``
     (float32) one by one in forward order, each 16-bit copy freed once widened; the head's
@@ -58,6 +58,8 @@ def widening_at_entry(anatomy: Anatomy, setup: Setup, size: Sizer, stored: np.dt
     widest = 0
     for k, n in enumerate(narrow):
         widened = n * compute.itemsize // stored.itemsize
+        if into_state:  # placed in the donated state buffer of the kernel's copied-out leaf
+            widened = 0
         widest = max(widest, sum(narrow[k:]) + wide + widened)
         wide += widened
     return widest

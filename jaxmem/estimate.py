@@ -79,8 +79,9 @@ from jaxmem.block_memory import (
 )
 from jaxmem.config import Config
 from jaxmem.errors import ConfigError, Unsupported
+from jaxmem.gradient_memory import live_gradients
 from jaxmem.models.anatomy import Anatomy, Tensor
-from jaxmem.param_memory import Params, batch_split_gradients, param_terms, regathered_kernels
+from jaxmem.param_memory import batch_split_gradients, param_terms, regathered_kernels
 from jaxmem.setup import Setup, as_setup
 from jaxmem.sizing import Sizer
 from jaxmem.step import make_objective
@@ -287,7 +288,7 @@ def estimate(config: Config | Setup, name: str = "") -> Estimate:
     # with microbatches, a scanned stack's gradients are 16-bit under 16-bit compute (XLA:CPU)
     stack_16 = (p.stacked * stored.itemsize // size.param.itemsize
                 if backend.scan_gradients_16bit_in_microbatches and not float32_layers else 0)
-    grads = _live_gradients(c, backend, p, fused_updates, float32_math, outer,
+    grads = live_gradients(c, backend, p, fused_updates, float32_math, outer,
                             zero_split=zeroed > 1, float32_chain=float32_chain,
                             batch_split=ways > 1, stack_16=stack_16,
                             tensor_split=mesh.shape.get("tensor", 1) > 1)
@@ -399,25 +400,37 @@ def estimate(config: Config | Setup, name: str = "") -> Estimate:
     if (backend.widens_rounded_chain_at_entry and anatomy.chain and not float32_layers
             and setup.remat.checkpoint and c.data.microbatches == 1):
         # XLA:CPU rounds each block's kernel to 16 bits in a buffer of its own (remat only),
-        # then widens them to float32 one by one (chain_memory.widening_at_entry)
-        widest = chain_memory.widening_at_entry(anatomy, setup, size, stored, compute)
+        # then widens them to float32 one by one (chain_memory.widening_at_entry; lion's into
+        # its state buffers, copied out at the entry: Backend.widens_into_state)
+        held = (trainable if c.optimizer.name in backend.widens_into_state
+                and not setup.freeze_patterns and state_dtype == "auto"
+                and math.prod(mesh.shape.values()) == 1 else 0)
+        widest = chain_memory.widening_at_entry(anatomy, setup, size, stored, compute, held > 0)
         at_rounding = ("at the step's entry, where the blocks' kernels rounded to 16 bits are "
                        "widened to float32 one by one")
-        moments[at_rounding] = (0, widest, 0, 0, 0)
-        grads_why[at_rounding] = "none yet"
+        moments[at_rounding] = (0, widest, 0, held, 0)
+        grads_why[at_rounding] = "none yet" + ("; the optimizer state's copies" if held else "")
     if reread_made:
         at_first_grad = ("where the chain's first kernel's gradient is made (the re-read "
                          "kernels' float32 copies are dead)")
         moments[at_first_grad] = (0, copies + reread_16, gathered, trainable + p.first,
                                   split_copy)
         grads_why[at_first_grad] = "the microbatch accumulator and the first kernel's gradient"
+    if (backend.chain_head_gradient_first and float32_chain and zeroed > 1
+            and c.data.microbatches == 1  # (so no re-read kernels: dots_chain_rereads)
+            and c.optimizer.name not in backend.copies_largest_gradient):
+        # beside the loss gradient and the copies the backward reads (not the first kernel's)
+        at_head = "where the head's gradient is made, before its activation gradient"
+        moments[at_head] = (saved_all, copies - p.first, gathered, chain_memory.local_bytes(
+            anatomy.chain[-1], anatomy, setup, size, compute), loss)
+        grads_why[at_head] = "the head's kernel gradient"
     if (c.optimizer.name in backend.copies_chain_kernels_at_entry and anatomy.chain
             and float32_layers and not p.stacked and c.data.microbatches == 1 and not outer
             and zeroed == 1):
         # the updates overwrite the parameters in place while the backward still reads them:
         # XLA:CPU copies every trainable parameter but the chain's first kernel (which the
         # backward reads last) at the step's entry (with outer-product gradients, one row a
-        # device, only the largest read back: _live_gradients)
+        # device, only the largest read back: gradient_memory)
         at_entry = (f"where the backward starts, beside {c.optimizer.name}'s copies of the "
                     "parameters its in-place updates overwrite (made at the step's entry)")
         moments[at_entry] = (saved_all, copies, gathered, p.but_first, loss)
@@ -664,114 +677,3 @@ def traced_anatomy(setup: Setup, micro: int) -> Anatomy:
         blocks=(), outside=values, loss_workspace=(largest,) if largest else (),
         example=tuple((tuple(v.shape[1:]), str(v.dtype)) for v in workload.batch.values()),
     )
-
-
-def _live_gradients(c: Config, backend: Backend, p: Params, fused_updates: bool,
-                    float32_layers: bool, outer: bool = False,
-                    zero_split: bool = False,
-                    float32_chain: bool = False,
-                    batch_split: bool = False,
-                    stack_16: int = 0,
-                    tensor_split: bool = False) -> dict[str, tuple[int, str]]:
-    """Gradients alive while activations are still kept, ``(bytes, why)`` where the backward
-    starts (``loss``) and in a block's backward (``block``); ``outer``: the weight gradients
-    are outer products (one row per device and microbatch) the backend fuses into what
-    consumes them; ``zero_split``: the batch axes include ZeRO-split ones;
-    ``float32_chain``: a 16-bit MLP chain compiled as in float32
-    (``Backend.float32_chain_copies``): its backward reads the float32 rounded copies, so
-    without microbatches each update is computed as its gradient is made (lion's reads copies
-    of every trainable parameter), and with them its outer-product gradients are added as
-    they are made whatever the optimizer (measured with lion: its largest is not kept);
-    ``batch_split``: the batch axes split the batch over more than one device; ``stack_16``:
-    a scanned stack's gradients in 16 bits, where they are so with microbatches
-    (``Backend.scan_gradients_16bit_in_microbatches``), else 0; ``tensor_split``: the mesh
-    has a tensor axis of more than one device."""
-    trainable, largest, stacked = p.trainable, p.largest, p.stacked
-    # a lookup table's gradient is a scatter-add, made in place into an accumulator
-    dense = p.largest_dense if backend.scatters_lookup_gradients else largest
-    in_place = backend.accumulates_in_place or (
-        backend.accumulates_float32_in_place and float32_layers and not stacked)
-    if c.data.microbatches > 1:
-        if in_place:
-            made = (stacked, "a scanned stack's gradients") if stacked else (
-                dense, "the largest gradient" + (" but the lookup tables' (scatter-added "
-                                                 "into the accumulator)" if dense < largest
-                                                 else ""))
-            if fused_updates and not stacked:
-                made = (0, "nothing more (each is added in the matmul making it)")
-            elif outer and (float32_chain
-                            or c.optimizer.name not in backend.copies_largest_gradient):
-                made = (0, "nothing more (each, an outer product, is added as it is made)")
-            # a token table tied to the LM head, the batch split over devices: its lookup's
-            # gradient (a scatter-add) is a buffer of its own, made at the microbatch's start
-            # (Backend.scatters_lookup_gradients)
-            tied = (p.tied_table if backend.scatters_lookup_gradients and float32_layers
-                    and batch_split else 0)
-            lookup = " and the tied token table's lookup gradient" if tied else ""
-            return {"loss": (trainable + tied, "the microbatch accumulator" + lookup + " (this "
-                             "microbatch's " + ("other " if tied else "") + "gradients are not "
-                             "made yet)"),
-                    "block": (trainable + made[0] + tied, f"the microbatch accumulator{lookup} "
-                              f"and {made[1]}, added to it as they are made")}
-        if stacked:
-            both = (trainable + (stack_16 or stacked), "the microbatch accumulator and a "
-                    "scanned stack's " + ("16-bit " if stack_16 else "") + "gradients")
-            if backend.splits_scanned_lookup_gradient and float32_layers and batch_split:
-                both = (both[0] + p.lookup_whole, both[1] + ", and the token table's lookup "
-                        "gradient (a scatter-add of its own, its ZeRO shards joined)")
-        else:
-            both = (2 * trainable, "the microbatch accumulator and one microbatch's gradients "
-                    "(every trainable parameter, twice)")
-        return {"loss": both, "block": both}
-    if stacked and backend.holds_outside_gradient:
-        one = (stacked + p.largest_outside, "a scanned stack's gradients, accumulated through "
-               "its backward loop, and the largest gradient outside it (the embedding table's)")
-        if not float32_layers:  # the table's float32 gradient is made early, beside the loss
-            if c.optimizer.name in backend.copies_scanned_16bit_state:
-                # less the 16-bit stack gradients placed in the freed state buffers
-                one = (one[0] + trainable - stacked // 2, one[1] + f"; {c.optimizer.name}'s "
-                       "copy of its state (every trainable parameter's, made before the "
-                       "backward loop)")
-            return {"loss": one, "block": one}
-        # float32 layers: the LM head's matmul makes the table's gradient from the logits'
-        # gradient once the loss's own values are dead; where the loss gradient is
-        # computed, only the stack's gradients are alive (and, for an optimizer that reads a
-        # copy of the largest, that copy: made at the step's entry)
-        if c.optimizer.name in backend.copies_largest_gradient:
-            return {"loss": (stacked + p.largest_outside, "a scanned stack's gradients and a "
-                             f"copy of the largest parameter outside it ({c.optimizer.name}'s, "
-                             "made at the step's entry)"), "block": one, "head": one}
-        return {"loss": (stacked, "a scanned stack's gradients (their accumulators)"),
-                "block": one, "head": one}
-    elif float32_chain and c.optimizer.name in backend.copies_largest_gradient:
-        one = (trainable, f"{c.optimizer.name}'s copies of every trainable parameter (the "
-               "backward reads the float32 copies; each update is computed as its gradient "
-               "is made)")
-    elif float32_chain:
-        one = (0, "none materialised (the backward reads the float32 copies; each update is "
-               "computed as its gradient is made)")
-    elif stacked:
-        one = (stacked, "a scanned stack's gradients, accumulated through its backward loop")
-        if backend.stack_gradients_in_loop and not zero_split:
-            return {"loss": (0, "none yet (the stack's are made by its backward loop)"),
-                    "block": one}
-    elif fused_updates:
-        one = (0, "none materialised (each update is computed in the matmul making its "
-               "gradient)")
-    elif outer and c.optimizer.name in backend.copies_largest_gradient:
-        one = (largest, f"the largest gradient ({c.optimizer.name}'s update reads it twice; "
-               "the other gradients, outer products, are computed inside their updates)")
-    elif outer:
-        one = (p.largest_read_back, "the largest parameter's old value that the backward "
-               "still reads after its update (the gradients, outer products, are computed "
-               "inside the updates)")
-    elif c.optimizer.name in backend.copies_largest_gradient:
-        one = (2 * largest, "the largest gradient and its copy (each is applied to its "
-               f"parameter as it is made; {c.optimizer.name}'s update reads a copy)")
-    else:
-        one = (largest, "the largest gradient (each is applied to its parameter as it is made)")
-        if (backend.tied_head_gradient_after_loss and float32_layers and not batch_split
-                and not tensor_split and p.tied_table and p.tied_table == largest):
-            return {"loss": (0, "none yet (the tied table's is made by the LM head's matmul "
-                             "once the loss's values are dead)"), "block": one, "head": one}
-    return {"loss": one, "block": one}

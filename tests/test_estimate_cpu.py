@@ -1222,3 +1222,34 @@ def test_cpu_makes_a_loop_gpts_tied_table_gradient_after_the_loss(d_model, remat
     assert abs(e.total_bytes / total - 1) < 0.02
     set_backend(monkeypatch, "cpu", tied_head_gradient_after_loss=False)
     assert estimate(config).total_bytes / total - 1 > 0.10
+
+
+def test_cpu_fsdp_16bit_chain_makes_the_heads_gradient_first(monkeypatch):
+    """A 16-bit MLP without remat under FSDP (read through float32 copies of the kernels'
+    shards): the head's gradient is made before the head's activation gradient, the last read
+    of its float32 copy, beside every copy but the first kernel's (dead after the forward's
+    first matmul). Within 3 % of XLA's total; over 15 % short without that moment."""
+    config = make_config(model={"kind": "mlp", "in_features": 256, "hidden": [512, 2048],
+                                "out_features": 1000},
+                         remat="none", precision="bf16-mixed", optimizer="sgd",
+                         target="cpu:8", sharding="fsdp", mesh={"fsdp": 8},
+                         data={"batch_size": 8})
+    total = compiled_total(config)
+    assert abs(estimate(config).total_bytes / total - 1) < 0.03
+    set_backend(monkeypatch, "cpu", chain_head_gradient_first=False)
+    assert estimate(config).total_bytes / total - 1 < -0.15
+
+
+def test_cpu_lion_widens_16bit_kernels_into_its_donated_state(monkeypatch):
+    """A bf16 MLP under remat full with lion on one device: lion copies its moment at the
+    entry, and the float32 widenings of the 16-bit kernels go into the donated moment
+    buffers (same shapes, dead until the update writes them). Within 1 % of XLA's total;
+    over 10 % short counting the widenings apart."""
+    config = make_config(model={"kind": "mlp", "in_features": 256,
+                                "hidden": [1024, 1024, 1024], "out_features": 1000},
+                         remat="full", precision="bf16-mixed", optimizer="lion",
+                         data={"batch_size": 2})
+    total = compiled_total(config)
+    assert abs(estimate(config).total_bytes / total - 1) < 0.01
+    set_backend(monkeypatch, "cpu", widens_into_state=())
+    assert estimate(config).total_bytes / total - 1 < -0.10
