@@ -624,7 +624,6 @@ class Backend:
         layers (the ReLU gradient is written over the early conv copy, and every fp32
         remat-full row within 10 % went +12..+49 % with the padded buffer), nor without remat
         or under ``dots`` (``keeps_rounded_under_16bit``'s two float32 buffers cover it).
-
       pools_before_kernel_gradient: under ``keeps_rounded_under_16bit`` (16-bit compute, no
         undone remat recomputing a convolution), a conv block's widest backward moment comes
         before its kernel's gradient: its pooling's backward (the float32 ``B x (S+1)^2 x C``

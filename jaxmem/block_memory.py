@@ -308,7 +308,7 @@ def block_terms(blocks: Sequence[Block], setup: Setup, policy: RematPolicy, size
         size.backend.frees_saved_under_16bit and plain_16bit)
     rounds = size.backend.keeps_rounded_under_16bit and plain_16bit
     # (``Backend.pools_before_kernel_gradient``)
-    pooled = (rounds and size.backend.pools_before_kernel_gradient
+    pooled = (rounds and size.backend.pools_before_kernel_gradient and bool(blocks)
               and all(b.pool_workspace for b in blocks))
     transposed = widest_transposed = 0
     # under an ``except:`` policy, a loop block of a stack of several shares two

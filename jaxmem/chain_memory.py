@@ -51,7 +51,9 @@ def widening_at_entry(anatomy: Anatomy, setup: Setup, size: Sizer, stored: np.dt
     """The most the step's entry holds of the blocks' kernels: XLA:CPU rounds each to
     ``stored`` (16 bits) in a buffer of its own, all first, then widens them to ``compute``
     (float32) one by one in forward order, each 16-bit copy freed once widened; the head's
-    rounded copy is made in ``compute`` at once."""
+    rounded copy is made in ``compute`` at once. ``into_state``: the widened kernels go into
+    donated optimizer-state buffers copied out at the entry (``Backend.widens_into_state``),
+    so only the 16-bit copies and the head's are counted here."""
     wide = local_bytes(anatomy.chain[-1], anatomy, setup, size, compute)
     narrow = [local_bytes(k, anatomy, setup, size, stored)
               for k in anatomy.chain[:len(anatomy.blocks)]]

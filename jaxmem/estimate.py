@@ -289,9 +289,10 @@ def estimate(config: Config | Setup, name: str = "") -> Estimate:
     stack_16 = (p.stacked * stored.itemsize // size.param.itemsize
                 if backend.scan_gradients_16bit_in_microbatches and not float32_layers else 0)
     grads = live_gradients(c, backend, p, fused_updates, float32_math, outer,
-                            zero_split=zeroed > 1, float32_chain=float32_chain,
-                            batch_split=ways > 1, stack_16=stack_16,
-                            tensor_split=mesh.shape.get("tensor", 1) > 1)
+                           zero_split=zeroed > 1, float32_chain=float32_chain,
+                           batch_split=ways > 1, stack_16=stack_16,
+                           tensor_split=mesh.shape.get("tensor", 1) > 1)
+    one_device = math.prod(mesh.shape.values()) == 1
     # (a 16-bit chain read through float32 copies updates each parameter as its gradient
     # is made: nothing to place)
     stateless = (c.optimizer.name in backend.copies_parameters_at_entry and not state
@@ -299,7 +300,7 @@ def estimate(config: Config | Setup, name: str = "") -> Estimate:
     if ((c.optimizer.name in backend.copies_state_at_entry or stateless) and anatomy.chain
             and float32_math and not p.stacked and c.data.microbatches == 1
             and not setup.freeze_patterns and state_dtype == "auto"
-            and math.prod(mesh.shape.values()) == 1):
+            and one_device):
         held = chain_memory.state_copies_held(anatomy, setup, size, outer,
                                               rounded=float32_chain, state=not stateless)
         one = (held, f"{c.optimizer.name}'s copies of " + ("" if stateless else "its state "
@@ -381,19 +382,20 @@ def estimate(config: Config | Setup, name: str = "") -> Estimate:
                 + ")" + split_why)
     # a single device's conv blocks under 16-bit compute: the widest block's backward is its
     # pooling's or ReLU's, before its kernel's gradient (Backend.pools_before_kernel_gradient)
-    pooled = (blocks.pooled and c.data.microbatches == 1
-              and math.prod(mesh.shape.values()) == 1)
+    # (the values outside the blocks, the pooled features, are dead there on any mesh)
+    pooled_alone = blocks.pooled and c.data.microbatches == 1 and one_device
     moments = {
         at_loss: (saved_all, copies + reread_16 + reread_32, gathered, grads["loss"][0],
                   loss + split_copy),
         in_block: (blocks.before - blocks.freed
                    + (0 if backend.frees_outside_first or blocks.pooled else outside),
-                   blocks.transposed_kernels if pooled else copies + reread_16 + reread_32,
-                   gathered, 0 if pooled else grads["block"][0] + waiting,
+                   blocks.transposed_kernels if pooled_alone
+                   else copies + reread_16 + reread_32,
+                   gathered, 0 if pooled_alone else grads["block"][0] + waiting,
                    blocks.recompute + layer_slice + split_copy),
     }
     grads_why = {at_loss: grads["loss"][1],
-                 in_block: "none (the block's kernel gradient is made after)" if pooled
+                 in_block: "none (the block's kernel gradient is made after)" if pooled_alone
                  else grads["block"][1] + (
                      "; every trainable parameter's whole (unsharded) gradient, waiting for "
                      "the combined reduction" if waiting else "")}
@@ -402,9 +404,8 @@ def estimate(config: Config | Setup, name: str = "") -> Estimate:
         # XLA:CPU rounds each block's kernel to 16 bits in a buffer of its own (remat only),
         # then widens them to float32 one by one (chain_memory.widening_at_entry; lion's into
         # its state buffers, copied out at the entry: Backend.widens_into_state)
-        held = (trainable if c.optimizer.name in backend.widens_into_state
-                and not setup.freeze_patterns and state_dtype == "auto"
-                and math.prod(mesh.shape.values()) == 1 else 0)
+        held = (opt_state if c.optimizer.name in backend.widens_into_state
+                and not setup.freeze_patterns and state_dtype == "auto" and one_device else 0)
         widest = chain_memory.widening_at_entry(anatomy, setup, size, stored, compute, held > 0)
         at_rounding = ("at the step's entry, where the blocks' kernels rounded to 16 bits are "
                        "widened to float32 one by one")
@@ -416,7 +417,7 @@ def estimate(config: Config | Setup, name: str = "") -> Estimate:
         moments[at_first_grad] = (0, copies + reread_16, gathered, trainable + p.first,
                                   split_copy)
         grads_why[at_first_grad] = "the microbatch accumulator and the first kernel's gradient"
-    if (backend.chain_head_gradient_first and float32_chain and zeroed > 1
+    if (backend.chain_head_gradient_first and float32_chain and zeroed > 1 and copies
             and c.data.microbatches == 1  # (so no re-read kernels: dots_chain_rereads)
             and c.optimizer.name not in backend.copies_largest_gradient):
         # beside the loss gradient and the copies the backward reads (not the first kernel's)
@@ -445,7 +446,8 @@ def estimate(config: Config | Setup, name: str = "") -> Estimate:
     if "head" in grads and not _loss_gradient_over_kept(anatomy):
         # a chunked loss makes the LM head's gradient chunk by chunk, beside the loss's
         # values; else (a float32 GPT's) the logits' gradient written over the logits makes
-        # it once the loss's other values are dead, a moment the block's backward exceeds
+        # it once the loss's other values are dead: in a scanned stack a moment the block's
+        # backward exceeds, in a Python loop the one below
         moments[at_loss] = (saved_all, copies, gathered, grads["head"][0], loss + split_copy)
         grads_why[at_loss] = grads["head"][1]
     elif "head" in grads and not p.stacked:
@@ -502,13 +504,13 @@ def estimate(config: Config | Setup, name: str = "") -> Estimate:
         # weights again (16-bit compute, or a remat policy's recomputation: XLA:CPU), early,
         # beside the forward's gathered weights kept for the backward: every ZeRO-split
         # parameter whole, twice, where the backward starts
-        regathered = (f"{at_loss}, with the weights gathered for the forward and again for "
-                      "the backward")
+        regathered_at = (f"{at_loss}, with the weights gathered for the forward and again "
+                         "for the backward")
         # (float32 layers: the blocks' weights only, gathered again for their recomputation)
         again = p.zero_blocks if float32_layers else p.zero_whole
-        moments[regathered] = (saved_all, copies, p.zero_whole + again, grads["loss"][0],
-                               loss + split_copy)
-        grads_why[regathered] = grads["loss"][1]
+        moments[regathered_at] = (saved_all, copies, p.zero_whole + again, grads["loss"][0],
+                                  loss + split_copy)
+        grads_why[regathered_at] = grads["loss"][1]
     if (backend.copies_gathered_head_in_microbatch and c.data.microbatches > 1
             and anatomy.scanned and zeroed > 1 and p.head_whole and not float32_layers):
         # in the microbatch loop's body, the LM head's gathered weight is rounded whole into
@@ -563,7 +565,7 @@ def estimate(config: Config | Setup, name: str = "") -> Estimate:
                                size.tensors([first, images]))
         grads_why[at_forward] = "none yet"
     if (backend.forward_broadcasts_in_float32 and zeroed > 1 and python_loop
-            and float32_layers):
+            and float32_layers and anatomy.blocks):
         # a float32 CNN's first block's forward: three of its convolution's outputs and the
         # broadcast constants of the ReLU and pooling fusions, beside the kernels gathered
         # for the forward and again for the backward (Backend.forward_broadcasts_in_float32)
@@ -574,7 +576,7 @@ def estimate(config: Config | Setup, name: str = "") -> Estimate:
                              "times beside the ReLU's and pooling's broadcast constants")
             moments[at_first_conv] = (0, copies, gathered + regathered, 0, held + split_copy)
             grads_why[at_first_conv] = "none yet"
-    if pooled and len(anatomy.blocks) > 1:
+    if pooled_alone and len(anatomy.blocks) > 1:
         # the kernels' float32 rounded copies, for the forward and transposed for the
         # backward, made at the step's start (Backend.pools_before_kernel_gradient)
         twice, held = first_forward_rounded(anatomy.blocks, dict(anatomy.params), size)

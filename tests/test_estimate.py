@@ -172,6 +172,18 @@ def test_custom_models_are_estimated_from_their_jaxpr(workdir):
     assert e.total_bytes > numbers["argument_bytes_per_device"]
 
 
+@pytest.mark.parametrize("precision", ["fp32", "bf16-mixed"])
+def test_custom_models_are_estimated_under_fsdp(workdir, precision):
+    """A custom model has no blocks: the CNN rules keyed on them (a float32 FSDP CNN's first
+    forward, a 16-bit CNN's pooling backward) do not apply, and nothing breaks."""
+    config = make_config(model={"kind": "custom", "factory": "tiny_custom:workload"},
+                         target="cpu:8", sharding="fsdp", mesh={"fsdp": 8},
+                         precision=precision, data={"batch_size": 32})
+    e = estimate(config)
+    assert all(t.bytes >= 0 for t in e.terms)
+    assert e.total_bytes > e.term("parameters")
+
+
 def test_cli_json(workdir, cli_runner):
     result = cli_runner.invoke(cli, ["estimate", str(QUICKSTART), "--json", "--set",
                                      "sweep.precision=[fp32]"])

@@ -828,7 +828,9 @@ def test_cpu_recomputes_past_a_tensor_parallel_reduction(monkeypatch, remat, off
 def test_cpu_holds_a_tied_tables_lookup_gradient_through_a_microbatch(monkeypatch):
     """A float32 GPT (tied token table) with microbatches, the batch split over devices: the
     lookup's gradient is a buffer of its own, made at the microbatch's start, beside the
-    accumulator. Within 3 % of XLA's total; more than 5 % short without it."""
+    accumulator (its device's share of the vocabulary-split table). Within 3 % of XLA's
+    total (+2.1 %), and without it further (-3.1 %; -6.4 % before the scores of one head a
+    device were counted: ``keeps_one_head_batched_dots``)."""
     config = make_config(model={"kind": "gpt", "num_layers": 5, "d_model": 128,
                                 "num_heads": 4, "seq_len": 128, "vocab_size": 8192,
                                 "mlp_ratio": 4, "stack": "loop"},
@@ -840,7 +842,9 @@ def test_cpu_holds_a_tied_tables_lookup_gradient_through_a_microbatch(monkeypatc
     assert abs(e.total_bytes / total - 1) < 0.03
     assert "tied token table's lookup gradient" in e.to_dict()["details"]["gradients"]
     set_backend(monkeypatch, "cpu", scatters_lookup_gradients=False)
-    assert estimate(config).total_bytes / total - 1 < -0.05
+    off = estimate(config).total_bytes
+    assert e.total_bytes - off == 8192 * 128 * 4 // 4
+    assert abs(off / total - 1) > abs(e.total_bytes / total - 1)
 
 
 def test_cpu_lion_copies_its_state_before_a_16_bit_scanned_stack(monkeypatch):
