@@ -274,14 +274,17 @@ def block_terms(blocks: Sequence[Block], setup: Setup, policy: RematPolicy, size
                  batch_is_compute: bool, shares: bool = False,
                  kernels: dict[str, tuple[int, ...]] | None = None,
                  undone: RematPolicy | None = None, float32_layers: bool = True,
-                 frees_stages: bool = False, slices_operands: bool = False) -> Blocks:
+                 frees_stages: bool = False, slices_operands: bool = False,
+                 scan_stages: bool = False) -> Blocks:
     """What ``blocks`` keep and their widest backward holds under ``policy``; ``undone``: the
     configured policy where the backend undid it (``policy`` is then remat none);
     ``float32_layers``: the layers compute in float32; ``frees_stages``: a block's own
     buffers (a Python loop's, not a scanned stack's slices), so a stage's backward no longer
     holds the saved values of the stages after it (their backward is done);
     ``slices_operands``: a scanned backward holds copies of the block's kept matmul operands
-    (:func:`operand_slices`) beside its recomputation."""
+    (:func:`operand_slices`) beside its recomputation; ``scan_stages``: a scanned causal
+    block's backward under a checkpointing policy holds its stages as
+    ``Backend.scan_remat_stages`` measured (:func:`_scan_stage`)."""
     c = setup.config
     every = c.remat.every
     none = SAVEABLE["none"](policy)
@@ -379,7 +382,9 @@ def block_terms(blocks: Sequence[Block], setup: Setup, policy: RematPolicy, size
                     if looped and n + 1 < len(blocks) else 0)
         best = None
         for s in sorted(stages):  # ties go to the first in name order
-            if size.backend.recomputes_by_stage:
+            if scan_stages and with_policy:
+                ws = _scan_stage(block, s, redo, grads, size)
+            elif size.backend.recomputes_by_stage:
                 ws = size.tensors(_at(s, redo)) + size.tensors(_at(s, grads))
             else:
                 ws = size.tensors(redo) + size.tensors(_at(s, grads))
@@ -430,6 +435,24 @@ def block_terms(blocks: Sequence[Block], setup: Setup, policy: RematPolicy, size
     return Blocks(total, offloaded, workspace + dense_next, widest,
                    before if frees else total, widest_freed, widest_sliced, dense[0],
                    dense[1] if frees else total, dense_next, pooled, widest_transposed)
+
+
+def _scan_stage(block: Block, stage: str, redo: list[Tensor], grads: list[Tensor],
+                size: Sizer) -> int:
+    """Bytes a scanned block's backward holds in ``stage`` under a checkpointing policy
+    (``Backend.scan_remat_stages``): in the MLP's, the whole recomputation but its
+    score-sized values (dead once the kept attention output is read), the stage's gradients,
+    one more MLP-wide and one more residual-stream-wide gradient copy; in the attention's,
+    that stage's recomputation and gradients; in both, the causal mask's ``jnp.where``
+    broadcast to the scores' shape in float32 (hoisted out of the loop)."""
+    scores = [t for t in block.values if t.dot == "batched" and len(t.shape) == 4]
+    mask = size.tensors([dataclasses.replace(scores[0], dtype="float32")]) if scores else 0
+    square = {t.name for t in block.values if len(t.shape) == 4}
+    if stage == "mlp":
+        extra = [t for t in grads if t.stage == "mlp"][:1] + [t for t in grads if not t.stage][:1]
+        return (size.tensors([t for t in redo if t.name not in square])
+                + size.tensors(_at(stage, grads)) + size.tensors(extra) + mask)
+    return size.tensors(_at(stage, redo)) + size.tensors(_at(stage, grads)) + mask
 
 
 def dense_depthwise(block: Block, kernels: dict[str, tuple[int, ...]], size: Sizer) -> int:

@@ -240,12 +240,17 @@ def estimate(config: Config | Setup, name: str = "") -> Estimate:
     # the float32 batch cast to the configured compute dtype is the argument itself only in
     # float32: a 16-bit cast computed in float32 (XLA:CPU) holds rounded values, a buffer of
     # their own (measured on bf16-mixed CNNs: the rounded images in float32, kept for the
-    # first kernel's gradient)
+    # first kernel's gradient). A scanned causal stack under a checkpointing policy: its
+    # backward's stages as Backend.scan_remat_stages measured (no tensor split)
+    scan_stages = (backend.scan_remat_stages and anatomy.scanned and policy.checkpoint
+                   and not setup.remat.name.startswith("except:")
+                   and any(b.causal for b in anatomy.blocks)
+                   and mesh.shape.get("tensor", 1) == 1)
     blocks = block_terms(anatomy.blocks, setup, policy, size,
                           batch_is_compute=stored == np.dtype("float32"), shares=shares,
                           kernels=dict(anatomy.params), undone=undone_policy,
                           float32_layers=float32_layers,
-                          frees_stages=not anatomy.scanned,
+                          frees_stages=not anatomy.scanned, scan_stages=scan_stages,
                           slices_operands=(backend.copies_scanned_operands and anatomy.scanned
                                            and (setup.remat.checkpoint or (
                                                backend.copies_scanned_operands_without_remat
@@ -388,7 +393,8 @@ def estimate(config: Config | Setup, name: str = "") -> Estimate:
         at_loss: (saved_all, copies + reread_16 + reread_32, gathered, grads["loss"][0],
                   loss + split_copy),
         in_block: (blocks.before - blocks.freed
-                   + (0 if backend.frees_outside_first or blocks.pooled else outside),
+                   + (0 if backend.frees_outside_first or blocks.pooled or scan_stages
+                      else outside),
                    blocks.transposed_kernels if pooled_alone
                    else copies + reread_16 + reread_32,
                    gathered, 0 if pooled_alone else grads["block"][0] + waiting,

@@ -130,6 +130,8 @@ class Block:
       pool_workspace: values its pooling's backward holds at once besides the saved ones
         where the backend pads the pooling gradient (``Backend.pads_pooling_gradient``): the
         pooling gradient and the padded gradient it is reduced from, float32.
+      causal: its attention masks the keys after each query (a decoder's), a mask the
+        backend may materialise (``Backend.scan_remat_stages``).
     """
 
     name: str
@@ -139,6 +141,7 @@ class Block:
     shared: tuple[Tensor, ...] = ()
     fused_workspace: tuple[Tensor, ...] | None = None
     pool_workspace: tuple[Tensor, ...] = ()
+    causal: bool = False
 
     def by_name(self) -> dict[str, Tensor]:
         return {t.name: t for t in self.values}

@@ -386,7 +386,8 @@ def block_anatomy(c: TransformerConfig, opts: BuildOptions, B: int, causal: bool
     # shares with the forward when both are one computation (a Python-loop stack)
     shared = tuple(Tensor(n, BLF, mlp, stage="mlp") for n in ("gelu_tanh", "gelu_square"))
     return anatomy.Block("transformer block", tuple(values), c.num_layers,
-                         grad_workspace=tuple(block_gradients(c, B, 1, F)), shared=shared)
+                         grad_workspace=tuple(block_gradients(c, B, 1, F)), shared=shared,
+                         causal=causal)
 
 
 def trunk_outside(c: TransformerConfig, B: int, stats: int = 2, lm_head: bool = False
