@@ -287,6 +287,16 @@ class Backend:
         +17 % without; dev rows 724 -> 726 of 800, +16.6 % -> -0.4 % and +10.4 % -> +9.2 %,
         none missed; a one-block stack keeps its GELU factors (dev rows 6..17 % low
         without them); under tensor parallelism not measured).
+      shares_loop_norm_values: where ``shares_loop_backward`` holds a transformer block's
+        GELU factors, the backward's values its forward keeps are the GELU's tanh and the two
+        layer norms' normalised values (residual-stream wide), not the GELU's square
+        (XLA:CPU, without a tensor axis: fresh float32 loop GPTs and encoders 3L d128 h2
+        seq256 batch 8 under none hold 3 MLP-wide and 10 stream-wide buffers a block at
+        mlp_ratio 2, 3 and 4 (the estimate counted 4 and 8): gpt mlp4 +3.8 % -> -1.8 %,
+        encoder mlp4 +9.3 % -> +2.4 %, mlp3 +1.2/+2.8 % -> -1.8/-0.9 %, mlp2 unchanged
+        (the square is two stream-wide values there); dev rows 1057 -> 1057, 47 closer,
+        25 further, none crossing 10 %; under tensor parallelism (the MLP split, the stream
+        not) dev rows went +5..+10 % -> +11..+15 %, so not applied there).
       keeps_reduced_matmul_outputs: without remat (or where it undoes remat), keeps for the
         backward the all-reduced output of a matmul that contracts a tensor-split dimension
         (a row-parallel projection: attention's output, the MLP's down projection) beside
@@ -736,6 +746,7 @@ class Backend:
     regathers_conv_kernels: bool = False
     forward_broadcasts_in_float32: bool = False
     pads_pooling_gradient: bool = False
+    shares_loop_norm_values: bool = False
 
 
 BACKENDS: dict[str, Backend] = {
@@ -772,7 +783,8 @@ BACKENDS: dict[str, Backend] = {
                    scan_gradients_16bit_in_microbatches=True,
                    recomputed_scores_under_16bit=True, regathers_conv_kernels=True,
                    forward_broadcasts_in_float32=True,
-                   pads_pooling_gradient=True, tied_head_gradient_after_loss=True),
+                   pads_pooling_gradient=True, tied_head_gradient_after_loss=True,
+                   shares_loop_norm_values=True),
     "gpu": Backend(),
     "tpu": Backend(tiles=True, fuses_loss_gradient=True, fuses_matmul_operands=True,
                    fuses_softmax_recompute=True,

@@ -324,7 +324,7 @@ def block_terms(blocks: Sequence[Block], setup: Setup, policy: RematPolicy, size
     except_undone = undone is not None and undone.name.startswith("except:")
     for n, block in enumerate(blocks):
         shared = ([t for t in block.values if t.block_input] * 2 if stream_shared
-                  else list(block.shared))
+                  else shared_values(block, size))
         kept_policy = _backend_kept(block, unfused(saved(block, device), size.backend), size,
                                     policy.checkpoint, frees_stages, slices_operands,
                                     except_undone)
@@ -521,6 +521,16 @@ def _redone(block: Block, undone: RematPolicy | None, size: Sizer) -> list[Tenso
     return recomputation(block, unfused(saved(block, saveable(undone)), size.backend))
 
 
+def shared_values(block: Block, size: Sizer) -> list[Tensor]:
+    """``block.shared`` as the backend keeps it: with ``Backend.shares_loop_norm_values``
+    (no tensor axis) its layer norms' normalised values in place of the shared values they
+    replace (a transformer's GELU square), else ``block.shared``."""
+    if not (size.backend.shares_loop_norm_values and size.mesh.shape.get("tensor", 1) == 1):
+        return list(block.shared)
+    return [*(t for t in block.shared if t.name not in block.unshared_with_norms),
+            *block.shared_norms]
+
+
 def _recomputed_early(block: Block, undone: RematPolicy | None, size: Sizer) -> set[str]:
     """The values of ``block`` that the ``undone`` policy recomputes, where the backend writes
     an activation gradient over the copy it made of them early instead (float32 layers)."""
@@ -545,7 +555,8 @@ def recomputed_scores(blocks: Sequence[Block], undone: RematPolicy | None,
                     and not any(keep(u) for u in b.values if t.name in u.inputs)):
                 later = _later_stages(b, t.stage)
                 after = size.tensors([u for u in (*saved(b, SAVEABLE["none"](undone)),
-                                                  *b.shared) if u.stage in later])
+                                                  *shared_values(b, size))
+                                   if u.stage in later])
                 out = max(out, (size.tensors([t]), after))
     return out
 

@@ -132,6 +132,9 @@ class Block:
         pooling gradient and the padded gradient it is reduced from, float32.
       causal: its attention masks the keys after each query (a decoder's), a mask the
         backend may materialise (``Backend.scan_remat_stages``).
+      shared_norms: its layer norms' normalised values, which a backend sharing the forward's
+        values with the backward keeps (``Backend.shares_loop_norm_values``) in place of the
+        ``shared`` values named in ``unshared_with_norms``.
     """
 
     name: str
@@ -142,6 +145,8 @@ class Block:
     fused_workspace: tuple[Tensor, ...] | None = None
     pool_workspace: tuple[Tensor, ...] = ()
     causal: bool = False
+    shared_norms: tuple[Tensor, ...] = ()
+    unshared_with_norms: tuple[str, ...] = ()
 
     def by_name(self) -> dict[str, Tensor]:
         return {t.name: t for t in self.values}

@@ -383,10 +383,15 @@ def block_anatomy(c: TransformerConfig, opts: BuildOptions, B: int, causal: bool
     ]
     values = [*attention_half(c, B, causal), *anatomy.in_stage("mlp", mlp_values)]
     # the GELU's derivative factors (tanh, and its argument's square), which the backward
-    # shares with the forward when both are one computation (a Python-loop stack)
+    # shares with the forward when both are one computation (a Python-loop stack), or,
+    # where ``Backend.shares_loop_norm_values``, the two layer norms' normalised values in
+    # place of the square
     shared = tuple(Tensor(n, BLF, mlp, stage="mlp") for n in ("gelu_tanh", "gelu_square"))
+    norms = (Tensor("ln1_normalised", BLD, act, stage="attention"),
+             Tensor("ln2_normalised", BLD, act, stage="mlp"))
     return anatomy.Block("transformer block", tuple(values), c.num_layers,
                          grad_workspace=tuple(block_gradients(c, B, 1, F)), shared=shared,
+                         shared_norms=norms, unshared_with_norms=("gelu_square",),
                          causal=causal)
 
 
