@@ -237,6 +237,16 @@ class Backend:
         measured on MLPs whose first kernel is ZeRO-split on its input dimension: -75..-78 %
         -> +5 %), or of every parameter of a model without such a chain (Python-loop GPTs
         with one or two examples per device: -33..-63 % -> within 12 %).
+      updates_stack_first: with ``combines_all_reduces``, updates a scanned stack's parameters
+        from the backward loop's output (its gradients, already all-reduced layer by layer)
+        before the combined all-reduce of the gradients outside it, so that moment holds those
+        gradients and their all-reduce's output but not the stack's (XLA:CPU, HLO of a 5L d384
+        V32000 encoder under tp 2x4, sgd, b2: the stack's update fusions precede the
+        all-reduce, which holds the table's scatter-add gradient and its output only: +14.7 %
+        -> +1.1 %; fresh encoders dp8 / tp, sgd / adamw, fp32 / bf16, 2..6 layers: +6..+12 %
+        -> +2..+4 % where that moment is the peak, unchanged elsewhere). Not measured to hold
+        with a tied token table (GPT rows fall to -12 %), nor for float32 lion (its entry
+        copies of the state: -3.5 % -> -8.5 %).
       gathers_lm_head: all-gathers a ZeRO-split LM head (its kernel or the tied embedding
         table) whole for the head's matmul whatever the rows it multiplies, and keeps it for
         the backward (XLA:CPU, measured on GPTs with few tokens per device: the whole table
@@ -397,6 +407,23 @@ class Backend:
         bf16 lion MLPs of one to four hidden layers, batch 1-32, remat full and dots:
         -14, -10, -9, -5, -4, -3 % -> within 1.2 % (six at 0.0 %); dev rows -14.4 -> 0.0 %.
         Plain data parallelism and FSDP unchanged (-0.1, -0.5 % either way; not applied).
+      rereads_state_copies_with_microbatches: optimizers whose state XLA:CPU copies whole at
+        the step's entry (lion's ``mu`` leaves, ``copy``) where, on one device, a 16-bit MLP
+        chain under a remat policy that saves no matmul output (``full``; ``dots`` is
+        ``dots_chain_rereads``) runs microbatches: the accumulators are written into the
+        donated state buffers the copies freed, so the step holds the state copies, the
+        float32 rounded copies of every parameter (the widened block kernels and the head's),
+        the 16-bit copies of the blocks' kernels, the kernels of the checkpointed blocks but
+        the first widened to float32 again in the loop body (as ``dots_chain_rereads``;
+        where two kernels share a shape one widened copy takes a state buffer and that
+        accumulator a buffer of its own: the same bytes), and the head's gradient; the first
+        kernel's gradient once the re-widened copies are dead. Measured (buffers at the peak)
+        on [4096] (2 x trainable + 16-bit block kernels + head gradient: compiled -0.1 %)
+        and [512, 2048, 512, 2048] (plus the three re-widened kernels) at 784 -> 1000: dev
+        rows +15.0, +4.9, +8.4, +3.2 % -> within 0.2 % (two others +0.3, +1.9 -> -2.7, -4.5 %:
+        there the first block's kernel is re-widened too); 16 fresh MLPs of 1-4 hidden
+        layers, batch 4-8, mb 2-4: +3 .. +18 % -> 0.0 % on 10, -2.7 % on four, +2 .. +7.5 %
+        at one row a microbatch. Data parallelism and FSDP not measured (not applied).
       scatters_lookup_gradients: adds a lookup-only table's gradient (the scatter-add of the
         lookup's backward) into the microbatch accumulator in place, so where
         ``accumulates_float32_in_place`` holds the largest gradient made beside the
@@ -708,6 +735,7 @@ class Backend:
     copies_state_with_microbatches: tuple[str, ...] = ()
     copies_parameters_at_entry: tuple[str, ...] = ()
     all_reduces_zero_gradients: bool = False
+    updates_stack_first: bool = False
     gathers_lm_head: bool = False
     fuses_outer_product_gradients: bool = False
     keeps_one_example_batched_dots: bool = False
@@ -727,6 +755,7 @@ class Backend:
     dots_chain_rereads: bool = False
     widens_rounded_chain_at_entry: bool = False
     widens_into_state: tuple[str, ...] = ()
+    rereads_state_copies_with_microbatches: tuple[str, ...] = ()
     scatters_lookup_gradients: bool = False
     regathers_microbatch_weights: bool = False
     copies_scanned_operands: bool = False
@@ -757,7 +786,8 @@ BACKENDS: dict[str, Backend] = {
                    pools_before_kernel_gradient=True,
                    copies_microbatch_split=True, frees_saved_in_microbatch_remat=True,
                    copies_largest_gradient=("lion",),
-                   all_reduces_zero_gradients=True, gathers_lm_head=True,
+                   all_reduces_zero_gradients=True, updates_stack_first=True,
+                   gathers_lm_head=True,
                    fuses_outer_product_gradients=True, keeps_one_example_batched_dots=True,
                    loop_batched_dot_rows=4096, keeps_one_head_batched_dots=True,
                    scan_residuals_by_policy=True,
@@ -770,6 +800,7 @@ BACKENDS: dict[str, Backend] = {
                    float32_loop_copies=True, loop_whole_gradients=True,
                    slices_scanned_layer=True, float32_chain_copies=True,
                    chain_head_gradient_first=True, widens_into_state=("lion",),
+                   rereads_state_copies_with_microbatches=("lion",),
                    dots_chain_rereads=True, widens_rounded_chain_at_entry=True,
                    scatters_lookup_gradients=True, regathers_microbatch_weights=True,
                    copies_scanned_operands=True, copies_scanned_operands_without_remat=True,

@@ -321,10 +321,26 @@ def estimate(config: Config | Setup, name: str = "") -> Estimate:
                "copies of its state, made at the step's entry, less those in donated state "
                "buffers")
         grads = {"loss": one, "block": one}
+    # a 16-bit chain under remat that saves no matmul output, with microbatches: lion's
+    # state copies and the float32 rounded copies (the accumulators in the donated state
+    # buffers), the re-read kernels widened again in the loop and the head's gradient
+    # (XLA:CPU; Backend.rereads_state_copies_with_microbatches)
+    reread_state = bool(c.optimizer.name in backend.rereads_state_copies_with_microbatches
+                        and anatomy.chain and not float32_layers and not float32_chain
+                        and c.data.microbatches > 1 and setup.remat.checkpoint
+                        and not setup.freeze_patterns and state_dtype == "auto"
+                        and one_device)
+    if reread_state:
+        reread_32 = chain_memory.reread_kernels(anatomy, setup, size, compute)
+        head = chain_memory.local_bytes(anatomy.chain[-1], anatomy, setup, size, size.param)
+        one = (2 * trainable + head, f"{c.optimizer.name}'s copies of its state made at the "
+               "step's entry, the float32 rounded parameters (the microbatch accumulators in "
+               "the donated state buffers) and the head's gradient")
+        grads = {"loss": one, "block": one}
     # a microbatch's 16-bit gradients copied to float32 before they are added (XLA:CPU)
     # (the float32 chain's too, where they are all-reduced: the reducing moment below)
     widens = (backend.widens_microbatch_gradients and c.data.microbatches > 1
-              and not float32_layers)
+              and not float32_layers and not reread_state)
     widened = trainable if widens else 0
     # gradients made beside the accumulator (not outer products added as they are made)
     reread_made = bool(reread_32 and grads["block"][0] > trainable)
@@ -355,6 +371,9 @@ def estimate(config: Config | Setup, name: str = "") -> Estimate:
         # a lookup-only table is not rounded whole: its lookup rounds the rows it gathers
         # (dev rows 1036 -> 1038 of 1100, encoders' mean error down; TPU rows unchanged)
         copies = (params - p.lookups) * stored.itemsize // size.param.itemsize
+    if reread_state:  # the blocks' kernels rounded to 16 bits (not the head's)
+        copies = sum(chain_memory.local_bytes(k, anatomy, setup, size, stored)
+                     for k in anatomy.chain[:len(anatomy.blocks)])
     saved_all = blocks.saved + outside
     # the moments of the step; the peak is the largest. (A moment where the backward ends with
     # every gradient alive made the accuracy grid's dev seeds worse without data parallelism:
@@ -417,6 +436,12 @@ def estimate(config: Config | Setup, name: str = "") -> Estimate:
                        "widened to float32 one by one")
         moments[at_rounding] = (0, widest, 0, held, 0)
         grads_why[at_rounding] = "none yet" + ("; the optimizer state's copies" if held else "")
+    if reread_state:
+        at_first_grad = ("where the chain's first kernel's gradient is made (the re-read "
+                         "kernels' float32 copies are dead)")
+        moments[at_first_grad] = (0, copies, 0, 2 * trainable + p.first, split_copy)
+        grads_why[at_first_grad] = (f"{c.optimizer.name}'s state copies, the float32 rounded "
+                                    "parameters and the first kernel's gradient")
     if reread_made:
         at_first_grad = ("where the chain's first kernel's gradient is made (the re-read "
                          "kernels' float32 copies are dead)")
@@ -477,10 +502,19 @@ def estimate(config: Config | Setup, name: str = "") -> Estimate:
         # stack's step without microbatches reduces them as one
         tied_apart = 2 * p.tied_table if backend.reduces_tied_gradients_apart and (
             not p.stacked or c.data.microbatches > 1) else 0
+        # the scanned stack's updates, read from the backward loop's output, are made (and its
+        # gradients freed) before the all-reduce of those outside it (Backend.updates_stack_first;
+        # not for a float32 optimizer copying its state at the entry: its copies hold on)
+        held = trainable - p.stacked if (
+            backend.updates_stack_first and p.stacked and not p.tied_table
+            and not (float32_layers and c.optimizer.name in backend.copies_state_at_entry)
+        ) else trainable
         moments[reducing] = (0, reread_16, 0,
-                             trainable + (copies_of - 1) * reduced_after + widened
+                             held + (copies_of - 1) * reduced_after + widened
                              + tied_apart, 0)
-        grads_why[reducing] = ("every gradient and the all-reduce's output" + (
+        grads_why[reducing] = (("the gradients outside the scanned stack (its own applied "
+                                "already)" if held < trainable else "every gradient")
+                               + " and the all-reduce's output" + (
             f" ({copies_of} x the trainable parameters)" if not p.stacked else
             f" of those outside the scanned stack and of one layer's (x {copies_of - 1})") + (
             "; the tied token table's lookup gradient, reduced apart, and its output"

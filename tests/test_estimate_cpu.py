@@ -1292,3 +1292,35 @@ def test_cpu_loop_block_keeps_its_norms_values_not_the_gelu_square(kind, monkeyp
     assert abs(estimate(config).total_bytes / total - 1) < 0.05
     set_backend(monkeypatch, "cpu", shares_loop_norm_values=False)
     assert estimate(config).total_bytes / total - 1 > 0.10
+
+
+def test_cpu_lion_rereads_its_state_copies_in_a_16bit_microbatch_loop(monkeypatch):
+    """A bf16 MLP under remat full with lion and microbatches on one device: lion's state
+    copies (made at the entry) and the float32 rounded kernels are held, the microbatch
+    accumulators written into the donated state buffers; no float32 copy of the gradients.
+    Within 1 % of XLA's total; over 10 % over without the rule."""
+    config = make_config(model={"kind": "mlp", "in_features": 784, "hidden": [2048],
+                                "out_features": 1000},
+                         remat="full", precision="bf16-mixed", optimizer="lion",
+                         data={"batch_size": 4, "microbatches": 2})
+    total = compiled_total(config)
+    assert abs(estimate(config).total_bytes / total - 1) < 0.01
+    set_backend(monkeypatch, "cpu", rereads_state_copies_with_microbatches=())
+    assert estimate(config).total_bytes / total - 1 > 0.10
+
+
+def test_cpu_updates_a_scanned_stack_before_the_combined_all_reduce(monkeypatch):
+    """Data and tensor parallel, a scanned encoder (no tied table): the stack's gradients,
+    all-reduced layer by layer in the backward loop, are applied before the combined
+    all-reduce of those outside it, which then holds the token table's gradient and its
+    output, not every gradient. Within 5 % of XLA's total; over 10 % over without."""
+    config = make_config(model={"kind": "encoder", "num_layers": 2, "d_model": 256,
+                                "num_heads": 4, "seq_len": 64, "vocab_size": 16000,
+                                "mlp_ratio": 2, "stack": "scan"},
+                         remat="none", precision="bf16-mixed", optimizer="sgd",
+                         target="cpu:8", sharding="tp", mesh={"data": 2, "tensor": 4},
+                         data={"batch_size": 2})
+    total = compiled_total(config)
+    assert abs(estimate(config).total_bytes / total - 1) < 0.05
+    set_backend(monkeypatch, "cpu", updates_stack_first=False)
+    assert estimate(config).total_bytes / total - 1 > 0.10
