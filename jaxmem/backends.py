@@ -306,7 +306,8 @@ class Backend:
         encoder mlp4 +9.3 % -> +2.4 %, mlp3 +1.2/+2.8 % -> -1.8/-0.9 %, mlp2 unchanged
         (the square is two stream-wide values there); dev rows 1057 -> 1057, 47 closer,
         25 further, none crossing 10 %; under tensor parallelism (the MLP split, the stream
-        not) dev rows went +5..+10 % -> +11..+15 %, so not applied there).
+        not) dev rows went +5..+10 % -> +11..+15 %, and under FSDP a 4-layer GPT with
+        microbatches -4.0 -> -7.3 %, so not applied there).
       keeps_reduced_matmul_outputs: without remat (or where it undoes remat), keeps for the
         backward the all-reduced output of a matmul that contracts a tensor-split dimension
         (a row-parallel projection: attention's output, the MLP's down projection) beside

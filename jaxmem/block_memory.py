@@ -523,9 +523,10 @@ def _redone(block: Block, undone: RematPolicy | None, size: Sizer) -> list[Tenso
 
 def shared_values(block: Block, size: Sizer) -> list[Tensor]:
     """``block.shared`` as the backend keeps it: with ``Backend.shares_loop_norm_values``
-    (no tensor axis) its layer norms' normalised values in place of the shared values they
+    (no tensor or fsdp axis) its layer norms' normalised values in place of the shared values they
     replace (a transformer's GELU square), else ``block.shared``."""
-    if not (size.backend.shares_loop_norm_values and size.mesh.shape.get("tensor", 1) == 1):
+    if not (size.backend.shares_loop_norm_values and size.mesh.shape.get("tensor", 1) == 1
+            and size.mesh.shape.get("fsdp", 1) == 1):
         return list(block.shared)
     return [*(t for t in block.shared if t.name not in block.unshared_with_norms),
             *block.shared_norms]

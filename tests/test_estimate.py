@@ -49,9 +49,12 @@ def test_parameters_are_the_models(name):
 
 
 @pytest.mark.parametrize("stack", ["loop", "scan"])
-def test_remat_savings_equal_the_jaxprs(stack):
+def test_remat_savings_equal_the_jaxprs(stack, monkeypatch):
     """What each policy saves less than no remat equals what the jaxpr saves less, byte for
-    byte: the rule of ``jax.checkpoint`` over the block's value graph."""
+    byte: the rule of ``jax.checkpoint`` over the block's value graph. (XLA:CPU's scanned
+    backward by stage leaves the values outside the blocks out of the peak's term, dead
+    there: switched off here to compare what is saved.)"""
+    set_backend(monkeypatch, "cpu", scan_remat_stages=False)
 
     def saved(policy: str) -> tuple[int, int]:
         config = make_config(model={**GPT, "stack": stack}, remat=policy, data={"batch_size": 4})
