@@ -362,20 +362,12 @@ class Backend:
         see ``dots_chain_rereads``).
       chain_head_gradient_first: under ZeRO (FSDP), without microbatches, a 16-bit MLP chain
         read through float32 copies (``float32_chain_copies``) makes the head's kernel
-        gradient (a dot of its own, then added into the parameter) before the head's
-        activation gradient, whose matmul is the last read of the head's float32 copy: the
-        step's peak holds the copies of every kernel but the first (which only the forward
-        reads), the head's gradient, the loss gradient it is made from and the activations.
-        The other layers make their activation gradient first, their own copy then dead, so
-        no later moment holds more. XLA:CPU, measured (HLO schedule, buffers at the peak) on
-        FSDP sgd and adamw MLPs of one to four hidden layers, out 1000: the head's dot.k
-        before its ynn_fusion; on one device and under plain data parallelism the head's
-        activation gradient comes first and the gradients go into dead copies' buffers (no
-        change there). Fresh FSDP MLPs -23, -23, -23, -17, -16, -11, -9, -7, -6 % -> -9, -4, -1,
-        -2, -0.4, -1, -4, -4, -1 % (the rest: activations of the whole batch under features
-        split, not modelled; in_features 1024, batch-split, unchanged); dev rows
-        -17.3 -> -9.3 %, -15.3 -> -2.4 %. Not for lion (``copies_largest_gradient``: its
-        copies of every parameter are counted as its gradients).
+        gradient before the head's activation gradient (the last read of its float32 copy):
+        the peak holds the copies of every kernel but the first, the head's gradient, the
+        loss gradient and the activations; the other layers make their activation gradient
+        first (XLA:CPU HLO schedule on FSDP MLPs of 1-4 hidden layers: fresh -7 .. -23 % ->
+        -0.4 .. -9 %; dev rows -17.3 -> -9.3 %, -15.3 -> -2.4 %; one device and plain data
+        parallelism unchanged). Not for lion (its copies are counted as its gradients).
       dots_chain_rereads: under 16-bit compute with microbatches and a remat policy that saves
         the matmul outputs (``dots``, ``dots_no_batch``), compiles an MLP chain's step as
         ``float32_chain_copies`` does without remat (float32 rounded copies made before the
@@ -398,33 +390,19 @@ class Backend:
         remat full and dots, sgd and adamw: -5 .. -12 % -> 0.0 %; not seen with microbatches,
         where the rounded copies are made before the loop: ``dots_chain_rereads``).
       widens_into_state: optimizers whose state XLA:CPU copies whole at the step's entry
-        under ``widens_rounded_chain_at_entry`` too (lion: every ``mu`` leaf, ``copy``, as
-        ``copies_state_at_entry`` in float32), on one device: the widened float32 kernels
-        then go into the donated state buffers the copies freed (same shapes, dead until the
-        update writes the new state), so the entry holds every 16-bit kernel copy, the head's
-        float32 one and the state copies (``chain_memory.widening_at_entry(into_state=True)``
-        plus every trainable parameter). Measured (HLO schedule, buffers at the peak: copy.54
-        .. copy.62 of the mu leaves, then wrapped_convert f32 fusions of the bf16 copies) on
-        bf16 lion MLPs of one to four hidden layers, batch 1-32, remat full and dots:
-        -14, -10, -9, -5, -4, -3 % -> within 1.2 % (six at 0.0 %); dev rows -14.4 -> 0.0 %.
-        Plain data parallelism and FSDP unchanged (-0.1, -0.5 % either way; not applied).
-      rereads_state_copies_with_microbatches: optimizers whose state XLA:CPU copies whole at
-        the step's entry (lion's ``mu`` leaves, ``copy``) where, on one device, a 16-bit MLP
-        chain under a remat policy that saves no matmul output (``full``; ``dots`` is
-        ``dots_chain_rereads``) runs microbatches: the accumulators are written into the
-        donated state buffers the copies freed, so the step holds the state copies, the
-        float32 rounded copies of every parameter (the widened block kernels and the head's),
-        the 16-bit copies of the blocks' kernels, the kernels of the checkpointed blocks but
-        the first widened to float32 again in the loop body (as ``dots_chain_rereads``;
-        where two kernels share a shape one widened copy takes a state buffer and that
-        accumulator a buffer of its own: the same bytes), and the head's gradient; the first
-        kernel's gradient once the re-widened copies are dead. Measured (buffers at the peak)
-        on [4096] (2 x trainable + 16-bit block kernels + head gradient: compiled -0.1 %)
-        and [512, 2048, 512, 2048] (plus the three re-widened kernels) at 784 -> 1000: dev
-        rows +15.0, +4.9, +8.4, +3.2 % -> within 0.2 % (two others +0.3, +1.9 -> -2.7, -4.5 %:
-        there the first block's kernel is re-widened too); 16 fresh MLPs of 1-4 hidden
-        layers, batch 4-8, mb 2-4: +3 .. +18 % -> 0.0 % on 10, -2.7 % on four, +2 .. +7.5 %
-        at one row a microbatch. Data parallelism and FSDP not measured (not applied).
+        under ``widens_rounded_chain_at_entry`` too (lion's ``mu`` leaves), on one device: the
+        widened float32 kernels go into the donated state buffers the copies freed, so the
+        entry holds every 16-bit kernel copy, the head's float32 one and the state copies
+        (bf16 lion MLPs of 1-4 hidden layers, remat full and dots: -3 .. -14 % -> within
+        1.2 %; data parallelism and FSDP unchanged, not applied).
+      rereads_state_copies_with_microbatches: the same optimizers where, on one device, a
+        16-bit MLP chain under a policy saving no matmul output (``full``; ``dots`` is
+        ``dots_chain_rereads``) runs microbatches: the accumulators go into the donated state
+        buffers, so the step holds the state copies, the float32 rounded copies of every
+        parameter, the blocks' 16-bit kernels, the checkpointed blocks' kernels but the
+        first widened again in the loop, and the head's gradient; the first kernel's
+        gradient once those are dead (dev rows +15.0, +4.9, +8.4 % -> within 0.2 %; 16 fresh
+        MLPs +3 .. +18 % -> within 3 %, +2 .. +7.5 % at one row a microbatch).
       scatters_lookup_gradients: adds a lookup-only table's gradient (the scatter-add of the
         lookup's backward) into the microbatch accumulator in place, so where
         ``accumulates_float32_in_place`` holds the largest gradient made beside the
@@ -627,56 +605,30 @@ class Backend:
         (counting them in the backward's moments: dev rows 935 -> 934 of 1000).
       tied_head_gradient_after_loss: a float32 Python-loop model on one device whose
         largest parameter is a token table tied to the LM head: the head's matmul makes the
-        table's gradient from the logits' gradient (written over the logits) once the loss's
-        other values are dead, so where the loss gradient is made no gradient is alive, and
-        the table's gradient is a moment of its own beside the saved values (as
-        ``holds_outside_gradient``'s float32 scanned stacks). Measured (XLA:CPU, explain at the
-        peak: the table, its gradient and one logits-sized buffer): fresh 2-3 layer GPTs of
-        vocabulary 16384-32000, sgd and adamw, remat none/dots/minimal/full, +12 .. +34 % ->
-        within 1 %; dev rows 1053 -> 1054 of 1100 (+13.9 % -> -2.7 %, and 20 rows within 10 %
-        closer: +9.9, +9.5, +6.5, +5.6 % -> within 1.2 %; a one-layer scan under dots +5.0 ->
-        -7.8 %). Not under a batch or tensor split (dp and tp rows went -0.1 -> -5.2 % and
-        -6.0 -> -10.0 %: the gradient is all-reduced or split there).
+        table's gradient from the logits' gradient once the loss's other values are dead, so
+        no gradient is alive where the loss gradient is made, and the table's gradient is a
+        moment of its own (XLA:CPU: fresh 2-3 layer GPTs, vocabulary 16384-32000, +12 .. +34 %
+        -> within 1 %; dev rows +13.9 -> -2.7 %, 20 more closer). Not under a batch or tensor
+        split (dp/tp rows went -0.1 -> -5.2 %, -6.0 -> -10.0 %).
       forward_broadcasts_in_float32: under FSDP, a float32 Python-loop CNN's first block's
-        forward holds its convolution's output three times (the output; its bias-added copy
-        without remat, or its rounded copy under dots, the ReLU's input; the ReLU's zeros
-        broadcast to its shape), beside the constants the forward's ReLU and pooling fusions
-        read, broadcast whole at the step's start (zeros of each later block's ReLU input,
-        0.25 of each block's pooled output: one buffer a distinct shape), the images, the
-        batch's microbatch-major copy and every kernel gathered for the forward and again
-        for the backward (``regathers_conv_kernels``; not the largest a third time). Under
-        remat full the forward's convolution, bias, ReLU and pooling are one fusion and only
-        the recomputed convolution's output is held, except where the first convolution has
-        16 output channels or fewer: a convolution of its own, whose recomputation (not merged
-        with it: its kernel is all-gathered again) XLA makes at once beside it (XLA:CPU,
-        measured on fsdp8 CNNs: 32x32 3->64->128 under dots, 1 image a device -18.8 ->
-        -3.7 %; 16x16 3->16 under full, 4 images a device in 2 microbatches -24.3 -> -1.3 %;
-        fresh 32x32 3->32->64 and 3->64->32->64 under none/dots, 1..2 microbatches -5 ..
-        -13 % -> +2 .. -4 %; dev rows 1036 -> 1040 of 1100, none lost). Not under 16-bit
-        compute (the forward is loop fusions: no broadcasts); a 16->64->32 CNN under full
-        (16 output channels first, fused blocks after) stays -13 .. -22 %.
+        forward holds its convolution's output three times (the output, the ReLU's input, the
+        ReLU's zeros broadcast to its shape) beside the ReLU and pooling fusions' constants
+        broadcast whole at the start (one buffer a distinct shape), the images, the batch's
+        microbatch-major copy and every kernel gathered twice (``regathers_conv_kernels``);
+        under remat full only the recomputed output, unless the first convolution has 16
+        output channels or fewer (then recomputed at once beside it). XLA:CPU, fsdp8 CNNs:
+        four dev rows -15 .. -24 % -> within 7 %, fresh 32x32 CNNs -5 .. -13 % -> +2 .. -4 %.
+        Not under 16-bit compute (no broadcasts there).
       pads_pooling_gradient: under 16-bit compute where an undone remat recomputes a
-        convolution (``full``), a conv block's 2x2 pooling backward dilates and pads the
-        incoming gradient to a float32 ``B x (S+1) x (S+1) x C`` buffer and reduces it into
-        the float32 ``B x S x S x C`` pooling gradient, both alive beside the kept float32
-        convolution output (``Block.pool_workspace``, a moment of its own, larger than the
-        pooling gradient beside the 16-bit ReLU gradient made after it); and the later
-        blocks' saved values are freed once their backward is done (as
-        ``frees_saved_in_backward``) (XLA:CPU, measured in the buffer assignment of
-        bf16-mixed CNNs under remat full: ``f32[2,33,33,32]`` beside two ``f32[2,32,32,32]``
-        for 32x32 [32,16] batch 2, ``f32[8,129,129,128]`` at 128x128 [128,64,64,128] batch 8;
-        64x64 [16,16,128] batch 4: blocks 1 and 2's conv outputs dead before block 0's
-        backward; dev rows 1036 -> 1040 of 1100 (-13.6, -15.0, -20.9, -23.4 % -> within 9 %),
-        four rows at 256x256 or dp going from +0..+3 % to -11..-13 %, where the compiled
-        temporaries exceed the live peak by heap fragmentation: a 64x64 [16,32] separable
-        dp row's live peak is estimated to 0.8 %, its total 11 % short: the heap places the
-        16-bit ReLU gradient above the three float32 buffers in 5 of 7 layouts read, not
-        modelled; so 128x128 [64,128,128,64] sgd batch 4, +2.4 % -> -12.0 %, whose later
-        blocks' saved values had made up for it); fresh 32x32 rows ([32,16], [64],
-        [16,32,64], batch 2 and 8, adamw) -22 .. +8 % -> -11.5 .. -2.3 %. Not in float32
-        layers (the ReLU gradient is written over the early conv copy, and every fp32
-        remat-full row within 10 % went +12..+49 % with the padded buffer), nor without remat
-        or under ``dots`` (``keeps_rounded_under_16bit``'s two float32 buffers cover it).
+        convolution (``full``), a conv block's 2x2 pooling backward pads the incoming
+        gradient into a float32 ``B x (S+1) x (S+1) x C`` buffer beside the float32 pooling
+        gradient and the kept float32 convolution output (``Block.pool_workspace``, a moment
+        of its own), and the later blocks' saved values are freed once their backward is
+        done (XLA:CPU buffer assignments, e.g. ``f32[2,33,33,32]`` beside two
+        ``f32[2,32,32,32]``; dev rows 10 fixed, separable CNNs -21 .. -26 % -> about -5 %;
+        four image-256/separable-dp rows +0..+3 % -> -11..-13 %: the heap places the 16-bit
+        ReLU gradient above the float32 buffers there, not modelled). Not in float32 layers
+        (+12..+49 % there), nor under ``none``/``dots`` (``pools_before_kernel_gradient``).
       pools_before_kernel_gradient: under ``keeps_rounded_under_16bit`` (16-bit compute, no
         undone remat recomputing a convolution), a conv block's widest backward moment comes
         before its kernel's gradient: its pooling's backward (the float32 ``B x (S+1)^2 x C``
