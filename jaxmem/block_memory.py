@@ -317,11 +317,10 @@ def block_terms(blocks: Sequence[Block], setup: Setup, policy: RematPolicy, size
     # under an ``except:`` policy, a loop block of a stack of several shares two
     # residual-stream-wide values with its forward, not the GELU's factors
     # (``Backend.except_shares_stream``)
-    stream_shared = (size.backend.except_shares_stream and shares and undone is not None
-                     and undone.name.startswith("except:")
+    except_undone = undone is not None and undone.name.startswith("except:")
+    stream_shared = (size.backend.except_shares_stream and shares and except_undone
                      and sum(b.count for b in blocks) > 1
                      and size.mesh.shape.get("tensor", 1) == 1)
-    except_undone = undone is not None and undone.name.startswith("except:")
     for n, block in enumerate(blocks):
         shared = ([t for t in block.values if t.block_input] * 2 if stream_shared
                   else shared_values(block, size))
@@ -395,20 +394,18 @@ def block_terms(blocks: Sequence[Block], setup: Setup, policy: RematPolicy, size
                 best = (ws, freed)
         ws, freed = best
         # the pooling's backward, a moment of its own: the padded float32 gradient beside
-        # the pooling gradient it is reduced into (``Backend.pads_pooling_gradient``)
-        if pads and block.pool_workspace:
-            ws = max(ws, size.tensors(redo) + size.tensors(block.pool_workspace)
-                     + slices + incoming)
+        # the pooling gradient it is reduced into (``Backend.pads_pooling_gradient``, or,
+        # ``pooled``, beside the ReLU's backward once the 16-bit ReLU gradient over the kept
+        # ReLU input is dead: ``Backend.pools_before_kernel_gradient``)
+        pooling = (size.tensors(redo) + size.tensors(block.pool_workspace) + slices + incoming
+                   if block.pool_workspace else 0)
+        if pads:
+            ws = max(ws, pooling)
         if pooled:
-            # the ReLU's backward once the 16-bit ReLU gradient (over the kept ReLU input) is
-            # dead, or the pooling's, the padded float32 gradient beside the pooling gradient
             own = kept_bytes([t for t in kept_values if t.kept_rounded], size, batch_is_compute)
-            ws = max(ws - own, size.tensors(redo) + size.tensors(block.pool_workspace)
-                     + slices + incoming)
+            ws = max(ws - own, pooling)
             if n:  # the input gradient's convolution reads a float32 transposed kernel copy
-                transposed += sum(size.nbytes(kernels[t.kernel], np.dtype("float32"))
-                                  for t in block.values
-                                  if t.dot == "conv" and t.kernel in (kernels or {}))
+                transposed += _float32_conv_kernels(block, kernels or {}, size)
         # a scanned backward's body copies the kept values its matmuls read out of the
         # stacked residuals at its start (XLA:CPU), held with the recomputation
         sliced = (kept_bytes(operand_slices(block, kept_values), size, batch_is_compute)
@@ -598,6 +595,13 @@ def first_forward_float32(blocks: Sequence[Block], outside: Sequence[Tensor],
             + size.tensors([*zeros.values(), *quarters.values()]))
 
 
+def _float32_conv_kernels(block: Block, kernels: dict[str, tuple[int, ...]],
+                          size: Sizer) -> int:
+    """Bytes of ``block``'s convolution kernels as float32 copies."""
+    return sum(size.nbytes(kernels[t.kernel], np.dtype("float32"))
+               for t in block.values if t.dot == "conv" and t.kernel in kernels)
+
+
 def first_forward_rounded(blocks: Sequence[Block], kernels: dict[str, tuple[int, ...]],
                           size: Sizer) -> tuple[int, int]:
     """What a single device's 16-bit CNN holds in its first block's forward
@@ -605,8 +609,7 @@ def first_forward_rounded(blocks: Sequence[Block], kernels: dict[str, tuple[int,
     block's kernels, made at the step's start (the forward's, the backward's transposed one),
     and the first block's convolution output in float32, its ReLU input rounded, its pooled
     output and its images."""
-    later = sum(size.nbytes(kernels[t.kernel], np.dtype("float32"))
-                for b in blocks[1:] for t in b.values if t.dot == "conv" and t.kernel in kernels)
+    later = sum(_float32_conv_kernels(b, kernels, size) for b in blocks[1:])
     first = blocks[0].values
     convs = [t for t in first if t.dot == "conv"]
     pooled = [t for t in blocks[1].values if t.block_input] if len(blocks) > 1 else []

@@ -24,7 +24,8 @@ def live_gradients(c: Config, backend: Backend, p: Params, fused_updates: bool,
     """Gradients alive while activations are still kept, ``(bytes, why)`` where the backward
     starts (``loss``) and in a block's backward (``block``), and, where the LM head's matmul
     makes the tied table's gradient once the loss's values are dead, there (``head``: float32
-    scanned stacks, ``Backend.tied_head_gradient_after_loss``); ``outer``: the weight gradients
+    scanned stacks under ``Backend.holds_outside_gradient``, and Python loops on one device
+    under ``Backend.tied_head_gradient_after_loss``); ``outer``: the weight gradients
     are outer products (one row per device and microbatch) the backend fuses into what
     consumes them; ``zero_split``: the batch axes include ZeRO-split ones;
     ``float32_chain``: a 16-bit MLP chain compiled as in float32
