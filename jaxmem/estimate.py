@@ -257,9 +257,10 @@ def estimate(config: Config | Setup, name: str = "") -> Estimate:
                                                and mesh.shape.get("tensor", 1) == 1))))
     outside = kept_bytes(unfused(list(anatomy.outside), backend), size, batch_is_compute=False)
     loss_values = _loss_values(anatomy, size)
+    head_frozen = bool(anatomy.lm_head) and any(
+        fnmatch.fnmatchcase(anatomy.lm_head, f) for f in setup.freeze_patterns)
     if (backend.one_pass_frozen_head_loss and not backend.fuses_loss_gradient
-            and anatomy.lm_head
-            and any(fnmatch.fnmatchcase(anatomy.lm_head, f) for f in setup.freeze_patterns)):
+            and head_frozen):
         # a frozen LM head makes no gradient from the logits' gradient: an unfused loss
         # gradient is then one pass over the logits (no exponentials of their own, no
         # second layout for the head's gradient matmul)
@@ -551,6 +552,17 @@ def estimate(config: Config | Setup, name: str = "") -> Estimate:
         moments[regathered_at] = (saved_all, copies, p.zero_whole + again, grads["loss"][0],
                                   loss + split_copy)
         grads_why[regathered_at] = grads["loss"][1]
+    if (backend.regathers_frozen_tied_head and python_loop and zeroed > 1 and p.head_whole
+            and mesh.shape.get("tensor", 1) > 1 and anatomy.lm_head.endswith("/embedding")
+            and head_frozen):
+        # at the head's forward matmul: the frozen tied table gathered whole for it and again
+        # for the backward's activation gradient (that all-gather made early, beside it), and
+        # the table's local shard in a transposed copy of its own
+        head_fwd = ("at the LM head's forward matmul, with the frozen tied table gathered "
+                    "whole twice (for the forward and, early, for the backward)")
+        moments[head_fwd] = (saved_all, copies, gathered + p.head_whole,
+                             0, p.head_whole // zeroed)
+        grads_why[head_fwd] = "none yet"
     if (backend.copies_gathered_head_in_microbatch and c.data.microbatches > 1
             and anatomy.scanned and zeroed > 1 and p.head_whole and not float32_layers):
         # in the microbatch loop's body, the LM head's gathered weight is rounded whole into
