@@ -618,6 +618,15 @@ class Backend:
         moment of its own (XLA:CPU: fresh 2-3 layer GPTs, vocabulary 16384-32000, +12 .. +34 %
         -> within 1 %; dev rows +13.9 -> -2.7 %, 20 more closer). Not under a batch or tensor
         split (dp/tp rows went -0.1 -> -5.2 %, -6.0 -> -10.0 %).
+      holds_loop_block_gradients: optimizers whose updates, in float32 layers on one device
+        without microbatches, wait while a Python-loop transformer's block backward runs (a
+        one-layer scan, compiled without its loop, included): the block's two MLP kernels'
+        gradients (layout copies of their own) are held beside the largest gradient outside
+        the blocks (the token table's) (XLA:CPU, measured with sgd on fresh GPTs at one
+        sequence, d 256..576, vocabulary 256 and 4096: a gap of 4..10 d^2 floats whatever the
+        depth, 1..7 layers; fresh one-layer d640 scans, GPT and encoder, batch 1 and 4, sgd:
+        -14 .. -28 % -> -4.5 .. +3.6 %, adamw -9.7 -> +1.3 %, lion -12.1 -> -6.5 %; a 3-layer
+        loop -10.7 -> -0.3 %; two-layer scans unchanged. Dev rows 1146 -> 1149 of 1200).
       forward_broadcasts_in_float32: under FSDP, a float32 Python-loop CNN's first block's
         forward holds its convolution's output three times (the output, the ReLU's input, the
         ReLU's zeros broadcast to its shape) beside the ReLU and pooling fusions' constants
@@ -738,6 +747,7 @@ class Backend:
     forward_broadcasts_in_float32: bool = False
     pads_pooling_gradient: bool = False
     shares_loop_norm_values: bool = False
+    holds_loop_block_gradients: tuple[str, ...] = ()
 
 
 BACKENDS: dict[str, Backend] = {
@@ -778,7 +788,7 @@ BACKENDS: dict[str, Backend] = {
                    recomputed_scores_under_16bit=True, regathers_conv_kernels=True,
                    forward_broadcasts_in_float32=True,
                    pads_pooling_gradient=True, tied_head_gradient_after_loss=True,
-                   shares_loop_norm_values=True),
+                   shares_loop_norm_values=True, holds_loop_block_gradients=("sgd", "adamw", "lion")),
     "gpu": Backend(),
     "tpu": Backend(tiles=True, fuses_loss_gradient=True, fuses_matmul_operands=True,
                    fuses_softmax_recompute=True,

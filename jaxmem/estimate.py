@@ -81,7 +81,8 @@ from jaxmem.config import Config
 from jaxmem.errors import ConfigError, Unsupported
 from jaxmem.gradient_memory import live_gradients
 from jaxmem.models.anatomy import Anatomy, Tensor
-from jaxmem.param_memory import batch_split_gradients, param_terms, regathered_kernels
+from jaxmem.param_memory import (batch_split_gradients, held_block_gradients, param_terms,
+                                  regathered_kernels)
 from jaxmem.setup import Setup, as_setup
 from jaxmem.sizing import Sizer
 from jaxmem.step import make_objective
@@ -299,6 +300,11 @@ def estimate(config: Config | Setup, name: str = "") -> Estimate:
                            batch_split=ways > 1, stack_16=stack_16,
                            tensor_split=mesh.shape.get("tensor", 1) > 1)
     one_device = math.prod(mesh.shape.values()) == 1
+    if (c.optimizer.name in backend.holds_loop_block_gradients and python_loop and float32_layers
+            and c.data.microbatches == 1 and one_device and _transformer(anatomy)):
+        held = held_block_gradients(anatomy, setup, size)
+        grads["block"] = (max(held, grads["block"][0]), "a block's MLP kernels' gradients, "
+                          "held beside the largest outside the blocks (the updates wait)")
     # (a 16-bit chain read through float32 copies updates each parameter as its gradient
     # is made: nothing to place)
     stateless = (c.optimizer.name in backend.copies_parameters_at_entry and not state

@@ -195,3 +195,28 @@ def regathered_kernels(anatomy: Anatomy, setup: Setup, size: Sizer) -> tuple[int
                 out += block.count * size.nbytes(whole, size.compute)
                 largest = max(largest, size.nbytes(whole, size.compute))
     return out, largest
+
+
+def held_block_gradients(anatomy: Anatomy, setup: Setup, size: Sizer, kernels: int = 2) -> int:
+    """The gradients of one block's ``kernels`` largest matmul kernels (a transformer's MLP
+    kernels) and of the largest trainable parameter outside the blocks, per device in the
+    parameters' dtype (``Backend.holds_loop_block_gradients``)."""
+    frozen, shapes, mesh = setup.freeze_patterns, dict(anatomy.params), size.mesh
+
+    def local(path: str) -> int:
+        if any(fnmatch.fnmatchcase(path, f) for f in frozen):
+            return 0
+        shape = shapes[path]
+        return size.nbytes(local_shape(shape, param_spec(path, shape, setup, mesh), mesh),
+                           size.param)
+
+    layers = sum(b.count for b in anatomy.blocks)
+    inside: dict[str, int] = {}  # a block's kernels by their path less the layer index
+    for path in shapes:
+        if "/blocks/" in path and path.endswith("/kernel"):
+            name = "/".join(x for x in path.split("/") if not x.isdigit())
+            # a scanned stack's kernel holds every layer's
+            n = local(path) // (layers if name == path else 1)
+            inside[name] = max(inside.get(name, 0), n)
+    outside = max((local(k) for k in shapes if "/blocks/" not in k), default=0)
+    return sum(sorted(inside.values(), reverse=True)[:kernels]) + outside
