@@ -416,14 +416,10 @@ class Backend:
         32000-token table, -9.4 % -> -0.6 %, and 1 MiB of a 5L d128 8192-token one, -7.9 %
         -> -1.7 %, both without remat; not made early on one device, nor with the data
         axis 1).
-      regathers_frozen_tied_head: under FSDP with a tensor axis, a Python-loop GPT whose
-        token table is tied to the LM head and frozen all-gathers the table whole twice at
-        the head's forward matmul: the forward's gather and the backward's (for the
-        activation gradient), made early beside it, and holds the table's local shard in a
-        transposed float32 copy; a trainable table's backward gather is not hoisted (XLA:CPU,
-        measured on fsdp 2 x tensor 4 GPTs d256, 32000-token table: two f32[256,8000]
-        all-gathers and an f32[128,8000] copy at the peak; 7L -20 % -> -4 %, 3L -25 %,
-        sgd -23 %, batch 8 -8 %; trainable table -10 %, its peak in the backward).
+      regathers_frozen_tied_head: FSDP x tensor, a Python-loop GPT with a frozen tied table
+        gathers it whole twice at the head's forward matmul (the backward's gather made early)
+        beside its shard's transposed copy; a trainable table's is not hoisted (XLA:CPU, d256
+        32000-token GPTs: 3L/7L -20..-27 % -> -2..-5 %, bf16 batch 8 -14 % -> +5 %).
       regathers_microbatch_weights: with microbatches under FSDP (no tensor axis), a
         Python-loop transformer's backward all-gathers its ZeRO-split weights again, apart
         from the forward's gathered weights it keeps, and does so early in the microbatch
@@ -586,6 +582,12 @@ class Backend:
         +0 .. +5 %; under fsdp the ZeRO-split stack gradients are bf16 too, a fresh remat-full
         GPT going -7.9 -> -12.4 % from activations counted short elsewhere). Not without
         microbatches (dev rows went 752 -> 740 with it there).
+      rounds_scanned_float32_in_microbatches: a scanned GPT (tied table, > 1 layer), 16-bit
+        compute, microbatches: the rounded copies are float32, made before the loop (the tied
+        table's twice: lookup and transposed head layouts), and beside the accumulator only
+        the gradients outside the stack (with the table's two) are float32 (XLA:CPU: table 6x,
+        stack 3.5x its float32 bytes; fresh GPTs d192/384, 2/5 layers, 2/4 microbatches,
+        remat minimal/full: -10..-25 % -> -2..+8 %). Not FSDP (whole gathered tables).
       recomputed_scores_under_16bit: the same recomputation under 16-bit compute (bf16-mixed:
         XLA:CPU computes in float32 buffers), where it holds, beside the blocks' saved values
         (each block's float32 softmax-sized value counted), one recomputed ``B x H x L x L``
@@ -618,15 +620,11 @@ class Backend:
         moment of its own (XLA:CPU: fresh 2-3 layer GPTs, vocabulary 16384-32000, +12 .. +34 %
         -> within 1 %; dev rows +13.9 -> -2.7 %, 20 more closer). Not under a batch or tensor
         split (dp/tp rows went -0.1 -> -5.2 %, -6.0 -> -10.0 %).
-      holds_loop_block_gradients: optimizers whose updates, in float32 layers on one device
-        without microbatches, wait while a Python-loop transformer's block backward runs (a
-        one-layer scan, compiled without its loop, included): the block's two MLP kernels'
-        gradients (layout copies of their own) are held beside the largest gradient outside
-        the blocks (the token table's) (XLA:CPU, measured with sgd on fresh GPTs at one
-        sequence, d 256..576, vocabulary 256 and 4096: a gap of 4..10 d^2 floats whatever the
-        depth, 1..7 layers; fresh one-layer d640 scans, GPT and encoder, batch 1 and 4, sgd:
-        -14 .. -28 % -> -4.5 .. +3.6 %, adamw -9.7 -> +1.3 %, lion -12.1 -> -6.5 %; a 3-layer
-        loop -10.7 -> -0.3 %; two-layer scans unchanged. Dev rows 1146 -> 1149 of 1200).
+      holds_loop_block_gradients: optimizers whose updates (float32 layers, one device, no
+        microbatches) wait while a Python-loop transformer's block backward runs (a one-layer
+        scan compiles as a loop): a block's two MLP kernel gradients held beside the largest
+        gradient outside the blocks (XLA:CPU: 4..10 d^2 floats whatever the depth; fresh
+        one-layer d640 scans -14..-28 % -> -4.5..+3.6 %, a 3-layer loop -10.7 -> -0.3 %).
       forward_broadcasts_in_float32: under FSDP, a float32 Python-loop CNN's first block's
         forward holds its convolution's output three times (the output, the ReLU's input, the
         ReLU's zeros broadcast to its shape) beside the ReLU and pooling fusions' constants
@@ -742,6 +740,7 @@ class Backend:
     recomputed_scores_rows: int = 0
     splits_scanned_lookup_gradient: bool = False
     scan_gradients_16bit_in_microbatches: bool = False
+    rounds_scanned_float32_in_microbatches: bool = False
     recomputed_scores_under_16bit: bool = False
     regathers_conv_kernels: bool = False
     forward_broadcasts_in_float32: bool = False
@@ -785,10 +784,12 @@ BACKENDS: dict[str, Backend] = {
                    masks_depthwise_late_under_16bit=True, recomputed_scores_rows=4096,
                    splits_scanned_lookup_gradient=True,
                    scan_gradients_16bit_in_microbatches=True,
+                   rounds_scanned_float32_in_microbatches=True,
                    recomputed_scores_under_16bit=True, regathers_conv_kernels=True,
                    forward_broadcasts_in_float32=True,
                    pads_pooling_gradient=True, tied_head_gradient_after_loss=True,
-                   shares_loop_norm_values=True, holds_loop_block_gradients=("sgd", "adamw", "lion")),
+                   shares_loop_norm_values=True,
+                   holds_loop_block_gradients=("sgd", "adamw", "lion")),
     "gpu": Backend(),
     "tpu": Backend(tiles=True, fuses_loss_gradient=True, fuses_matmul_operands=True,
                    fuses_softmax_recompute=True,

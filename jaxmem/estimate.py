@@ -81,8 +81,12 @@ from jaxmem.config import Config
 from jaxmem.errors import ConfigError, Unsupported
 from jaxmem.gradient_memory import live_gradients
 from jaxmem.models.anatomy import Anatomy, Tensor
-from jaxmem.param_memory import (batch_split_gradients, held_block_gradients, param_terms,
-                                  regathered_kernels)
+from jaxmem.param_memory import (
+    batch_split_gradients,
+    held_block_gradients,
+    param_terms,
+    regathered_kernels,
+)
 from jaxmem.setup import Setup, as_setup
 from jaxmem.sizing import Sizer
 from jaxmem.step import make_objective
@@ -361,6 +365,14 @@ def estimate(config: Config | Setup, name: str = "") -> Estimate:
                  "block": (trainable + head, "the microbatch accumulator and the head's "
                            "gradient (the re-read kernels' are written over their float32 "
                            "copies)")}
+    # a scanned GPT's step (a tied table) under 16-bit compute with microbatches: the rounded
+    # copies are float32 (the tied table's twice) and only the gradients outside the stack,
+    # the tied table's two, are float32 beside the accumulator
+    # (XLA:CPU; Backend.rounds_scanned_float32_in_microbatches)
+    rounded_scan = bool(backend.rounds_scanned_float32_in_microbatches and widened
+                        and built_scanned and layers > 1 and p.tied_table > 0)
+    if rounded_scan:
+        widened = trainable - p.stacked + p.tied_table
     if widened and not float32_chain:
         grads = {k: (n + widened, f"{why}, and their float32 copy") for k, (n, why) in
                  grads.items()}
@@ -378,6 +390,8 @@ def estimate(config: Config | Setup, name: str = "") -> Estimate:
         # a lookup-only table is not rounded whole: its lookup rounds the rows it gathers
         # (dev rows 1036 -> 1038 of 1100, encoders' mean error down; TPU rows unchanged)
         copies = (params - p.lookups) * stored.itemsize // size.param.itemsize
+    if rounded_scan:
+        copies = (params - p.lookups + p.tied_table) * compute.itemsize // size.param.itemsize
     if reread_state:  # the blocks' kernels rounded to 16 bits (not the head's)
         copies = sum(chain_memory.local_bytes(k, anatomy, setup, size, stored)
                      for k in anatomy.chain[:len(anatomy.blocks)])
