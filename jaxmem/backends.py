@@ -420,6 +420,12 @@ class Backend:
         gathers it whole twice at the head's forward matmul (the backward's gather made early)
         beside its shard's transposed copy; a trainable table's is not hoisted (XLA:CPU, d256
         32000-token GPTs: 3L/7L -20..-27 % -> -2..-5 %, bf16 batch 8 -14 % -> +5 %).
+      regathers_remat_weights: FSDP (no tensor axis), no microbatches, a Python-loop
+        transformer under a checkpointing policy gathers its ZeRO-split weights again for the
+        backward, early: at the forward's end every weight a matmul reads is whole twice (a
+        tied table too, not a lookup-only one), no gradient yet; the peak where the gradient
+        all-reduce is small (frozen table or blocks) (XLA:CPU, fsdp 8, one example a device:
+        frozen 3L d256 -28 % -> +1 %, 4L d512 fp32 sgd -27 % -> -4 %; no remat: no regather).
       regathers_microbatch_weights: with microbatches under FSDP (no tensor axis), a
         Python-loop transformer's backward all-gathers its ZeRO-split weights again, apart
         from the forward's gathered weights it keeps, and does so early in the microbatch
@@ -644,6 +650,11 @@ class Backend:
         four image-256/separable-dp rows +0..+3 % -> -11..-13 %: the heap places the 16-bit
         ReLU gradient above the float32 buffers there, not modelled). Not in float32 layers
         (+12..+49 % there), nor under ``none``/``dots`` (``pools_before_kernel_gradient``).
+      places_16bit_relu_gradient_above: with ``pads_pooling_gradient``, no microbatches, two
+        conv blocks or more: XLA's heap places a block's 16-bit ReLU gradient above its
+        pooling backward's float32 buffers, so the total exceeds the live peak by it (XLA:CPU,
+        six bf16 remat-full dev rows: the gap is the first block's conv output in bf16 within
+        0.1-1.6 %; fresh 64x64 CNNs -8..-12 % -> +1..+4 %; not one block, not microbatches).
       pools_before_kernel_gradient: under ``keeps_rounded_under_16bit`` (16-bit compute, no
         undone remat recomputing a convolution), a conv block's widest backward moment comes
         before its kernel's gradient: its pooling's backward (the float32 ``B x (S+1)^2 x C``
@@ -727,6 +738,7 @@ class Backend:
     scatters_lookup_gradients: bool = False
     regathers_microbatch_weights: bool = False
     regathers_frozen_tied_head: bool = False
+    regathers_remat_weights: bool = False
     copies_scanned_operands: bool = False
     copies_scanned_operands_without_remat: bool = False
     remat_past_reduction_rows: int = 0
@@ -745,6 +757,7 @@ class Backend:
     regathers_conv_kernels: bool = False
     forward_broadcasts_in_float32: bool = False
     pads_pooling_gradient: bool = False
+    places_16bit_relu_gradient_above: bool = False
     shares_loop_norm_values: bool = False
     holds_loop_block_gradients: tuple[str, ...] = ()
 
@@ -774,7 +787,7 @@ BACKENDS: dict[str, Backend] = {
                    rereads_state_copies_with_microbatches=("lion",),
                    dots_chain_rereads=True, widens_rounded_chain_at_entry=True,
                    scatters_lookup_gradients=True, regathers_microbatch_weights=True,
-                   regathers_frozen_tied_head=True,
+                   regathers_frozen_tied_head=True, regathers_remat_weights=True,
                    copies_scanned_operands=True, copies_scanned_operands_without_remat=True,
                    remat_past_reduction_rows=4096,
                    copies_scanned_16bit_state=("lion",),
@@ -787,8 +800,8 @@ BACKENDS: dict[str, Backend] = {
                    rounds_scanned_float32_in_microbatches=True,
                    recomputed_scores_under_16bit=True, regathers_conv_kernels=True,
                    forward_broadcasts_in_float32=True,
-                   pads_pooling_gradient=True, tied_head_gradient_after_loss=True,
-                   shares_loop_norm_values=True,
+                   pads_pooling_gradient=True, places_16bit_relu_gradient_above=True,
+                   tied_head_gradient_after_loss=True, shares_loop_norm_values=True,
                    holds_loop_block_gradients=("sgd", "adamw", "lion")),
     "gpu": Backend(),
     "tpu": Backend(tiles=True, fuses_loss_gradient=True, fuses_matmul_operands=True,

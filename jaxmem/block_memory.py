@@ -399,6 +399,12 @@ def block_terms(blocks: Sequence[Block], setup: Setup, policy: RematPolicy, size
         # ReLU input is dead: ``Backend.pools_before_kernel_gradient``)
         pooling = (size.tensors(redo) + size.tensors(block.pool_workspace) + slices + incoming
                    if block.pool_workspace else 0)
+        if (pads and pooling and size.backend.places_16bit_relu_gradient_above
+                and c.data.microbatches == 1 and len(blocks) > 1):
+            # the 16-bit ReLU gradient, placed above the float32 buffers by XLA's heap
+            # (``Backend.places_16bit_relu_gradient_above``)
+            pooling += size.tensors([t for t in block.grad_workspace
+                                     if t.widened_over and t.dtype != "float32"])
         if pads:
             ws = max(ws, pooling)
         if pooled:

@@ -572,6 +572,16 @@ def estimate(config: Config | Setup, name: str = "") -> Estimate:
         moments[regathered_at] = (saved_all, copies, p.zero_whole + again, grads["loss"][0],
                                   loss + split_copy)
         grads_why[regathered_at] = grads["loss"][1]
+    if (backend.regathers_remat_weights and c.data.microbatches == 1 and python_loop
+            and transformer and zeroed > 1 and mesh.shape.get("tensor", 1) == 1
+            and setup.remat.checkpoint):
+        # under a checkpointing policy (undone or not) the backward all-gathers the ZeRO-split
+        # weights again, early, beside the forward's: at the forward's end every weight a
+        # matmul reads is whole twice (XLA:CPU; Backend.regathers_remat_weights)
+        regathered_fwd = ("at the forward's end, with every ZeRO-split weight a matmul reads "
+                          "gathered whole twice (for the forward and, early, for the backward)")
+        moments[regathered_fwd] = (0, copies, 2 * p.zero_matmuls, 0, 0)
+        grads_why[regathered_fwd] = "none yet"
     if (backend.regathers_frozen_tied_head and python_loop and zeroed > 1 and p.head_whole
             and mesh.shape.get("tensor", 1) > 1 and anatomy.lm_head.endswith("/embedding")
             and head_frozen):

@@ -62,6 +62,7 @@ class Params(NamedTuple):
     lookup_whole: int  # the largest trainable table a lookup reads outside a scanned stack,
     # its ZeRO shards joined, whose gradient is reduced over the batch (not scattered into
     # the device's shard); 0 where none
+    zero_matmuls: int  # zero_whole less the tables only a lookup reads (not gathered whole)
 
 
 def param_terms(anatomy: Anatomy, setup: Setup, size: Sizer, rows: int) -> Params:
@@ -71,7 +72,7 @@ def param_terms(anatomy: Anatomy, setup: Setup, size: Sizer, rows: int) -> Param
     frozen = setup.freeze_patterns
     total = trainable = largest = stacked = stacked_all = outside = gathered = 0
     whole_layer = whole_outside = read_back = but_first = first = second = lookups = 0
-    dense = zero_whole = zero_blocks = tied = head_whole = lookup_whole = 0
+    dense = zero_whole = zero_blocks = tied = head_whole = lookup_whole = zero_matmuls = 0
     zero = set(rules.zero)
     tied_path = anatomy.lm_head if anatomy.lm_head.endswith("/embedding") else None
     for path, shape in anatomy.params:
@@ -86,6 +87,8 @@ def param_terms(anatomy: Anatomy, setup: Setup, size: Sizer, rows: int) -> Param
         zero_split = any(a in zero for e in spec for a in spec_axes(e))
         whole = size.nbytes(unzeroed, size.compute) if zero_split else 0
         zero_whole += whole
+        if path not in anatomy.lookups or path == anatomy.lm_head:
+            zero_matmuls += whole
         if path.startswith(setup.config.model.BLOCKS_PATH or "\0"):
             zero_blocks += whole
         if zero_split and (head or max(unzeroed[-2:]) < GATHER_RATIO * rows):
@@ -133,7 +136,7 @@ def param_terms(anatomy: Anatomy, setup: Setup, size: Sizer, rows: int) -> Param
                 lookup_whole = max(lookup_whole, joined)
     return Params(total, trainable, largest, stacked, stacked_all, outside, gathered, whole_layer,
                    whole_outside, read_back, but_first, first, second, lookups, dense,
-                   zero_whole, zero_blocks, tied, head_whole, lookup_whole)
+                   zero_whole, zero_blocks, tied, head_whole, lookup_whole, zero_matmuls)
 
 
 def batch_split_gradients(anatomy: Anatomy, setup: Setup, size: Sizer) -> int:

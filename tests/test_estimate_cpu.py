@@ -1378,3 +1378,35 @@ def test_cpu_rounds_a_scanned_gpt_to_float32_with_microbatches(monkeypatch, d_mo
     assert abs(estimate(config).total_bytes / total - 1) < 0.10
     set_backend(monkeypatch, "cpu", rounds_scanned_float32_in_microbatches=False)
     assert estimate(config).total_bytes / total - 1 < -0.15
+
+
+def test_cpu_places_a_16_bit_relu_gradient_above_the_pooling_backward(monkeypatch):
+    """A bf16-mixed remat-full CNN of two blocks: XLA's heap places the first block's 16-bit
+    ReLU gradient above its pooling backward's float32 buffers, so XLA's total exceeds the
+    live peak by it. Within 5 % of XLA's total with the rule (+1.2 % measured), more than
+    10 % short without it (-12.4 %)."""
+    config = make_config(model={"kind": "cnn", "image_size": 64, "channels": [64, 32]},
+                         remat="full", precision="bf16-mixed", optimizer="adamw",
+                         data={"batch_size": 8, "microbatches": 1})
+    total = compiled_total(config)
+    assert abs(estimate(config).total_bytes / total - 1) < 0.05
+    set_backend(monkeypatch, "cpu", places_16bit_relu_gradient_above=False)
+    assert estimate(config).total_bytes / total - 1 < -0.10
+
+
+@pytest.mark.parametrize("remat", ["full", "dots"])
+def test_cpu_gathers_the_weights_twice_under_remat_and_fsdp(monkeypatch, remat):
+    """FSDP, a Python-loop GPT with its token table frozen, one example a device, under a
+    checkpointing policy: the backward's all-gathers are made early, so at the forward's end
+    every weight a matmul reads is whole twice. Within 5 % of XLA's total with the rule
+    (+0.8 %, +1 % measured), more than 20 % short without it (-28 %, -30 %)."""
+    config = make_config(model={"kind": "gpt", "num_layers": 3, "d_model": 256,
+                                "num_heads": 8, "seq_len": 64, "vocab_size": 4096,
+                                "mlp_ratio": 4, "stack": "loop"},
+                         remat=remat, precision="bf16-mixed", optimizer="adamw", target="cpu:8",
+                         sharding="fsdp", mesh={"fsdp": 8}, data={"batch_size": 8},
+                         freeze={"embeddings": True})
+    total = compiled_total(config)
+    assert abs(estimate(config).total_bytes / total - 1) < 0.05
+    set_backend(monkeypatch, "cpu", regathers_remat_weights=False)
+    assert estimate(config).total_bytes / total - 1 < -0.20
