@@ -321,6 +321,10 @@ def block_terms(blocks: Sequence[Block], setup: Setup, policy: RematPolicy, size
     stream_shared = (size.backend.except_shares_stream and shares and except_undone
                      and sum(b.count for b in blocks) > 1
                      and size.mesh.shape.get("tensor", 1) == 1)
+    # under 16-bit compute with a tensor axis, the kept operands of a block's MLP matmuls
+    # are kept rounded (``Backend.rounds_tensor_split_operands``)
+    split_operands = (size.backend.rounds_tensor_split_operands and not float32_layers
+                      and size.mesh.shape.get("tensor", 1) > 1)
     for n, block in enumerate(blocks):
         shared = ([t for t in block.values if t.block_input] * 2 if stream_shared
                   else shared_values(block, size))
@@ -331,6 +335,9 @@ def block_terms(blocks: Sequence[Block], setup: Setup, policy: RematPolicy, size
                                   False, frees_stages, slices_operands, except_undone)
         if rounds:
             kept_policy, kept_none = _rounded(kept_policy), _rounded(kept_none)
+        if split_operands:
+            kept_policy, kept_none = (_rounded_operands(block, k, "mlp")
+                                      for k in (kept_policy, kept_none))
         # what XLA recomputes past a collective of the recomputation (not merged with the
         # forward's values), kept as the configured policy keeps it
         past = _past_reduction(block, undone, size) if float32_layers else set()
@@ -486,6 +493,18 @@ def _rounded(kept: list[Tensor]) -> list[Tensor]:
     """``kept`` with its ``kept_rounded`` values in the configured 16-bit dtype (XLA:CPU
     rounds them where the forward makes them and keeps that copy)."""
     return [dataclasses.replace(t, dtype=ROUNDED) if t.kept_rounded and t.dtype == COMPUTE
+            else t for t in kept]
+
+
+def _rounded_operands(block: Block, kept: list[Tensor], stage: str | None = None) -> list[Tensor]:
+    """``kept`` with the operands of ``block``'s unbatched matmuls (of its ``stage``'s
+    only, where given) that are no batched matmul's output in the configured 16-bit dtype
+    (``Backend.rounds_tensor_split_operands``)."""
+    by_name = block.by_name()
+    read = {i for u in block.values if u.dot == "dot" for i in u.inputs
+            if i in by_name and by_name[i].dot != "batched"
+            and (stage is None or by_name[i].stage == stage)}
+    return [dataclasses.replace(t, dtype=ROUNDED) if t.name in read and t.dtype == COMPUTE
             else t for t in kept]
 
 

@@ -1410,3 +1410,19 @@ def test_cpu_gathers_the_weights_twice_under_remat_and_fsdp(monkeypatch, remat):
     assert abs(estimate(config).total_bytes / total - 1) < 0.05
     set_backend(monkeypatch, "cpu", regathers_remat_weights=False)
     assert estimate(config).total_bytes / total - 1 < -0.20
+
+
+def test_cpu_keeps_the_mlp_operands_rounded_with_a_tensor_axis(monkeypatch):
+    """bf16-mixed with a tensor axis: a loop encoder's blocks keep their MLP matmuls' operands
+    (the second norm's output, the MLP activation) in 16 bits. Within 8 % of XLA's total with
+    the rule (+4.6 % measured), more than 10 % over without it (+13.3 %)."""
+    config = make_config(model={"kind": "encoder", "num_layers": 8, "d_model": 256,
+                                "num_heads": 4, "seq_len": 256, "vocab_size": 1000,
+                                "mlp_ratio": 4, "stack": "loop"},
+                         remat="except:mlp_post_act", precision="bf16-mixed", optimizer="sgd",
+                         target="cpu:8", sharding="tp", mesh={"data": 2, "tensor": 4},
+                         data={"batch_size": 8, "microbatches": 1})
+    total = compiled_total(config)
+    assert abs(estimate(config).total_bytes / total - 1) < 0.08
+    set_backend(monkeypatch, "cpu", rounds_tensor_split_operands=False)
+    assert estimate(config).total_bytes / total - 1 > 0.10
