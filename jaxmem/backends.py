@@ -189,6 +189,8 @@ class Backend:
         microbatches: float32 kernel copies made at the start, the first forward a moment too.
       rounds_tensor_split_operands: 16-bit compute with a tensor axis: a block keeps its MLP
         matmuls' operands (the second norm's output, the MLP activation) rounded to 16 bits.
+      reduces_tied_zero_gradients_apart: float32 layers under FSDP, a tied table gathered whole:
+        its two whole gradients are two entries of the combined all-reduce (``tied_whole``).
 
     A Python-loop block's stages freeing their saved values once their backward is done is
     not a flag: every backend frees a value after its last use, and a loop block's values are
@@ -273,6 +275,7 @@ class Backend:
     shares_loop_norm_values: bool = False
     holds_loop_block_gradients: tuple[str, ...] = ()
     rounds_tensor_split_operands: bool = False
+    reduces_tied_zero_gradients_apart: bool = False
 
 
 BACKENDS: dict[str, Backend] = {
@@ -316,7 +319,7 @@ BACKENDS: dict[str, Backend] = {
                    pads_pooling_gradient=True, places_16bit_relu_gradient_above=True,
                    tied_head_gradient_after_loss=True, shares_loop_norm_values=True,
                    holds_loop_block_gradients=("sgd", "adamw", "lion"),
-                   rounds_tensor_split_operands=True),
+                   rounds_tensor_split_operands=True, reduces_tied_zero_gradients_apart=True),
     "gpu": Backend(),
     "tpu": Backend(tiles=True, fuses_loss_gradient=True, fuses_matmul_operands=True,
                    fuses_softmax_recompute=True,

@@ -552,7 +552,12 @@ def estimate(config: Config | Setup, name: str = "") -> Estimate:
         copies_of = 2 if c.data.microbatches == 1 else 3
         reducing = (f"where the gradients are all-reduced over the {zeroed} fsdp devices (a "
                     "parameter whose input is split by the batch has a whole gradient)")
-        moments[reducing] = (0, 0, 0, grads["block"][0] + copies_of * whole, 0)
+        # a gathered tied table's two whole gradients, reduced apart (float32 layers;
+        # Backend.reduces_tied_zero_gradients_apart)
+        apart = (backend.reduces_tied_zero_gradients_apart and float32_layers
+                 and (c.data.microbatches == 1 or not built_scanned))
+        tied_whole = 2 * p.tied_whole if apart else 0
+        moments[reducing] = (0, 0, 0, grads["block"][0] + copies_of * whole + tied_whole, 0)
         grads_why[reducing] = (f"{grads['block'][1]}; {copies_of} x the whole gradients of "
                                "the parameters fed by batch-split inputs (the gradient, the "
                                "all-reduce's output" + (", the gathered weight)" if copies_of

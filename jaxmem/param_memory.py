@@ -63,6 +63,8 @@ class Params(NamedTuple):
     # its ZeRO shards joined, whose gradient is reduced over the batch (not scattered into
     # the device's shard); 0 where none
     zero_matmuls: int  # zero_whole less the tables only a lookup reads (not gathered whole)
+    tied_whole: int  # a trainable tied token table's ZeRO shards joined, in the parameters'
+    # dtype, where the partitioner gathers it (its rows fewer than GATHER_RATIO x the tokens)
 
 
 def param_terms(anatomy: Anatomy, setup: Setup, size: Sizer, rows: int) -> Params:
@@ -73,6 +75,7 @@ def param_terms(anatomy: Anatomy, setup: Setup, size: Sizer, rows: int) -> Param
     total = trainable = largest = stacked = stacked_all = outside = gathered = 0
     whole_layer = whole_outside = read_back = but_first = first = second = lookups = 0
     dense = zero_whole = zero_blocks = tied = head_whole = lookup_whole = zero_matmuls = 0
+    tied_whole = 0
     zero = set(rules.zero)
     tied_path = anatomy.lm_head if anatomy.lm_head.endswith("/embedding") else None
     for path, shape in anatomy.params:
@@ -109,6 +112,8 @@ def param_terms(anatomy: Anatomy, setup: Setup, size: Sizer, rows: int) -> Param
         trainable += n
         if path == anatomy.lm_head and path.endswith("/embedding"):
             tied = n
+            if zero_split and max(unzeroed[-2:]) < GATHER_RATIO * rows:
+                tied_whole = size.nbytes(unzeroed, size.param)
         largest = max(largest, n)
         if not lookup:
             dense = max(dense, n)
@@ -136,7 +141,8 @@ def param_terms(anatomy: Anatomy, setup: Setup, size: Sizer, rows: int) -> Param
                 lookup_whole = max(lookup_whole, joined)
     return Params(total, trainable, largest, stacked, stacked_all, outside, gathered, whole_layer,
                    whole_outside, read_back, but_first, first, second, lookups, dense,
-                   zero_whole, zero_blocks, tied, head_whole, lookup_whole, zero_matmuls)
+                   zero_whole, zero_blocks, tied, head_whole, lookup_whole, zero_matmuls,
+                   tied_whole)
 
 
 def batch_split_gradients(anatomy: Anatomy, setup: Setup, size: Sizer) -> int:

@@ -1426,3 +1426,21 @@ def test_cpu_keeps_the_mlp_operands_rounded_with_a_tensor_axis(monkeypatch):
     assert abs(estimate(config).total_bytes / total - 1) < 0.08
     set_backend(monkeypatch, "cpu", rounds_tensor_split_operands=False)
     assert estimate(config).total_bytes / total - 1 > 0.10
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adamw"])
+def test_cpu_reduces_a_gathered_tied_tables_gradients_apart_under_fsdp(monkeypatch, optimizer):
+    """Float32 FSDP, a GPT whose tied table is gathered whole: its two whole gradients are
+    two entries of the combined all-reduce (the table four times there). Within 5 % of XLA's
+    total with the rule (+1.1 %, +1.0 % measured), more than 10 % short without (-13.7 %,
+    -12.5 %)."""
+    config = make_config(model={"kind": "gpt", "num_layers": 1, "d_model": 512,
+                                "num_heads": 8, "seq_len": 128, "vocab_size": 2048,
+                                "mlp_ratio": 4, "stack": "loop"},
+                         remat="none", precision="fp32", optimizer=optimizer, target="cpu:8",
+                         sharding="fsdp", mesh={"fsdp": 8},
+                         data={"batch_size": 16, "microbatches": 1})
+    total = compiled_total(config)
+    assert abs(estimate(config).total_bytes / total - 1) < 0.05
+    set_backend(monkeypatch, "cpu", reduces_tied_zero_gradients_apart=False)
+    assert estimate(config).total_bytes / total - 1 < -0.10
