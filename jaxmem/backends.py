@@ -128,6 +128,10 @@ class Backend:
         kernels to 16 bits, then widens them to float32 one by one; the entry holds both kinds.
       widens_into_state: optimizers also copying their state under ``widens_rounded_chain_at_entry``
         (lion), one device: the widened kernels go into the state buffers the copies freed.
+      places_chain_gradients_in_state: optimizers under ``widens_into_state``: their state copies
+        live through the backward, whose gradients go into donated argument buffers (no
+        temporaries of their own: not the largest gradient and its copy). Not a one-block
+        chain under a policy saving its matmul output (gradients made early, beside the copies).
       rereads_state_copies_with_microbatches: the same optimizers, one device, a 16-bit MLP chain
         under ``full`` with microbatches: accumulators in the donated state buffers.
       scatters_lookup_gradients: adds a lookup-only table's gradient into the accumulator in place;
@@ -249,6 +253,7 @@ class Backend:
     widens_rounded_chain_at_entry: bool = False
     widens_into_state: tuple[str, ...] = ()
     rereads_state_copies_with_microbatches: tuple[str, ...] = ()
+    places_chain_gradients_in_state: tuple[str, ...] = ()
     scatters_lookup_gradients: bool = False
     regathers_microbatch_weights: bool = False
     regathers_frozen_tied_head: bool = False
@@ -301,6 +306,7 @@ BACKENDS: dict[str, Backend] = {
                    slices_scanned_layer=True, float32_chain_copies=True,
                    chain_head_gradient_first=True, widens_into_state=("lion",),
                    rereads_state_copies_with_microbatches=("lion",),
+                   places_chain_gradients_in_state=("lion",),
                    dots_chain_rereads=True, widens_rounded_chain_at_entry=True,
                    scatters_lookup_gradients=True, regathers_microbatch_weights=True,
                    regathers_frozen_tied_head=True, regathers_remat_weights=True,

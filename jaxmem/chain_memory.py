@@ -14,6 +14,7 @@ import math
 
 import numpy as np
 
+from jaxmem.backends import Backend
 from jaxmem.block_memory import saveable
 from jaxmem.models.anatomy import Anatomy
 from jaxmem.remat import RematPolicy
@@ -149,3 +150,14 @@ def same_size_state_slots(anatomy: Anatomy, setup: Setup, size: Sizer) -> int:
     sizes = collections.Counter(local_bytes(p, anatomy, setup, size, size.param)
                                 for p, _ in anatomy.params)
     return sum((k - 1) * n for n, k in sizes.items())
+
+
+def gradients_in_state(anatomy: Anatomy, setup: Setup, backend: Backend,
+                       optimizer: str) -> bool:
+    """Whether, where an optimizer's state copies are made at the entry of a 16-bit chain's
+    step (``Backend.widens_into_state``), its state copies live through the backward and its
+    gradients go into donated argument buffers, no temporaries of their own
+    (``Backend.places_chain_gradients_in_state``): not a one-block chain under a policy
+    saving its matmul output, whose gradients are made early, beside the copies."""
+    return (optimizer in backend.places_chain_gradients_in_state
+            and (len(anatomy.blocks) > 1 or not saves_dots(anatomy, setup.remat)))

@@ -457,6 +457,11 @@ def estimate(config: Config | Setup, name: str = "") -> Estimate:
                        "widened to float32 one by one")
         moments[at_rounding] = (0, widest, 0, held, 0)
         grads_why[at_rounding] = "none yet" + ("; the optimizer state's copies" if held else "")
+        if held and chain_memory.gradients_in_state(anatomy, setup, backend,
+                                                  c.optimizer.name):
+            for k in (at_loss, in_block):  # the state copies, the gradients placed
+                moments[k], grads_why[k] = moments[k][:3] + (held,) + moments[k][4:], (
+                    f"{c.optimizer.name}'s state copies (gradients in donated buffers)")
     if reread_state:
         at_first_grad = ("where the chain's first kernel's gradient is made (the re-read "
                          "kernels' float32 copies are dead)")

@@ -1444,3 +1444,17 @@ def test_cpu_reduces_a_gathered_tied_tables_gradients_apart_under_fsdp(monkeypat
     assert abs(estimate(config).total_bytes / total - 1) < 0.05
     set_backend(monkeypatch, "cpu", reduces_tied_zero_gradients_apart=False)
     assert estimate(config).total_bytes / total - 1 < -0.10
+
+
+def test_cpu_places_a_chains_gradients_in_donated_buffers_beside_lions_copies(monkeypatch):
+    """A 16-bit MLP chain under lion: the state copies made at the entry live through the
+    backward, whose gradients go into donated buffers (no temporaries of their own). Within
+    5 % of XLA's total with the rule (0.0 % measured), more than 15 % over without (+19.5 %)."""
+    config = make_config(model={"kind": "mlp", "in_features": 256, "hidden": [2048, 2048],
+                                "out_features": 100},
+                         remat="full", precision="bf16-mixed", optimizer="lion",
+                         data={"batch_size": 2, "microbatches": 1})
+    total = compiled_total(config)
+    assert abs(estimate(config).total_bytes / total - 1) < 0.05
+    set_backend(monkeypatch, "cpu", places_chain_gradients_in_state=())
+    assert estimate(config).total_bytes / total - 1 > 0.15
