@@ -98,6 +98,11 @@ class Backend:
         this many rows (heads x queries on a device); 0: no limit, as in a scanned stack.
       keeps_one_head_batched_dots: in a loop stack, ``keeps_one_example_batched_dots`` at one head
         per device too, below ``loop_batched_dot_rows`` or under an undone ``except:*``.
+      except_keeps_batched_dots: in a loop stack, ``keeps_one_example_batched_dots`` at any rows
+        and heads where an ``except:*`` policy was undone (one example per device).
+      holds_softmax_forward: one example per device, a float32 Python-loop stack: the last
+        block's softmax forward is a moment: every earlier block's saved values, its own up to
+        the scores, two scores-sized workspaces under an undone ``except:*`` policy (else one).
       scan_residuals_by_policy: a scanned stack under a checkpointing policy keeps only what the
         policy saves: no ``keeps_one_example_batched_dots`` scores beside their softmax.
       except_shares_stream: ``shares_loop_backward`` under an undone ``except:*`` policy (over one
@@ -238,6 +243,8 @@ class Backend:
     keeps_one_example_batched_dots: bool = False
     loop_batched_dot_rows: int = 0
     keeps_one_head_batched_dots: bool = False
+    except_keeps_batched_dots: bool = False
+    holds_softmax_forward: bool = False
     scan_residuals_by_policy: bool = False
     except_shares_stream: bool = False
     keeps_reduced_matmul_outputs: bool = False
@@ -295,6 +302,7 @@ BACKENDS: dict[str, Backend] = {
                    gathers_lm_head=True,
                    fuses_outer_product_gradients=True, keeps_one_example_batched_dots=True,
                    loop_batched_dot_rows=4096, keeps_one_head_batched_dots=True,
+                   except_keeps_batched_dots=True, holds_softmax_forward=True,
                    scan_residuals_by_policy=True,
                    except_shares_stream=True,
                    keeps_reduced_matmul_outputs=True, accumulates_float32_in_place=True,

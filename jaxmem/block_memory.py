@@ -116,6 +116,9 @@ class Blocks:
     # or its ReLU's, before its kernel's gradient; the float32 transposed kernel copies held
     pooled: bool = False
     transposed_kernels: int = 0
+    # ``Backend.holds_softmax_forward``: the last block's softmax forward, with the saved
+    # values of the blocks before it and of its stages up to the scores
+    softmax_forward: int = 0
 
 
 def _narrowed(values: Sequence[Tensor], size: Sizer) -> list[Tensor]:
@@ -228,7 +231,8 @@ def _backend_kept(block: Block, kept: list[Tensor], size: Sizer, remat: bool,
         # one head per device (``Backend.keeps_one_head_batched_dots``): no row limit
         # under an undone ``except:*`` policy
         one_head = (backend.keeps_one_head_batched_dots and loop and 1 in local[1:-2])
-        limit = 0 if one_head and except_undone else row_limit
+        limit = 0 if except_undone and (one_head or backend.except_keeps_batched_dots) \
+            else row_limit
         if (scores and t.dot == "batched" and (local[0] == 1 or one_head)
                 and not (limit and math.prod(local[:-1]) >= limit)
                 and any(t.name in u.inputs for u in kept)):
@@ -313,7 +317,11 @@ def block_terms(blocks: Sequence[Block], setup: Setup, policy: RematPolicy, size
     # (``Backend.pools_before_kernel_gradient``)
     pooled = (rounds and size.backend.pools_before_kernel_gradient and bool(blocks)
               and all(b.pool_workspace for b in blocks))
-    transposed = widest_transposed = 0
+    transposed = widest_transposed = softmax_fwd = 0
+    # a float32 Python-loop block's softmax forward (``Backend.holds_softmax_forward``)
+    softmax_held = ((lambda b, k, u: softmax_forward(b, k, u, size, batch_is_compute))
+                    if size.backend.holds_softmax_forward and frees_stages and float32_layers
+                    else None)
     # under an ``except:`` policy, a loop block of a stack of several shares two
     # residual-stream-wide values with its forward, not the GELU's factors
     # (``Backend.except_shares_stream``)
@@ -431,6 +439,9 @@ def block_terms(blocks: Sequence[Block], setup: Setup, policy: RematPolicy, size
               if size.backend.dense_depthwise_gradient else 0)
         if dk and dk + (total if frees else 0) > dense[0] + (dense[1] if frees else 0):
             dense = (dk, total)
+        if softmax_held is not None:
+            softmax_fwd = max(softmax_fwd, total - kept_bytes(kept_values, size, batch_is_compute)
+                              + softmax_held(block, kept_values, undone))
         if held > largest:
             largest, workspace, widest, before, widest_freed = held, ws, block.name, total, freed
             widest_sliced = sliced
@@ -444,7 +455,25 @@ def block_terms(blocks: Sequence[Block], setup: Setup, policy: RematPolicy, size
     dense_next = dense_depthwise(blocks[widest_at + 1], kernels or {}, size) // 2 if late else 0
     return Blocks(total, offloaded, workspace + dense_next, widest,
                    before if frees else total, widest_freed, widest_sliced, dense[0],
-                   dense[1] if frees else total, dense_next, pooled, widest_transposed)
+                   dense[1] if frees else total, dense_next, pooled, widest_transposed,
+                   softmax_fwd)
+
+
+def softmax_forward(block: Block, kept: list[Tensor], undone: RematPolicy | None, size: Sizer,
+                    batch_is_compute: bool) -> int:
+    """What a Python-loop ``block``'s softmax forward holds of its own: its ``kept`` values of
+    the stages up to the scores' and the softmax's workspace: two scores-sized buffers where
+    the backend undid an ``except:*`` policy (its exponentials and normalised copy beside the
+    kept scores and softmax), else one (``Backend.holds_softmax_forward``); 0 without a
+    batched matmul whose output a softmax reads, or with more than one example a device."""
+    scores = [t for t in block.values if t.dot == "batched"
+              and any(t.name in u.inputs and not u.dot for u in block.values)]
+    if not scores or size.shard(scores[0].shape, scores[0].axes)[0] != 1:
+        return 0
+    dead = _later_stages(block, scores[0].stage)
+    own = kept_bytes([t for t in kept if t.stage not in dead], size, batch_is_compute)
+    workspace = 2 if undone is not None and undone.name.startswith("except:") else 1
+    return own + workspace * size.tensors(scores[:1])
 
 
 def _scan_stage(block: Block, stage: str, redo: list[Tensor], grads: list[Tensor],

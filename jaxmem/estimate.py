@@ -445,6 +445,10 @@ def estimate(config: Config | Setup, name: str = "") -> Estimate:
                  else grads["block"][1] + (
                      "; every trainable parameter's whole (unsharded) gradient, waiting for "
                      "the combined reduction" if waiting else "")}
+    if blocks.softmax_forward:  # (Backend.holds_softmax_forward)
+        at_softmax = "in the last block's softmax forward"
+        moments[at_softmax], grads_why[at_softmax] = (blocks.softmax_forward, copies, gathered,
+                                                      0, 0), "none yet"
     if (backend.widens_rounded_chain_at_entry and anatomy.chain and not float32_layers
             and setup.remat.checkpoint and c.data.microbatches == 1):
         # XLA:CPU rounds each block's kernel to 16 bits in a buffer of its own (remat only),
