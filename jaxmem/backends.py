@@ -163,6 +163,9 @@ class Backend:
         all-reduced over the batch as two entries, then added: its shard held four times there.
       scatters_sharded_lookup_gradients: a lookup-only table split over ``tensor`` has its gradient
         scattered into its shard: under FSDP not among ``all_reduces_zero_gradients``' whole ones.
+      scatters_zero_lookup_gradients: a lookup-only (untied) table ZeRO-split on its rows has its
+        gradient scattered into the device's shard too: no whole gradient (an encoder's 32000 x 256
+        table under fsdp=8 holds one (4000, 256) gradient buffer, scan or loop, with microbatches).
       looks_up_split_tables_unrounded: 16-bit compute: a tensor-split table's lookup reads the
         float32 parameter, no rounded copy (``float32_loop_copies`` leaves it out).
       dense_depthwise_gradient: computes a depthwise kernel's gradient as a dense ``k x k x C x C``
@@ -288,6 +291,7 @@ class Backend:
     holds_loop_block_gradients: tuple[str, ...] = ()
     rounds_tensor_split_operands: bool = False
     reduces_tied_zero_gradients_apart: bool = False
+    scatters_zero_lookup_gradients: bool = False
 
 
 BACKENDS: dict[str, Backend] = {
@@ -333,7 +337,8 @@ BACKENDS: dict[str, Backend] = {
                    pads_pooling_gradient=True, places_16bit_relu_gradient_above=True,
                    tied_head_gradient_after_loss=True, shares_loop_norm_values=True,
                    holds_loop_block_gradients=("sgd", "adamw", "lion"),
-                   rounds_tensor_split_operands=True, reduces_tied_zero_gradients_apart=True),
+                   rounds_tensor_split_operands=True, reduces_tied_zero_gradients_apart=True,
+                   scatters_zero_lookup_gradients=True),
     "gpu": Backend(),
     "tpu": Backend(tiles=True, fuses_loss_gradient=True, fuses_matmul_operands=True,
                    fuses_softmax_recompute=True,

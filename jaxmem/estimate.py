@@ -401,7 +401,7 @@ def estimate(config: Config | Setup, name: str = "") -> Estimate:
     # XLA applies most updates as their gradients are made; with it, see below.)
     at_loss = "where the backward starts (the loss gradient)"
     # under FSDP, whole gradients reduced over the fsdp devices (see the moment below)
-    whole = (batch_split_gradients(anatomy, setup, size)
+    whole = (batch_split_gradients(anatomy, setup, size, rows)
              if backend.all_reduces_zero_gradients and zeroed > 1 and not p.stacked else 0)
     # in a microbatch's backward, a Python-loop stack's whole gradients wait for the step's
     # combined reduction beside the activations (XLA:CPU); counted for every trainable

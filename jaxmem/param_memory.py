@@ -67,6 +67,40 @@ class Params(NamedTuple):
     # dtype, where the partitioner gathers it (its rows fewer than GATHER_RATIO x the tokens)
 
 
+def _scattered(size: Sizer, anatomy: Anatomy, path: str, spec: tuple[Any, ...],
+               zero: set[str], rows: int) -> bool:
+    """Whether a lookup table's gradient is scattered into the device's shard: split over a
+    non-ZeRO axis (its vocabulary over the tensor axis; ``scatters_sharded_lookup_gradients``),
+    or a lookup-only (untied) token table ZeRO-split on its rows, longer than the tokens of the
+    devices sharing it (``scatters_zero_lookup_gradients``; not a table looked up by position:
+    its gradient is reduced over the batch)."""
+    if path not in anatomy.lookups:
+        return False
+    axes = [a for e in spec for a in spec_axes(e)]
+    if size.backend.scatters_sharded_lookup_gradients and any(a not in zero for a in axes):
+        return True
+    return _scatters_zero_lookup(size, anatomy, path, spec, zero, rows)
+
+
+def _scatters_zero_lookup(size: Sizer, anatomy: Anatomy, path: str, spec: tuple[Any, ...],
+                          zero: set[str], rows: int) -> bool:
+    """``Backend.scatters_zero_lookup_gradients``: a lookup-only token table split by ZeRO
+    axes only, on its rows, and more rows than the tokens (``rows`` a device) of the devices
+    it is split over: neither gathered whole nor given a whole gradient."""
+    if not (size.backend.scatters_zero_lookup_gradients and path in anatomy.lookups
+            and path != anatomy.lm_head and path not in anatomy.positions):
+        return False
+    axes = [a for e in spec for a in spec_axes(e)]
+    ways = math.prod(size.mesh.shape[a] for a in spec_axes(spec[0]))
+    return (bool(axes) and all(a in zero for a in axes) and ways > 1
+            and _table_rows(anatomy, path) > rows * ways)
+
+
+def _table_rows(anatomy: Anatomy, path: str) -> int:
+    """A parameter's leading dimension (a table's rows)."""
+    return dict(anatomy.params)[path][0]
+
+
 def param_terms(anatomy: Anatomy, setup: Setup, size: Sizer, rows: int) -> Params:
     """The parameters' bytes per device; gathered: the whole parameter in the compute dtype
     less its shard, for each ZeRO-sharded weight the partitioner gathers."""
@@ -88,13 +122,15 @@ def param_terms(anatomy: Anatomy, setup: Setup, size: Sizer, rows: int) -> Param
                          for s, e in zip(local, spec, strict=True))
         head = size.backend.gathers_lm_head and path == anatomy.lm_head
         zero_split = any(a in zero for e in spec for a in spec_axes(e))
-        whole = size.nbytes(unzeroed, size.compute) if zero_split else 0
+        # a token table scattered into (looked up from) its shard is never gathered whole
+        scatters = _scatters_zero_lookup(size, anatomy, path, spec, zero, rows)
+        whole = size.nbytes(unzeroed, size.compute) if zero_split and not scatters else 0
         zero_whole += whole
         if path not in anatomy.lookups or path == anatomy.lm_head:
             zero_matmuls += whole
         if path.startswith(setup.config.model.BLOCKS_PATH or "\0"):
             zero_blocks += whole
-        if zero_split and (head or max(unzeroed[-2:]) < GATHER_RATIO * rows):
+        if zero_split and not scatters and (head or max(unzeroed[-2:]) < GATHER_RATIO * rows):
             extra = whole - size.nbytes(local, size.compute)
             if in_stack:  # a scanned stack gathers one layer per loop step
                 extra //= shape[0]
@@ -125,8 +161,7 @@ def param_terms(anatomy: Anatomy, setup: Setup, size: Sizer, rows: int) -> Param
         if path in anatomy.chain[1:2]:
             second = n
         joined = size.nbytes(unzeroed, size.param)
-        if (size.backend.scatters_sharded_lookup_gradients and path in anatomy.lookups
-                and any(a not in zero for e in spec for a in spec_axes(e))):
+        if _scattered(size, anatomy, path, spec, zero, rows):
             joined = n  # its lookup's gradient is scattered into this device's shard
         if in_stack:
             stacked += n
@@ -134,9 +169,7 @@ def param_terms(anatomy: Anatomy, setup: Setup, size: Sizer, rows: int) -> Param
         else:
             outside = max(outside, n)
             whole_outside = max(whole_outside, joined)
-            scattered = (size.backend.scatters_sharded_lookup_gradients
-                         and path in anatomy.lookups
-                         and any(a not in zero for e in spec for a in spec_axes(e)))
+            scattered = _scattered(size, anatomy, path, spec, zero, rows)
             if (path in anatomy.lookups or path == tied_path) and not scattered:
                 lookup_whole = max(lookup_whole, joined)
     return Params(total, trainable, largest, stacked, stacked_all, outside, gathered, whole_layer,
@@ -145,7 +178,7 @@ def param_terms(anatomy: Anatomy, setup: Setup, size: Sizer, rows: int) -> Param
                    tied_whole)
 
 
-def batch_split_gradients(anatomy: Anatomy, setup: Setup, size: Sizer) -> int:
+def batch_split_gradients(anatomy: Anatomy, setup: Setup, size: Sizer, rows: int) -> int:
     """The whole gradients of a matmul chain's kernels whose input is split by the batch,
     which the backward makes from each device's rows and all-reduces over the ZeRO devices.
 
@@ -165,10 +198,7 @@ def batch_split_gradients(anatomy: Anatomy, setup: Setup, size: Sizer) -> int:
             for s, e in zip(shape, spec, strict=True)), size.param)
 
     def scattered(path: str, spec: tuple[Any, ...]) -> bool:
-        # a lookup-only table split over a non-ZeRO axis (its vocabulary over the tensor
-        # axis): its gradient is scattered into the device's shard
-        return (size.backend.scatters_sharded_lookup_gradients and path in anatomy.lookups
-                and any(a not in zero for e in spec for a in spec_axes(e)))
+        return _scattered(size, anatomy, path, spec, zero, rows)
 
     if not anatomy.chain:
         return sum(joined(shape, spec) for path, shape in anatomy.params

@@ -555,7 +555,8 @@ def test_batch_split_inputs_give_whole_gradients(hidden, whole):
     anatomy = setup.config.model.anatomy(setup.build_options, 4)
     size = Sizer(setup.mesh, setup.rules, np.dtype("float32"),
                                   np.dtype("float32"), estimate_module.BACKENDS["cpu"])
-    assert param_memory.batch_split_gradients(anatomy, setup, size) == whole * 4
+    # (rows: a device's examples; an MLP has no lookup table whose gradient it decides)
+    assert param_memory.batch_split_gradients(anatomy, setup, size, rows=1) == whole * 4
 
 
 @pytest.mark.parametrize("remat,batch", [("dots", 4), ("none", 2)])
@@ -645,18 +646,21 @@ def test_tpu_recomputes_a_softmax_inside_the_fusions_reading_it(monkeypatch):
     assert estimate(config).total_bytes / peak - 1 > 0.25
 
 
-def test_a_zero_split_weight_sixteen_times_the_rows_is_not_gathered():
+def test_a_zero_split_lookup_table_longer_than_the_tokens_is_not_gathered():
     """XLA's partitioner moves the activations, not the weight, when a ZeRO-split weight is
-    16 or more times the rows it multiplies on a device: an fsdp encoder's 8192-token table
-    against 8 x 64 rows is not all-gathered (measured on XLA:CPU and XLA:TPU)."""
+    16 or more times the rows it multiplies on a device (``GATHER_RATIO``); a lookup-only
+    table with more rows than the tokens of the devices sharing it is not gathered either
+    (its lookup reads the local rows: ``Backend.scatters_zero_lookup_gradients``). An fsdp
+    encoder's 8192-token table against 8 x 64 and 9 x 64 rows a device (4096 and 4608 tokens
+    over the 8 devices): not gathered at either; the estimate within 2 % of XLA's total at 9
+    (-0.8 % measured, +18 % when the table was counted gathered)."""
     model = {"kind": "encoder", "num_layers": 2, "d_model": 64, "num_heads": 2,
              "seq_len": 64, "vocab_size": 8192, "mlp_ratio": 4, "stack": "loop"}
 
-    def gathered(batch):
-        return estimate(make_config(model=model, target="cpu:8", sharding="fsdp",
-                                    mesh={"fsdp": 8}, precision="fp32",
-                                    data={"batch_size": batch})).term("gathered parameters")
+    def config(batch):
+        return make_config(model=model, target="cpu:8", sharding="fsdp", mesh={"fsdp": 8},
+                           precision="fp32", data={"batch_size": batch})
 
-    # 8 rows of 64 tokens a device: 512 rows, the table 16 x 512 = 8192 long: not gathered;
-    # 9 rows: 576 rows, gathered (its whole float32 table less the shard)
-    assert gathered(72) - gathered(64) == 8192 * 64 * 4 * 7 // 8
+    gathered = [estimate(config(b)).term("gathered parameters") for b in (64, 72)]
+    assert gathered[0] == gathered[1]
+    assert abs(estimate(config(72)).total_bytes / compiled_total(config(72)) - 1) < 0.02

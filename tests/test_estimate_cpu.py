@@ -1480,3 +1480,21 @@ def test_cpu_keeps_the_scores_and_holds_the_softmax_forward_under_except(monkeyp
     assert estimate(config).total_bytes < e
     set_backend(monkeypatch, "cpu", except_keeps_batched_dots=False)
     assert estimate(config).total_bytes / total - 1 < -0.20
+
+
+@pytest.mark.parametrize("stack", ["loop", "scan"])
+def test_cpu_scatters_a_zero_split_lookup_tables_gradient_into_its_shard(monkeypatch, stack):
+    """FSDP, an encoder whose lookup-only token table has more rows than the tokens of the
+    devices sharing it: the lookup reads the local rows and its gradient is scattered into the
+    shard (never gathered whole, no whole gradient). Within 7 % of XLA's total with the rule
+    (-4.2 %, +5.9 % measured), more than 30 % over without it (+47.5 %, +36 %)."""
+    config = make_config(model={"kind": "encoder", "num_layers": 3, "d_model": 256,
+                                "num_heads": 4, "seq_len": 64, "vocab_size": 16384,
+                                "mlp_ratio": 2, "stack": stack},
+                         remat="dots_no_batch", precision="fp32", optimizer="lion",
+                         target="cpu:8", sharding="fsdp", mesh={"fsdp": 8},
+                         data={"batch_size": 256, "microbatches": 4})
+    total = compiled_total(config)
+    assert abs(estimate(config).total_bytes / total - 1) < 0.07
+    set_backend(monkeypatch, "cpu", scatters_zero_lookup_gradients=False)
+    assert estimate(config).total_bytes / total - 1 > 0.30

@@ -180,6 +180,8 @@ class Anatomy:
         embedding table it is tied to).
       lookups: parameters read only by a table lookup (embeddings not tied to a head): no
         matmul reads them (XLA:CPU's float32 loop copies leave them out).
+      positions: of those, the tables looked up by position (the same rows for every example):
+        their gradient is a reduction over the batch, not a scatter of the tokens' rows.
     """
 
     params: tuple[tuple[str, tuple[int, ...]], ...]
@@ -194,6 +196,7 @@ class Anatomy:
     chain: tuple[str, ...] = ()
     lm_head: str = ""
     lookups: tuple[str, ...] = ()
+    positions: tuple[str, ...] = ()
 
     def forward_flops(self) -> int:
         """FLOPs of one forward pass (matmuls and convolutions)."""

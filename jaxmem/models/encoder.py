@@ -44,6 +44,7 @@ class EncoderConfig(TransformerConfig):
             example=(((self.seq_len,), "int32"), ((), "int32")),
             outside_flops=2 * B * self.d_model * C,
             lookups=self.lookup_tables(opts),
+            positions=self.position_tables(opts),
         )
 
     def build(self, opts: BuildOptions) -> Workload:

@@ -95,6 +95,7 @@ class GPTConfig(TransformerConfig):
             outside_recompute_flops=0 if self.loss_chunks == 1 else 2 * B * L * self.d_model * V,
             lm_head=lm_head,
             lookups=self.lookup_tables(opts, lm_head),
+            positions=self.position_tables(opts),
         )
 
     def build(self, opts: BuildOptions) -> Workload:

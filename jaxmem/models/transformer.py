@@ -166,6 +166,10 @@ class TransformerConfig(ModelConfig):
         return tuple(p for p, _ in self.trunk_params(opts)
                      if p.endswith("/embedding") and p != lm_head)
 
+    def position_tables(self, opts: BuildOptions) -> tuple[str, ...]:
+        """The trunk's embedding tables looked up by position (``arange(L)``), not by token."""
+        return tuple(p for p, _ in self.trunk_params(opts) if p.startswith("trunk/pos/"))
+
     def block_anatomy(self, opts: BuildOptions, batch: int, causal: bool) -> anatomy.Block:
         """One block's forward values for a (micro)batch of ``batch`` sequences."""
         return block_anatomy(self, opts, batch, causal)
