@@ -148,6 +148,10 @@ class Backend:
       regathers_microbatch_weights: microbatches, FSDP (no tensor axis): a loop transformer
         re-gathers its weights early in the loop body: all of them under 16-bit compute; in float32
         the blocks' where a matmul is recomputed.
+      regathers_split_microbatch_weights: the same under FSDP x tensor, float32 layers, any
+        checkpointing policy (undone or not; not ``none``): every gathered weight a matmul reads
+        (the LM head too, not lookup-only tables) whole twice in the loop body from the
+        backward's start (the forward's all-gather and the backward's, made early).
       copies_scanned_operands: a scanned stack's backward loop copies the layer's saved matmul
         operands (``block_memory.operand_slices``) out of the stacked residuals (under a policy).
       copies_scanned_operands_without_remat: ``copies_scanned_operands`` without remat too, no
@@ -266,6 +270,7 @@ class Backend:
     places_chain_gradients_in_state: tuple[str, ...] = ()
     scatters_lookup_gradients: bool = False
     regathers_microbatch_weights: bool = False
+    regathers_split_microbatch_weights: bool = False
     regathers_frozen_tied_head: bool = False
     regathers_remat_weights: bool = False
     copies_scanned_operands: bool = False
@@ -321,6 +326,7 @@ BACKENDS: dict[str, Backend] = {
                    places_chain_gradients_in_state=("lion",),
                    dots_chain_rereads=True, widens_rounded_chain_at_entry=True,
                    scatters_lookup_gradients=True, regathers_microbatch_weights=True,
+                   regathers_split_microbatch_weights=True,
                    regathers_frozen_tied_head=True, regathers_remat_weights=True,
                    copies_scanned_operands=True, copies_scanned_operands_without_remat=True,
                    remat_past_reduction_rows=4096,

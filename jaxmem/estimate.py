@@ -571,10 +571,12 @@ def estimate(config: Config | Setup, name: str = "") -> Estimate:
                                "the parameters fed by batch-split inputs (the gradient, the "
                                "all-reduce's output" + (", the gathered weight)" if copies_of
                                                         == 3 else ")"))
-    if (backend.regathers_microbatch_weights and c.data.microbatches > 1 and python_loop
-            and transformer and zeroed > 1 and mesh.shape.get("tensor", 1) == 1
-            and not (float32_layers
-                     and not redoes_matmuls(anatomy.blocks, undone_policy, size))):
+    split = mesh.shape.get("tensor", 1) > 1
+    if (c.data.microbatches > 1 and python_loop and transformer and zeroed > 1 and (
+            (backend.regathers_split_microbatch_weights and split and float32_layers
+             and setup.remat.checkpoint)
+            or (backend.regathers_microbatch_weights and not split and not (
+                float32_layers and not redoes_matmuls(anatomy.blocks, undone_policy, size))))):
         # in the microbatch loop's body, the backward's matmuls all-gather the ZeRO-split
         # weights again (16-bit compute, or a remat policy's recomputation: XLA:CPU), early,
         # beside the forward's gathered weights kept for the backward: every ZeRO-split
@@ -583,7 +585,10 @@ def estimate(config: Config | Setup, name: str = "") -> Estimate:
                          "for the backward")
         # (float32 layers: the blocks' weights only, gathered again for their recomputation)
         again = p.zero_blocks if float32_layers else p.zero_whole
-        moments[regathered_at] = (saved_all, copies, p.zero_whole + again, grads["loss"][0],
+        # (FSDP x tensor: the gathered weights a matmul reads, whole twice;
+        # Backend.regathers_split_microbatch_weights)
+        twice = 2 * p.gathered_whole if split else p.zero_whole + again
+        moments[regathered_at] = (saved_all, copies, twice, grads["loss"][0],
                                   loss + split_copy)
         grads_why[regathered_at] = grads["loss"][1]
     if (backend.regathers_remat_weights and c.data.microbatches == 1 and python_loop

@@ -65,6 +65,7 @@ class Params(NamedTuple):
     zero_matmuls: int  # zero_whole less the tables only a lookup reads (not gathered whole)
     tied_whole: int  # a trainable tied token table's ZeRO shards joined, in the parameters'
     # dtype, where the partitioner gathers it (its rows fewer than GATHER_RATIO x the tokens)
+    gathered_whole: int  # those ``gathered`` counts that a matmul reads, whole (compute dtype)
 
 
 def _scattered(size: Sizer, anatomy: Anatomy, path: str, spec: tuple[Any, ...],
@@ -109,7 +110,7 @@ def param_terms(anatomy: Anatomy, setup: Setup, size: Sizer, rows: int) -> Param
     total = trainable = largest = stacked = stacked_all = outside = gathered = 0
     whole_layer = whole_outside = read_back = but_first = first = second = lookups = 0
     dense = zero_whole = zero_blocks = tied = head_whole = lookup_whole = zero_matmuls = 0
-    tied_whole = 0
+    tied_whole = gathered_whole = 0
     zero = set(rules.zero)
     tied_path = anatomy.lm_head if anatomy.lm_head.endswith("/embedding") else None
     for path, shape in anatomy.params:
@@ -135,6 +136,8 @@ def param_terms(anatomy: Anatomy, setup: Setup, size: Sizer, rows: int) -> Param
             if in_stack:  # a scanned stack gathers one layer per loop step
                 extra //= shape[0]
             gathered += extra
+            if path not in anatomy.lookups or path == anatomy.lm_head:
+                gathered_whole += whole
             if head:
                 head_whole = whole
         if in_stack:
@@ -175,7 +178,7 @@ def param_terms(anatomy: Anatomy, setup: Setup, size: Sizer, rows: int) -> Param
     return Params(total, trainable, largest, stacked, stacked_all, outside, gathered, whole_layer,
                    whole_outside, read_back, but_first, first, second, lookups, dense,
                    zero_whole, zero_blocks, tied, head_whole, lookup_whole, zero_matmuls,
-                   tied_whole)
+                   tied_whole, gathered_whole)
 
 
 def batch_split_gradients(anatomy: Anatomy, setup: Setup, size: Sizer, rows: int) -> int:

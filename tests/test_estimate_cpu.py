@@ -1498,3 +1498,21 @@ def test_cpu_scatters_a_zero_split_lookup_tables_gradient_into_its_shard(monkeyp
     assert abs(estimate(config).total_bytes / total - 1) < 0.07
     set_backend(monkeypatch, "cpu", scatters_zero_lookup_gradients=False)
     assert estimate(config).total_bytes / total - 1 > 0.30
+
+
+@pytest.mark.parametrize("remat", ["except:mlp_post_act", "save:query+key+value"])
+def test_cpu_gathers_the_weights_twice_in_a_microbatch_under_fsdp_and_tp(monkeypatch, remat):
+    """FSDP x tensor, float32 layers, microbatches, a checkpointing policy: in the microbatch
+    loop's body every gathered weight a matmul reads is whole twice from the backward's start.
+    Within 7 % of XLA's total with the rule (+5.0 %, +1.5 % measured), more than 10 % short
+    without it (-13.9 %, -18.5 %)."""
+    config = make_config(model={"kind": "gpt", "num_layers": 3, "d_model": 384,
+                                "num_heads": 8, "seq_len": 64, "vocab_size": 16000,
+                                "mlp_ratio": 2, "stack": "loop"},
+                         remat=remat, precision="fp32", optimizer="sgd", target="cpu:8",
+                         sharding="fsdp+tp", mesh={"fsdp": 2, "tensor": 4},
+                         data={"batch_size": 32, "microbatches": 2})
+    total = compiled_total(config)
+    assert abs(estimate(config).total_bytes / total - 1) < 0.07
+    set_backend(monkeypatch, "cpu", regathers_split_microbatch_weights=False)
+    assert estimate(config).total_bytes / total - 1 < -0.10
