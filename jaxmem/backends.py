@@ -121,6 +121,10 @@ class Backend:
         through a microbatch's backward, for the combined reduction.
       slices_scanned_layer: a scanned stack's backward loop copies its layer's float32 parameters
         out of the stacked ones, held through the layer's backward (16-bit: slices its 16-bit copy).
+      holds_scanned_layer_gradients: 16-bit compute, a scanned stack, no microbatches or ZeRO: the
+        backward loop's body makes its layer's float32 weight gradients in buffers of their own
+        before writing them into the stacked ones; reduced over the batch (data parallelism), their
+        all-reduce's output beside them too (not with ``copies_scanned_16bit_state``).
       float32_loop_copies: 16-bit compute: a loop transformer's matmuls read float32 rounded
         parameter copies, kept for the backward (not scan, MLP chain, conv, microbatches or ZeRO).
       float32_chain_copies: 16-bit compute, no remat: an MLP chain compiles as in float32 (float32
@@ -261,6 +265,7 @@ class Backend:
     stack_gradients_in_loop: bool = False
     loop_whole_gradients: bool = False
     slices_scanned_layer: bool = False
+    holds_scanned_layer_gradients: bool = False
     float32_chain_copies: bool = False
     chain_head_gradient_first: bool = False
     dots_chain_rereads: bool = False
@@ -320,7 +325,8 @@ BACKENDS: dict[str, Backend] = {
                    copies_state_with_microbatches=("lion",),
                    one_pass_frozen_head_loss=True,
                    float32_loop_copies=True, loop_whole_gradients=True,
-                   slices_scanned_layer=True, float32_chain_copies=True,
+                   slices_scanned_layer=True, holds_scanned_layer_gradients=True,
+                   float32_chain_copies=True,
                    chain_head_gradient_first=True, widens_into_state=("lion",),
                    rereads_state_copies_with_microbatches=("lion",),
                    places_chain_gradients_in_state=("lion",),

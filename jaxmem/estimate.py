@@ -86,6 +86,7 @@ from jaxmem.param_memory import (
     held_block_gradients,
     param_terms,
     regathered_kernels,
+    scanned_layer_gradients,
 )
 from jaxmem.setup import Setup, as_setup
 from jaxmem.sizing import Sizer
@@ -413,6 +414,7 @@ def estimate(config: Config | Setup, name: str = "") -> Estimate:
     layer_slice = (p.stacked_all // layers
                    if backend.slices_scanned_layer and anatomy.scanned and float32_layers
                    else 0)
+    layer_grads = scanned_layer_gradients(p, setup, size, anatomy.scanned and not float32_layers)
     # the microbatch split (``grads.split_microbatches``: every k-th example into microbatch
     # k) as a transposed copy of the batch, read through the microbatch loop
     split_copy = batch if backend.copies_microbatch_split and c.data.microbatches > 1 else 0
@@ -422,6 +424,7 @@ def estimate(config: Config | Setup, name: str = "") -> Estimate:
                 "gradients" + ("; the saved values of its later stages are freed"
                                if blocks.freed else "")
                 + ("; its layer's weights copied out of the stack" if layer_slice else "")
+                + ("; its layer's float32 weight gradients" if layer_grads else "")
                 + ("; its kept matmul operands copied out of the stack" if blocks.sliced
                    else "")
                 + ")" + split_why)
@@ -438,7 +441,7 @@ def estimate(config: Config | Setup, name: str = "") -> Estimate:
                    blocks.transposed_kernels if pooled_alone
                    else copies + reread_16 + reread_32,
                    gathered, 0 if pooled_alone else grads["block"][0] + waiting,
-                   blocks.recompute + layer_slice + split_copy),
+                   blocks.recompute + layer_slice + layer_grads + split_copy),
     }
     grads_why = {at_loss: grads["loss"][1],
                  in_block: "none (the block's kernel gradient is made after)" if pooled_alone

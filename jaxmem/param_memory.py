@@ -23,6 +23,7 @@ import math
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
+from jaxmem import sharding
 from jaxmem.models.anatomy import Anatomy
 from jaxmem.setup import Setup
 from jaxmem.sizing import Sizer, local_shape, param_spec, spec_axes
@@ -179,6 +180,21 @@ def param_terms(anatomy: Anatomy, setup: Setup, size: Sizer, rows: int) -> Param
                    whole_outside, read_back, but_first, first, second, lookups, dense,
                    zero_whole, zero_blocks, tied, head_whole, lookup_whole, zero_matmuls,
                    tied_whole, gathered_whole)
+
+
+def scanned_layer_gradients(p: Params, setup: Setup, size: Sizer, scanned_16bit: bool) -> int:
+    """A 16-bit scanned layer's float32 weight gradients, made in its backward loop's body
+    before they are written into the stack's, and, where they are all-reduced over
+    data-parallel devices, that all-reduce's output (``Backend.holds_scanned_layer_gradients``;
+    not with microbatches, ZeRO, or an optimizer copying its state before the loop).
+    ``scanned_16bit``: a scanned stack of more than one layer under 16-bit compute."""
+    c, backend, shape = setup.config, size.backend, size.mesh.shape
+    batch = {a: n for a, n in shape.items() if a in sharding.BATCH_AXES}
+    if (not (backend.holds_scanned_layer_gradients and scanned_16bit) or c.data.microbatches > 1
+            or c.optimizer.name in backend.copies_scanned_16bit_state
+            or math.prod(n for a, n in batch.items() if a in setup.rules.zero) > 1):
+        return 0
+    return p.whole_layer * (2 if math.prod(batch.values()) > 1 else 1)
 
 
 def batch_split_gradients(anatomy: Anatomy, setup: Setup, size: Sizer, rows: int) -> int:

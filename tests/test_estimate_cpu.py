@@ -1516,3 +1516,19 @@ def test_cpu_gathers_the_weights_twice_in_a_microbatch_under_fsdp_and_tp(monkeyp
     assert abs(estimate(config).total_bytes / total - 1) < 0.07
     set_backend(monkeypatch, "cpu", regathers_split_microbatch_weights=False)
     assert estimate(config).total_bytes / total - 1 < -0.10
+
+
+def test_cpu_holds_a_scanned_layers_float32_gradients_and_their_all_reduce(monkeypatch):
+    """A bf16-mixed scanned encoder over 8 data-parallel devices: the backward loop's body
+    holds its layer's float32 weight gradients and their all-reduce's outputs. Within 7 % of
+    XLA's total with the rule (+4.0 % measured), more than 10 % short without it (-12.7 %)."""
+    config = make_config(model={"kind": "encoder", "num_layers": 2, "d_model": 512,
+                                "num_heads": 8, "seq_len": 64, "vocab_size": 256,
+                                "mlp_ratio": 2, "stack": "scan"},
+                         remat="dots", precision="bf16-mixed", optimizer="adamw", target="cpu:8",
+                         sharding="dp", mesh={"data": 8},
+                         data={"batch_size": 16, "microbatches": 1})
+    total = compiled_total(config)
+    assert abs(estimate(config).total_bytes / total - 1) < 0.07
+    set_backend(monkeypatch, "cpu", holds_scanned_layer_gradients=False)
+    assert estimate(config).total_bytes / total - 1 < -0.10
