@@ -211,6 +211,10 @@ class Backend:
         matmuls' operands (the second norm's output, the MLP activation) rounded to 16 bits.
       reduces_tied_zero_gradients_apart: float32 layers under FSDP, a tied table gathered whole:
         its two whole gradients are two entries of the combined all-reduce (``tied_whole``).
+      reduces_gradients_before_update: a float32 MLP chain over data-parallel devices (no ZeRO)
+        all-reduces each kernel's gradient before its update: no update fused (XLA:TPU).
+      recomputes_16bit_whole: 16-bit compute: a value recomputed ``recomputed_as`` (a conv
+        block's ReLU input, remat full) is made whole, its gradient written over it (XLA:TPU).
 
     A Python-loop block's stages freeing their saved values once their backward is done is
     not a flag: every backend frees a value after its last use, and a loop block's values are
@@ -302,6 +306,8 @@ class Backend:
     rounds_tensor_split_operands: bool = False
     reduces_tied_zero_gradients_apart: bool = False
     scatters_zero_lookup_gradients: bool = False
+    reduces_gradients_before_update: bool = False
+    recomputes_16bit_whole: bool = False
 
 
 BACKENDS: dict[str, Backend] = {
@@ -357,5 +363,6 @@ BACKENDS: dict[str, Backend] = {
                    fuses_gradient_update=True, narrows_matmul_operands=True,
                    accumulates_in_place=True, frees_outside_first=True,
                    frees_saved_in_backward=True, recomputes_by_stage=True,
-                   slices_sharded_convs=True, stack_gradients_in_loop=True),
+                   slices_sharded_convs=True, stack_gradients_in_loop=True,
+                   reduces_gradients_before_update=True, recomputes_16bit_whole=True),
 }

@@ -163,6 +163,10 @@ def _fused_recompute(redo: list[Tensor], kept: set[str], backend: Backend,
         if t.recomputed_as and set(t.inputs) <= kept:
             read.add(t.name)
             continue
+        if t.recomputed_as and backend.recomputes_16bit_whole and not float32_layers:
+            read.add(t.name)  # (Backend.recomputes_16bit_whole)
+            out.append(t)
+            continue
         out.append(dataclasses.replace(t, dtype=t.recomputed_as) if t.recomputed_as else t)
     return out, read
 

@@ -272,15 +272,18 @@ def estimate(config: Config | Setup, name: str = "") -> Estimate:
         # second layout for the head's gradient matmul)
         loss_values = loss_values[:1]
     loss = size.tensors(loss_values)
-    # an update waits for every gradient under loss scaling (the finite check) and leaves
-    # the device with offloaded optimizer state: no fusion into the gradients' matmuls
-    fused_updates = (backend.fuses_gradient_update and not setup.precision.loss_scaling
-                     and not c.optimizer.offload)
     # one row per device and microbatch: each weight gradient is an outer product (under
     # 16-bit compute it is rounded to 16 bits first, in a buffer of its own; under ZeRO a
     # kernel split on its output dimension multiplies the whole microbatch's rows)
     zeroed = math.prod(n for a, n in mesh.shape.items()
                        if a in sharding.BATCH_AXES and a in setup.rules.zero)
+    # an update waits for every gradient under loss scaling (the finite check) and leaves
+    # the device with offloaded optimizer state: no fusion into the gradients' matmuls; nor
+    # (Backend.reduces_gradients_before_update) where a float32 chain's are all-reduced
+    fused_updates = (backend.fuses_gradient_update and not setup.precision.loss_scaling
+                     and not c.optimizer.offload and not (
+                         backend.reduces_gradients_before_update and ways > 1 and zeroed == 1
+                         and float32_layers and bool(anatomy.chain)))
     # an MLP chain without remat under 16-bit compute: compiled as in float32 layers, from
     # float32 rounded copies of the parameters (XLA:CPU)
     float32_chain = bool(backend.float32_chain_copies and anatomy.chain

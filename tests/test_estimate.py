@@ -625,6 +625,43 @@ def test_tpu_makes_a_scanned_stacks_gradients_after_the_loss_gradient(monkeypatc
     assert estimate(config).total_bytes / peak - 1 > 0.10
 
 
+def _libtpu_peak(config) -> int:
+    """libtpu's peak for ``config``'s step compiled on its virtual TPU target."""
+    from jaxmem.measure import fits_figure
+
+    program = build_program(jaxmem.resolve(config))
+    return fits_figure(compiled_memory(program.step, *program.abstract_args))[1]
+
+
+@pytest.mark.tpu_target
+def test_tpu_reduces_a_float32_chains_gradients_before_their_updates(monkeypatch):
+    """A float32 MLP over data-parallel TPU chips all-reduces each kernel's gradient before its
+    update (no update fused into the gradient's matmul): the largest gradient is made. Within
+    6 % of libtpu's peak with the rule (+3.3 % measured), more than 10 % short without (-15 %)."""
+    config = make_config(model={"kind": "mlp", "in_features": 1024, "hidden": [4096, 8192],
+                                "out_features": 1000},
+                         target="tpu:v5e:2x2", sharding="dp", mesh={"data": 4}, remat="none",
+                         precision="fp32", optimizer="adamw", data={"batch_size": 2048})
+    peak = _libtpu_peak(config)
+    assert abs(estimate(config).total_bytes / peak - 1) < 0.06
+    set_backend(monkeypatch, "tpu", reduces_gradients_before_update=False)
+    assert estimate(config).total_bytes / peak - 1 < -0.10
+
+
+@pytest.mark.tpu_target
+def test_tpu_recomputes_a_16_bit_conv_output_whole_and_writes_its_gradient_over_it(monkeypatch):
+    """bf16-mixed remat full on TPU: a conv block's recomputed ReLU input is made whole in
+    16 bits and its gradient written into the same buffer (no mask beside it). Within 5 % of
+    libtpu's peak with the rule (0.0 % measured), more than 20 % over without (+37 %)."""
+    config = make_config(model={"kind": "cnn", "image_size": 224, "channels": [128, 128]},
+                         target="tpu:v5e:2x2", remat="full", precision="bf16-mixed",
+                         optimizer="adamw", data={"batch_size": 32})
+    peak = _libtpu_peak(config)
+    assert abs(estimate(config).total_bytes / peak - 1) < 0.05
+    set_backend(monkeypatch, "tpu", recomputes_16bit_whole=False)
+    assert estimate(config).total_bytes / peak - 1 > 0.20
+
+
 
 
 def test_tpu_recomputes_a_softmax_inside_the_fusions_reading_it(monkeypatch):
