@@ -79,6 +79,7 @@ from jaxmem.block_memory import (
 )
 from jaxmem.config import Config
 from jaxmem.errors import ConfigError, Unsupported
+from jaxmem.estimate_result import ARGUMENT_TERMS, Estimate, Term
 from jaxmem.gradient_memory import live_gradients
 from jaxmem.models.anatomy import Anatomy, Tensor
 from jaxmem.param_memory import (
@@ -92,70 +93,8 @@ from jaxmem.setup import Setup, as_setup
 from jaxmem.sizing import Sizer
 from jaxmem.step import make_objective
 
-
-@dataclasses.dataclass(frozen=True)
-class Term:
-    """One line of an estimate, per device.
-
-    Attributes:
-      name: what it is (``parameters``, ``saved activations``, ...).
-      bytes: its size on one device.
-      detail: how it was computed, in words a user can check.
-      counted: part of ``total_bytes`` (host-memory terms are listed, not counted).
-    """
-
-    name: str
-    bytes: int
-    detail: str = ""
-    counted: bool = True
-
-
-#: the terms that are the step's arguments, exact: the same shapes and shardings the step is
-#: compiled with (the rest, activations, gradients and transients, is what can be off)
-ARGUMENT_TERMS = ("parameters", "optimizer state", "batch")
-
-
-@dataclasses.dataclass(frozen=True)
-class Estimate:
-    """An analytic per-device estimate of one configuration's step.
-
-    Attributes:
-      name: the configuration's name.
-      total_bytes: the counted terms' sum (comparable with ``compiled.total_bytes``).
-      terms: every term, in the order they are added.
-      platform: the backend the estimate is for (``cpu``, ``tpu``, ``gpu``).
-      seconds: how long the estimate took.
-    """
-
-    name: str
-    total_bytes: int
-    terms: tuple[Term, ...]
-    platform: str
-    seconds: float
-
-    def term(self, name: str) -> int:
-        """Bytes of the term called ``name`` (0 if absent)."""
-        return sum(t.bytes for t in self.terms if t.name == name)
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready: ``name``, ``total_bytes``, ``platform``, ``terms`` (name -> bytes) and
-        ``details`` (name -> how)."""
-        return {"name": self.name, "total_bytes": self.total_bytes, "platform": self.platform,
-                "terms": {t.name: t.bytes for t in self.terms},
-                "details": {t.name: t.detail for t in self.terms}}
-
-    def record(self, compiled_total: int | None = None) -> dict[str, Any]:
-        """The ``estimate`` section of a record: ``total_bytes``, ``<term>_bytes``,
-        ``seconds`` and, given the compiled total, ``error`` (estimate / compiled - 1)."""
-        out: dict[str, Any] = {"total_bytes": self.total_bytes}
-        for t in self.terms:
-            if t.counted:
-                out[t.name.replace(" ", "_") + "_bytes"] = t.bytes
-        if compiled_total:
-            out["error"] = self.total_bytes / compiled_total - 1
-        out["seconds"] = self.seconds
-        return out
-
+# the result types live in jaxmem.estimate_result; re-exported here
+__all__ = ["ARGUMENT_TERMS", "Estimate", "Term", "estimate", "mesh_shape", "traced_anatomy"]
 
 # ----------------------------------------------------------------------- the estimate
 #: optimizer state per trainable parameter value, in units of the parameter (factored
