@@ -176,6 +176,9 @@ class Backend:
         table under fsdp=8 holds one (4000, 256) gradient buffer, scan or loop, with microbatches).
       looks_up_split_tables_unrounded: 16-bit compute: a tensor-split table's lookup reads the
         float32 parameter, no rounded copy (``float32_loop_copies`` leaves it out).
+      looks_up_tensor_split_zero_tables: FSDP x tensor: a lookup-only table whose rows are
+        tensor-split, its columns ZeRO-split, is looked up from its shard (the ids all-gathered):
+        no whole table, no rounded copy (``looks_up_split_tables_unrounded`` extended to it).
       dense_depthwise_gradient: computes a depthwise kernel's gradient as a dense ``k x k x C x C``
         float32 conv, then a masked copy: ``2 x k*k*C*C`` floats held (``Blocks.dense_kernel``).
       masks_depthwise_late_under_16bit: 16-bit compute: a depthwise gradient's mask comes after the
@@ -290,6 +293,7 @@ class Backend:
     reduces_tied_gradients_apart: bool = False
     scatters_sharded_lookup_gradients: bool = False
     looks_up_split_tables_unrounded: bool = False
+    looks_up_tensor_split_zero_tables: bool = False
     dense_depthwise_gradient: bool = False
     masks_depthwise_late_under_16bit: bool = False
     recomputed_scores_rows: int = 0
@@ -346,6 +350,7 @@ BACKENDS: dict[str, Backend] = {
                    copies_gathered_head_in_microbatch=True, reduces_tied_gradients_apart=True,
                    scatters_sharded_lookup_gradients=True,
                    looks_up_split_tables_unrounded=True, dense_depthwise_gradient=True,
+                   looks_up_tensor_split_zero_tables=True,
                    masks_depthwise_late_under_16bit=True, recomputed_scores_rows=4096,
                    splits_scanned_lookup_gradient=True,
                    scan_gradients_16bit_in_microbatches=True,

@@ -98,6 +98,19 @@ def _scatters_zero_lookup(size: Sizer, anatomy: Anatomy, path: str, spec: tuple[
             and _table_rows(anatomy, path) > rows * ways)
 
 
+def _looked_up_in_shard(size: Sizer, anatomy: Anatomy, path: str, spec: tuple[Any, ...],
+                        zero: set[str]) -> bool:
+    """``Backend.looks_up_tensor_split_zero_tables``: a lookup-only (untied) table whose
+    rows are split over a non-ZeRO axis (tensor) is looked up from its shard under ZeRO too
+    (the token ids are all-gathered, not the table): never gathered whole."""
+    if not (size.backend.looks_up_tensor_split_zero_tables and path in anatomy.lookups
+            and path != anatomy.lm_head and spec):
+        return False
+    axes = [a for e in spec for a in spec_axes(e)]
+    return (any(a in zero for a in axes)
+            and any(a not in zero and size.mesh.shape[a] > 1 for a in spec_axes(spec[0])))
+
+
 def _table_rows(anatomy: Anatomy, path: str) -> int:
     """A parameter's leading dimension (a table's rows)."""
     return dict(anatomy.params)[path][0]
@@ -125,7 +138,8 @@ def param_terms(anatomy: Anatomy, setup: Setup, size: Sizer, rows: int) -> Param
         head = size.backend.gathers_lm_head and path == anatomy.lm_head
         zero_split = any(a in zero for e in spec for a in spec_axes(e))
         # a token table scattered into (looked up from) its shard is never gathered whole
-        scatters = _scatters_zero_lookup(size, anatomy, path, spec, zero, rows)
+        in_shard = _looked_up_in_shard(size, anatomy, path, spec, zero)
+        scatters = in_shard or _scatters_zero_lookup(size, anatomy, path, spec, zero, rows)
         whole = size.nbytes(unzeroed, size.compute) if zero_split and not scatters else 0
         zero_whole += whole
         if path not in anatomy.lookups or path == anatomy.lm_head:
@@ -145,7 +159,7 @@ def param_terms(anatomy: Anatomy, setup: Setup, size: Sizer, rows: int) -> Param
             stacked_all += n
         lookup = path in anatomy.lookups and not any(spec_axes(e) for e in spec)
         if lookup or (size.backend.looks_up_split_tables_unrounded and path in anatomy.lookups
-                      and not zero_split):
+                      and (not zero_split or in_shard)):
             lookups += n
         if any(fnmatch.fnmatchcase(path, p) for p in frozen):
             continue

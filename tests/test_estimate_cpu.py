@@ -1532,3 +1532,21 @@ def test_cpu_holds_a_scanned_layers_float32_gradients_and_their_all_reduce(monke
     assert abs(estimate(config).total_bytes / total - 1) < 0.07
     set_backend(monkeypatch, "cpu", holds_scanned_layer_gradients=False)
     assert estimate(config).total_bytes / total - 1 < -0.10
+
+
+@pytest.mark.parametrize("precision", ["bf16-mixed", "fp32"])
+def test_cpu_looks_up_a_tensor_split_table_in_its_shard_under_fsdp(monkeypatch, precision):
+    """FSDP x tensor, an encoder whose token table has its vocabulary split over the tensor
+    axis: XLA all-gathers the token ids and looks them up in the shard, so the table is never
+    gathered whole nor rounded whole. Within 5 % of XLA's total with the rule (-1.4 %, -2.0 %
+    measured), more than 10 % over without it (+20.6 %, +12.8 %)."""
+    config = make_config(model={"kind": "encoder", "num_layers": 2, "d_model": 256,
+                                "num_heads": 8, "seq_len": 256, "vocab_size": 16000,
+                                "mlp_ratio": 4, "stack": "loop"},
+                         remat="full", precision=precision, optimizer="sgd", target="cpu:8",
+                         sharding="fsdp+tp", mesh={"fsdp": 2, "tensor": 4},
+                         data={"batch_size": 2, "microbatches": 1})
+    total = compiled_total(config)
+    assert abs(estimate(config).total_bytes / total - 1) < 0.05
+    set_backend(monkeypatch, "cpu", looks_up_tensor_split_zero_tables=False)
+    assert estimate(config).total_bytes / total - 1 > 0.10
