@@ -192,6 +192,8 @@ class Backend:
         gradients are 16-bit, widened only as added to the accumulator (not without microbatches).
       rounds_scanned_float32_in_microbatches: a scanned tied GPT (> 1 layer), 16-bit compute,
         microbatches: float32 rounded copies before the loop; only outside gradients float32.
+      rounds_gathered_tied_table: that rounding under FSDP, the tied table gathered for its lookup
+        too: four whole float32 copies beside the gathered table through the microbatch loop.
       recomputed_scores_under_16bit: that recomputation under 16-bit compute: one float32 scores
         buffer (not two) and two float32 MLP-wide values, held from the body's start on.
       regathers_conv_kernels: FSDP: a loop CNN re-gathers each conv kernel for its input gradient at
@@ -300,6 +302,7 @@ class Backend:
     splits_scanned_lookup_gradient: bool = False
     scan_gradients_16bit_in_microbatches: bool = False
     rounds_scanned_float32_in_microbatches: bool = False
+    rounds_gathered_tied_table: bool = False
     recomputed_scores_under_16bit: bool = False
     regathers_conv_kernels: bool = False
     forward_broadcasts_in_float32: bool = False
@@ -355,6 +358,7 @@ BACKENDS: dict[str, Backend] = {
                    splits_scanned_lookup_gradient=True,
                    scan_gradients_16bit_in_microbatches=True,
                    rounds_scanned_float32_in_microbatches=True,
+                   rounds_gathered_tied_table=True,
                    recomputed_scores_under_16bit=True, regathers_conv_kernels=True,
                    forward_broadcasts_in_float32=True,
                    pads_pooling_gradient=True, places_16bit_relu_gradient_above=True,

@@ -335,6 +335,14 @@ def estimate(config: Config | Setup, name: str = "") -> Estimate:
         copies = (params - p.lookups) * stored.itemsize // size.param.itemsize
     if rounded_scan:
         copies = (params - p.lookups + p.tied_table) * compute.itemsize // size.param.itemsize
+    # under FSDP, the tied table gathered for its lookup too: beside the gathered table three
+    # whole float32 tables live through the microbatch loop (the lookup's and the head's
+    # rounded copies, the lookup's scatter-add buffer), a fourth in a block's backward
+    # (XLA:CPU; Backend.rounds_gathered_tied_table)
+    whole_table = bool(rounded_scan and backend.rounds_gathered_tied_table and zeroed > 1
+                       and p.tied_whole)
+    if whole_table:
+        copies += (3 * p.tied_whole - 2 * p.tied_table) * compute.itemsize // size.param.itemsize
     if reread_state:  # the blocks' kernels rounded to 16 bits (not the head's)
         copies = sum(chain_memory.local_bytes(k, anatomy, setup, size, stored)
                      for k in anatomy.chain[:len(anatomy.blocks)])
@@ -381,7 +389,7 @@ def estimate(config: Config | Setup, name: str = "") -> Estimate:
                    + (0 if backend.frees_outside_first or blocks.pooled or scan_stages
                       else outside),
                    blocks.transposed_kernels if pooled_alone
-                   else copies + reread_16 + reread_32,
+                   else copies + reread_16 + reread_32 + (p.tied_whole if whole_table else 0),
                    gathered, 0 if pooled_alone else grads["block"][0] + waiting,
                    blocks.recompute + layer_slice + layer_grads + split_copy),
     }
@@ -558,7 +566,8 @@ def estimate(config: Config | Setup, name: str = "") -> Estimate:
                              0, p.head_whole // zeroed)
         grads_why[head_fwd] = "none yet"
     if (backend.copies_gathered_head_in_microbatch and c.data.microbatches > 1
-            and anatomy.scanned and zeroed > 1 and p.head_whole and not float32_layers):
+            and anatomy.scanned and zeroed > 1 and p.head_whole and not float32_layers
+            and not whole_table):
         # in the microbatch loop's body, the LM head's gathered weight is rounded whole into
         # a float32 buffer of its own (its transposed layout), kept beside the gathered one
         # (16-bit compute on XLA:CPU)
