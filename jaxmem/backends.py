@@ -192,6 +192,8 @@ class Backend:
         gradients are 16-bit, widened only as added to the accumulator (not without microbatches).
       rounds_scanned_float32_in_microbatches: a scanned tied GPT (> 1 layer), 16-bit compute,
         microbatches: float32 rounded copies before the loop; only outside gradients float32.
+      keeps_one_layer_scan_mlp: MLP-wide values a one-layer scan keeps from its forward through
+        its backward, with microbatches under ``full`` / ``save:*`` (float32, 4096+ rows): 5.
       rounds_gathered_tied_table: that rounding under FSDP, the tied table gathered for its lookup
         too: four whole float32 copies beside the gathered table through the microbatch loop.
       recomputed_scores_under_16bit: that recomputation under 16-bit compute: one float32 scores
@@ -303,6 +305,7 @@ class Backend:
     scan_gradients_16bit_in_microbatches: bool = False
     rounds_scanned_float32_in_microbatches: bool = False
     rounds_gathered_tied_table: bool = False
+    keeps_one_layer_scan_mlp: int = 0
     recomputed_scores_under_16bit: bool = False
     regathers_conv_kernels: bool = False
     forward_broadcasts_in_float32: bool = False
@@ -358,7 +361,7 @@ BACKENDS: dict[str, Backend] = {
                    splits_scanned_lookup_gradient=True,
                    scan_gradients_16bit_in_microbatches=True,
                    rounds_scanned_float32_in_microbatches=True,
-                   rounds_gathered_tied_table=True,
+                   rounds_gathered_tied_table=True, keeps_one_layer_scan_mlp=5,
                    recomputed_scores_under_16bit=True, regathers_conv_kernels=True,
                    forward_broadcasts_in_float32=True,
                    pads_pooling_gradient=True, places_16bit_relu_gradient_above=True,

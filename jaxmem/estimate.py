@@ -154,7 +154,8 @@ def estimate(config: Config | Setup, name: str = "") -> Estimate:
     layers = sum(b.count for b in anatomy.blocks)
     if anatomy.scanned and layers == 1:
         # XLA removes a loop of one trip: a scanned stack of one layer compiles as a Python
-        # loop of one block does (the same buffers), and is estimated as one
+        # loop of one block does (the same buffers), and is estimated as one (but for the
+        # forward's MLP values kept with microbatches: Backend.keeps_one_layer_scan_mlp)
         anatomy = dataclasses.replace(anatomy, scanned=False)
     python_loop = not anatomy.scanned  # a block's forward and backward in one computation
     platform = setup.target.platform()
@@ -347,6 +348,14 @@ def estimate(config: Config | Setup, name: str = "") -> Estimate:
         copies = sum(chain_memory.local_bytes(k, anatomy, setup, size, stored)
                      for k in anatomy.chain[:len(anatomy.blocks)])
     saved_all = blocks.saved + outside
+    # a one-layer scan with microbatches, under a policy recomputing the projections (full,
+    # save:*), keeps its loop, and the forward's MLP values stay alive through the backward
+    # (XLA:CPU; Backend.keeps_one_layer_scan_mlp)
+    if (backend.keeps_one_layer_scan_mlp and built_scanned and layers == 1 and float32_layers
+            and c.data.microbatches > 1 and rows >= backend.recomputed_scores_rows > 0
+            and (setup.remat.name == "full" or setup.remat.name.startswith("save:"))):
+        saved_all += backend.keeps_one_layer_scan_mlp * max(
+            (size.tensors([t]) for t in anatomy.blocks[0].values if t.stage == "mlp"), default=0)
     # the moments of the step; the peak is the largest. (A moment where the backward ends with
     # every gradient alive made the accuracy grid's dev seeds worse without data parallelism:
     # XLA applies most updates as their gradients are made; with it, see below.)

@@ -1569,3 +1569,23 @@ def test_cpu_rounds_a_gathered_tied_table_whole_in_a_microbatch_loop(monkeypatch
     assert abs(estimate(config).total_bytes / total - 1) < 0.05
     set_backend(monkeypatch, "cpu", rounds_gathered_tied_table=False)
     assert estimate(config).total_bytes / total - 1 < -0.15
+
+
+@pytest.mark.parametrize("remat", ["full", "save:query+key+value"])
+def test_cpu_a_one_layer_scan_with_microbatches_keeps_its_forwards_mlp(monkeypatch, remat):
+    """A one-layer scan with microbatches under a policy recomputing the projections keeps its
+    while loop (it is no longer compiled as a loop) and the forward's five MLP-wide values
+    through the backward. Within 4 % of XLA's total with the rule (+1.4 % measured), more than
+    20 % short without it (-22 %); as a Python loop it compiles to less (no such values)."""
+    def config(stack):
+        return make_config(model={"kind": "gpt", "num_layers": 1, "d_model": 128,
+                                  "num_heads": 4, "seq_len": 512, "vocab_size": 1000,
+                                  "mlp_ratio": 4, "stack": stack},
+                           remat=remat, precision="fp32", optimizer="sgd", target="cpu:8",
+                           sharding="dp", mesh={"data": 8},
+                           data={"batch_size": 128, "microbatches": 2})
+    total = compiled_total(config("scan"))
+    assert compiled_total(config("loop")) < total
+    assert abs(estimate(config("scan")).total_bytes / total - 1) < 0.04
+    set_backend(monkeypatch, "cpu", keeps_one_layer_scan_mlp=0)
+    assert estimate(config("scan")).total_bytes / total - 1 < -0.20
