@@ -165,6 +165,8 @@ class Backend:
         reduced output is not saved, later stages are recomputed below this many rows.
       copies_scanned_16bit_state: optimizers (lion) whose state is copied whole before a 16-bit
         scanned stack's backward loop, no microbatches; its 16-bit gradients reuse the freed slots.
+      copies_scanned_float32_state: float32 scanned stack, batch split over devices, no
+        microbatches: the copy of the largest parameter outside it is held through the loop.
       copies_gathered_head_in_microbatch: microbatches, FSDP, 16-bit compute, a scan: the loop body
         rounds the gathered LM head into a float32 buffer of its own, through the loss gradient.
       reduces_tied_gradients_apart: a tied token table's two gradients (head matmul, lookup) are
@@ -293,6 +295,7 @@ class Backend:
     copies_scanned_operands_without_remat: bool = False
     remat_past_reduction_rows: int = 0
     copies_scanned_16bit_state: tuple[str, ...] = ()
+    copies_scanned_float32_state: tuple[str, ...] = ()
     copies_gathered_head_in_microbatch: bool = False
     reduces_tied_gradients_apart: bool = False
     scatters_sharded_lookup_gradients: bool = False
@@ -353,6 +356,7 @@ BACKENDS: dict[str, Backend] = {
                    copies_scanned_operands=True, copies_scanned_operands_without_remat=True,
                    remat_past_reduction_rows=4096,
                    copies_scanned_16bit_state=("lion",),
+                   copies_scanned_float32_state=("lion",),
                    copies_gathered_head_in_microbatch=True, reduces_tied_gradients_apart=True,
                    scatters_sharded_lookup_gradients=True,
                    looks_up_split_tables_unrounded=True, dense_depthwise_gradient=True,

@@ -88,6 +88,15 @@ def live_gradients(c: Config, backend: Backend, p: Params, fused_updates: bool,
         # gradient once the loss's own values are dead; where the loss gradient is
         # computed, only the stack's gradients are alive (and, for an optimizer that reads a
         # copy of the largest, that copy: made at the step's entry)
+        if c.optimizer.name in backend.copies_scanned_float32_state and batch_split:
+            # the copy of the largest parameter outside the stack, made at the step's entry,
+            # is held through the backward loop too (Backend.copies_scanned_float32_state)
+            held = p.largest_outside
+            why = (f"; {c.optimizer.name}'s copy of the largest parameter outside the stack "
+                   "(made at the step's entry, held to its update)")
+            return {"loss": (stacked + held, "a scanned stack's gradients" + why),
+                    "block": (one[0] + held, one[1] + why),
+                    "head": (one[0] + held, one[1] + why)}
         if c.optimizer.name in backend.copies_largest_gradient:
             return {"loss": (stacked + p.largest_outside, "a scanned stack's gradients and a "
                              f"copy of the largest parameter outside it ({c.optimizer.name}'s, "

@@ -1589,3 +1589,21 @@ def test_cpu_a_one_layer_scan_with_microbatches_keeps_its_forwards_mlp(monkeypat
     assert abs(estimate(config("scan")).total_bytes / total - 1) < 0.04
     set_backend(monkeypatch, "cpu", keeps_one_layer_scan_mlp=0)
     assert estimate(config("scan")).total_bytes / total - 1 < -0.20
+
+
+@pytest.mark.parametrize("d_model", [192, 384])
+def test_cpu_lion_holds_the_tables_state_copy_through_a_float32_scan(monkeypatch, d_model):
+    """Lion, a float32 scanned encoder over 8 data-parallel devices: the token table's copy
+    made at the entry is held through the backward loop, beside the table's gradient. Within
+    5 % of XLA's total with the rule (+1.0 %, -2.3 % measured), more than 10 % short without it
+    (-11.6 %, -10.7 %)."""
+    config = make_config(model={"kind": "encoder", "num_layers": 3, "d_model": d_model,
+                                "num_heads": 12, "seq_len": 128, "vocab_size": 8192,
+                                "mlp_ratio": 4, "stack": "scan"},
+                         remat="full", precision="fp32", optimizer="lion", target="cpu:8",
+                         sharding="dp", mesh={"data": 8},
+                         data={"batch_size": 16, "microbatches": 1})
+    total = compiled_total(config)
+    assert abs(estimate(config).total_bytes / total - 1) < 0.05
+    set_backend(monkeypatch, "cpu", copies_scanned_float32_state=())
+    assert estimate(config).total_bytes / total - 1 < -0.10
