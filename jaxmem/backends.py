@@ -193,7 +193,8 @@ class Backend:
       scan_gradients_16bit_in_microbatches: 16-bit compute, microbatches: a scanned stack's loop
         gradients are 16-bit, widened only as added to the accumulator (not without microbatches).
       rounds_scanned_float32_in_microbatches: a scanned tied GPT (> 1 layer), 16-bit compute,
-        microbatches: float32 rounded copies before the loop; only outside gradients float32.
+        microbatches: float32 rounded copies before the loop; only outside gradients float32 (not
+        parameters stored in 16 bits; under FSDP only with the table gathered).
       keeps_one_layer_scan_mlp: MLP-wide values a one-layer scan keeps from its forward through
         its backward, with microbatches under ``full`` / ``save:*`` (float32, 4096+ rows): 5.
       rounds_gathered_tied_table: that rounding under FSDP, the tied table gathered for its lookup

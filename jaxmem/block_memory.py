@@ -422,8 +422,10 @@ def block_terms(blocks: Sequence[Block], setup: Setup, policy: RematPolicy, size
                 and c.data.microbatches == 1 and len(blocks) > 1):
             # the 16-bit ReLU gradient, placed above the float32 buffers by XLA's heap
             # (``Backend.places_16bit_relu_gradient_above``)
+            # (from 64 x 64 feature maps: below, the heap fits it in a hole)
             pooling += size.tensors([t for t in block.grad_workspace
-                                     if t.widened_over and t.dtype != "float32"])
+                                     if t.widened_over and t.dtype != "float32"
+                                     and len(t.shape) == 4 and t.shape[1] >= 64])
         if pads:
             ws = max(ws, pooling)
         if pooled:

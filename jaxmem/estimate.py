@@ -223,7 +223,7 @@ def estimate(config: Config | Setup, name: str = "") -> Estimate:
     fused_updates = (backend.fuses_gradient_update and not setup.precision.loss_scaling
                      and not c.optimizer.offload and not (
                          backend.reduces_gradients_before_update and ways > 1 and zeroed == 1
-                         and float32_layers and bool(anatomy.chain)))
+                         and float32_layers and bool(anatomy.chain) and c.data.microbatches == 1))
     # an MLP chain without remat under 16-bit compute: compiled as in float32 layers, from
     # float32 rounded copies of the parameters (XLA:CPU)
     float32_chain = bool(backend.float32_chain_copies and anatomy.chain
@@ -314,7 +314,8 @@ def estimate(config: Config | Setup, name: str = "") -> Estimate:
     # the tied table's two, are float32 beside the accumulator
     # (XLA:CPU; Backend.rounds_scanned_float32_in_microbatches)
     rounded_scan = bool(backend.rounds_scanned_float32_in_microbatches and widened
-                        and built_scanned and layers > 1 and p.tied_table > 0)
+                        and built_scanned and layers > 1 and p.tied_table > 0
+                        and stored != size.param and (zeroed == 1 or p.tied_whole))
     if rounded_scan:
         widened = trainable - p.stacked + p.tied_table
     if widened and not float32_chain:
@@ -352,6 +353,7 @@ def estimate(config: Config | Setup, name: str = "") -> Estimate:
     # save:*), keeps its loop, and the forward's MLP values stay alive through the backward
     # (XLA:CPU; Backend.keeps_one_layer_scan_mlp)
     if (backend.keeps_one_layer_scan_mlp and built_scanned and layers == 1 and float32_layers
+            and trainable
             and c.data.microbatches > 1 and rows >= backend.recomputed_scores_rows > 0
             and (setup.remat.name == "full" or setup.remat.name.startswith("save:"))):
         saved_all += backend.keeps_one_layer_scan_mlp * max(
