@@ -35,3 +35,13 @@ def set_backend(monkeypatch: pytest.MonkeyPatch, platform: str, **flags) -> None
     """Replace ``platform``'s backend profile with ``flags`` changed, for this test."""
     monkeypatch.setitem(estimate_module.BACKENDS, platform, dataclasses.replace(
         estimate_module.BACKENDS[platform], **flags))
+
+
+def rule_errors(monkeypatch: pytest.MonkeyPatch, config: Config, platform: str = "cpu",
+                **off) -> tuple[float, float]:
+    """The estimate's error against XLA's compiled total of ``config`` (estimate / compiled
+    - 1) with ``platform``'s rules, then with the ``off`` flags changed (for this test)."""
+    total = compiled_total(config)
+    with_rule = estimate_module.estimate(config).total_bytes / total - 1
+    set_backend(monkeypatch, platform, **off)
+    return with_rule, estimate_module.estimate(config).total_bytes / total - 1
