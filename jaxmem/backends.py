@@ -80,6 +80,9 @@ class Backend:
       copies_state_at_entry: optimizers reading the old state while writing the new (one device,
         float32 MLP chain, no microbatches or scan): state leaves and re-read parameters copied at
         the entry, into dead donated buffers (``chain_memory.state_copies_held``).
+      copies_zero_state_at_entry: ``copies_state_at_entry`` under FSDP too (ZeRO-split shards); the
+        forward's gathered whole kernels beside the copies; at the whole gradients' all-reduce only
+        the first kernel's state copy is left.
       copies_state_with_microbatches: optimizers whose state is copied whole at the entry with
         microbatches (float32 MLP chain), beside the accumulators (one device: same-size slots).
       copies_parameters_at_entry: stateless optimizers (sgd) updating a float32 MLP chain in place
@@ -149,6 +152,8 @@ class Backend:
         twice at the head's forward matmul (the backward's gather early), not a trainable one.
       regathers_remat_weights: FSDP (no tensor axis), no microbatches, a loop transformer under a
         checkpointing policy: weights re-gathered early, whole twice at the forward's end.
+      regathers_split_remat_weights: ``regathers_remat_weights`` under FSDP x tensor too: the
+        gathered weights a matmul reads (tensor-split still) whole twice at the forward's end.
       regathers_microbatch_weights: microbatches, FSDP (no tensor axis): a loop transformer
         re-gathers its weights early in the loop body: all of them under 16-bit compute; in float32
         the blocks' where a matmul is recomputed.
@@ -203,6 +208,8 @@ class Backend:
         buffer (not two) and two float32 MLP-wide values, held from the body's start on.
       regathers_conv_kernels: FSDP: a loop CNN re-gathers each conv kernel for its input gradient at
         the step's start: whole twice in float32 in the first forward, the largest thrice.
+      regathers_recomputed_conv_kernels: with ``regathers_conv_kernels``, an undone remat that
+        recomputes the convolutions (``full``) gathers those kernels once more, early: thrice.
       tied_head_gradient_after_loss: float32 loop model, one device, a tied table its largest
         parameter: its gradient is made once the loss's other values are dead, a moment of its own.
       holds_loop_block_gradients: optimizers whose updates (float32, one device, no microbatches)
@@ -259,6 +266,7 @@ class Backend:
     tied_head_gradient_after_loss: bool = False
     copies_chain_kernels_at_entry: tuple[str, ...] = ()
     copies_state_at_entry: tuple[str, ...] = ()
+    copies_zero_state_at_entry: tuple[str, ...] = ()
     copies_state_with_microbatches: tuple[str, ...] = ()
     copies_parameters_at_entry: tuple[str, ...] = ()
     all_reduces_zero_gradients: bool = False
@@ -292,6 +300,7 @@ class Backend:
     regathers_split_microbatch_weights: bool = False
     regathers_frozen_tied_head: bool = False
     regathers_remat_weights: bool = False
+    regathers_split_remat_weights: bool = False
     copies_scanned_operands: bool = False
     copies_scanned_operands_without_remat: bool = False
     remat_past_reduction_rows: int = 0
@@ -312,6 +321,7 @@ class Backend:
     keeps_one_layer_scan_mlp: int = 0
     recomputed_scores_under_16bit: bool = False
     regathers_conv_kernels: bool = False
+    regathers_recomputed_conv_kernels: bool = False
     forward_broadcasts_in_float32: bool = False
     pads_pooling_gradient: bool = False
     places_16bit_relu_gradient_above: bool = False
@@ -341,6 +351,7 @@ BACKENDS: dict[str, Backend] = {
                    except_shares_stream=True,
                    keeps_reduced_matmul_outputs=True, accumulates_float32_in_place=True,
                    copies_chain_kernels_at_entry=("adamw",), copies_state_at_entry=("lion",),
+                   copies_zero_state_at_entry=("lion",),
                    copies_parameters_at_entry=("sgd",),
                    copies_state_with_microbatches=("lion",),
                    one_pass_frozen_head_loss=True,
@@ -354,6 +365,7 @@ BACKENDS: dict[str, Backend] = {
                    scatters_lookup_gradients=True, regathers_microbatch_weights=True,
                    regathers_split_microbatch_weights=True,
                    regathers_frozen_tied_head=True, regathers_remat_weights=True,
+                   regathers_split_remat_weights=True,
                    copies_scanned_operands=True, copies_scanned_operands_without_remat=True,
                    remat_past_reduction_rows=4096,
                    copies_scanned_16bit_state=("lion",),
@@ -368,6 +380,7 @@ BACKENDS: dict[str, Backend] = {
                    rounds_scanned_float32_in_microbatches=True,
                    rounds_gathered_tied_table=True, keeps_one_layer_scan_mlp=5,
                    recomputed_scores_under_16bit=True, regathers_conv_kernels=True,
+                   regathers_recomputed_conv_kernels=True,
                    forward_broadcasts_in_float32=True,
                    pads_pooling_gradient=True, places_16bit_relu_gradient_above=True,
                    tied_head_gradient_after_loss=True, shares_loop_norm_values=True,

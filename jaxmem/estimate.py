@@ -257,10 +257,13 @@ def estimate(config: Config | Setup, name: str = "") -> Estimate:
     # is made: nothing to place)
     stateless = (c.optimizer.name in backend.copies_parameters_at_entry and not state
                  and float32_layers)
+    # (under FSDP too, on the ZeRO shards: Backend.copies_zero_state_at_entry)
+    zero_copies = zeroed > 1 and c.optimizer.name in backend.copies_zero_state_at_entry
+    state_copied = False
     if ((c.optimizer.name in backend.copies_state_at_entry or stateless) and anatomy.chain
             and float32_math and not p.stacked and c.data.microbatches == 1
             and not setup.freeze_patterns and state_dtype == "auto"
-            and one_device):
+            and (one_device or zero_copies)):
         held = chain_memory.state_copies_held(anatomy, setup, size, outer,
                                               rounded=float32_chain, state=not stateless)
         one = (held, f"{c.optimizer.name}'s copies of " + ("" if stateless else "its state "
@@ -268,6 +271,7 @@ def estimate(config: Config | Setup, name: str = "") -> Estimate:
                "backward reads, made at the step's entry, and the gradients, less those in "
                "donated argument buffers")
         grads = {"loss": one, "block": one}
+        state_copied = zero_copies and not one_device
     elif (c.optimizer.name in backend.copies_state_with_microbatches and anatomy.chain
           and float32_layers and c.data.microbatches > 1 and not setup.freeze_patterns
           and state_dtype == "auto" and not outer):
@@ -530,8 +534,17 @@ def estimate(config: Config | Setup, name: str = "") -> Estimate:
         apart = (backend.reduces_tied_zero_gradients_apart and float32_layers
                  and (c.data.microbatches == 1 or not built_scanned))
         tied_whole = 2 * p.tied_whole if apart else 0
-        moments[reducing] = (0, 0, 0, grads["block"][0] + copies_of * whole + tied_whole, 0)
-        grads_why[reducing] = (f"{grads['block'][1]}; {copies_of} x the whole gradients of "
+        # (the state copies: the first kernel's is left, beside its whole gradient; the
+        # forward's gathered whole kernels are beside them all)
+        held = p.first if state_copied else grads["block"][0]
+        moments[reducing] = (0, 0, 0, held + copies_of * whole + tied_whole, 0)
+        if state_copied:
+            moments[at_gathered := "in the forward, the whole kernels gathered beside "
+                     f"{c.optimizer.name}'s copies made at the step's entry"] = (
+                0, copies, max(gathered, whole), grads["loss"][0], 0)
+            grads_why[at_gathered] = grads["loss"][1]
+        held_why = ("the first kernel's state copy" if state_copied else grads['block'][1])
+        grads_why[reducing] = (f"{held_why}; {copies_of} x the whole gradients of "
                                "the parameters fed by batch-split inputs (the gradient, the "
                                "all-reduce's output" + (", the gathered weight)" if copies_of
                                                         == 3 else ")"))
@@ -556,14 +569,16 @@ def estimate(config: Config | Setup, name: str = "") -> Estimate:
                                   loss + split_copy)
         grads_why[regathered_at] = grads["loss"][1]
     if (backend.regathers_remat_weights and c.data.microbatches == 1 and python_loop
-            and transformer and zeroed > 1 and mesh.shape.get("tensor", 1) == 1
-            and setup.remat.checkpoint):
+            and transformer and zeroed > 1 and setup.remat.checkpoint
+            and (mesh.shape.get("tensor", 1) == 1 or backend.regathers_split_remat_weights)):
         # under a checkpointing policy (undone or not) the backward all-gathers the ZeRO-split
         # weights again, early, beside the forward's: at the forward's end every weight a
         # matmul reads is whole twice (XLA:CPU; Backend.regathers_remat_weights)
         regathered_fwd = ("at the forward's end, with every ZeRO-split weight a matmul reads "
                           "gathered whole twice (for the forward and, early, for the backward)")
-        moments[regathered_fwd] = (0, copies, 2 * p.zero_matmuls, 0, 0)
+        twice = (2 * p.gathered_whole if mesh.shape.get("tensor", 1) > 1
+                 else 2 * p.zero_matmuls)
+        moments[regathered_fwd] = (0, copies, twice, 0, 0)
         grads_why[regathered_fwd] = "none yet"
     if (backend.regathers_frozen_tied_head and python_loop and zeroed > 1 and p.head_whole
             and mesh.shape.get("tensor", 1) > 1 and anatomy.lm_head.endswith("/embedding")
@@ -627,6 +642,11 @@ def estimate(config: Config | Setup, name: str = "") -> Estimate:
         images = next(t for t in anatomy.blocks[0].values if t.block_input)
         at_forward = ("in the first block's forward, with the conv kernels gathered for the "
                       "forward and again for the backward (the all-gathers made early)")
+        if (backend.regathers_recomputed_conv_kernels
+                and redoes_matmuls(anatomy.blocks, undone_policy, size)):
+            # an undone remat's recomputed convolutions gather their kernels a third time,
+            # early too (Backend.regathers_recomputed_conv_kernels)
+            regathered *= 2
         moments[at_forward] = (0, copies, gathered + regathered + largest_kernel, 0,
                                size.tensors([first, images]))
         grads_why[at_forward] = "none yet"
