@@ -210,6 +210,8 @@ class Backend:
         the step's start: whole twice in float32 in the first forward, the largest thrice.
       regathers_recomputed_conv_kernels: with ``regathers_conv_kernels``, an undone remat that
         recomputes the convolutions (``full``) gathers those kernels once more, early: thrice.
+      copies_recomputed_largest_kernel: with that third gather, a float32 CNN's first forward
+        holds the largest kernel's transposed copy beside the broadcast constants too: 4 whole.
       tied_head_gradient_after_loss: float32 loop model, one device, a tied table its largest
         parameter: its gradient is made once the loss's other values are dead, a moment of its own.
       holds_loop_block_gradients: optimizers whose updates (float32, one device, no microbatches)
@@ -322,6 +324,7 @@ class Backend:
     recomputed_scores_under_16bit: bool = False
     regathers_conv_kernels: bool = False
     regathers_recomputed_conv_kernels: bool = False
+    copies_recomputed_largest_kernel: bool = False
     forward_broadcasts_in_float32: bool = False
     pads_pooling_gradient: bool = False
     places_16bit_relu_gradient_above: bool = False
@@ -380,7 +383,7 @@ BACKENDS: dict[str, Backend] = {
                    rounds_scanned_float32_in_microbatches=True,
                    rounds_gathered_tied_table=True, keeps_one_layer_scan_mlp=5,
                    recomputed_scores_under_16bit=True, regathers_conv_kernels=True,
-                   regathers_recomputed_conv_kernels=True,
+                   regathers_recomputed_conv_kernels=True, copies_recomputed_largest_kernel=True,
                    forward_broadcasts_in_float32=True,
                    pads_pooling_gradient=True, places_16bit_relu_gradient_above=True,
                    tied_head_gradient_after_loss=True, shares_loop_norm_values=True,

@@ -634,6 +634,7 @@ def estimate(config: Config | Setup, name: str = "") -> Estimate:
         moments[at_scores] = (held, copies, gathered, grads["loss"][0],
                               extra + split_copy)
         grads_why[at_scores] = grads["loss"][1]
+    recomputed_rev = 0
     regathered, largest_kernel = (regathered_kernels(anatomy, setup, size)
                                   if backend.regathers_conv_kernels and zeroed > 1
                                   and python_loop else (0, 0))
@@ -647,6 +648,7 @@ def estimate(config: Config | Setup, name: str = "") -> Estimate:
             # an undone remat's recomputed convolutions gather their kernels a third time,
             # early too (Backend.regathers_recomputed_conv_kernels)
             regathered *= 2
+            recomputed_rev = largest_kernel * backend.copies_recomputed_largest_kernel
         moments[at_forward] = (0, copies, gathered + regathered + largest_kernel, 0,
                                size.tensors([first, images]))
         grads_why[at_forward] = "none yet"
@@ -654,13 +656,15 @@ def estimate(config: Config | Setup, name: str = "") -> Estimate:
             and float32_layers and anatomy.blocks):
         # a float32 CNN's first block's forward: three of its convolution's outputs and the
         # broadcast constants of the ReLU and pooling fusions, beside the kernels gathered
-        # for the forward and again for the backward (Backend.forward_broadcasts_in_float32)
+        # for the forward and again for the backward (Backend.forward_broadcasts_in_float32),
+        # under full the largest's transposed copy too (copies_recomputed_largest_kernel)
         held = first_forward_float32(anatomy.blocks, anatomy.outside, size,
                                      fused=saves_nothing(anatomy.blocks, undone_policy))
         if held:
             at_first_conv = ("in the first block's forward, its convolution's output three "
                              "times beside the ReLU's and pooling's broadcast constants")
-            moments[at_first_conv] = (0, copies, gathered + regathered, 0, held + split_copy)
+            moments[at_first_conv] = (0, copies, gathered + regathered + recomputed_rev, 0,
+                                      held + split_copy)
             grads_why[at_first_conv] = "none yet"
     if pooled_alone and len(anatomy.blocks) > 1:
         # the kernels' float32 rounded copies, for the forward and transposed for the

@@ -1649,3 +1649,18 @@ def test_cpu_copies_lion_state_shards_at_entry_under_fsdp(monkeypatch):
     with_rule, without = rule_errors(monkeypatch, config, copies_zero_state_at_entry=())
     assert abs(with_rule) < 0.05
     assert without > 0.08
+
+
+def test_cpu_copies_the_largest_recomputed_kernel_in_float32(monkeypatch):
+    """FSDP, a float32 CNN under remat full: at the first block's forward the largest kernel is
+    whole four times (the forward's, the recomputation's and the transposed convolution's
+    gathers, and a flipped copy). Within 6 % of XLA's total with the rule (-2.6 % measured),
+    more than 12 % short without it (-15.7 %)."""
+    config = make_config(model={"kind": "cnn", "image_size": 32, "channels": [64, 128],
+                                "depthwise_separable": False},
+                         remat="full", precision="fp32", optimizer="sgd", target="cpu:8",
+                         sharding="fsdp", mesh={"fsdp": 8},
+                         data={"batch_size": 8, "microbatches": 1})
+    with_rule, without = rule_errors(monkeypatch, config, copies_recomputed_largest_kernel=False)
+    assert abs(with_rule) < 0.06
+    assert without < -0.12
