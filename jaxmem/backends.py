@@ -56,6 +56,9 @@ class Backend:
       scan_remat_stages: a scanned GPT's backward loop under a checkpointing policy (not
         ``except:*``, no tensor split) frees the outside values first, then holds a stage's
         recomputation (the MLP's: all but score-sized values), gradients, the float32 mask.
+      scan_float32_score_gradient_from: under float32 layers, from this many score matrices a
+        device (batch x heads), an attention stage recomputing its scores holds no score
+        gradient of its own (0: off).
       holds_outside_gradient: holds the largest gradient outside a scanned stack (the embedding
         table's) through the stack's backward loop (not XLA:TPU).
       slices_sharded_convs: computes a conv of the images whose output channels are ZeRO-split ``n``
@@ -255,6 +258,7 @@ class Backend:
     frees_saved_in_backward: bool = False
     recomputes_by_stage: bool = False
     scan_remat_stages: bool = False
+    scan_float32_score_gradient_from: int = 0
     holds_outside_gradient: bool = False
     slices_sharded_convs: bool = False
     widens_microbatch_gradients: bool = False
@@ -339,7 +343,8 @@ class Backend:
 
 BACKENDS: dict[str, Backend] = {
     "cpu": Backend(float32_compute=True, loop_remat=False, shares_loop_backward=True,
-                   scan_remat_stages=True, combines_all_reduces=True, holds_outside_gradient=True,
+                   scan_remat_stages=True, scan_float32_score_gradient_from=8,
+                   combines_all_reduces=True, holds_outside_gradient=True,
                    widens_microbatch_gradients=True, gradient_over_undone_remat=True,
                    frees_saved_under_16bit=True, keeps_rounded_under_16bit=True,
                    pools_before_kernel_gradient=True,

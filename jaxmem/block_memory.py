@@ -401,7 +401,7 @@ def block_terms(blocks: Sequence[Block], setup: Setup, policy: RematPolicy, size
         best = None
         for s in sorted(stages):  # ties go to the first in name order
             if scan_stages and with_policy:
-                ws = _scan_stage(block, s, redo, grads, size)
+                ws = _scan_stage(block, s, redo, grads, size, float32_layers, kept_values)
             elif size.backend.recomputes_by_stage:
                 ws = size.tensors(_at(s, redo)) + size.tensors(_at(s, grads))
             else:
@@ -483,14 +483,23 @@ def softmax_forward(block: Block, kept: list[Tensor], undone: RematPolicy | None
 
 
 def _scan_stage(block: Block, stage: str, redo: list[Tensor], grads: list[Tensor],
-                size: Sizer) -> int:
+                size: Sizer, float32_layers: bool = False,
+                kept: Sequence[Tensor] = ()) -> int:
     """Bytes a scanned block's backward holds in ``stage`` under a checkpointing policy
     (``Backend.scan_remat_stages``): in the MLP's, the whole recomputation but its
     score-sized values (dead once the kept attention output is read), the stage's gradients,
     one more MLP-wide and one more residual-stream-wide gradient copy; in the attention's,
     that stage's recomputation and gradients; in both, the causal mask's ``jnp.where``
-    broadcast to the scores' shape in float32 (hoisted out of the loop)."""
+    broadcast to the scores' shape in float32 (hoisted out of the loop). Under float32
+    layers with at least ``Backend.scan_float32_score_gradient_from`` score matrices a
+    device (batch x heads) and the scores not ``kept``, the attention's score gradient is made
+    over the probabilities: not counted."""
     scores = [t for t in block.values if t.dot == "batched" and len(t.shape) == 4]
+    least = size.backend.scan_float32_score_gradient_from
+    if (stage != "mlp" and scores and least and float32_layers
+            and not any(t.name == scores[0].name for t in kept)
+            and math.prod(size.shard(scores[0].shape, scores[0].axes)[:2]) >= least):
+        grads = [t for t in grads if t.stage != stage or len(t.shape) != 4]
     mask = size.tensors([dataclasses.replace(scores[0], dtype="float32")]) if scores else 0
     square = {t.name for t in block.values if len(t.shape) == 4}
     if stage == "mlp":

@@ -1664,3 +1664,19 @@ def test_cpu_copies_the_largest_recomputed_kernel_in_float32(monkeypatch):
     with_rule, without = rule_errors(monkeypatch, config, copies_recomputed_largest_kernel=False)
     assert abs(with_rule) < 0.06
     assert without < -0.12
+
+
+@pytest.mark.parametrize("remat", ["full", "save:query+key+value"])
+def test_cpu_scanned_float32_attention_holds_no_score_gradient_apart(monkeypatch, remat):
+    """A scanned float32 GPT dominated by its attention scores (seq 512, d 64), two examples of
+    four heads a device, the scores recomputed: the backward's recomputation holds the mask
+    and one score-sized buffer, no score gradient of its own. Within 6 % of XLA's total with
+    the rule (-3.6 %, -2.2 % measured), over 20 % above it without (+33 %, +31 %)."""
+    config = make_config(model={"kind": "gpt", "num_layers": 3, "d_model": 64, "num_heads": 4,
+                                "seq_len": 512, "vocab_size": 256, "mlp_ratio": 2,
+                                "stack": "scan"},
+                         remat=remat, precision="fp32", optimizer="adamw",
+                         data={"batch_size": 2, "microbatches": 1})
+    with_rule, without = rule_errors(monkeypatch, config, scan_float32_score_gradient_from=0)
+    assert abs(with_rule) < 0.06
+    assert without > 0.20
