@@ -157,6 +157,8 @@ class Backend:
         checkpointing policy: weights re-gathered early, whole twice at the forward's end.
       regathers_split_remat_weights: ``regathers_remat_weights`` under FSDP x tensor too: the
         gathered weights a matmul reads (tensor-split still) whole twice at the forward's end.
+      regathers_recomputed_remat_kernels: there under FSDP x tensor, the MLP up kernels an
+        undone policy recomputes are gathered a third time, early too.
       regathers_microbatch_weights: microbatches, FSDP (no tensor axis): a loop transformer
         re-gathers its weights early in the loop body: all of them under 16-bit compute; in float32
         the blocks' where a matmul is recomputed.
@@ -307,6 +309,7 @@ class Backend:
     regathers_frozen_tied_head: bool = False
     regathers_remat_weights: bool = False
     regathers_split_remat_weights: bool = False
+    regathers_recomputed_remat_kernels: bool = False
     copies_scanned_operands: bool = False
     copies_scanned_operands_without_remat: bool = False
     remat_past_reduction_rows: int = 0
@@ -373,7 +376,7 @@ BACKENDS: dict[str, Backend] = {
                    scatters_lookup_gradients=True, regathers_microbatch_weights=True,
                    regathers_split_microbatch_weights=True,
                    regathers_frozen_tied_head=True, regathers_remat_weights=True,
-                   regathers_split_remat_weights=True,
+                   regathers_split_remat_weights=True, regathers_recomputed_remat_kernels=True,
                    copies_scanned_operands=True, copies_scanned_operands_without_remat=True,
                    remat_past_reduction_rows=4096,
                    copies_scanned_16bit_state=("lion",),

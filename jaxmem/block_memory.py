@@ -685,3 +685,32 @@ def first_forward_rounded(blocks: Sequence[Block], kernels: dict[str, tuple[int,
     held = (size.tensors([*convs[-1:], *(t for t in first if t.block_input), *pooled])
             + size.tensors(_rounded([t for t in first if t.kept_rounded])))
     return 2 * later, held
+
+
+# a transformer block's matmul outputs and the kernels (path endings) they multiply by
+# (the MLP's: the attention's recomputed projections are gathered later, not early)
+_DOT_KERNELS = {"up_dot": "/mlp/up/kernel", "down_dot": "/mlp/down/kernel"}
+
+
+def recomputed_kernels(blocks: Sequence[Block], kernels: dict[str, tuple[int, ...]],
+                       undone: RematPolicy | None, setup: Setup, size: Sizer) -> int:
+    """FSDP x tensor: the ZeRO-split kernels of a transformer's matmuls that the ``undone``
+    policy recomputes, whole over the ZeRO axes (tensor-split still) in the compute dtype,
+    every layer's: gathered once more for the recomputation
+    (``Backend.regathers_recomputed_remat_kernels``)."""
+    zero, out = set(setup.rules.zero), 0
+    if size.mesh.shape.get("tensor", 1) == 1:
+        return 0  # (FSDP alone: each kernel whole twice, as measured; no third gather)
+    for block in blocks:
+        for t in _redone(block, undone, size):
+            path = next((k for k in kernels if t.dot and t.name in _DOT_KERNELS
+                         and k.endswith(_DOT_KERNELS[t.name])), None)
+            if path is None:
+                continue
+            shape, spec = kernels[path], param_spec(path, kernels[path], setup, size.mesh)
+            if any(a in zero for e in spec for a in spec_axes(e)):
+                whole = tuple(s // math.prod(size.mesh.shape[a] for a in spec_axes(e)
+                                             if a not in zero)
+                              for s, e in zip(shape, spec, strict=True))
+                out += block.count * size.nbytes(whole, size.compute)
+    return out

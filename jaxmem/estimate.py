@@ -71,6 +71,7 @@ from jaxmem.block_memory import (
     first_forward_float32,
     first_forward_rounded,
     kept_bytes,
+    recomputed_kernels,
     recomputed_scores,
     redoes_matmuls,
     saves_nothing,
@@ -578,6 +579,9 @@ def estimate(config: Config | Setup, name: str = "") -> Estimate:
                           "gathered whole twice (for the forward and, early, for the backward)")
         twice = (2 * p.gathered_whole if mesh.shape.get("tensor", 1) > 1
                  else 2 * p.zero_matmuls)
+        if backend.regathers_recomputed_remat_kernels:  # the recomputation's own gathers
+            twice += recomputed_kernels(anatomy.blocks, dict(anatomy.params), undone_policy,
+                                        setup, size)
         moments[regathered_fwd] = (0, copies, twice, 0, 0)
         grads_why[regathered_fwd] = "none yet"
     if (backend.regathers_frozen_tied_head and python_loop and zeroed > 1 and p.head_whole
