@@ -125,6 +125,8 @@ class Backend:
         none alive at the loss gradient (XLA:TPU; not under ZeRO; CPU: ``holds_outside_gradient``).
       loop_whole_gradients: microbatches under FSDP: a loop transformer's whole gradients are held
         through a microbatch's backward, for the combined reduction.
+      loop_whole_conv_gradients: ``loop_whole_gradients`` for a Python-loop CNN too: its whole
+        kernel gradients wait through an earlier block's backward in the microbatch loop body.
       slices_scanned_layer: a scanned stack's backward loop copies its layer's float32 parameters
         out of the stacked ones, held through the layer's backward (16-bit: slices its 16-bit copy).
       holds_scanned_layer_gradients: 16-bit compute, a scanned stack, no microbatches or ZeRO: the
@@ -294,6 +296,7 @@ class Backend:
     float32_loop_copies: bool = False
     stack_gradients_in_loop: bool = False
     loop_whole_gradients: bool = False
+    loop_whole_conv_gradients: bool = False
     slices_scanned_layer: bool = False
     holds_scanned_layer_gradients: bool = False
     float32_chain_copies: bool = False
@@ -367,6 +370,7 @@ BACKENDS: dict[str, Backend] = {
                    copies_state_with_microbatches=("lion",),
                    one_pass_frozen_head_loss=True,
                    float32_loop_copies=True, loop_whole_gradients=True,
+                   loop_whole_conv_gradients=True,
                    slices_scanned_layer=True, holds_scanned_layer_gradients=True,
                    float32_chain_copies=True,
                    chain_head_gradient_first=True, widens_into_state=("lion",),

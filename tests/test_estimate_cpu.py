@@ -1697,3 +1697,18 @@ def test_cpu_gathers_recomputed_mlp_kernels_a_third_time(monkeypatch):
                                      regathers_recomputed_remat_kernels=False)
     assert abs(with_rule) < 0.03
     assert without < -0.05
+
+
+def test_cpu_holds_a_cnns_whole_kernel_gradient_in_a_microbatch(monkeypatch):
+    """FSDP, a CNN with microbatches: in a microbatch's backward the later block's whole
+    float32 kernel gradient waits for the body's end (its add into the sharded accumulator)
+    beside the first block's pooling backward. Within 6 % of XLA's total with the rule
+    (+3.0 % measured), more than 12 % short without it (-16.6 %)."""
+    config = make_config(model={"kind": "cnn", "image_size": 32, "channels": [64, 128],
+                                "depthwise_separable": False},
+                         remat="dots", precision="bf16-mixed", optimizer="sgd", target="cpu:8",
+                         sharding="fsdp", mesh={"fsdp": 8},
+                         data={"batch_size": 32, "microbatches": 4})
+    with_rule, without = rule_errors(monkeypatch, config, loop_whole_conv_gradients=False)
+    assert abs(with_rule) < 0.06
+    assert without < -0.12
