@@ -86,6 +86,9 @@ class Backend:
       copies_zero_state_at_entry: ``copies_state_at_entry`` under FSDP too (ZeRO-split shards); the
         forward's gathered whole kernels beside the copies; at the whole gradients' all-reduce only
         the first kernel's state copy is left.
+      gathers_batch_for_output_split_kernels: FSDP, a float32 chain's first kernel split on its
+        output dimension: the batch's rows are gathered whole instead, live to its gradient
+        (twice in the forward under remat with lion's copies): ``gathered_batch_moments``.
       copies_state_with_microbatches: optimizers whose state is copied whole at the entry with
         microbatches (float32 MLP chain), beside the accumulators (one device: same-size slots).
       copies_parameters_at_entry: stateless optimizers (sgd) updating a float32 MLP chain in place
@@ -277,6 +280,7 @@ class Backend:
     copies_chain_kernels_at_entry: tuple[str, ...] = ()
     copies_state_at_entry: tuple[str, ...] = ()
     copies_zero_state_at_entry: tuple[str, ...] = ()
+    gathers_batch_for_output_split_kernels: bool = False
     copies_state_with_microbatches: tuple[str, ...] = ()
     copies_parameters_at_entry: tuple[str, ...] = ()
     all_reduces_zero_gradients: bool = False
@@ -366,6 +370,7 @@ BACKENDS: dict[str, Backend] = {
                    keeps_reduced_matmul_outputs=True, accumulates_float32_in_place=True,
                    copies_chain_kernels_at_entry=("adamw",), copies_state_at_entry=("lion",),
                    copies_zero_state_at_entry=("lion",),
+                   gathers_batch_for_output_split_kernels=True,
                    copies_parameters_at_entry=("sgd",),
                    copies_state_with_microbatches=("lion",),
                    one_pass_frozen_head_loss=True,

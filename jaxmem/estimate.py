@@ -85,6 +85,7 @@ from jaxmem.gradient_memory import live_gradients
 from jaxmem.models.anatomy import Anatomy, Tensor
 from jaxmem.param_memory import (
     batch_split_gradients,
+    gathered_batch_moments,
     held_block_gradients,
     param_terms,
     regathered_kernels,
@@ -679,6 +680,9 @@ def estimate(config: Config | Setup, name: str = "") -> Estimate:
                          "rounded copies (the forward's, the backward's transposed one)")
         moments[at_first_conv] = (0, twice, 0, 0, held)
         grads_why[at_first_conv] = "none yet"
+    gathered_batch_moments(moments, grads_why, anatomy, setup, size, micro,
+                           float32_layers=float32_layers, copies=copies, gathered=gathered,
+                           grads=grads, recompute=blocks.recompute, state_copied=state_copied)
     where = max(moments, key=lambda k: sum(moments[k]))
     saved_b, copies_b, gathered_b, grads_b, transient_b = moments[where]
     terms = [

@@ -23,6 +23,8 @@ import math
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
+import numpy as np
+
 from jaxmem import sharding
 from jaxmem.models.anatomy import Anatomy
 from jaxmem.setup import Setup
@@ -292,3 +294,51 @@ def held_block_gradients(anatomy: Anatomy, setup: Setup, size: Sizer, kernels: i
             inside[name] = max(inside.get(name, 0), n)
     outside = max((local(k) for k in shapes if "/blocks/" not in k), default=0)
     return sum(sorted(inside.values(), reverse=True)[:kernels]) + outside
+
+
+def gathered_batch(anatomy: Anatomy, setup: Setup, size: Sizer, micro: int,
+                   float32_layers: bool) -> int:
+    """The batch's float inputs all-gathered whole (``micro`` rows, the global batch) where a
+    float32 matmul chain's first kernel is ZeRO-split on its output dimension (the larger:
+    ``sharding.param_spec``) and on nothing else, without microbatches: XLA:CPU's partitioner
+    gathers the smaller operand, the batch's rows, not the kernel, and the chain goes on split
+    by features (``Backend.gathers_batch_for_output_split_kernels``); 0 otherwise."""
+    zero = set(setup.rules.zero)
+    if not (size.backend.gathers_batch_for_output_split_kernels and anatomy.chain
+            and float32_layers and setup.config.data.microbatches == 1):
+        return 0
+    first = anatomy.chain[0]
+    shape = dict(anatomy.params)[first]
+    spec = param_spec(first, shape, setup, size.mesh)
+    if (len(spec) != 2 or not any(a in zero for a in spec_axes(spec[-1]))
+            or spec_axes(spec[0])):
+        return 0
+    return sum(size.nbytes((micro, *s), np.dtype(d)) for s, d in anatomy.example
+               if np.dtype(d).kind == "f")
+
+
+def gathered_batch_moments(moments: dict, grads_why: dict, anatomy: Anatomy, setup: Setup,
+                           size: Sizer, micro: int, *, float32_layers: bool, copies: int,
+                           gathered: int, grads: dict[str, tuple[int, str]], recompute: int,
+                           state_copied: bool) -> None:
+    """Adds to the estimate's ``moments`` (where -> (saved, copies, gathered, gradients,
+    transients)) and ``grads_why`` those where the batch's rows gathered whole
+    (``gathered_batch``) are live: where the chain's first kernel's gradient is made, its saved
+    input beside the largest gradient and an activation gradient (the other saved values dead);
+    with ZeRO state copies made at the entry (lion), in the forward beside them, gathered twice
+    under remat (the forward's, and early for the recomputation). The rest: the estimate's
+    parameter copies, gathered weights, gradients (name -> (bytes, why)), a block's
+    recomputation, and whether the state is copied."""
+    rows = gathered_batch(anatomy, setup, size, micro, float32_layers)
+    if not rows:
+        return
+    at = ("where the chain's first kernel's gradient is made, beside the batch's rows gathered "
+          "whole (its saved input; the other saved values are dead)")
+    moments[at] = (0, copies, gathered + rows, grads["block"][0], recompute)
+    grads_why[at] = grads["block"][1]
+    if state_copied:
+        at = (f"in the forward, the batch's rows gathered whole beside "
+              f"{setup.config.optimizer.name}'s copies made at the step's entry")
+        moments[at] = (0, copies, gathered + rows * (2 if setup.remat.checkpoint else 1),
+                       grads["loss"][0], 0)
+        grads_why[at] = grads["loss"][1]
