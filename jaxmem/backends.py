@@ -216,6 +216,8 @@ class Backend:
         too: four whole float32 copies beside the gathered table through the microbatch loop.
       recomputed_scores_under_16bit: that recomputation under 16-bit compute: one float32 scores
         buffer (not two) and two float32 MLP-wide values, held from the body's start on.
+      recomputed_norms_under_16bit: with it, every loop block's normalised values (its layer
+        norms' outputs) recomputed beside the forward's: float32, held there too.
       regathers_conv_kernels: FSDP: a loop CNN re-gathers each conv kernel for its input gradient at
         the step's start: whole twice in float32 in the first forward, the largest thrice.
       regathers_recomputed_conv_kernels: with ``regathers_conv_kernels``, an undone remat that
@@ -336,6 +338,7 @@ class Backend:
     rounds_gathered_tied_table: bool = False
     keeps_one_layer_scan_mlp: int = 0
     recomputed_scores_under_16bit: bool = False
+    recomputed_norms_under_16bit: bool = False
     regathers_conv_kernels: bool = False
     regathers_recomputed_conv_kernels: bool = False
     copies_recomputed_largest_kernel: bool = False
@@ -400,6 +403,7 @@ BACKENDS: dict[str, Backend] = {
                    rounds_scanned_float32_in_microbatches=True,
                    rounds_gathered_tied_table=True, keeps_one_layer_scan_mlp=5,
                    recomputed_scores_under_16bit=True, regathers_conv_kernels=True,
+                   recomputed_norms_under_16bit=True,
                    regathers_recomputed_conv_kernels=True, copies_recomputed_largest_kernel=True,
                    forward_broadcasts_in_float32=True,
                    pads_pooling_gradient=True, places_16bit_relu_gradient_above=True,

@@ -639,6 +639,14 @@ def widest_after_scores(blocks: Sequence[Block], size: Sizer) -> int:
     return out
 
 
+def normalised_values(blocks: Sequence[Block], size: Sizer) -> int:
+    """Bytes of every layer's normalised values (its norms' outputs: a GPT block's ``h1``,
+    ``h2``), over ``blocks`` (``Backend.recomputed_norms_under_16bit``)."""
+    return sum(b.count * size.tensors([t for t in b.values
+                                       if any(i.endswith("_stats") for i in t.inputs)])
+               for b in blocks)
+
+
 def first_forward_float32(blocks: Sequence[Block], outside: Sequence[Tensor],
                           size: Sizer, fused: bool = False) -> int:
     """Bytes a float32 CNN's first block holds in its forward beside the gathered kernels

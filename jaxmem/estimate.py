@@ -71,6 +71,7 @@ from jaxmem.block_memory import (
     first_forward_float32,
     first_forward_rounded,
     kept_bytes,
+    normalised_values,
     recomputed_kernels,
     recomputed_scores,
     redoes_matmuls,
@@ -633,10 +634,12 @@ def estimate(config: Config | Setup, name: str = "") -> Estimate:
         at_scores = ("where the attention's scores are recomputed in the microbatch loop "
                      "(the scores, their masked copy and the softmax at once" + after_why
                      + ")" + split_why)
-        # (16-bit compute: the softmax's float32 copy beside the recomputed scores, and two
-        # of the MLP's widest values; Backend.recomputed_scores_under_16bit)
+        # (16-bit compute: the softmax's float32 copy beside the recomputed scores, two of
+        # the MLP's widest values and every layer's recomputed normalised values;
+        # Backend.recomputed_scores_under_16bit, recomputed_norms_under_16bit)
         extra = (2 * scores if float32_layers
-                 else scores + 2 * widest_after_scores(anatomy.blocks, size))
+                 else scores + 2 * widest_after_scores(anatomy.blocks, size)
+                 + backend.recomputed_norms_under_16bit * normalised_values(anatomy.blocks, size))
         moments[at_scores] = (held, copies, gathered, grads["loss"][0],
                               extra + split_copy)
         grads_why[at_scores] = grads["loss"][1]
