@@ -184,6 +184,8 @@ class Backend:
         microbatches: the copy of the largest parameter outside it is held through the loop.
       copies_gathered_head_in_microbatch: microbatches, FSDP, 16-bit compute, a scan: the loop body
         rounds the gathered LM head into a float32 buffer of its own, through the loss gradient.
+      reduces_gathered_head_gradient: there, a tied head's whole float32 gradient and its
+        all-reduce's output live beside both at the body's end, after the blocks' backward.
       reduces_tied_gradients_apart: a tied token table's two gradients (head matmul, lookup) are
         all-reduced over the batch as two entries, then added: its shard held four times there.
       scatters_sharded_lookup_gradients: a lookup-only table split over ``tensor`` has its gradient
@@ -325,6 +327,7 @@ class Backend:
     copies_scanned_16bit_state: tuple[str, ...] = ()
     copies_scanned_float32_state: tuple[str, ...] = ()
     copies_gathered_head_in_microbatch: bool = False
+    reduces_gathered_head_gradient: bool = False
     reduces_tied_gradients_apart: bool = False
     scatters_sharded_lookup_gradients: bool = False
     looks_up_split_tables_unrounded: bool = False
@@ -394,6 +397,7 @@ BACKENDS: dict[str, Backend] = {
                    copies_scanned_16bit_state=("lion",),
                    copies_scanned_float32_state=("lion",),
                    copies_gathered_head_in_microbatch=True, reduces_tied_gradients_apart=True,
+                   reduces_gathered_head_gradient=True,
                    scatters_sharded_lookup_gradients=True,
                    looks_up_split_tables_unrounded=True, dense_depthwise_gradient=True,
                    looks_up_tensor_split_zero_tables=True,

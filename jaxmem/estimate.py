@@ -608,6 +608,11 @@ def estimate(config: Config | Setup, name: str = "") -> Estimate:
         moments[head_at] = (saved_all, copies + p.head_whole, gathered, grads["loss"][0],
                             loss + split_copy)
         grads_why[head_at] = grads["loss"][1]
+        if backend.reduces_gathered_head_gradient and p.tied_table:  # at the body's end
+            moments[head_end := "at the microbatch body's end, the tied LM head's whole " +
+                    "gradient all-reduced"] = (0, copies + p.head_whole, gathered,
+                                               grads["loss"][0] + 2 * p.head_whole, split_copy)
+            grads_why[head_end] = grads["loss"][1] + "; the head's whole gradient, reduced"
     if blocks.dense_kernel:
         # a depthwise kernel's gradient computed as a dense k x k x C x C convolution, then
         # masked into a copy (Backend.dense_depthwise_gradient), in its block's backward

@@ -1745,3 +1745,19 @@ def test_cpu_recomputes_every_layers_norms_beside_the_scores_under_16bit(monkeyp
     with_rule, without = rule_errors(monkeypatch, config, recomputed_norms_under_16bit=False)
     assert abs(with_rule) < 0.06
     assert without < -0.10
+
+
+def test_cpu_reduces_a_gathered_tied_heads_gradient_in_the_microbatch_body(monkeypatch):
+    """FSDP, a scanned bf16-mixed GPT with microbatches, its tied table looked up from its
+    shard: at a microbatch body's end the table is whole four times in float32 (gathered, its
+    rounded transposed copy, the head's whole gradient and that gradient all-reduced). Within
+    5 % of XLA's total with the rule (+0.3 % measured), over 20 % short without it (-26.5 %)."""
+    config = make_config(model={"kind": "gpt", "num_layers": 2, "d_model": 256, "num_heads": 4,
+                                "seq_len": 64, "vocab_size": 8192, "mlp_ratio": 2,
+                                "stack": "scan"},
+                         remat="minimal", precision="bf16-mixed", optimizer="sgd",
+                         target="cpu:8", sharding="fsdp", mesh={"fsdp": 8},
+                         data={"batch_size": 16, "microbatches": 2})
+    with_rule, without = rule_errors(monkeypatch, config, reduces_gathered_head_gradient=False)
+    assert abs(with_rule) < 0.05
+    assert without < -0.20
