@@ -178,6 +178,9 @@ class Backend:
       remat_past_reduction_rows: tensor parallelism, float32 loop blocks: an undone remat merges
         with the forward up to the first all-reduce it would redo; if a row-parallel matmul's
         reduced output is not saved, later stages are recomputed below this many rows.
+      split_loop_stream_rows: tensor parallelism (no fsdp axis), a Python-loop transformer under
+        remat none (or undone, not ``except:*``): from this many rows a device, each block keeps
+        two more float32 residual-stream-wide values (0: never).
       copies_scanned_16bit_state: optimizers (lion) whose state is copied whole before a 16-bit
         scanned stack's backward loop, no microbatches; its 16-bit gradients reuse the freed slots.
       copies_scanned_float32_state: float32 scanned stack, batch split over devices, no
@@ -324,6 +327,7 @@ class Backend:
     copies_scanned_operands: bool = False
     copies_scanned_operands_without_remat: bool = False
     remat_past_reduction_rows: int = 0
+    split_loop_stream_rows: int = 0
     copies_scanned_16bit_state: tuple[str, ...] = ()
     copies_scanned_float32_state: tuple[str, ...] = ()
     copies_gathered_head_in_microbatch: bool = False
@@ -393,7 +397,7 @@ BACKENDS: dict[str, Backend] = {
                    regathers_frozen_tied_head=True, regathers_remat_weights=True,
                    regathers_split_remat_weights=True, regathers_recomputed_remat_kernels=True,
                    copies_scanned_operands=True, copies_scanned_operands_without_remat=True,
-                   remat_past_reduction_rows=4096,
+                   remat_past_reduction_rows=4096, split_loop_stream_rows=4096,
                    copies_scanned_16bit_state=("lion",),
                    copies_scanned_float32_state=("lion",),
                    copies_gathered_head_in_microbatch=True, reduces_tied_gradients_apart=True,

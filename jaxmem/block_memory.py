@@ -251,6 +251,25 @@ def _ways(t: Tensor, size: Sizer) -> int:
     return math.prod(t.shape) // max(1, math.prod(size.shard(t.shape, t.axes)))
 
 
+def _split_stream(block: Block, size: Sizer, loop: bool, undone: RematPolicy | None) -> int:
+    """Bytes a Python-``loop`` block keeps beside its saved values without remat (or under an
+    undone policy, not ``except:*``) under tensor parallelism without ZeRO, from
+    ``Backend.split_loop_stream_rows`` rows a device: two float32 residual-stream-wide values
+    (the row-parallel projections' outputs kept both before and after their reshape)."""
+    limit = size.backend.split_loop_stream_rows
+    if not (limit and loop and size.mesh.shape.get("tensor", 1) > 1
+            and size.mesh.shape.get("fsdp", 1) == 1) or (
+            undone is not None and undone.name.startswith("except:")):
+        return 0
+    inputs = [t for t in block.values if t.block_input][:1]
+    if not inputs:
+        return 0
+    local = size.shard(inputs[0].shape, inputs[0].axes)
+    if math.prod(local[:-1]) < limit:
+        return 0
+    return 2 * size.tensors([dataclasses.replace(inputs[0], dtype="float32")])
+
+
 def _reduced(t: Tensor, by_name: dict[str, Tensor], size: Sizer) -> bool:
     """``t`` is a matmul's output contracting a tensor-split dimension (all-reduced: a
     row-parallel projection's)."""
@@ -370,6 +389,8 @@ def block_terms(blocks: Sequence[Block], setup: Setup, policy: RematPolicy, size
                       + with_none * kept_bytes(kept_none, size, batch_is_compute))
         if shares:
             total += block.count * size.tensors(shared)
+        total += ((with_none if policy.checkpoint else block.count)
+                  * _split_stream(block, size, frees_stages, undone))
         if host is not None and with_policy:
             offloaded += with_policy * size.tensors(saved(block, host))
         redo = recomputed(block, kept_policy) if with_policy else []
