@@ -219,6 +219,8 @@ class Backend:
         its backward, with microbatches under ``full`` / ``save:*`` (float32, 4096+ rows): 5.
       rounds_gathered_tied_table: that rounding under FSDP, the tied table gathered for its lookup
         too: four whole float32 copies beside the gathered table through the microbatch loop.
+      tied_gather_ratio: FSDP gathers a tied token table whole (``tied_whole``) only up to this
+        many times the rows a device and microbatch (its vocabulary at most): 8 (0: GATHER_RATIO).
       recomputed_scores_under_16bit: that recomputation under 16-bit compute: one float32 scores
         buffer (not two) and two float32 MLP-wide values, held from the body's start on.
       recomputed_norms_under_16bit: with it, every loop block's normalised values (its layer
@@ -343,6 +345,7 @@ class Backend:
     scan_gradients_16bit_in_microbatches: bool = False
     rounds_scanned_float32_in_microbatches: bool = False
     rounds_gathered_tied_table: bool = False
+    tied_gather_ratio: int = 0
     keeps_one_layer_scan_mlp: int = 0
     recomputed_scores_under_16bit: bool = False
     recomputed_norms_under_16bit: bool = False
@@ -409,7 +412,8 @@ BACKENDS: dict[str, Backend] = {
                    splits_scanned_lookup_gradient=True,
                    scan_gradients_16bit_in_microbatches=True,
                    rounds_scanned_float32_in_microbatches=True,
-                   rounds_gathered_tied_table=True, keeps_one_layer_scan_mlp=5,
+                   rounds_gathered_tied_table=True, tied_gather_ratio=8,
+                   keeps_one_layer_scan_mlp=5,
                    recomputed_scores_under_16bit=True, regathers_conv_kernels=True,
                    recomputed_norms_under_16bit=True,
                    regathers_recomputed_conv_kernels=True, copies_recomputed_largest_kernel=True,

@@ -168,7 +168,9 @@ def param_terms(anatomy: Anatomy, setup: Setup, size: Sizer, rows: int) -> Param
         trainable += n
         if path == anatomy.lm_head and path.endswith("/embedding"):
             tied = n
-            if zero_split and max(unzeroed[-2:]) < GATHER_RATIO * rows:
+            ratio = size.backend.tied_gather_ratio  # (Backend.tied_gather_ratio)
+            if zero_split and (max(unzeroed[-2:]) <= ratio * rows if ratio
+                               else max(unzeroed[-2:]) < GATHER_RATIO * rows):
                 tied_whole = size.nbytes(unzeroed, size.param)
         largest = max(largest, n)
         if not lookup:
