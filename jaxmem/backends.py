@@ -89,6 +89,9 @@ class Backend:
       gathers_batch_for_output_split_kernels: FSDP, a float32 chain's first kernel split on its
         output dimension: the batch's rows are gathered whole instead, live to its gradient
         (twice in the forward under remat with lion's copies): ``gathered_batch_moments``.
+      gathers_input_split_first_kernel: FSDP, no microbatches, a ``float32_chain_copies`` chain's
+        first kernel split on its input dimension: gathered whole (float32 rounded) in the
+        forward beside every rounded copy: ``param_memory.gathered_kernel_moment``.
       copies_state_with_microbatches: optimizers whose state is copied whole at the entry with
         microbatches (float32 MLP chain), beside the accumulators (one device: same-size slots).
       copies_parameters_at_entry: stateless optimizers (sgd) updating a float32 MLP chain in place
@@ -290,6 +293,7 @@ class Backend:
     copies_state_at_entry: tuple[str, ...] = ()
     copies_zero_state_at_entry: tuple[str, ...] = ()
     gathers_batch_for_output_split_kernels: bool = False
+    gathers_input_split_first_kernel: bool = False
     copies_state_with_microbatches: tuple[str, ...] = ()
     copies_parameters_at_entry: tuple[str, ...] = ()
     all_reduces_zero_gradients: bool = False
@@ -384,6 +388,7 @@ BACKENDS: dict[str, Backend] = {
                    copies_chain_kernels_at_entry=("adamw",), copies_state_at_entry=("lion",),
                    copies_zero_state_at_entry=("lion",),
                    gathers_batch_for_output_split_kernels=True,
+                   gathers_input_split_first_kernel=True,
                    copies_parameters_at_entry=("sgd",),
                    copies_state_with_microbatches=("lion",),
                    one_pass_frozen_head_loss=True,

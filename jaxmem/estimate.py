@@ -87,6 +87,7 @@ from jaxmem.models.anatomy import Anatomy, Tensor
 from jaxmem.param_memory import (
     batch_split_gradients,
     gathered_batch_moments,
+    gathered_kernel_moment,
     held_block_gradients,
     param_terms,
     regathered_kernels,
@@ -691,6 +692,8 @@ def estimate(config: Config | Setup, name: str = "") -> Estimate:
     gathered_batch_moments(moments, grads_why, anatomy, setup, size, micro,
                            float32_layers=float32_layers, copies=copies, gathered=gathered,
                            grads=grads, recompute=blocks.recompute, state_copied=state_copied)
+    gathered_kernel_moment(moments, grads_why, anatomy, setup, size, float32_chain=float32_chain,
+                           copies=copies, gathered=gathered)
     where = max(moments, key=lambda k: sum(moments[k]))
     saved_b, copies_b, gathered_b, grads_b, transient_b = moments[where]
     terms = [

@@ -344,3 +344,28 @@ def gathered_batch_moments(moments: dict, grads_why: dict, anatomy: Anatomy, set
         moments[at] = (0, copies, gathered + rows * (2 if setup.remat.checkpoint else 1),
                        grads["loss"][0], 0)
         grads_why[at] = grads["loss"][1]
+
+
+def gathered_kernel_moment(moments: dict, grads_why: dict, anatomy: Anatomy, setup: Setup,
+                           size: Sizer, *, float32_chain: bool, copies: int,
+                           gathered: int) -> None:
+    """Adds to ``moments`` the forward's moment where a 16-bit MLP chain read through float32
+    rounded copies (``Backend.float32_chain_copies``), without microbatches, gathers its first
+    kernel whole, ZeRO-split on its input dimension (the larger: ``sharding.param_spec``):
+    XLA:CPU all-gathers the float32 rounded kernel (the batch's rows are the smaller operand
+    only when split on the output: ``gathered_batch``), held to the backward's end beside every
+    kernel's rounded copy (``copies``) (``Backend.gathers_input_split_first_kernel``)."""
+    zero = set(setup.rules.zero)
+    if not (size.backend.gathers_input_split_first_kernel and float32_chain and anatomy.chain
+            and setup.config.data.microbatches == 1):
+        return
+    first = anatomy.chain[0]
+    shape = dict(anatomy.params)[first]
+    spec = param_spec(first, shape, setup, size.mesh)
+    if (len(spec) != 2 or not any(a in zero for a in spec_axes(spec[0]))
+            or spec_axes(spec[-1])):
+        return
+    at = ("in the forward, the chain's first kernel gathered whole (float32, split on its "
+          "input dimension) beside every kernel's rounded copy")
+    moments[at] = (0, copies, gathered + size.nbytes(tuple(shape), size.compute), 0, 0)
+    grads_why[at] = "none yet"

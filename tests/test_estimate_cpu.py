@@ -1796,3 +1796,18 @@ def test_cpu_gathers_a_tied_table_only_up_to_eight_times_the_rows(monkeypatch):
     with_rule, without = rule_errors(monkeypatch, config, tied_gather_ratio=0)
     assert abs(with_rule) < 0.04
     assert without > 0.10
+
+
+def test_cpu_gathers_an_input_split_first_kernel_in_float32(monkeypatch):
+    """FSDP, a bf16-mixed MLP whose first kernel is split on its input dimension (1024 > 512):
+    XLA:CPU all-gathers that kernel's float32 rounded copy whole in the forward, beside every
+    kernel shard's rounded copy. Within 3 % of XLA's total with the rule (-0.1 % measured),
+    more than 10 % short without it (-14.8 %)."""
+    config = make_config(model={"kind": "mlp", "in_features": 1024,
+                                "hidden": [512, 2048, 2048, 512], "out_features": 10},
+                         remat="none", precision="bf16-mixed", optimizer="sgd", target="cpu:8",
+                         sharding="fsdp", mesh={"fsdp": 8},
+                         data={"batch_size": 16, "microbatches": 1})
+    with_rule, without = rule_errors(monkeypatch, config, gathers_input_split_first_kernel=False)
+    assert abs(with_rule) < 0.03
+    assert without < -0.10
