@@ -161,6 +161,8 @@ class Backend:
         a tied table's, the batch split over devices, is a buffer of its own through the backward.
       regathers_frozen_tied_head: FSDP x tensor: a loop GPT's frozen tied table is gathered whole
         twice at the head's forward matmul (the backward's gather early), not a trainable one.
+      regathers_trainable_tied_head: that for a trainable table too (16-bit compute), at the
+        step's start: two whole tables, its shard transposed, its lookup gradient's buffer.
       regathers_remat_weights: FSDP (no tensor axis), no microbatches, a loop transformer under a
         checkpointing policy: weights re-gathered early, whole twice at the forward's end.
       regathers_split_remat_weights: ``regathers_remat_weights`` under FSDP x tensor too: the
@@ -327,6 +329,7 @@ class Backend:
     regathers_microbatch_weights: bool = False
     regathers_split_microbatch_weights: bool = False
     regathers_frozen_tied_head: bool = False
+    regathers_trainable_tied_head: bool = False
     regathers_remat_weights: bool = False
     regathers_split_remat_weights: bool = False
     regathers_recomputed_remat_kernels: bool = False
@@ -402,7 +405,8 @@ BACKENDS: dict[str, Backend] = {
                    dots_chain_rereads=True, widens_rounded_chain_at_entry=True,
                    scatters_lookup_gradients=True, regathers_microbatch_weights=True,
                    regathers_split_microbatch_weights=True,
-                   regathers_frozen_tied_head=True, regathers_remat_weights=True,
+                   regathers_frozen_tied_head=True, regathers_trainable_tied_head=True,
+                   regathers_remat_weights=True,
                    regathers_split_remat_weights=True, regathers_recomputed_remat_kernels=True,
                    copies_scanned_operands=True, copies_scanned_operands_without_remat=True,
                    remat_past_reduction_rows=4096, split_loop_stream_rows=4096,

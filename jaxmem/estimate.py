@@ -92,6 +92,7 @@ from jaxmem.param_memory import (
     param_terms,
     regathered_kernels,
     scanned_layer_gradients,
+    tied_head_regathered,
 )
 from jaxmem.setup import Setup, as_setup
 from jaxmem.sizing import Sizer
@@ -590,15 +591,17 @@ def estimate(config: Config | Setup, name: str = "") -> Estimate:
         grads_why[regathered_fwd] = "none yet"
     if (backend.regathers_frozen_tied_head and python_loop and zeroed > 1 and p.head_whole
             and mesh.shape.get("tensor", 1) > 1 and anatomy.lm_head.endswith("/embedding")
-            and head_frozen):
+            and (head_frozen or (backend.regathers_trainable_tied_head and not float32_layers))):
         # at the head's forward matmul: the frozen tied table gathered whole for it and again
         # for the backward's activation gradient (that all-gather made early, beside it), and
         # the table's local shard in a transposed copy of its own
-        head_fwd = ("at the LM head's forward matmul, with the frozen tied table gathered "
-                    "whole twice (for the forward and, early, for the backward)")
-        moments[head_fwd] = (saved_all, copies, gathered + p.head_whole,
-                             0, p.head_whole // zeroed)
-        grads_why[head_fwd] = "none yet"
+        # (a trainable one's at the step's start: Backend.regathers_trainable_tied_head)
+        head_fwd = ("at the LM head's forward matmul (a trainable table's: at the step's "
+                    "start), with the tied table gathered whole twice (for the forward and, "
+                    "early, for the backward)")
+        moments[head_fwd] = tied_head_regathered(p, zeroed, head_frozen, saved_all, copies,
+                                                 gathered)
+        grads_why[head_fwd] = "none yet" if head_frozen else "the lookup's gradient buffer"
     if (backend.copies_gathered_head_in_microbatch and c.data.microbatches > 1
             and anatomy.scanned and zeroed > 1 and p.head_whole and not float32_layers
             and not whole_table):

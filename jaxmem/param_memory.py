@@ -369,3 +369,19 @@ def gathered_kernel_moment(moments: dict, grads_why: dict, anatomy: Anatomy, set
           "input dimension) beside every kernel's rounded copy")
     moments[at] = (0, copies, gathered + size.nbytes(tuple(shape), size.compute), 0, 0)
     grads_why[at] = "none yet"
+
+
+def tied_head_regathered(p: Params, zeroed: int, frozen: bool, saved: int, copies: int,
+                         gathered: int) -> tuple[int, int, int, int, int]:
+    """The moment (saved, copies, gathered, gradients, transients) where, under FSDP x tensor,
+    a loop GPT's tied token table (its tensor slice, float32) is gathered whole for the LM
+    head's forward matmul and again, early, for the backward's activation gradient, beside its
+    local shard's transposed copy (``Backend.regathers_frozen_tied_head``). ``gathered``
+    already holds one whole table less its shard (the parameter). A trainable table
+    (``Backend.regathers_trainable_tied_head``, 16-bit compute): at the step's start, before
+    any saved value, both gathers are whole tables of their own, beside the rounded copies and
+    the lookup's gradient, a shard-sized float32 scatter-add buffer already made."""
+    shard = p.head_whole // zeroed
+    if frozen:
+        return (saved, copies, gathered + p.head_whole, 0, shard)
+    return (0, copies, gathered + p.head_whole + shard, p.tied_table, shard)
