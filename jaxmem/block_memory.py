@@ -668,31 +668,6 @@ def normalised_values(blocks: Sequence[Block], size: Sizer) -> int:
                for b in blocks)
 
 
-def first_forward_float32(blocks: Sequence[Block], outside: Sequence[Tensor],
-                          size: Sizer, fused: bool = False) -> int:
-    """Bytes a float32 CNN's first block holds in its forward beside the gathered kernels
-    (``Backend.forward_broadcasts_in_float32``): its convolution's output three times (the
-    output, its bias-added or rounded copy, the ReLU's zeros broadcast to its shape; under
-    remat ``full``, ``fused``, once: the recomputed one, the forward's being fused with its
-    ReLU and pooling, unless it has 16 output channels or fewer), its images, and the
-    constants the forward's ReLU and pooling fusions read, broadcast to the later blocks' ReLU
-    input and every block's pooled shapes (one buffer a distinct shape, made at the start)."""
-    convs = [t for t in blocks[0].values if t.dot == "conv"]
-    if not convs:
-        return 0
-    images = [t for t in blocks[0].values if t.block_input]
-    pooled = [*(next(t for t in b.values if t.block_input) for b in blocks[1:]),
-              *outside[:1]]
-    zeros = {(t.shape, t.axes): t for b in blocks[1:] for t in b.values
-             if t.name == "relu_input"}
-    quarters = {(t.shape, t.axes): t for t in pooled}
-    # under remat full the forward's convolution, bias, ReLU and pooling are one fusion
-    # (not for 16 output channels or fewer: a convolution of its own, then recomputed at once)
-    fused = fused and convs[-1].shape[-1] > 16
-    return ((1 if fused else 3) * size.tensors(convs[-1:]) + size.tensors(images)
-            + size.tensors([*zeros.values(), *quarters.values()]))
-
-
 def _float32_conv_kernels(block: Block, kernels: dict[str, tuple[int, ...]],
                           size: Sizer) -> int:
     """Bytes of ``block``'s convolution kernels as float32 copies."""

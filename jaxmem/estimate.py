@@ -44,6 +44,7 @@ flags say which values such rules apply to).
 Example:
   >>> from jaxmem import estimate
   >>> from jaxmem.config import Config
+from jaxmem.conv_memory import conv_forward_moments
   >>> e = estimate(Config())
   >>> e.total_bytes == sum(t.bytes for t in e.terms if t.counted)
   True
@@ -68,18 +69,16 @@ from jaxmem.backends import BACKENDS, Backend
 from jaxmem.block_memory import (
     SAVEABLE_NONE,
     block_terms,
-    first_forward_float32,
-    first_forward_rounded,
     kept_bytes,
     normalised_values,
     recomputed_kernels,
     recomputed_scores,
     redoes_matmuls,
-    saves_nothing,
     unfused,
     widest_after_scores,
 )
 from jaxmem.config import Config
+from jaxmem.conv_memory import conv_forward_moments
 from jaxmem.errors import ConfigError, Unsupported
 from jaxmem.estimate_result import ARGUMENT_TERMS, Estimate, Term
 from jaxmem.gradient_memory import live_gradients
@@ -90,7 +89,6 @@ from jaxmem.param_memory import (
     gathered_kernel_moment,
     held_block_gradients,
     param_terms,
-    regathered_kernels,
     scanned_layer_gradients,
     tied_head_regathered,
 )
@@ -138,6 +136,7 @@ def estimate(config: Config | Setup, name: str = "") -> Estimate:
     Example:
       >>> from jaxmem import estimate
       >>> from jaxmem.config import Config
+from jaxmem.conv_memory import conv_forward_moments
       >>> e = estimate(Config())
       >>> [t.name for t in e.terms][:3]
       ['parameters', 'optimizer state', 'batch']
@@ -652,46 +651,10 @@ def estimate(config: Config | Setup, name: str = "") -> Estimate:
         moments[at_scores] = (held, copies, gathered, grads["loss"][0],
                               extra + split_copy)
         grads_why[at_scores] = grads["loss"][1]
-    recomputed_rev = 0
-    regathered, largest_kernel = (regathered_kernels(anatomy, setup, size)
-                                  if backend.regathers_conv_kernels and zeroed > 1
-                                  and python_loop else (0, 0))
-    if regathered:
-        first = next(t for t in anatomy.blocks[0].values if t.dot == "conv")
-        images = next(t for t in anatomy.blocks[0].values if t.block_input)
-        at_forward = ("in the first block's forward, with the conv kernels gathered for the "
-                      "forward and again for the backward (the all-gathers made early)")
-        if (backend.regathers_recomputed_conv_kernels
-                and redoes_matmuls(anatomy.blocks, undone_policy, size)):
-            # an undone remat's recomputed convolutions gather their kernels a third time,
-            # early too (Backend.regathers_recomputed_conv_kernels)
-            regathered *= 2
-            recomputed_rev = largest_kernel * backend.copies_recomputed_largest_kernel
-        moments[at_forward] = (0, copies, gathered + regathered + largest_kernel, 0,
-                               size.tensors([first, images]))
-        grads_why[at_forward] = "none yet"
-    if (backend.forward_broadcasts_in_float32 and zeroed > 1 and python_loop
-            and float32_layers and anatomy.blocks):
-        # a float32 CNN's first block's forward: three of its convolution's outputs and the
-        # broadcast constants of the ReLU and pooling fusions, beside the kernels gathered
-        # for the forward and again for the backward (Backend.forward_broadcasts_in_float32),
-        # under full the largest's transposed copy too (copies_recomputed_largest_kernel)
-        held = first_forward_float32(anatomy.blocks, anatomy.outside, size,
-                                     fused=saves_nothing(anatomy.blocks, undone_policy))
-        if held:
-            at_first_conv = ("in the first block's forward, its convolution's output three "
-                             "times beside the ReLU's and pooling's broadcast constants")
-            moments[at_first_conv] = (0, copies, gathered + regathered + recomputed_rev, 0,
-                                      held + split_copy)
-            grads_why[at_first_conv] = "none yet"
-    if pooled_alone and len(anatomy.blocks) > 1:
-        # the kernels' float32 rounded copies, for the forward and transposed for the
-        # backward, made at the step's start (Backend.pools_before_kernel_gradient)
-        twice, held = first_forward_rounded(anatomy.blocks, dict(anatomy.params), size)
-        at_first_conv = ("in the first block's forward, with every later kernel's float32 "
-                         "rounded copies (the forward's, the backward's transposed one)")
-        moments[at_first_conv] = (0, twice, 0, 0, held)
-        grads_why[at_first_conv] = "none yet"
+    conv_forward_moments(moments, grads_why, anatomy, setup, size, undone_policy,
+                         copies=copies, gathered=gathered, split_copy=split_copy,
+                         on_one_loop=zeroed > 1 and python_loop, float32_layers=float32_layers,
+                         pooled_alone=pooled_alone)
     gathered_batch_moments(moments, grads_why, anatomy, setup, size, micro,
                            float32_layers=float32_layers, copies=copies, gathered=gathered,
                            grads=grads, recompute=blocks.recompute, state_copied=state_copied)

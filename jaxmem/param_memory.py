@@ -252,27 +252,6 @@ def batch_split_gradients(anatomy: Anatomy, setup: Setup, size: Sizer, rows: int
     return whole
 
 
-def regathered_kernels(anatomy: Anatomy, setup: Setup, size: Sizer) -> tuple[int, int]:
-    """The whole ZeRO-split kernels of the convolutions that make an input gradient (all but
-    those of the images), in the compute dtype: gathered again for the backward's transposed
-    convolution (``Backend.regathers_conv_kernels``); and the largest of them."""
-    zero, shapes, out, largest = set(setup.rules.zero), dict(anatomy.params), 0, 0
-    for block in anatomy.blocks:
-        images = {t.name for t in block.values if t.batch_cast}
-        for t in block.values:
-            if t.dot != "conv" or t.kernel not in shapes or set(t.inputs) <= images:
-                continue
-            shape = shapes[t.kernel]
-            spec = param_spec(t.kernel, shape, setup, size.mesh)
-            if any(a in zero for e in spec for a in spec_axes(e)):  # its ZeRO shards joined
-                whole = tuple(s // math.prod(size.mesh.shape[a] for a in spec_axes(e)
-                                             if a not in zero)
-                              for s, e in zip(shape, spec, strict=True))
-                out += block.count * size.nbytes(whole, size.compute)
-                largest = max(largest, size.nbytes(whole, size.compute))
-    return out, largest
-
-
 def held_block_gradients(anatomy: Anatomy, setup: Setup, size: Sizer, kernels: int = 2) -> int:
     """The gradients of one block's ``kernels`` largest matmul kernels (a transformer's MLP
     kernels) and of the largest trainable parameter outside the blocks, per device in the
