@@ -131,8 +131,8 @@ class Backend:
         none alive at the loss gradient (XLA:TPU; not under ZeRO; CPU: ``holds_outside_gradient``).
       loop_whole_gradients: microbatches under FSDP: a loop transformer's whole gradients are held
         through a microbatch's backward, for the combined reduction.
-      loop_whole_conv_gradients: ``loop_whole_gradients`` for a Python-loop CNN too: its whole
-        kernel gradients wait through an earlier block's backward in the microbatch loop body.
+      loop_whole_conv_gradients: ``loop_whole_gradients`` for a Python-loop CNN of two or more
+        convolutions too: a later one's whole gradient waits through an earlier one's backward.
       slices_scanned_layer: a scanned stack's backward loop copies its layer's float32 parameters
         out of the stacked ones, held through the layer's backward (16-bit: slices its 16-bit copy).
       holds_scanned_layer_gradients: 16-bit compute, a scanned stack, no microbatches or ZeRO: the

@@ -374,12 +374,13 @@ from jaxmem.conv_memory import conv_forward_moments
     whole = (batch_split_gradients(anatomy, setup, size, rows)
              if backend.all_reduces_zero_gradients and zeroed > 1 and not p.stacked else 0)
     # in a microbatch's backward, a Python-loop stack's whole gradients wait for the step's
-    # combined reduction beside the activations (XLA:CPU; a CNN's: loop_whole_conv_gradients);
+    # combined reduction beside the activations (XLA:CPU; a CNN's, two convolutions or more:
+    # a later one's gradient held through an earlier one's backward, loop_whole_conv_gradients);
     # counted for every trainable parameter. Not for a one-layer scan (estimated as a loop
     # otherwise): a one-layer fsdp x tp encoder went +2.3 -> +13.8 % with it
     waiting = (whole if backend.loop_whole_gradients and c.data.microbatches > 1
                and not built_scanned and (transformer or (backend.loop_whole_conv_gradients
-               and any(t.dot == "conv" for b in anatomy.blocks for t in b.values))) else 0)
+               and sum(t.dot == "conv" for b in anatomy.blocks for t in b.values) > 1)) else 0)
     # a scanned backward loop's body copies its layer's float32 weights out of the stack
     layer_slice = (p.stacked_all // layers
                    if backend.slices_scanned_layer and anatomy.scanned and float32_layers
