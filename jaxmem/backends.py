@@ -252,8 +252,10 @@ class Backend:
         microbatches: float32 kernel copies made at the start, the first forward a moment too.
       rounds_tensor_split_operands: 16-bit compute with a tensor axis: a block keeps its MLP
         matmuls' operands (the second norm's output, the MLP activation) rounded to 16 bits.
-      reduces_tied_zero_gradients_apart: float32 layers under FSDP, a tied table gathered whole:
-        its two whole gradients are two entries of the combined all-reduce (``tied_whole``).
+      reduces_tied_zero_gradients_apart: under FSDP, a tied table gathered whole (float32 or
+        16-bit compute): its two whole gradients are two entries of the combined all-reduce.
+      copies_zero_parameters_at_entry: optimizers (lion) copying every parameter's ZeRO shard at
+        the entry under FSDP, a Python-loop transformer, 16-bit compute: held to the update.
       reduces_gradients_before_update: a float32 MLP chain over data-parallel devices (no ZeRO)
         all-reduces each kernel's gradient before its update: no update fused (XLA:TPU).
       recomputes_16bit_whole: 16-bit compute: a value recomputed ``recomputed_as`` (a conv
@@ -366,6 +368,7 @@ class Backend:
     holds_loop_block_gradients: tuple[str, ...] = ()
     rounds_tensor_split_operands: bool = False
     reduces_tied_zero_gradients_apart: bool = False
+    copies_zero_parameters_at_entry: tuple[str, ...] = ()
     scatters_zero_lookup_gradients: bool = False
     reduces_gradients_before_update: bool = False
     recomputes_16bit_whole: bool = False
@@ -390,6 +393,7 @@ BACKENDS: dict[str, Backend] = {
                    keeps_reduced_matmul_outputs=True, accumulates_float32_in_place=True,
                    copies_chain_kernels_at_entry=("adamw",), copies_state_at_entry=("lion",),
                    copies_zero_state_at_entry=("lion",),
+                   copies_zero_parameters_at_entry=("lion",),
                    gathers_batch_for_output_split_kernels=True,
                    gathers_input_split_first_kernel=True,
                    copies_parameters_at_entry=("sgd",),

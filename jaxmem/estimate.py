@@ -356,6 +356,12 @@ from jaxmem.conv_memory import conv_forward_moments
     if reread_state:  # the blocks' kernels rounded to 16 bits (not the head's)
         copies = sum(chain_memory.local_bytes(k, anatomy, setup, size, stored)
                      for k in anatomy.chain[:len(anatomy.blocks)])
+    # the ZeRO shards' copies, made at the entry, held to the update (16-bit compute; Backend.
+    # copies_zero_parameters_at_entry)
+    entry_copies = trainable if (c.optimizer.name in backend.copies_zero_parameters_at_entry
+                                 and zeroed > 1 and python_loop and transformer
+                                 and not float32_math and c.data.microbatches == 1) else 0
+    copies += entry_copies
     saved_all = blocks.saved + outside
     # a one-layer scan with microbatches, under a policy recomputing the projections (full,
     # save:*), keeps its loop, and the forward's MLP values stay alive through the backward
@@ -535,15 +541,15 @@ from jaxmem.conv_memory import conv_forward_moments
         copies_of = 2 if c.data.microbatches == 1 else 3
         reducing = (f"where the gradients are all-reduced over the {zeroed} fsdp devices (a "
                     "parameter whose input is split by the batch has a whole gradient)")
-        # a gathered tied table's two whole gradients, reduced apart (float32 layers;
+        # a gathered tied table's two whole gradients, reduced apart (also 16-bit compute;
         # Backend.reduces_tied_zero_gradients_apart)
-        apart = (backend.reduces_tied_zero_gradients_apart and float32_layers
+        apart = (backend.reduces_tied_zero_gradients_apart
                  and (c.data.microbatches == 1 or not built_scanned))
         tied_whole = 2 * p.tied_whole if apart else 0
         # (the state copies: the first kernel's is left, beside its whole gradient; the
         # forward's gathered whole kernels are beside them all)
         held = p.first if state_copied else grads["block"][0]
-        moments[reducing] = (0, 0, 0, held + copies_of * whole + tied_whole, 0)
+        moments[reducing] = (0, entry_copies, 0, held + copies_of * whole + tied_whole, 0)
         if state_copied:
             moments[at_gathered := "in the forward, the whole kernels gathered beside "
                      f"{c.optimizer.name}'s copies made at the step's entry"] = (
@@ -681,7 +687,9 @@ from jaxmem.conv_memory import conv_forward_moments
              + ("; the 16-bit copies of the kernels the checkpointed blocks' backward re-reads"
                 + (", and their float32 copies made in the microbatch's backward"
                    if copies_b >= copies + reread_16 + reread_32 else "")
-                if reread_16 and copies_b >= copies + reread_16 else "")),
+                if reread_16 and copies_b >= copies + reread_16 else "")
+             + ("; the parameter shards' copies made at the step's entry" if entry_copies
+                else "")),
         Term("gathered parameters", gathered_b, "whole parameters all-gathered from their "
              "ZeRO shards in the forward, kept for the backward"),
         Term("gradients", grads_b, grads_why[where]),

@@ -1842,3 +1842,23 @@ def test_cpu_holds_no_later_kernel_gradient_with_one_convolution(monkeypatch):
     with_rule, without = rule_errors(monkeypatch, config, loop_whole_conv_gradients=False)
     assert with_rule == without
     assert abs(with_rule) < 0.03
+
+
+@pytest.mark.parametrize(("optimizer", "flag", "off"),
+                         [("lion", "copies_zero_parameters_at_entry", ()),
+                          ("adamw", "reduces_tied_zero_gradients_apart", False)])
+def test_cpu_fsdp_16bit_loop_gpt_at_the_gradient_all_reduce(monkeypatch, optimizer, flag, off):
+    """FSDP, a bf16-mixed Python-loop GPT whose tied table is gathered: at the whole gradients'
+    all-reduce the table's two whole gradients (the lookup's scatter-add, the head's matmul) go
+    into it apart, and lion's parameter shards are copied at the entry and held to the update.
+    Closer to XLA's total with each rule (lion -7.2 %, adamw -4.9 % measured) than without
+    (-11.4 %, -17.6 %)."""
+    config = make_config(model={"kind": "gpt", "num_layers": 2, "d_model": 256, "num_heads": 8,
+                                "seq_len": 64, "vocab_size": 1000, "mlp_ratio": 2,
+                                "stack": "loop"},
+                         remat="save:query+key+value", precision="bf16-mixed",
+                         optimizer=optimizer, target="cpu:8", sharding="fsdp",
+                         mesh={"fsdp": 8}, data={"batch_size": 16, "microbatches": 1})
+    with_rule, without = rule_errors(monkeypatch, config, **{flag: off})
+    assert abs(with_rule) < 0.09
+    assert without < with_rule - 0.03
