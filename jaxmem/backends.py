@@ -61,6 +61,9 @@ class Backend:
         gradient of its own (0: off).
       holds_outside_gradient: holds the largest gradient outside a scanned stack (the embedding
         table's) through the stack's backward loop (not XLA:TPU).
+      splits_tied_lookup_gradient_early: a float32 scanned stack, its tied token table split over
+        ``tensor``, under a checkpointing policy: the lookup's gradient (a scatter-add) is made at
+        the step's start, beside the loss gradient (no tied table there without the tensor axis).
       slices_sharded_convs: computes a conv of the images whose output channels are ZeRO-split ``n``
         ways as ``n`` lane-padded slices, :data:`CONV_SLICES` held in its backward (XLA:TPU).
       widens_microbatch_gradients: 16-bit compute with microbatches: holds a float32 copy of a
@@ -237,7 +240,10 @@ class Backend:
       copies_recomputed_largest_kernel: with that third gather, a float32 CNN's first forward
         holds the largest kernel's transposed copy beside the broadcast constants too: 4 whole.
       tied_head_gradient_after_loss: float32 loop model, one device, a tied table its largest
-        parameter: its gradient is made once the loss's other values are dead, a moment of its own.
+        parameter: its gradient is made once the loss's other values are dead, a moment of its own
+        (``copies_largest_gradient`` optimizers: their copy of the table, made at the entry, held).
+      shares_tied_copy_with_logits: there, the optimizer's copy of the table is not held at the
+        loss where the logits are its size (as many rows a device as the table's width).
       holds_loop_block_gradients: optimizers whose updates (float32, one device, no microbatches)
         wait during a loop transformer block's backward: its two MLP kernel gradients held.
       forward_broadcasts_in_float32: FSDP, a float32 loop CNN: its first forward holds the conv
@@ -283,6 +289,7 @@ class Backend:
     scan_remat_stages: bool = False
     scan_float32_score_gradient_from: int = 0
     holds_outside_gradient: bool = False
+    splits_tied_lookup_gradient_early: bool = False
     slices_sharded_convs: bool = False
     widens_microbatch_gradients: bool = False
     gradient_over_undone_remat: bool = False
@@ -293,6 +300,7 @@ class Backend:
     frees_saved_in_microbatch_remat: bool = False
     copies_largest_gradient: tuple[str, ...] = ()
     tied_head_gradient_after_loss: bool = False
+    shares_tied_copy_with_logits: bool = False
     copies_chain_kernels_at_entry: tuple[str, ...] = ()
     copies_state_at_entry: tuple[str, ...] = ()
     copies_zero_state_at_entry: tuple[str, ...] = ()
@@ -416,6 +424,7 @@ BACKENDS: dict[str, Backend] = {
                    remat_past_reduction_rows=4096, split_loop_stream_rows=4096,
                    copies_scanned_16bit_state=("lion",),
                    copies_scanned_float32_state=("lion",),
+                   splits_tied_lookup_gradient_early=True,
                    copies_gathered_head_in_microbatch=True, reduces_tied_gradients_apart=True,
                    reduces_gathered_head_gradient=True,
                    scatters_sharded_lookup_gradients=True,
@@ -432,7 +441,8 @@ BACKENDS: dict[str, Backend] = {
                    regathers_recomputed_conv_kernels=True, copies_recomputed_largest_kernel=True,
                    forward_broadcasts_in_float32=True,
                    pads_pooling_gradient=True, places_16bit_relu_gradient_above=True,
-                   tied_head_gradient_after_loss=True, shares_loop_norm_values=True,
+                   tied_head_gradient_after_loss=True, shares_tied_copy_with_logits=True,
+                   shares_loop_norm_values=True,
                    holds_loop_block_gradients=("sgd", "adamw", "lion"),
                    rounds_tensor_split_operands=True, reduces_tied_zero_gradients_apart=True,
                    scatters_zero_lookup_gradients=True),

@@ -88,20 +88,26 @@ def live_gradients(c: Config, backend: Backend, p: Params, fused_updates: bool,
         # gradient once the loss's own values are dead; where the loss gradient is
         # computed, only the stack's gradients are alive (and, for an optimizer that reads a
         # copy of the largest, that copy: made at the step's entry)
+        # a tied table split over the tensor axis under a checkpointing policy: its lookup's
+        # gradient (a scatter-add) is made at the step's start, alive at the loss gradient
+        # (Backend.splits_tied_lookup_gradient_early)
+        early = (p.tied_table if backend.splits_tied_lookup_gradient_early and tensor_split
+                 and c.remat.policy != "none" else 0)
         if c.optimizer.name in backend.copies_scanned_float32_state and batch_split:
             # the copy of the largest parameter outside the stack, made at the step's entry,
             # is held through the backward loop too (Backend.copies_scanned_float32_state)
             held = p.largest_outside
             why = (f"; {c.optimizer.name}'s copy of the largest parameter outside the stack "
                    "(made at the step's entry, held to its update)")
-            return {"loss": (stacked + held, "a scanned stack's gradients" + why),
+            return {"loss": (stacked + held + early, "a scanned stack's gradients" + why),
                     "block": (one[0] + held, one[1] + why),
                     "head": (one[0] + held, one[1] + why)}
         if c.optimizer.name in backend.copies_largest_gradient:
-            return {"loss": (stacked + p.largest_outside, "a scanned stack's gradients and a "
+            return {"loss": (stacked + p.largest_outside + early,
+                             "a scanned stack's gradients and a "
                              f"copy of the largest parameter outside it ({c.optimizer.name}'s, "
                              "made at the step's entry)"), "block": one, "head": one}
-        return {"loss": (stacked, "a scanned stack's gradients (their accumulators)"),
+        return {"loss": (stacked + early, "a scanned stack's gradients (their accumulators)"),
                 "block": one, "head": one}
     elif float32_chain and c.optimizer.name in backend.copies_largest_gradient:
         one = (trainable, f"{c.optimizer.name}'s copies of every trainable parameter (the "
@@ -125,13 +131,23 @@ def live_gradients(c: Config, backend: Backend, p: Params, fused_updates: bool,
         one = (p.largest_read_back, "the largest parameter's old value that the backward "
                "still reads after its update (the gradients, outer products, are computed "
                "inside the updates)")
-    elif c.optimizer.name in backend.copies_largest_gradient:
-        one = (2 * largest, "the largest gradient and its copy (each is applied to its "
-               f"parameter as it is made; {c.optimizer.name}'s update reads a copy)")
     else:
-        one = (largest, "the largest gradient (each is applied to its parameter as it is made)")
+        copied = c.optimizer.name in backend.copies_largest_gradient
+        one = ((2 * largest, "the largest gradient and its copy (each is applied to its "
+                f"parameter as it is made; {c.optimizer.name}'s update reads a copy)") if copied
+               else (largest, "the largest gradient (each is applied to its parameter as it "
+                     "is made)"))
         if (backend.tied_head_gradient_after_loss and float32_layers and not batch_split
                 and not tensor_split and p.tied_table and p.tied_table == largest):
-            return {"loss": (0, "none yet (the tied table's is made by the LM head's matmul "
-                             "once the loss's values are dead)"), "block": one, "head": one}
+            # the copy an optimizer reads is made at the step's entry, the gradient after
+            # ... except in the logits' slot where they are its size: as many rows as the
+            # table's width (Backend.shares_tied_copy_with_logits)
+            rows = c.data.batch_size // c.data.microbatches * getattr(c.model, "seq_len", 0)
+            copied = copied and not (backend.shares_tied_copy_with_logits
+                                     and rows == getattr(c.model, "d_model", 0))
+            return {"loss": (largest if copied else 0, (f"{c.optimizer.name}'s copy of the "
+                             "tied table, made at the step's entry; " if copied else "") +
+                             "no gradient yet (the tied table's is made by the LM head's "
+                             "matmul once the loss's values are dead)"),
+                    "block": one, "head": one}
     return {"loss": one, "block": one}
