@@ -258,8 +258,8 @@ class Backend:
         microbatches: float32 kernel copies made at the start, the first forward a moment too.
       rounds_tensor_split_operands: 16-bit compute with a tensor axis: a block keeps its MLP
         matmuls' operands (the second norm's output, the MLP activation) rounded to 16 bits.
-      reduces_tied_zero_gradients_apart: under FSDP, a tied table gathered whole (float32 or
-        16-bit compute): its two whole gradients are two entries of the combined all-reduce.
+      reduces_tied_zero_gradients_apart: under FSDP, a tied table gathered whole (float32, or
+        16-bit without microbatches): its two whole gradients are two all-reduce entries.
       copies_zero_parameters_at_entry: optimizers (lion) copying every parameter's ZeRO shard at
         the entry under FSDP, a Python-loop transformer, 16-bit compute: held to the update.
       reduces_gradients_before_update: a float32 MLP chain over data-parallel devices (no ZeRO)
