@@ -256,6 +256,8 @@ class Backend:
       pools_before_kernel_gradient: under ``keeps_rounded_under_16bit``, a conv block's widest
         backward moment (pooling's or ReLU's) precedes its kernel gradient; one device, no
         microbatches: float32 kernel copies made at the start, the first forward a moment too.
+      lone_conv_block_microbatch_gradients: ``pools_before_kernel_gradient`` with one conv block,
+        one device, microbatches: its backward holds the accumulators and one float32 gradient set.
       rounds_tensor_split_operands: 16-bit compute with a tensor axis: a block keeps its MLP
         matmuls' operands (the second norm's output, the MLP activation) rounded to 16 bits.
       reduces_tied_zero_gradients_apart: under FSDP, a tied table gathered whole (float32, or
@@ -296,6 +298,7 @@ class Backend:
     frees_saved_under_16bit: bool = False
     keeps_rounded_under_16bit: bool = False
     pools_before_kernel_gradient: bool = False
+    lone_conv_block_microbatch_gradients: bool = False
     copies_microbatch_split: bool = False
     frees_saved_in_microbatch_remat: bool = False
     copies_largest_gradient: tuple[str, ...] = ()
@@ -388,7 +391,7 @@ BACKENDS: dict[str, Backend] = {
                    combines_all_reduces=True, holds_outside_gradient=True,
                    widens_microbatch_gradients=True, gradient_over_undone_remat=True,
                    frees_saved_under_16bit=True, keeps_rounded_under_16bit=True,
-                   pools_before_kernel_gradient=True,
+                   pools_before_kernel_gradient=True, lone_conv_block_microbatch_gradients=True,
                    copies_microbatch_split=True, frees_saved_in_microbatch_remat=True,
                    copies_largest_gradient=("lion",),
                    all_reduces_zero_gradients=True, updates_stack_first=True,

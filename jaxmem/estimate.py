@@ -409,19 +409,26 @@ from jaxmem.conv_memory import conv_forward_moments
     # pooling's or ReLU's, before its kernel's gradient (Backend.pools_before_kernel_gradient)
     # (the values outside the blocks, the pooled features, are dead there on any mesh)
     pooled_alone = blocks.pooled and c.data.microbatches == 1 and one_device
+    # (one pooled block with microbatches: the accumulators and one float32 gradient set, no
+    # 16-bit copy still read; Backend.lone_conv_block_microbatch_gradients)
+    lone_block = bool(backend.lone_conv_block_microbatch_gradients and blocks.pooled
+                      and len(anatomy.blocks) == 1 and c.data.microbatches > 1 and one_device)
+    block_copies = (blocks.transposed_kernels if pooled_alone else 0 if lone_block
+                    else copies + reread_16 + reread_32 + (p.tied_whole if whole_table else 0))
+    block_grads = (0 if pooled_alone else 2 * trainable if lone_block
+                   else grads["block"][0] + waiting)
     moments = {
         at_loss: (saved_all, copies + reread_16 + reread_32, gathered, grads["loss"][0],
                   loss + split_copy),
         in_block: (blocks.before - blocks.freed
                    + (0 if backend.frees_outside_first or blocks.pooled or scan_stages
                       else outside),
-                   blocks.transposed_kernels if pooled_alone
-                   else copies + reread_16 + reread_32 + (p.tied_whole if whole_table else 0),
-                   gathered, 0 if pooled_alone else grads["block"][0] + waiting,
+                   block_copies, gathered, block_grads,
                    blocks.recompute + layer_slice + layer_grads + split_copy),
     }
     grads_why = {at_loss: grads["loss"][1],
                  in_block: "none (the block's kernel gradient is made after)" if pooled_alone
+                 else "the microbatch accumulators and one float32 gradient set" if lone_block
                  else grads["block"][1] + (
                      "; every trainable parameter's whole (unsharded) gradient, waiting for "
                      "the combined reduction" if waiting else "")}

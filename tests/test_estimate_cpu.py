@@ -1911,3 +1911,20 @@ def test_cpu_16bit_tied_gradients_are_not_reduced_apart_with_microbatches(monkey
     with_rule, without = rule_errors(monkeypatch, config, reduces_tied_zero_gradients_apart=False)
     assert with_rule == without
     assert abs(with_rule) < 0.12
+
+
+@pytest.mark.parametrize("optimizer", ["adamw", "sgd"])
+def test_cpu_one_conv_block_holds_one_float32_gradient_set_in_a_microbatch(monkeypatch,
+                                                                           optimizer):
+    """One device, a bf16-mixed CNN of one block with microbatches: at its pooling's backward
+    XLA:CPU holds the accumulators and one float32 gradient set, and no 16-bit kernel copy (the
+    first convolution makes no input gradient). Within 3 % of XLA's total with the rule (-0.4 %,
+    -0.3 % measured), over 10 % above it without (+14.0 %, +17.6 %)."""
+    config = make_config(model={"kind": "cnn", "image_size": 8, "channels": [64],
+                                "depthwise_separable": False},
+                         remat="none", precision="bf16-mixed", optimizer=optimizer,
+                         data={"batch_size": 4, "microbatches": 4})
+    with_rule, without = rule_errors(monkeypatch, config,
+                                     lone_conv_block_microbatch_gradients=False)
+    assert abs(with_rule) < 0.03
+    assert without > 0.10
