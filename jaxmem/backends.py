@@ -142,6 +142,9 @@ class Backend:
         backward loop's body makes its layer's float32 weight gradients in buffers of their own
         before writing them into the stacked ones; reduced over the batch (data parallelism), their
         all-reduce's output beside them too (not with ``copies_scanned_16bit_state``).
+      holds_zero_tensor_scanned_layer: its FSDP x tensor form, no microbatches, remat none or
+        except:*: the body's layer float32 weights gathered over ZeRO and their gradients before
+        the reduce-scatter, one float32 layer joined over the ZeRO axes.
       float32_loop_copies: 16-bit compute: a loop transformer's matmuls read float32 rounded
         parameter copies, kept for the backward (not scan, MLP chain, conv, microbatches or ZeRO).
       float32_chain_copies: 16-bit compute, no remat: an MLP chain compiles as in float32 (float32
@@ -331,6 +334,7 @@ class Backend:
     loop_whole_conv_gradients: bool = False
     slices_scanned_layer: bool = False
     holds_scanned_layer_gradients: bool = False
+    holds_zero_tensor_scanned_layer: bool = False
     float32_chain_copies: bool = False
     chain_head_gradient_first: bool = False
     dots_chain_rereads: bool = False
@@ -413,6 +417,7 @@ BACKENDS: dict[str, Backend] = {
                    float32_loop_copies=True, loop_whole_gradients=True,
                    loop_whole_conv_gradients=True,
                    slices_scanned_layer=True, holds_scanned_layer_gradients=True,
+                   holds_zero_tensor_scanned_layer=True,
                    float32_chain_copies=True,
                    chain_head_gradient_first=True, widens_into_state=("lion",),
                    rereads_state_copies_with_microbatches=("lion",),

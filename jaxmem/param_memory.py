@@ -204,13 +204,20 @@ def scanned_layer_gradients(p: Params, setup: Setup, size: Sizer, scanned_16bit:
     """A 16-bit scanned layer's float32 weight gradients, made in its backward loop's body
     before they are written into the stack's, and, where they are all-reduced over
     data-parallel devices, that all-reduce's output (``Backend.holds_scanned_layer_gradients``;
-    not with microbatches, ZeRO, or an optimizer copying its state before the loop).
+    not with microbatches, ZeRO, or an optimizer copying its state before the loop). Under
+    FSDP x tensor with no recomputation (remat none, except:*): the layer's float32 weights
+    joined over the ZeRO axes (``Backend.holds_zero_tensor_scanned_layer``).
     ``scanned_16bit``: a scanned stack of more than one layer under 16-bit compute."""
     c, backend, shape = setup.config, size.backend, size.mesh.shape
     batch = {a: n for a, n in shape.items() if a in sharding.BATCH_AXES}
+    zeroed = math.prod(n for a, n in batch.items() if a in setup.rules.zero) > 1
+    if (backend.holds_zero_tensor_scanned_layer and scanned_16bit and zeroed
+            and shape.get("tensor", 1) > 1 and c.data.microbatches == 1
+            and (setup.remat.name == "none" or setup.remat.name.startswith("except:"))):
+        return p.whole_layer  # (Backend.holds_zero_tensor_scanned_layer)
     if (not (backend.holds_scanned_layer_gradients and scanned_16bit) or c.data.microbatches > 1
             or c.optimizer.name in backend.copies_scanned_16bit_state
-            or math.prod(n for a, n in batch.items() if a in setup.rules.zero) > 1):
+            or zeroed):
         return 0
     return p.whole_layer * (2 if math.prod(batch.values()) > 1 else 1)
 

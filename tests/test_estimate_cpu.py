@@ -1928,3 +1928,19 @@ def test_cpu_one_conv_block_holds_one_float32_gradient_set_in_a_microbatch(monke
                                      lone_conv_block_microbatch_gradients=False)
     assert abs(with_rule) < 0.03
     assert without > 0.10
+
+
+def test_cpu_holds_a_gathered_float32_layer_in_a_zero_tensor_scan(monkeypatch):
+    """FSDP x tensor, a scanned bf16-mixed GPT under except:* (no recomputation of the
+    matmuls): the backward loop's body holds its layer's float32 weights gathered over the ZeRO
+    axes and their gradient pieces. Within 6 % of XLA's total with the rule (-3.8 % measured),
+    more than 10 % short without it (-12.9 %)."""
+    config = make_config(model={"kind": "gpt", "num_layers": 3, "d_model": 384, "num_heads": 8,
+                                "seq_len": 64, "vocab_size": 1000, "mlp_ratio": 4,
+                                "stack": "scan"},
+                         remat="except:mlp_post_act", precision="bf16-mixed", optimizer="adamw",
+                         target="cpu:8", sharding="fsdp+tp", mesh={"fsdp": 2, "tensor": 4},
+                         data={"batch_size": 2, "microbatches": 1})
+    with_rule, without = rule_errors(monkeypatch, config, holds_zero_tensor_scanned_layer=False)
+    assert abs(with_rule) < 0.06
+    assert without < -0.10
