@@ -192,6 +192,8 @@ class Backend:
       split_loop_stream_rows: tensor parallelism (no fsdp axis), a Python-loop transformer under
         remat none (or undone, not ``except:*``): from this many rows a device, each block keeps
         two more float32 residual-stream-wide values (0: never).
+      loop_stream_rows: the same without a tensor axis (dp or one device, no fsdp): from this
+        many rows a device, each block keeps three more float32 residual-stream-wide values.
       copies_scanned_16bit_state: optimizers (lion) whose state is copied whole before a 16-bit
         scanned stack's backward loop, no microbatches; its 16-bit gradients reuse the freed slots.
       copies_scanned_float32_state: float32 scanned stack, batch split over devices, no
@@ -354,6 +356,7 @@ class Backend:
     copies_scanned_operands_without_remat: bool = False
     remat_past_reduction_rows: int = 0
     split_loop_stream_rows: int = 0
+    loop_stream_rows: int = 0
     copies_scanned_16bit_state: tuple[str, ...] = ()
     copies_scanned_float32_state: tuple[str, ...] = ()
     copies_gathered_head_in_microbatch: bool = False
@@ -430,6 +433,7 @@ BACKENDS: dict[str, Backend] = {
                    regathers_split_remat_weights=True, regathers_recomputed_remat_kernels=True,
                    copies_scanned_operands=True, copies_scanned_operands_without_remat=True,
                    remat_past_reduction_rows=4096, split_loop_stream_rows=4096,
+                   loop_stream_rows=4096,
                    copies_scanned_16bit_state=("lion",),
                    copies_scanned_float32_state=("lion",),
                    splits_tied_lookup_gradient_early=True,

@@ -255,11 +255,16 @@ def _split_stream(block: Block, size: Sizer, loop: bool, undone: RematPolicy | N
     """Bytes a Python-``loop`` block keeps beside its saved values without remat (or under an
     undone policy, not ``except:*``) under tensor parallelism without ZeRO, from
     ``Backend.split_loop_stream_rows`` rows a device: two float32 residual-stream-wide values
-    (the row-parallel projections' outputs kept both before and after their reshape)."""
-    limit = size.backend.split_loop_stream_rows
-    if not (limit and loop and size.mesh.shape.get("tensor", 1) > 1
-            and size.mesh.shape.get("fsdp", 1) == 1) or (
-            undone is not None and undone.name.startswith("except:")):
+    (the row-parallel projections' outputs kept both before and after their reshape); without
+    a tensor axis, an attention block under remat none or an undone remat full, from
+    ``Backend.loop_stream_rows``: three (float32 projections, norm values, 2-D dot copies)."""
+    split = size.mesh.shape.get("tensor", 1) > 1
+    limit = size.backend.split_loop_stream_rows if split else size.backend.loop_stream_rows
+    if not (limit and loop and size.mesh.shape.get("fsdp", 1) == 1
+            and (split or any(t.dot == "batched" for t in block.values))):
+        return 0
+    if undone is not None and (undone.name.startswith("except:") if split
+                               else undone.name != "full"):
         return 0
     inputs = [t for t in block.values if t.block_input][:1]
     if not inputs:
@@ -267,7 +272,7 @@ def _split_stream(block: Block, size: Sizer, loop: bool, undone: RematPolicy | N
     local = size.shard(inputs[0].shape, inputs[0].axes)
     if math.prod(local[:-1]) < limit:
         return 0
-    return 2 * size.tensors([dataclasses.replace(inputs[0], dtype="float32")])
+    return (2 if split else 3) * size.tensors([dataclasses.replace(inputs[0], dtype="float32")])
 
 
 def _reduced(t: Tensor, by_name: dict[str, Tensor], size: Sizer) -> bool:
