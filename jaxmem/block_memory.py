@@ -322,6 +322,9 @@ def block_terms(blocks: Sequence[Block], setup: Setup, policy: RematPolicy, size
     none = SAVEABLE["none"](policy)
     device, host = saveable(policy), OFFLOADED.get(_policy_key(policy))
     total = offloaded = workspace = before = largest = widest_freed = widest_sliced = 0
+    # (a configured Python loop's: a one-layer scan estimated as a loop may keep its while
+    # loop, where the stream-wide values of _split_stream were not measured)
+    python_stack = frees_stages and getattr(setup.config.model, "stack", "loop") == "loop"
     widest = ""
     index = 0
     widest_at = 0
@@ -395,7 +398,7 @@ def block_terms(blocks: Sequence[Block], setup: Setup, policy: RematPolicy, size
         if shares:
             total += block.count * size.tensors(shared)
         total += ((with_none if policy.checkpoint else block.count)
-                  * _split_stream(block, size, frees_stages, undone))
+                  * _split_stream(block, size, python_stack, undone))
         if host is not None and with_policy:
             offloaded += with_policy * size.tensors(saved(block, host))
         redo = recomputed(block, kept_policy) if with_policy else []

@@ -44,7 +44,6 @@ flags say which values such rules apply to).
 Example:
   >>> from jaxmem import estimate
   >>> from jaxmem.config import Config
-from jaxmem.conv_memory import conv_forward_moments
   >>> e = estimate(Config())
   >>> e.total_bytes == sum(t.bytes for t in e.terms if t.counted)
   True
@@ -136,7 +135,6 @@ def estimate(config: Config | Setup, name: str = "") -> Estimate:
     Example:
       >>> from jaxmem import estimate
       >>> from jaxmem.config import Config
-from jaxmem.conv_memory import conv_forward_moments
       >>> e = estimate(Config())
       >>> [t.name for t in e.terms][:3]
       ['parameters', 'optimizer state', 'batch']
