@@ -66,6 +66,8 @@ class Backend:
         the step's start, beside the loss gradient (no tied table there without the tensor axis).
       slices_sharded_convs: computes a conv of the images whose output channels are ZeRO-split ``n``
         ways as ``n`` lane-padded slices, :data:`CONV_SLICES` held in its backward (XLA:TPU).
+      regathers_loop_weights: FSDP, a Python-loop stack with no microbatch loop: the weights are
+        gathered again for the backward, none kept from the forward (XLA:TPU; not an MLP chain).
       widens_microbatch_gradients: 16-bit compute with microbatches: holds a float32 copy of a
         microbatch's gradients beside the accumulator and the gradients through the step.
       gradient_over_undone_remat: undone loop remat, float32: an activation gradient is written
@@ -298,6 +300,7 @@ class Backend:
     holds_outside_gradient: bool = False
     splits_tied_lookup_gradient_early: bool = False
     slices_sharded_convs: bool = False
+    regathers_loop_weights: bool = False
     widens_microbatch_gradients: bool = False
     gradient_over_undone_remat: bool = False
     frees_saved_under_16bit: bool = False
@@ -465,5 +468,6 @@ BACKENDS: dict[str, Backend] = {
                    accumulates_in_place=True, frees_outside_first=True,
                    frees_saved_in_backward=True, recomputes_by_stage=True,
                    slices_sharded_convs=True, stack_gradients_in_loop=True,
-                   reduces_gradients_before_update=True, recomputes_16bit_whole=True),
+                   reduces_gradients_before_update=True, recomputes_16bit_whole=True,
+                   regathers_loop_weights=True),
 }

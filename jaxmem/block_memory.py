@@ -39,7 +39,7 @@ from jaxmem.models.anatomy import (
 from jaxmem.models.stack import nested_group_size
 from jaxmem.remat import RematPolicy
 from jaxmem.setup import Setup
-from jaxmem.sizing import Sizer, param_spec, spec_axes
+from jaxmem.sizing import Sizer, param_spec, spec_axes, zero_joined, zero_split
 
 
 def _names(policy: RematPolicy) -> Callable[[Tensor], bool]:
@@ -720,9 +720,7 @@ def recomputed_kernels(blocks: Sequence[Block], kernels: dict[str, tuple[int, ..
             if path is None:
                 continue
             shape, spec = kernels[path], param_spec(path, kernels[path], setup, size.mesh)
-            if any(a in zero for e in spec for a in spec_axes(e)):
-                whole = tuple(s // math.prod(size.mesh.shape[a] for a in spec_axes(e)
-                                             if a not in zero)
-                              for s, e in zip(shape, spec, strict=True))
+            if zero_split(spec, zero):
+                whole = zero_joined(shape, spec, size.mesh, zero)
                 out += block.count * size.nbytes(whole, size.compute)
     return out

@@ -15,14 +15,13 @@ Example:
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 from jaxmem.block_memory import first_forward_rounded, redoes_matmuls, saves_nothing
 from jaxmem.models.anatomy import Anatomy, Block, Tensor
 from jaxmem.remat import RematPolicy
 from jaxmem.setup import Setup
-from jaxmem.sizing import Sizer, param_spec, spec_axes
+from jaxmem.sizing import Sizer, param_spec, zero_joined, zero_split
 
 Moments = dict[str, tuple[int, int, int, int, int]]
 
@@ -39,10 +38,8 @@ def regathered_kernels(anatomy: Anatomy, setup: Setup, size: Sizer) -> tuple[int
                 continue
             shape = shapes[t.kernel]
             spec = param_spec(t.kernel, shape, setup, size.mesh)
-            if any(a in zero for e in spec for a in spec_axes(e)):  # its ZeRO shards joined
-                whole = tuple(s // math.prod(size.mesh.shape[a] for a in spec_axes(e)
-                                             if a not in zero)
-                              for s, e in zip(shape, spec, strict=True))
+            if zero_split(spec, zero):  # its ZeRO shards joined
+                whole = zero_joined(shape, spec, size.mesh, zero)
                 out += block.count * size.nbytes(whole, size.compute)
                 largest = max(largest, size.nbytes(whole, size.compute))
     return out, largest

@@ -28,7 +28,7 @@ import numpy as np
 from jaxmem import sharding
 from jaxmem.models.anatomy import Anatomy
 from jaxmem.setup import Setup
-from jaxmem.sizing import Sizer, local_shape, param_spec, spec_axes
+from jaxmem.sizing import Sizer, local_shape, param_spec, spec_axes, zero_joined, zero_split
 
 #: XLA's SPMD partitioner all-gathers a ZeRO-sharded weight for a matmul when the weight
 #: (its dimensions on a device, before the ZeRO split: a tensor-parallel shard) is less than
@@ -129,30 +129,34 @@ def param_terms(anatomy: Anatomy, setup: Setup, size: Sizer, rows: int) -> Param
     tied_whole = gathered_whole = 0
     zero = set(rules.zero)
     tied_path = anatomy.lm_head if anatomy.lm_head.endswith("/embedding") else None
+    # a Python-loop stack's gathered weights are gathered again for the backward, none kept
+    # from the forward, when no microbatch loop hoists their all-gathers
+    # (Backend.regathers_loop_weights)
+    kept = not (size.backend.regathers_loop_weights and not anatomy.scanned
+                and not anatomy.chain and setup.config.data.microbatches == 1)
     for path, shape in anatomy.params:
         spec = param_spec(path, shape, setup, mesh)
         local = local_shape(shape, spec, mesh)
         n = size.nbytes(local, size.param)
         total += n
         in_stack = anatomy.scanned and path.startswith(setup.config.model.BLOCKS_PATH or "\0")
-        unzeroed = tuple(s * math.prod(mesh.shape[a] for a in spec_axes(e) if a in zero)
-                         for s, e in zip(local, spec, strict=True))
+        unzeroed = zero_joined(shape, spec, mesh, zero)
         head = size.backend.gathers_lm_head and path == anatomy.lm_head
-        zero_split = any(a in zero for e in spec for a in spec_axes(e))
+        zeroed = zero_split(spec, zero)
         # a token table scattered into (looked up from) its shard is never gathered whole
         in_shard = _looked_up_in_shard(size, anatomy, path, spec, zero)
         scatters = in_shard or _scatters_zero_lookup(size, anatomy, path, spec, zero, rows)
-        whole = size.nbytes(unzeroed, size.compute) if zero_split and not scatters else 0
+        whole = size.nbytes(unzeroed, size.compute) if zeroed and not scatters else 0
         zero_whole += whole
         if path not in anatomy.lookups or path == anatomy.lm_head:
             zero_matmuls += whole
         if path.startswith(setup.config.model.BLOCKS_PATH or "\0"):
             zero_blocks += whole
-        if zero_split and not scatters and (head or max(unzeroed[-2:]) < GATHER_RATIO * rows):
+        if zeroed and not scatters and (head or max(unzeroed[-2:]) < GATHER_RATIO * rows):
             extra = whole - size.nbytes(local, size.compute)
             if in_stack:  # a scanned stack gathers one layer per loop step
                 extra //= shape[0]
-            gathered += extra
+            gathered += extra if kept else 0
             if path not in anatomy.lookups or path == anatomy.lm_head:
                 gathered_whole += whole
             if head:
@@ -161,7 +165,7 @@ def param_terms(anatomy: Anatomy, setup: Setup, size: Sizer, rows: int) -> Param
             stacked_all += n
         lookup = path in anatomy.lookups and not any(spec_axes(e) for e in spec)
         if lookup or (size.backend.looks_up_split_tables_unrounded and path in anatomy.lookups
-                      and (not zero_split or in_shard)):
+                      and (not zeroed or in_shard)):
             lookups += n
         if any(fnmatch.fnmatchcase(path, p) for p in frozen):
             continue
@@ -169,7 +173,7 @@ def param_terms(anatomy: Anatomy, setup: Setup, size: Sizer, rows: int) -> Param
         if path == anatomy.lm_head and path.endswith("/embedding"):
             tied = n
             ratio = size.backend.tied_gather_ratio  # (Backend.tied_gather_ratio)
-            if zero_split and (max(unzeroed[-2:]) <= ratio * rows if ratio
+            if zeroed and (max(unzeroed[-2:]) <= ratio * rows if ratio
                                else max(unzeroed[-2:]) < GATHER_RATIO * rows):
                 tied_whole = size.nbytes(unzeroed, size.param)
         largest = max(largest, n)
@@ -237,9 +241,7 @@ def batch_split_gradients(anatomy: Anatomy, setup: Setup, size: Sizer, rows: int
     mesh, zero, shapes = size.mesh, set(setup.rules.zero), dict(anatomy.params)
 
     def joined(shape: Sequence[int], spec: tuple[Any, ...]) -> int:  # ZeRO shards joined
-        return size.nbytes(tuple(
-            s // math.prod(mesh.shape[a] for a in spec_axes(e) if a not in zero)
-            for s, e in zip(shape, spec, strict=True)), size.param)
+        return size.nbytes(zero_joined(shape, spec, mesh, zero), size.param)
 
     def scattered(path: str, spec: tuple[Any, ...]) -> bool:
         return _scattered(size, anatomy, path, spec, zero, rows)
@@ -284,6 +286,13 @@ def held_block_gradients(anatomy: Anatomy, setup: Setup, size: Sizer, kernels: i
     return sum(sorted(inside.values(), reverse=True)[:kernels]) + outside
 
 
+def _first_kernel(anatomy: Anatomy, setup: Setup,
+                  size: Sizer) -> tuple[tuple[int, ...], tuple[Any, ...]]:
+    """The shape and PartitionSpec of a matmul chain's first kernel (it reads the batch)."""
+    shape = tuple(dict(anatomy.params)[anatomy.chain[0]])
+    return shape, param_spec(anatomy.chain[0], shape, setup, size.mesh)
+
+
 def gathered_batch(anatomy: Anatomy, setup: Setup, size: Sizer, micro: int,
                    float32_layers: bool) -> int:
     """The batch's float inputs all-gathered whole (``micro`` rows, the global batch) where a
@@ -295,11 +304,8 @@ def gathered_batch(anatomy: Anatomy, setup: Setup, size: Sizer, micro: int,
     if not (size.backend.gathers_batch_for_output_split_kernels and anatomy.chain
             and float32_layers and setup.config.data.microbatches == 1):
         return 0
-    first = anatomy.chain[0]
-    shape = dict(anatomy.params)[first]
-    spec = param_spec(first, shape, setup, size.mesh)
-    if (len(spec) != 2 or not any(a in zero for a in spec_axes(spec[-1]))
-            or spec_axes(spec[0])):
+    shape, spec = _first_kernel(anatomy, setup, size)
+    if len(spec) != 2 or not any(a in zero for a in spec_axes(spec[-1])) or spec_axes(spec[0]):
         return 0
     return sum(size.nbytes((micro, *s), np.dtype(d)) for s, d in anatomy.example
                if np.dtype(d).kind == "f")
@@ -345,11 +351,8 @@ def gathered_kernel_moment(moments: dict, grads_why: dict, anatomy: Anatomy, set
     if not (size.backend.gathers_input_split_first_kernel and float32_chain and anatomy.chain
             and setup.config.data.microbatches == 1):
         return
-    first = anatomy.chain[0]
-    shape = dict(anatomy.params)[first]
-    spec = param_spec(first, shape, setup, size.mesh)
-    if (len(spec) != 2 or not any(a in zero for a in spec_axes(spec[0]))
-            or spec_axes(spec[-1])):
+    shape, spec = _first_kernel(anatomy, setup, size)
+    if len(spec) != 2 or not any(a in zero for a in spec_axes(spec[0])) or spec_axes(spec[-1]):
         return
     at = ("in the forward, the chain's first kernel gathered whole (float32, split on its "
           "input dimension) beside every kernel's rounded copy")

@@ -113,6 +113,20 @@ def local_shape(shape: Sequence[int], spec: Sequence[Any], mesh: Any) -> tuple[i
                  for s, e in zip(shape, spec, strict=True))
 
 
+def zero_joined(shape: Sequence[int], spec: Sequence[Any], mesh: Any,
+                zero: Any) -> tuple[int, ...]:
+    """A parameter's shape on one device with its ZeRO shards joined: each dimension divided
+    by the mesh axes its PartitionSpec entry names but those in ``zero`` (split over the tensor
+    axis still)."""
+    return tuple(s // math.prod(mesh.shape[a] for a in spec_axes(e) if a not in zero)
+                 for s, e in zip(shape, spec, strict=True))
+
+
+def zero_split(spec: Sequence[Any], zero: Any) -> bool:
+    """Whether a PartitionSpec splits its parameter over any of the ``zero`` mesh axes."""
+    return any(a in zero for e in spec for a in spec_axes(e))
+
+
 def spec_axes(entry: Any) -> tuple[str, ...]:
     """The mesh axes of one PartitionSpec entry (none, one name or several)."""
     if entry is None:

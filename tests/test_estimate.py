@@ -701,3 +701,21 @@ def test_a_zero_split_lookup_table_longer_than_the_tokens_is_not_gathered():
     gathered = [estimate(config(b)).term("gathered parameters") for b in (64, 72)]
     assert gathered[0] == gathered[1]
     assert abs(estimate(config(72)).total_bytes / compiled_total(config(72)) - 1) < 0.02
+
+
+@pytest.mark.tpu_target
+def test_tpu_gathers_a_loop_stacks_weights_again_for_the_backward(monkeypatch):
+    """Under FSDP x tensor with no microbatch loop, XLA:TPU all-gathers a Python-loop
+    encoder's weights again in each block's backward: none of the forward's gathered copies is
+    live at the peak. Within 8 % of libtpu's peak with the rule (-5.9 % measured), over by more
+    than 10 % when the forward's gathered weights are counted kept (+13.6 %)."""
+    config = make_config(model={"kind": "encoder", "num_layers": 3, "d_model": 512,
+                                "num_heads": 8, "seq_len": 512, "vocab_size": 32000,
+                                "mlp_ratio": 4, "stack": "loop"},
+                         target="tpu:v5e:2x2", sharding="fsdp+tp", mesh={"fsdp": 2, "tensor": 2},
+                         remat="dots", precision="fp32", optimizer="lion",
+                         data={"batch_size": 4})
+    peak = _libtpu_peak(config)
+    assert abs(estimate(config).total_bytes / peak - 1) < 0.08
+    set_backend(monkeypatch, "tpu", regathers_loop_weights=False)
+    assert estimate(config).total_bytes / peak - 1 > 0.10
