@@ -117,13 +117,25 @@ def zero_joined(shape: Sequence[int], spec: Sequence[Any], mesh: Any,
                 zero: Any) -> tuple[int, ...]:
     """A parameter's shape on one device with its ZeRO shards joined: each dimension divided
     by the mesh axes its PartitionSpec entry names but those in ``zero`` (split over the tensor
-    axis still)."""
+    axis still).
+
+    Example:
+      >>> from types import SimpleNamespace
+      >>> mesh = SimpleNamespace(shape={"fsdp": 2, "tensor": 4})
+      >>> zero_joined((1024, 4096), ("fsdp", "tensor"), mesh, {"fsdp"})
+      (1024, 1024)
+    """
     return tuple(s // math.prod(mesh.shape[a] for a in spec_axes(e) if a not in zero)
                  for s, e in zip(shape, spec, strict=True))
 
 
 def zero_split(spec: Sequence[Any], zero: Any) -> bool:
-    """Whether a PartitionSpec splits its parameter over any of the ``zero`` mesh axes."""
+    """Whether a PartitionSpec splits its parameter over any of the ``zero`` mesh axes.
+
+    Example:
+      >>> zero_split((("fsdp", "data"), None), {"fsdp"}), zero_split(("tensor",), {"fsdp"})
+      (True, False)
+    """
     return any(a in zero for e in spec for a in spec_axes(e))
 
 
