@@ -68,6 +68,10 @@ class Backend:
         ways as ``n`` lane-padded slices, :data:`CONV_SLICES` held in its backward (XLA:TPU).
       regathers_loop_weights: FSDP, a Python-loop stack with no microbatch loop: the weights are
         gathered again for the backward, none kept from the forward (XLA:TPU; not an MLP chain).
+      keeps_scanned_float32_operands: float32 layers, a scanned stack: an elementwise-made matmul
+        operand the policy saves is kept (narrowed), not recomputed in the matmul (XLA:TPU).
+      narrows_scanned_loss_gradient: float32 layers, a scanned stack, the vocabulary not split
+        over the tensor axis: the fused loss gradient is made in bfloat16 beside the logits (TPU).
       widens_microbatch_gradients: 16-bit compute with microbatches: holds a float32 copy of a
         microbatch's gradients beside the accumulator and the gradients through the step.
       gradient_over_undone_remat: undone loop remat, float32: an activation gradient is written
@@ -301,6 +305,8 @@ class Backend:
     splits_tied_lookup_gradient_early: bool = False
     slices_sharded_convs: bool = False
     regathers_loop_weights: bool = False
+    keeps_scanned_float32_operands: bool = False
+    narrows_scanned_loss_gradient: bool = False
     widens_microbatch_gradients: bool = False
     gradient_over_undone_remat: bool = False
     frees_saved_under_16bit: bool = False
@@ -469,5 +475,6 @@ BACKENDS: dict[str, Backend] = {
                    frees_saved_in_backward=True, recomputes_by_stage=True,
                    slices_sharded_convs=True, stack_gradients_in_loop=True,
                    reduces_gradients_before_update=True, recomputes_16bit_whole=True,
-                   regathers_loop_weights=True),
+                   regathers_loop_weights=True, keeps_scanned_float32_operands=True,
+                   narrows_scanned_loss_gradient=True),
 }

@@ -364,13 +364,21 @@ def block_terms(blocks: Sequence[Block], setup: Setup, policy: RematPolicy, size
     # are kept rounded (``Backend.rounds_tensor_split_operands``)
     split_operands = (size.backend.rounds_tensor_split_operands and not float32_layers
                       and size.mesh.shape.get("tensor", 1) > 1)
+    # a scanned float32 stack's residuals are fixed before XLA fuses: its elementwise-made
+    # matmul operands are kept, narrowed (``Backend.keeps_scanned_float32_operands``)
+    operands_kept = (size.backend.keeps_scanned_float32_operands and not frees_stages
+                     and float32_layers)
+
+    def fused(kept: list[Tensor]) -> list[Tensor]:
+        return list(kept) if operands_kept else unfused(kept, size.backend)
+
     for n, block in enumerate(blocks):
         shared = ([t for t in block.values if t.block_input] * 2 if stream_shared
                   else shared_values(block, size))
-        kept_policy = _backend_kept(block, unfused(saved(block, device), size.backend), size,
+        kept_policy = _backend_kept(block, fused(saved(block, device)), size,
                                     policy.checkpoint, frees_stages, slices_operands,
                                     except_undone)
-        kept_none = _backend_kept(block, unfused(saved(block, none), size.backend), size,
+        kept_none = _backend_kept(block, fused(saved(block, none)), size,
                                   False, frees_stages, slices_operands, except_undone)
         if rounds:
             kept_policy, kept_none = _rounded(kept_policy), _rounded(kept_none)

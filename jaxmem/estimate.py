@@ -730,8 +730,21 @@ def _loss_values(anatomy: Anatomy, size: Sizer) -> list[Tensor]:
         return list(values)
     if not _loss_gradient_over_kept(anatomy):
         return [values[0]]
+    if _narrowed_loss_gradient(anatomy, size):  # (Backend.narrows_scanned_loss_gradient)
+        return [dataclasses.replace(values[0], dtype="bfloat16")]
     return [t for t in values[1:]
             if size.compute.itemsize < 4 and size.dtype(t.dtype) == np.dtype("float32")]
+
+
+def _narrowed_loss_gradient(anatomy: Anatomy, size: Sizer) -> bool:
+    """Whether a fused loss gradient of float32 layers is made in bfloat16 beside the logits,
+    not over them: a scanned stack, its vocabulary not split over the tensor axis
+    (``Backend.narrows_scanned_loss_gradient``)."""
+    if not (size.backend.narrows_scanned_loss_gradient and anatomy.scanned
+            and size.compute == np.dtype("float32")):
+        return False
+    logits = next(t for t in anatomy.outside if t.name == anatomy.loss_workspace[0].in_place_of)
+    return size.shard(logits.shape, logits.axes)[-1] == logits.shape[-1]
 
 
 def _loss_gradient_over_kept(anatomy: Anatomy) -> bool:

@@ -719,3 +719,36 @@ def test_tpu_gathers_a_loop_stacks_weights_again_for_the_backward(monkeypatch):
     assert abs(estimate(config).total_bytes / peak - 1) < 0.08
     set_backend(monkeypatch, "tpu", regathers_loop_weights=False)
     assert estimate(config).total_bytes / peak - 1 > 0.10
+
+
+@pytest.mark.tpu_target
+def test_tpu_keeps_a_scanned_float32_stacks_matmul_operands(monkeypatch):
+    """A scanned float32 GPT under remat none: its residuals are fixed before XLA fuses, so
+    the normalised stream and the MLP activation are kept (in bfloat16) beside the float32
+    values, not recomputed inside their matmuls as a Python loop's are. Within 5 % of libtpu's
+    peak with the rule (-0.5 % measured), more than 10 % short without (-11.8 %)."""
+    config = make_config(model={"kind": "gpt", "num_layers": 4, "d_model": 512, "num_heads": 8,
+                                "seq_len": 512, "vocab_size": 8192, "mlp_ratio": 4,
+                                "stack": "scan"},
+                         target="tpu:v5e:2x2", remat="none", precision="fp32", optimizer="sgd",
+                         data={"batch_size": 16})
+    peak = _libtpu_peak(config)
+    assert abs(estimate(config).total_bytes / peak - 1) < 0.05
+    set_backend(monkeypatch, "tpu", keeps_scanned_float32_operands=False)
+    assert estimate(config).total_bytes / peak - 1 < -0.10
+
+
+@pytest.mark.tpu_target
+def test_tpu_makes_a_scanned_float32_gpts_loss_gradient_in_bfloat16(monkeypatch):
+    """A scanned float32 GPT under FSDP (its vocabulary whole on each chip): the fused loss
+    gradient is made in bfloat16 beside the float32 logits, not over them. Within 6 % of
+    libtpu's peak with the rule (-3.4 % measured), more than 20 % short without (-26.7 %)."""
+    config = make_config(model={"kind": "gpt", "num_layers": 4, "d_model": 1024,
+                                "num_heads": 8, "seq_len": 512, "vocab_size": 50304,
+                                "mlp_ratio": 4, "stack": "scan"},
+                         target="tpu:v5e:2x2", sharding="fsdp", mesh={"fsdp": 4}, remat="full",
+                         precision="fp32", optimizer="sgd", data={"batch_size": 16})
+    peak = _libtpu_peak(config)
+    assert abs(estimate(config).total_bytes / peak - 1) < 0.06
+    set_backend(monkeypatch, "tpu", narrows_scanned_loss_gradient=False)
+    assert estimate(config).total_bytes / peak - 1 < -0.20
