@@ -72,6 +72,8 @@ class Backend:
         operand the policy saves is kept (narrowed), not recomputed in the matmul (XLA:TPU).
       narrows_scanned_loss_gradient: float32 layers, a scanned stack, the vocabulary not split
         over the tensor axis: the fused loss gradient is made in bfloat16 beside the logits (TPU).
+      narrows_scanned_float32_weights: float32 layers, a scanned stack: its weights are converted
+        to bfloat16 whole before its loops, held through the step (XLA:TPU: ``parameter copies``).
       widens_microbatch_gradients: 16-bit compute with microbatches: holds a float32 copy of a
         microbatch's gradients beside the accumulator and the gradients through the step.
       gradient_over_undone_remat: undone loop remat, float32: an activation gradient is written
@@ -307,6 +309,7 @@ class Backend:
     regathers_loop_weights: bool = False
     keeps_scanned_float32_operands: bool = False
     narrows_scanned_loss_gradient: bool = False
+    narrows_scanned_float32_weights: bool = False
     widens_microbatch_gradients: bool = False
     gradient_over_undone_remat: bool = False
     frees_saved_under_16bit: bool = False
@@ -476,5 +479,5 @@ BACKENDS: dict[str, Backend] = {
                    slices_sharded_convs=True, stack_gradients_in_loop=True,
                    reduces_gradients_before_update=True, recomputes_16bit_whole=True,
                    regathers_loop_weights=True, keeps_scanned_float32_operands=True,
-                   narrows_scanned_loss_gradient=True),
+                   narrows_scanned_loss_gradient=True, narrows_scanned_float32_weights=True),
 }

@@ -752,3 +752,19 @@ def test_tpu_makes_a_scanned_float32_gpts_loss_gradient_in_bfloat16(monkeypatch)
     assert abs(estimate(config).total_bytes / peak - 1) < 0.06
     set_backend(monkeypatch, "tpu", narrows_scanned_loss_gradient=False)
     assert estimate(config).total_bytes / peak - 1 < -0.20
+
+
+@pytest.mark.tpu_target
+def test_tpu_holds_a_scanned_float32_stacks_weights_in_bfloat16(monkeypatch):
+    """A scanned float32 encoder on one chip: XLA:TPU converts the stack's weights to
+    bfloat16 whole before its loops and holds them through the step. Within 4 % of libtpu's
+    peak with the rule (+1.4 % measured), more than 6 % short without (-7.9 %)."""
+    config = make_config(model={"kind": "encoder", "num_layers": 4, "d_model": 1536,
+                                "num_heads": 12, "seq_len": 256, "vocab_size": 8192,
+                                "mlp_ratio": 4, "stack": "scan"},
+                         target="tpu:v5e:2x2", remat="save:query+key+value", precision="fp32",
+                         optimizer="adamw", data={"batch_size": 8})
+    peak = _libtpu_peak(config)
+    assert abs(estimate(config).total_bytes / peak - 1) < 0.04
+    set_backend(monkeypatch, "tpu", narrows_scanned_float32_weights=False)
+    assert estimate(config).total_bytes / peak - 1 < -0.06
