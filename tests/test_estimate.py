@@ -726,7 +726,7 @@ def test_tpu_keeps_a_scanned_float32_stacks_matmul_operands(monkeypatch):
     """A scanned float32 GPT under remat none: its residuals are fixed before XLA fuses, so
     the normalised stream and the MLP activation are kept (in bfloat16) beside the float32
     values, not recomputed inside their matmuls as a Python loop's are. Within 5 % of libtpu's
-    peak with the rule (-0.5 % measured), more than 10 % short without (-11.8 %)."""
+    peak with the rule (+1.0 % measured), more than 8 % short without (-10.4 %)."""
     config = make_config(model={"kind": "gpt", "num_layers": 4, "d_model": 512, "num_heads": 8,
                                 "seq_len": 512, "vocab_size": 8192, "mlp_ratio": 4,
                                 "stack": "scan"},
@@ -735,14 +735,14 @@ def test_tpu_keeps_a_scanned_float32_stacks_matmul_operands(monkeypatch):
     peak = _libtpu_peak(config)
     assert abs(estimate(config).total_bytes / peak - 1) < 0.05
     set_backend(monkeypatch, "tpu", keeps_scanned_float32_operands=False)
-    assert estimate(config).total_bytes / peak - 1 < -0.10
+    assert estimate(config).total_bytes / peak - 1 < -0.08
 
 
 @pytest.mark.tpu_target
 def test_tpu_makes_a_scanned_float32_gpts_loss_gradient_in_bfloat16(monkeypatch):
     """A scanned float32 GPT under FSDP (its vocabulary whole on each chip): the fused loss
     gradient is made in bfloat16 beside the float32 logits, not over them. Within 6 % of
-    libtpu's peak with the rule (-3.4 % measured), more than 20 % short without (-26.7 %)."""
+    libtpu's peak with the rule (-0.5 % measured), more than 20 % short without (-23.9 %)."""
     config = make_config(model={"kind": "gpt", "num_layers": 4, "d_model": 1024,
                                 "num_heads": 8, "seq_len": 512, "vocab_size": 50304,
                                 "mlp_ratio": 4, "stack": "scan"},
