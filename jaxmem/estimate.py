@@ -352,7 +352,8 @@ def estimate(config: Config | Setup, name: str = "") -> Estimate:
     if whole_table:
         copies += (3 * p.tied_whole - 2 * p.tied_table) * compute.itemsize // size.param.itemsize
     if backend.narrows_scanned_float32_weights and anatomy.scanned and float32_layers:
-        copies += p.stacked_all // 2  # the stack's weights in bfloat16, made before its loops
+        # the stack's weights in bfloat16, made before its loops
+        copies += p.stacked_all * 2 // size.param.itemsize
     if reread_state:  # the blocks' kernels rounded to 16 bits (not the head's)
         copies = sum(chain_memory.local_bytes(k, anatomy, setup, size, stored)
                      for k in anatomy.chain[:len(anatomy.blocks)])
